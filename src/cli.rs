@@ -1,0 +1,320 @@
+//! The command line: every job of the app also runs as `whaleid <subcommand>`.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use crate::catalogue::Catalogue;
+use crate::export::{ExportFormat, ExportOptions, Occasion};
+use crate::import::{ImportOptions, ImportReport};
+use crate::model::Part;
+use crate::progress::Console;
+
+#[derive(Parser, Debug)]
+#[command(name = "whaleid", version, about = "Offline photo-identification of individual whales and dolphins")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Open the app (the default): the given catalogue, else the demo catalogue.
+    App {
+        #[arg(long = "catalog")]
+        catalog: Option<PathBuf>,
+    },
+    /// Render synthetic humpback-fluke photos with labels and YOLO boxes.
+    Synth {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 30)]
+        individuals: usize,
+        #[arg(long, default_value_t = 6)]
+        images_per_individual: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Number the individuals from here (to make other individuals than an earlier run).
+        #[arg(long, default_value_t = 0)]
+        first_individual: usize,
+        #[arg(long, default_value_t = 512)]
+        width: u32,
+        #[arg(long, default_value_t = 384)]
+        height: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Import photos, identity labels (CSV) and boxes (YOLO, COCO) into a catalogue (created if absent).
+    Import {
+        #[arg(long = "catalog")]
+        catalog: PathBuf,
+        /// Dataset folders, labels CSVs, COCO JSON files or photos.
+        #[arg(required = true)]
+        datasets: Vec<PathBuf>,
+        /// The part shown, when the files do not say (fluke, dorsal_fin, head, body).
+        #[arg(long)]
+        part: Option<Part>,
+        /// The species, when the files do not say.
+        #[arg(long)]
+        species: Option<String>,
+        /// Photos per transaction.
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export the catalogue: csv, coco, yolo, crops or Program MARK capture histories.
+    Export {
+        #[arg(long = "catalog")]
+        catalog: PathBuf,
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+        /// A file (csv, coco, mark) or a folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Sampling occasion of capture histories.
+        #[arg(long, value_enum, default_value_t = Occasion::Day)]
+        occasion: Occasion,
+        #[arg(long)]
+        include_rejected: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Summarise a catalogue.
+    Stats {
+        #[arg(long = "catalog")]
+        catalog: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Find moved photos by their content under a folder and record their new paths.
+    Relink {
+        #[arg(long = "catalog")]
+        catalog: PathBuf,
+        folder: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Undo the last edit.
+    Undo {
+        #[arg(long = "catalog")]
+        catalog: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Redo the last undone edit.
+    Redo {
+        #[arg(long = "catalog")]
+        catalog: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The edit history, newest first.
+    History {
+        #[arg(long = "catalog")]
+        catalog: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create the demo catalogue of synthetic whales (if absent) and print where it is.
+    Demo {
+        #[arg(long = "catalog")]
+        catalog: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Benchmarks that print figures and ratios against a reference measured in the same run.
+    Bench {
+        #[command(subcommand)]
+        which: crate::bench::Bench,
+    },
+}
+
+/// Prints a value as JSON (with `--json`) or as text.
+pub fn emit<T: Serialize>(json: bool, value: &T, text: impl FnOnce(&T) -> String) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        println!("{}", text(value));
+    }
+    Ok(())
+}
+
+fn open(path: &Path) -> anyhow::Result<Catalogue> {
+    Ok(Catalogue::open(path)?)
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let Some(command) = cli.command else {
+        return crate::app::run(None);
+    };
+    match command {
+        Command::App { catalog } => crate::app::run(catalog),
+        Command::Synth { out, individuals, images_per_individual, seed, first_individual, width, height, json } => {
+            let mut opts = crate::synth::SynthOptions::new(&out, individuals, images_per_individual, seed);
+            opts.first_individual = first_individual;
+            opts.width = width;
+            opts.height = height;
+            let console = Console::new(json);
+            use crate::progress::Progress;
+            console.stage("rendering", (individuals * images_per_individual) as u64);
+            let report = crate::synth::generate(&opts, &|| console.advance(1))?;
+            drop(console);
+            #[derive(Serialize)]
+            struct Out {
+                photos: usize,
+                individuals: usize,
+                images: PathBuf,
+                labels: PathBuf,
+            }
+            let out = Out { photos: report.photos, individuals: report.individuals, images: report.images_dir, labels: report.labels_csv };
+            emit(json, &out, |o| {
+                format!("rendered {} photos of {} individuals into {}\nlabels: {}", o.photos, o.individuals, o.images.display(), o.labels.display())
+            })
+        }
+        Command::Import { catalog, datasets, part, species, batch, json } => {
+            let mut cat = Catalogue::open_or_create(&catalog)?;
+            let opts = ImportOptions { part, species, batch_size: batch };
+            let console = Console::new(json);
+            let mut reports = Vec::new();
+            for dataset in &datasets {
+                reports.push(crate::import::import(&mut cat, dataset, &opts, &console)?);
+            }
+            drop(console);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&reports)?);
+            } else {
+                for r in &reports {
+                    println!("{}", import_summary(r));
+                }
+            }
+            Ok(())
+        }
+        Command::Export { catalog, format, out, occasion, include_rejected, json } => {
+            let cat = open(&catalog)?;
+            let console = Console::new(json);
+            let opts = ExportOptions { occasion, include_rejected };
+            let report = crate::export::export(&cat, format, &out, &opts, &console)?;
+            drop(console);
+            emit(json, &report, |r| {
+                let mut s = format!("exported {} item(s) as {:?}:", r.items, r.format);
+                for w in &r.written {
+                    s.push_str(&format!("\n  {}", w.display()));
+                }
+                for p in &r.skipped {
+                    s.push_str(&format!("\n  skipped {p}"));
+                }
+                s
+            })
+        }
+        Command::Stats { catalog, json } => {
+            let cat = open(&catalog)?;
+            let stats = crate::stats::stats(&cat)?;
+            emit(json, &stats, |s| s.to_string())
+        }
+        Command::Relink { catalog, folder, json } => {
+            let mut cat = open(&catalog)?;
+            let console = Console::new(json);
+            let report = crate::import::relink(&mut cat, &folder, &console)?;
+            drop(console);
+            emit(json, &report, |r| {
+                let mut s = format!(
+                    "{} photo(s) were missing; relinked {}, still missing {}",
+                    r.missing_before, r.relinked, r.still_missing
+                );
+                for p in &r.problems {
+                    s.push_str(&format!("\n  {p}"));
+                }
+                s
+            })
+        }
+        Command::Undo { catalog, json } => undo_redo(&catalog, json, true),
+        Command::Redo { catalog, json } => undo_redo(&catalog, json, false),
+        Command::History { catalog, limit, json } => {
+            let cat = open(&catalog)?;
+            let history = cat.history(limit)?;
+            emit(json, &history, |h| {
+                h.iter()
+                    .map(|a| format!("{:>6} {} {}{}", a.id, a.at, a.label, if a.undone { " (undone)" } else { "" }))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        }
+        Command::Demo { catalog, json } => {
+            let path = catalog.unwrap_or_else(crate::app::demo_catalogue_path);
+            let console = Console::new(json);
+            crate::app::ensure_demo(&path, &console)?;
+            drop(console);
+            let cat = open(&path)?;
+            let stats = crate::stats::stats(&cat)?;
+            emit(json, &stats, |s| s.to_string())
+        }
+        Command::Bench { which } => crate::bench::run(which),
+    }
+}
+
+pub fn import_summary(r: &ImportReport) -> String {
+    let mut s = format!(
+        "{}\n  photos: {} found, {} added, {} already in the catalogue, {} relinked, {} duplicate content, {} failed\n  \
+         boxes: {} added ({} clipped), {} already present, {} failed\n  \
+         labels: {} applied, {} already present, {} unlabelled, {} duplicate rows, {} failed; {} new individuals",
+        r.dataset.display(),
+        r.photos.found,
+        r.photos.added,
+        r.photos.already_present,
+        r.photos.relinked,
+        r.photos.duplicates,
+        r.photos.failed,
+        r.boxes.added,
+        r.boxes.clipped,
+        r.boxes.already_present,
+        r.boxes.failed,
+        r.labels.applied,
+        r.labels.already_present,
+        r.labels.unlabelled,
+        r.labels.duplicate_rows,
+        r.labels.failed,
+        r.labels.individuals_added,
+    );
+    for f in &r.files {
+        s.push_str(&format!("\n  {} ({}): {} applied, {} skipped", f.file.display(), f.kind, f.applied, f.skipped));
+    }
+    for p in &r.skipped {
+        s.push_str(&format!("\n  skipped {p}"));
+    }
+    if !r.problems.is_empty() {
+        s.push_str(&format!("\n  {} problem(s):", r.problems.len()));
+        for p in &r.problems {
+            s.push_str(&format!("\n    {p}"));
+        }
+    }
+    s
+}
+
+/// `anyhow` at the edge: prints the error chain and returns the exit code.
+pub fn main_exit_code(result: anyhow::Result<()>) -> i32 {
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("whaleid: {e:#}");
+            1
+        }
+    }
+}
+
+fn undo_redo(catalog: &Path, json: bool, undo: bool) -> anyhow::Result<()> {
+    let mut cat = open(catalog)?;
+    let label = if undo { cat.undo()? } else { cat.redo()? };
+    let verb = if undo { "undid" } else { "redid" };
+    #[derive(Serialize)]
+    struct Out<'a> {
+        done: Option<&'a str>,
+    }
+    emit(json, &Out { done: label.as_deref() }, |o| match o.done {
+        Some(l) => format!("{verb}: {l}"),
+        None => format!("nothing to {}", if undo { "undo" } else { "redo" }),
+    })
+}
