@@ -1,0 +1,60 @@
+//! The command line as scripts use it: synth, import, stats, export, undo, all with --json.
+
+mod common;
+
+use std::process::Command;
+
+fn whaleid(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(common::bin()).args(args).output().expect("whaleid runs");
+    assert!(out.status.success(), "whaleid {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn synth_import_stats_export_and_undo_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("synth");
+    let cat = dir.path().join("flukes.whaleid");
+    let (data_s, cat_s) = (data.to_str().unwrap(), cat.to_str().unwrap());
+
+    let synth = whaleid(&["synth", "--out", data_s, "--individuals", "4", "--images-per-individual", "3", "--seed", "5", "--json"]);
+    assert_eq!(synth["photos"], 12);
+
+    let report = whaleid(&["import", "--catalog", cat_s, data_s, "--json"]);
+    assert_eq!(report[0]["photos"]["added"], 12);
+    assert_eq!(report[0]["boxes"]["added"], 12);
+    assert_eq!(report[0]["labels"]["applied"], 12, "labels attach to the YOLO box of each photo");
+
+    let stats = whaleid(&["stats", "--catalog", cat_s, "--json"]);
+    assert_eq!((stats["photos"].as_i64(), stats["individuals"].as_i64(), stats["boxes"].as_i64()), (Some(12), Some(4), Some(12)));
+    assert_eq!(stats["annotations_by_part"]["fluke"], 12);
+    assert!(stats["first_photo_date"].as_str().is_some_and(|d| d.starts_with("2024-")), "EXIF dates are read");
+
+    let csv = dir.path().join("out.csv");
+    let export = whaleid(&["export", "--catalog", cat_s, "--format", "csv", "--out", csv.to_str().unwrap(), "--json"]);
+    assert_eq!(export["items"], 12);
+
+    let undo = whaleid(&["undo", "--catalog", cat_s, "--json"]);
+    assert!(undo["done"].as_str().unwrap().starts_with("import "));
+    assert_eq!(whaleid(&["stats", "--catalog", cat_s, "--json"])["photos"], 0);
+    whaleid(&["redo", "--catalog", cat_s, "--json"]);
+    assert_eq!(whaleid(&["stats", "--catalog", cat_s, "--json"])["photos"], 12);
+}
+
+#[test]
+fn a_missing_catalogue_or_dataset_is_a_clear_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nowhere.whaleid");
+    let out = Command::new(common::bin()).args(["stats", "--catalog", missing.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no catalogue at") && err.contains("nowhere.whaleid"), "{err}");
+
+    let cat = dir.path().join("c.whaleid");
+    let out = Command::new(common::bin())
+        .args(["import", "--catalog", cat.to_str().unwrap(), dir.path().join("no-such-folder").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot open dataset"), "{}", String::from_utf8_lossy(&out.stderr));
+}
