@@ -33,6 +33,17 @@ fn synth_import_stats_export_and_undo_from_the_command_line() {
     let csv = dir.path().join("out.csv");
     let export = whaleid(&["export", "--catalog", cat_s, "--format", "csv", "--out", csv.to_str().unwrap(), "--json"]);
     assert_eq!(export["items"], 12);
+    // EXIF GPS is read, with the hemisphere: the synthetic survey is on Stellwagen Bank (42 N, 70 W).
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let table = whaleid::import::labels::parse_labels(text.as_bytes()).unwrap();
+    assert_eq!(table.rows.len(), 12);
+    let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
+    let (lat_col, lon_col) = (header.iter().position(|h| *h == "latitude").unwrap(), header.iter().position(|h| *h == "longitude").unwrap());
+    for line in text.lines().skip(1) {
+        let fields: Vec<&str> = line.split(',').collect();
+        let (lat, lon): (f64, f64) = (fields[lat_col].parse().unwrap(), fields[lon_col].parse().unwrap());
+        assert!((41.0..44.0).contains(&lat) && (-72.0..-69.0).contains(&lon), "{lat} {lon}");
+    }
 
     let undo = whaleid(&["undo", "--catalog", cat_s, "--json"]);
     assert!(undo["done"].as_str().unwrap().starts_with("import "));
