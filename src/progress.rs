@@ -57,9 +57,7 @@ impl Progress for Console {
         }
         if self.terminal {
             let bar = ProgressBar::new(total);
-            if let Ok(style) =
-                ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
-            {
+            if let Ok(style) = ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} {per_sec} eta {eta}") {
                 bar.set_style(style.progress_chars("=> "));
             }
             bar.set_message(name.to_string());

@@ -135,7 +135,15 @@ impl Gallery {
     }
 
     /// Adds an image; the vector is normalised on the way in.
-    pub fn push(&mut self, vector: &[f32], annotation: i64, individual: Option<&str>, part: Part, side: Side, species: Option<String>) {
+    pub fn push(
+        &mut self,
+        vector: &[f32],
+        annotation: i64,
+        individual: Option<&str>,
+        part: Part,
+        side: Side,
+        species: Option<String>,
+    ) {
         assert_eq!(vector.len(), self.dim, "embedding dimension");
         let start = self.matrix.len();
         self.matrix.extend_from_slice(vector);
@@ -165,7 +173,14 @@ impl Gallery {
 
     /// Ranks individuals for a query (normalised here). `exclude` leaves one annotation out
     /// (leave-one-out evaluation, or the query itself when it is in the gallery).
-    pub fn search(&self, query: &[f32], top: usize, filter: &Filter, exclude: Option<i64>, threshold: Option<f32>) -> SearchResult {
+    pub fn search(
+        &self,
+        query: &[f32],
+        top: usize,
+        filter: &Filter,
+        exclude: Option<i64>,
+        threshold: Option<f32>,
+    ) -> SearchResult {
         let mut q = query.to_vec();
         normalise(&mut q);
         let scores = self.scores(&q);
@@ -195,14 +210,25 @@ impl Gallery {
         let matches: Vec<Match> = ranked
             .into_iter()
             .take(k)
-            .map(|(i, score, row)| Match { individual: self.individuals[i].clone(), score, best_annotation: self.entries[row].annotation })
+            .map(|(i, score, row)| Match {
+                individual: self.individuals[i].clone(),
+                score,
+                best_annotation: self.entries[row].annotation,
+            })
             .collect();
         let new_individual = match (threshold, matches.first()) {
             (Some(t), Some(m)) => m.score < t,
             (Some(_), None) => true,
             (None, _) => false,
         };
-        SearchResult { matches, filter: filter.describe(), searched_images, searched_individuals, threshold, new_individual }
+        SearchResult {
+            matches,
+            filter: filter.describe(),
+            searched_images,
+            searched_individuals,
+            threshold,
+            new_individual,
+        }
     }
 }
 

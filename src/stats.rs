@@ -82,12 +82,21 @@ impl std::fmt::Display for Stats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let list = |m: &BTreeMap<String, i64>| m.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ");
         writeln!(f, "catalogue    {}", self.catalogue)?;
-        writeln!(f, "photos       {} ({} with boxes, {} identified)", self.photos, self.photos_with_boxes, self.photos_identified)?;
+        writeln!(
+            f,
+            "photos       {} ({} with boxes, {} identified)",
+            self.photos, self.photos_with_boxes, self.photos_identified
+        )?;
         writeln!(f, "annotations  {} ({} boxes; {})", self.annotations, self.boxes, list(&self.annotations_by_status))?;
         writeln!(f, "  parts      {}", list(&self.annotations_by_part))?;
         writeln!(f, "individuals  {} ({} seen once)", self.individuals, self.individuals_seen_once)?;
         writeln!(f, "  species    {}", list(&self.species))?;
-        writeln!(f, "identified   {} annotations ({})", self.identified_annotations, list(&self.identifications_by_how))?;
+        writeln!(
+            f,
+            "identified   {} annotations ({})",
+            self.identified_annotations,
+            list(&self.identifications_by_how)
+        )?;
         writeln!(f, "embeddings   {}", self.embeddings)?;
         if let (Some(a), Some(b)) = (&self.first_photo_date, &self.last_photo_date) {
             writeln!(f, "dates        {a} .. {b}")?;

@@ -27,9 +27,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use tiny_skia::{
-    Color, FillRule, FilterQuality, GradientStop, LineCap, LinearGradient, Mask, Paint,
-    PathBuilder, Pattern, Pixmap, Point, RadialGradient, Rect, Shader, SpreadMode, Stroke,
-    Transform,
+    Color, FillRule, FilterQuality, GradientStop, LineCap, LinearGradient, Mask, Paint, PathBuilder, Pattern, Pixmap,
+    Point, RadialGradient, Rect, Shader, SpreadMode, Stroke, Transform,
 };
 
 /// What to generate and where.
@@ -49,12 +48,7 @@ pub struct SynthOptions {
 }
 
 impl SynthOptions {
-    pub fn new(
-        out: impl Into<PathBuf>,
-        individuals: usize,
-        images_per_individual: usize,
-        seed: u64,
-    ) -> Self {
+    pub fn new(out: impl Into<PathBuf>, individuals: usize, images_per_individual: usize, seed: u64) -> Self {
         Self {
             out: out.into(),
             individuals,
@@ -108,11 +102,7 @@ pub fn generate(opts: &SynthOptions, on_photo: &(dyn Fn() + Sync)) -> Result<Syn
         opts.width,
         opts.height
     );
-    ensure!(
-        (1..=100).contains(&opts.jpeg_quality),
-        "JPEG quality {} is outside 1..=100",
-        opts.jpeg_quality
-    );
+    ensure!((1..=100).contains(&opts.jpeg_quality), "JPEG quality {} is outside 1..=100", opts.jpeg_quality);
     let images_dir = opts.out.join("images");
     let labels_dir = opts.out.join("labels");
     for dir in [&images_dir, &labels_dir] {
@@ -120,32 +110,26 @@ pub fn generate(opts: &SynthOptions, on_photo: &(dyn Fn() + Sync)) -> Result<Syn
     }
 
     let first = opts.first_individual;
-    let last = first
-        .checked_add(opts.individuals)
-        .context("first_individual + individuals overflows")?;
+    let last = first.checked_add(opts.individuals).context("first_individual + individuals overflows")?;
     (first..last).into_par_iter().try_for_each(|individual| {
         let whale = SyntheticWhale::new(opts.seed, individual);
-        (0..opts.images_per_individual)
-            .into_par_iter()
-            .try_for_each(|photo| {
-                let (image, fluke_box) =
-                    whale.photograph(opts.seed, photo, opts.width, opts.height);
-                let capture = whale.capture(opts.seed, photo);
-                let name = photo_file_name(individual, photo);
-                write_jpeg(&images_dir.join(&name), &image, opts.jpeg_quality, &capture)?;
-                let yolo = labels_dir.join(name.replace(".jpg", ".txt"));
-                fs::write(&yolo, yolo_line(fluke_box, opts.width, opts.height))
-                    .with_context(|| format!("writing {}", yolo.display()))?;
-                on_photo();
-                Ok::<_, anyhow::Error>(())
-            })
+        (0..opts.images_per_individual).into_par_iter().try_for_each(|photo| {
+            let (image, fluke_box) = whale.photograph(opts.seed, photo, opts.width, opts.height);
+            let capture = whale.capture(opts.seed, photo);
+            let name = photo_file_name(individual, photo);
+            write_jpeg(&images_dir.join(&name), &image, opts.jpeg_quality, &capture)?;
+            let yolo = labels_dir.join(name.replace(".jpg", ".txt"));
+            fs::write(&yolo, yolo_line(fluke_box, opts.width, opts.height))
+                .with_context(|| format!("writing {}", yolo.display()))?;
+            on_photo();
+            Ok::<_, anyhow::Error>(())
+        })
     })?;
 
     let classes = labels_dir.join("classes.txt");
     fs::write(&classes, "fluke\n").with_context(|| format!("writing {}", classes.display()))?;
     let labels_csv = opts.out.join("labels.csv");
-    write_labels_csv(&labels_csv, opts)
-        .with_context(|| format!("writing {}", labels_csv.display()))?;
+    write_labels_csv(&labels_csv, opts).with_context(|| format!("writing {}", labels_csv.display()))?;
 
     Ok(SynthReport {
         photos: opts.individuals * opts.images_per_individual,
@@ -157,13 +141,7 @@ pub fn generate(opts: &SynthOptions, on_photo: &(dyn Fn() + Sync)) -> Result<Syn
 
 /// Renders one photo in memory (for benchmarks and tests): the RGB image and its fluke box
 /// `[x, y, w, h]` in pixels (the visible part of the fluke, clipped to the frame).
-pub fn render_photo(
-    seed: u64,
-    individual: usize,
-    photo: usize,
-    width: u32,
-    height: u32,
-) -> (RgbImage, [f32; 4]) {
+pub fn render_photo(seed: u64, individual: usize, photo: usize, width: u32, height: u32) -> (RgbImage, [f32; 4]) {
     let width = width.clamp(MIN_SIDE, MAX_SIDE);
     let height = height.clamp(MIN_SIDE, MAX_SIDE);
     SyntheticWhale::new(seed, individual).photograph(seed, photo, width, height)
@@ -191,19 +169,13 @@ fn yolo_line(fluke_box: [f32; 4], width: u32, height: u32) -> String {
     let (width, height) = (width as f32, height as f32);
     let cx = ((x + w / 2.0) / width).clamp(0.0, 1.0);
     let cy = ((y + h / 2.0) / height).clamp(0.0, 1.0);
-    format!(
-        "0 {cx:.6} {cy:.6} {:.6} {:.6}\n",
-        (w / width).clamp(0.0, 1.0),
-        (h / height).clamp(0.0, 1.0)
-    )
+    format!("0 {cx:.6} {cy:.6} {:.6} {:.6}\n", (w / width).clamp(0.0, 1.0), (h / height).clamp(0.0, 1.0))
 }
 
 fn write_jpeg(path: &Path, image: &RgbImage, quality: u8, capture: &Capture) -> Result<()> {
     let mut bytes = Vec::with_capacity(64 * 1024);
     let mut encoder = JpegEncoder::new_with_quality(&mut bytes, quality);
-    encoder
-        .set_exif_metadata(exif_block(capture)?)
-        .map_err(|e| anyhow::anyhow!("JPEG encoder refused EXIF: {e}"))?;
+    encoder.set_exif_metadata(exif_block(capture)?).map_err(|e| anyhow::anyhow!("JPEG encoder refused EXIF: {e}"))?;
     encoder.encode_image(image)?;
     fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
@@ -212,30 +184,17 @@ fn write_jpeg(path: &Path, image: &RgbImage, quality: u8, capture: &Capture) -> 
 fn exif_block(capture: &Capture) -> Result<Vec<u8>> {
     use exif::{Field, In, Tag, Value};
     let ascii = |s: &str| Value::Ascii(vec![s.as_bytes().to_vec()]);
-    let field = |tag, value| Field {
-        tag,
-        ifd_num: In::PRIMARY,
-        value,
-    };
+    let field = |tag, value| Field { tag, ifd_num: In::PRIMARY, value };
     let fields = [
         field(Tag::Make, ascii("whaleid")),
         field(Tag::Model, ascii("synthetic fluke")),
         field(Tag::DateTime, ascii(&capture.timestamp)),
         field(Tag::DateTimeOriginal, ascii(&capture.timestamp)),
         field(Tag::GPSVersionID, Value::Byte(vec![2, 3, 0, 0])),
-        field(
-            Tag::GPSLatitudeRef,
-            ascii(if capture.latitude >= 0.0 { "N" } else { "S" }),
-        ),
+        field(Tag::GPSLatitudeRef, ascii(if capture.latitude >= 0.0 { "N" } else { "S" })),
         field(Tag::GPSLatitude, degrees_minutes_seconds(capture.latitude)),
-        field(
-            Tag::GPSLongitudeRef,
-            ascii(if capture.longitude >= 0.0 { "E" } else { "W" }),
-        ),
-        field(
-            Tag::GPSLongitude,
-            degrees_minutes_seconds(capture.longitude),
-        ),
+        field(Tag::GPSLongitudeRef, ascii(if capture.longitude >= 0.0 { "E" } else { "W" })),
+        field(Tag::GPSLongitude, degrees_minutes_seconds(capture.longitude)),
     ];
     let mut writer = exif::experimental::Writer::new();
     for f in &fields {
@@ -253,18 +212,9 @@ fn degrees_minutes_seconds(angle: f64) -> exif::Value {
     let minutes = ((a - degrees) * 60.0).floor();
     let centiseconds = ((a - degrees - minutes / 60.0) * 360_000.0).round();
     exif::Value::Rational(vec![
-        Rational {
-            num: degrees as u32,
-            denom: 1,
-        },
-        Rational {
-            num: minutes as u32,
-            denom: 1,
-        },
-        Rational {
-            num: centiseconds as u32,
-            denom: 100,
-        },
+        Rational { num: degrees as u32, denom: 1 },
+        Rational { num: minutes as u32, denom: 1 },
+        Rational { num: centiseconds as u32, denom: 100 },
     ])
 }
 
@@ -284,9 +234,7 @@ fn splitmix64(z: u64) -> u64 {
 }
 
 fn mix_seed(parts: &[u64]) -> u64 {
-    parts
-        .iter()
-        .fold(0x243F_6A88_85A3_08D3, |h, &p| splitmix64(h ^ p))
+    parts.iter().fold(0x243F_6A88_85A3_08D3, |h, &p| splitmix64(h ^ p))
 }
 
 fn rng_for(parts: &[u64]) -> ChaCha8Rng {
@@ -296,9 +244,7 @@ fn rng_for(parts: &[u64]) -> ChaCha8Rng {
 fn lattice() -> &'static [f32] {
     static LATTICE: OnceLock<Vec<f32>> = OnceLock::new();
     LATTICE.get_or_init(|| {
-        (0..256u64 * 256)
-            .map(|i| (splitmix64(i ^ 0x5EA5_1DE5) >> 40) as f32 / (1u64 << 24) as f32)
-            .collect()
+        (0..256u64 * 256).map(|i| (splitmix64(i ^ 0x5EA5_1DE5) >> 40) as f32 / (1u64 << 24) as f32).collect()
     })
 }
 
@@ -313,11 +259,7 @@ struct Noise {
 impl Noise {
     fn new(key: u64) -> Self {
         let h = splitmix64(key);
-        Self {
-            table: lattice(),
-            ox: (h & 255) as i32,
-            oy: ((h >> 8) & 255) as i32,
-        }
+        Self { table: lattice(), ox: (h & 255) as i32, oy: ((h >> 8) & 255) as i32 }
     }
 
     fn at(&self, x: f32, y: f32) -> f32 {
@@ -366,11 +308,7 @@ fn lerp(a: f32, b: f32, t: f32) -> f32 {
 }
 
 fn lerp3(a: [f32; 3], b: [f32; 3], t: f32) -> [f32; 3] {
-    [
-        lerp(a[0], b[0], t),
-        lerp(a[1], b[1], t),
-        lerp(a[2], b[2], t),
-    ]
+    [lerp(a[0], b[0], t), lerp(a[1], b[1], t), lerp(a[2], b[2], t)]
 }
 
 fn scale3(a: [f32; 3], s: f32) -> [f32; 3] {
@@ -394,10 +332,7 @@ fn resample(src: &[u8], sw: usize, sh: usize, dst: &mut [u8], dw: usize, dh: usi
             })
             .collect()
     };
-    let src: Vec<u32> = src
-        .chunks_exact(4)
-        .map(|p| u32::from_le_bytes([p[0], p[1], p[2], p[3]]))
-        .collect();
+    let src: Vec<u32> = src.chunks_exact(4).map(|p| u32::from_le_bytes([p[0], p[1], p[2], p[3]])).collect();
     let xs = taps(sw, dw);
     let mut wide = Vec::with_capacity(sh * dw);
     for row in src.chunks_exact(sw) {
@@ -441,21 +376,12 @@ fn solid(rgb: [f32; 3], alpha: f32) -> Paint<'static> {
 }
 
 fn color(rgb: [f32; 3], alpha: f32) -> Color {
-    Color::from_rgba(
-        rgb[0].clamp(0.0, 1.0),
-        rgb[1].clamp(0.0, 1.0),
-        rgb[2].clamp(0.0, 1.0),
-        alpha.clamp(0.0, 1.0),
-    )
-    .unwrap_or(Color::BLACK)
+    Color::from_rgba(rgb[0].clamp(0.0, 1.0), rgb[1].clamp(0.0, 1.0), rgb[2].clamp(0.0, 1.0), alpha.clamp(0.0, 1.0))
+        .unwrap_or(Color::BLACK)
 }
 
 fn shader_paint(shader: Shader<'_>) -> Paint<'_> {
-    Paint {
-        shader,
-        anti_alias: true,
-        ..Paint::default()
-    }
+    Paint { shader, anti_alias: true, ..Paint::default() }
 }
 
 /// Gaussian-ish sample: the sum of three uniforms, scaled to unit variance.
@@ -517,10 +443,7 @@ impl Affine {
         }
     }
     fn apply(&self, p: Pt) -> Pt {
-        pt(
-            self.a * p.x + self.c * p.y + self.tx,
-            self.b * p.x + self.d * p.y + self.ty,
-        )
+        pt(self.a * p.x + self.c * p.y + self.tx, self.b * p.x + self.d * p.y + self.ty)
     }
     fn to_skia(self) -> Transform {
         Transform::from_row(self.a, self.b, self.c, self.d, self.tx, self.ty)
@@ -615,11 +538,7 @@ impl Lobe {
     }
 
     fn damage(&self, t: f32) -> f32 {
-        let nicks: f32 = self
-            .nicks
-            .iter()
-            .map(|c| c.depth * (1.0 - (t - c.t).abs() / c.half_width).max(0.0))
-            .sum();
+        let nicks: f32 = self.nicks.iter().map(|c| c.depth * (1.0 - (t - c.t).abs() / c.half_width).max(0.0)).sum();
         let bites: f32 = self
             .bites
             .iter()
@@ -656,11 +575,7 @@ impl Lobe {
     /// The lobe from the notch out along the trailing edge, back along the leading edge and
     /// down the side of the tail stock.
     fn outline(&self, rng: &mut ChaCha8Rng) -> (Vec<Pt>, usize) {
-        let mut points: Vec<Pt> = self
-            .trailing_samples()
-            .iter()
-            .map(|&t| pt(self.u(t), self.trailing(t)))
-            .collect();
+        let mut points: Vec<Pt> = self.trailing_samples().iter().map(|&t| pt(self.u(t), self.trailing(t))).collect();
         let trailing_len = points.len();
         if self.t_end < 1.0 {
             // A torn-off tip: a ragged cut from trailing to leading edge.
@@ -677,16 +592,11 @@ impl Lobe {
         }
         // Fillet into the tail stock, then straight down.
         let root = self.leading(T_ROOT);
-        let (p0, c, p1) = (
-            pt(self.side * STOCK_ROOT_U, root),
-            pt(self.side * 0.054, root + 0.01),
-            pt(self.side * 0.05, root + 0.07),
-        );
+        let (p0, c, p1) =
+            (pt(self.side * STOCK_ROOT_U, root), pt(self.side * 0.054, root + 0.01), pt(self.side * 0.05, root + 0.07));
         for i in 1..=6 {
             let s = i as f32 / 6.0;
-            let q = |a: f32, b: f32, d: f32| {
-                (1.0 - s) * (1.0 - s) * a + 2.0 * s * (1.0 - s) * b + s * s * d
-            };
+            let q = |a: f32, b: f32, d: f32| (1.0 - s) * (1.0 - s) * a + 2.0 * s * (1.0 - s) * b + s * s * d;
             points.push(pt(q(p0.x, c.x, p1.x), q(p0.y, c.y, p1.y)));
         }
         points.push(pt(self.side * 0.054, STOCK_BOTTOM));
@@ -735,14 +645,7 @@ impl FlukeOutline {
             .filter(|p| p.y < STOCK_BOTTOM - 0.2)
             .collect();
         let box_cut_v = left.leading(T_ROOT).max(right.leading(T_ROOT)) + 0.03;
-        Self {
-            left: left_half,
-            right: right_half,
-            full,
-            trailing_edge,
-            leading_edge,
-            box_cut_v,
-        }
+        Self { left: left_half, right: right_half, full, trailing_edge, leading_edge, box_cut_v }
     }
 }
 
@@ -762,14 +665,7 @@ fn canonical_from_texture() -> Affine {
 }
 
 fn texture_from_canonical() -> Affine {
-    Affine::new(
-        TEXTURE_SCALE,
-        0.0,
-        0.0,
-        TEXTURE_SCALE,
-        TEXTURE_ORIGIN.x,
-        TEXTURE_ORIGIN.y,
-    )
+    Affine::new(TEXTURE_SCALE, 0.0, 0.0, TEXTURE_SCALE, TEXTURE_ORIGIN.x, TEXTURE_ORIGIN.y)
 }
 
 /// Parameters of the black-and-white field whose sign paints the ventral side black.
@@ -811,11 +707,7 @@ impl PigmentField {
         } else {
             rng.random_range(0.0..0.5)
         };
-        let tint = [
-            rng.random_range(0.92..0.98),
-            rng.random_range(0.92..0.97),
-            rng.random_range(0.86..0.96),
-        ];
+        let tint = [rng.random_range(0.92..0.98), rng.random_range(0.92..0.97), rng.random_range(0.86..0.96)];
         let k = rng.random_range(0.04..0.09);
         Self {
             bias,
@@ -832,11 +724,7 @@ impl PigmentField {
             tips: rng.random_range(-0.3..0.6),
             stock: rng.random_range(0.3..1.2),
             streaks: Noise::new(rng.random()),
-            streak_amp: if rng.random::<f32>() < 0.4 {
-                rng.random_range(0.3..1.0)
-            } else {
-                0.0
-            },
+            streak_amp: if rng.random::<f32>() < 0.4 { rng.random_range(0.3..1.0) } else { 0.0 },
             streak_freq: rng.random_range(25.0..55.0),
             streak_reach: rng.random_range(0.03..0.15),
             mottle: Noise::new(rng.random()),
@@ -874,12 +762,7 @@ struct ColumnEdges {
 
 /// Paints the ventral pattern into a canonical texture. Also returns the field at half
 /// resolution (positive where black), so marks can contrast with the skin beneath.
-fn paint_pigmentation(
-    field: &PigmentField,
-    left: &Lobe,
-    right: &Lobe,
-    rng: &mut ChaCha8Rng,
-) -> (Pixmap, Vec<f32>) {
+fn paint_pigmentation(field: &PigmentField, left: &Lobe, right: &Lobe, rng: &mut ChaCha8Rng) -> (Pixmap, Vec<f32>) {
     let to_canonical = canonical_from_texture();
     // The large-scale part is smooth: evaluate it on a coarse grid and interpolate.
     const COARSE: u32 = 8;
@@ -931,17 +814,11 @@ fn paint_pigmentation(
                 + field.leading_margin * (-above_leading / field.leading_width).exp()
                 + field.stock * smoothstep(col.root, col.root + 0.15, v);
             if field.streak_amp > 0.0 {
-                let s = field
-                    .streaks
-                    .at(col.u * field.streak_freq, v * field.streak_freq * 0.12);
-                f += field.streak_amp
-                    * (2.0 * s - 0.8)
-                    * (-below_trailing / field.streak_reach).exp();
+                let s = field.streaks.at(col.u * field.streak_freq, v * field.streak_freq * 0.12);
+                f += field.streak_amp * (2.0 * s - 0.8) * (-below_trailing / field.streak_reach).exp();
             }
             if field.mottle_amp > 0.0 {
-                let m = field
-                    .mottle
-                    .fbm(col.u * field.mottle_freq, v * field.mottle_freq, 2);
+                let m = field.mottle.fbm(col.u * field.mottle_freq, v * field.mottle_freq, 2);
                 f += field.mottle_amp * (2.0 * m - 1.0) * 1.5;
             }
             values.push(f);
@@ -956,14 +833,7 @@ fn paint_pigmentation(
 
     let mut pixmap = Pixmap::new(TEXTURE_W, TEXTURE_H).expect("texture size is a nonzero constant");
     let (tw, th) = (TEXTURE_W as usize, TEXTURE_H as usize);
-    resample(
-        half.data(),
-        hw as usize,
-        hh as usize,
-        pixmap.data_mut(),
-        tw,
-        th,
-    );
+    resample(half.data(), hw as usize, hh as usize, pixmap.data_mut(), tw, th);
     // Sharpen the resampled edges back and colour the skin: black, or unevenly lit white.
     let mut white_part = [[0.0f32; 3]; 256];
     let mut black_part = [[0.0f32; 3]; 256];
@@ -1002,16 +872,12 @@ fn paint_marks(
         field_values[(y * hw + x) as usize] > 0.0
     };
     // A random point on a lobe, `depth` of the way from trailing to leading edge.
-    let lobe_point =
-        |rng: &mut ChaCha8Rng, t_range: std::ops::Range<f32>, depth: std::ops::Range<f32>| {
-            let lobe = if rng.random::<bool>() { left } else { right };
-            let t = rng.random_range(t_range);
-            let d = rng.random_range(depth);
-            (
-                pt(lobe.u(t), lerp(lobe.trailing_smooth(t), lobe.leading(t), d)),
-                lobe.side,
-            )
-        };
+    let lobe_point = |rng: &mut ChaCha8Rng, t_range: std::ops::Range<f32>, depth: std::ops::Range<f32>| {
+        let lobe = if rng.random::<bool>() { left } else { right };
+        let t = rng.random_range(t_range);
+        let d = rng.random_range(depth);
+        (pt(lobe.u(t), lerp(lobe.trailing_smooth(t), lobe.leading(t), d)), lobe.side)
+    };
     let white = field.white;
     let black = field.black;
     let scar_white = [0.93, 0.93, 0.92];
@@ -1020,29 +886,17 @@ fn paint_marks(
     // Spots: clusters of black spots on white skin and white spots on black skin. Mostly
     // white and mostly black flukes carry more: often all that tells them apart.
     let plain = field.bias < -0.5 || field.bias > 0.0;
-    let clusters = if plain {
-        rng.random_range(2..7)
-    } else {
-        rng.random_range(0..5)
-    };
+    let clusters = if plain { rng.random_range(2..7) } else { rng.random_range(0..5) };
     for _ in 0..clusters {
         let (centre, _) = lobe_point(rng, 0.1..0.9, 0.15..0.85);
         let spread = rng.random_range(0.015..0.07);
         let n = rng.random_range(3..14);
         let big = rng.random_range(0.006..0.022);
         for _ in 0..n {
-            let p = pt(
-                centre.x + normal(rng) * spread,
-                centre.y + normal(rng) * spread * 0.6,
-            );
+            let p = pt(centre.x + normal(rng) * spread, centre.y + normal(rng) * spread * 0.6);
             let dark = !is_black_at(p);
             let r = big * rng.random_range(0.35..1.0);
-            let Some((path, tr)) = ellipse_path(
-                p,
-                r,
-                r * rng.random_range(0.5..1.0),
-                rng.random_range(0.0..PI),
-            ) else {
+            let Some((path, tr)) = ellipse_path(p, r, r * rng.random_range(0.5..1.0), rng.random_range(0.0..PI)) else {
                 continue;
             };
             let col = if dark { black } else { white };
@@ -1057,11 +911,7 @@ fn paint_marks(
     }
 
     // Brush-stroke streaks running from the trailing edge towards the leading edge.
-    let streaks = if rng.random::<f32>() < 0.5 {
-        rng.random_range(1..7)
-    } else {
-        0
-    };
+    let streaks = if rng.random::<f32>() < 0.5 { rng.random_range(1..7) } else { 0 };
     let streak_dark = rng.random::<f32>() < 0.7;
     for _ in 0..streaks {
         let (start, side) = lobe_point(rng, 0.1..0.85, 0.0..0.15);
@@ -1074,11 +924,7 @@ fn paint_marks(
         pb.move_to(start.x, start.y);
         pb.quad_to(mid.x, mid.y, end.x, end.y);
         let Some(path) = pb.finish() else { continue };
-        let stroke = Stroke {
-            width: rng.random_range(0.005..0.016),
-            line_cap: LineCap::Round,
-            ..Stroke::default()
-        };
+        let stroke = Stroke { width: rng.random_range(0.005..0.016), line_cap: LineCap::Round, ..Stroke::default() };
         let col = if streak_dark { black } else { white };
         pixmap.stroke_path(&path, &solid(col, 0.9), &stroke, ts, None);
     }
@@ -1091,15 +937,9 @@ fn paint_marks(
         let spacing = rng.random_range(0.007..0.018);
         let len = rng.random_range(0.035..0.12);
         let width = rng.random_range(0.0022..0.0045);
-        let col = if is_black_at(centre) {
-            scar_white
-        } else {
-            scar_dark
-        };
+        let col = if is_black_at(centre) { scar_white } else { scar_dark };
         let angle = rng.random_range(0.0..PI);
-        parallel_marks(
-            pixmap, rng, centre, angle, lines, spacing, len, width, col, 0.85, ts,
-        );
+        parallel_marks(pixmap, rng, centre, angle, lines, spacing, len, width, col, 0.85, ts);
     }
 
     // Orca rake marks: 3-4 wider-spaced lines across a lobe, usually near the tips or edge.
@@ -1110,14 +950,8 @@ fn paint_marks(
         let spacing = rng.random_range(0.016..0.03);
         let lines = rng.random_range(3..=4);
         let width = rng.random_range(0.003..0.006);
-        let col = if is_black_at(centre) {
-            scar_white
-        } else {
-            scar_dark
-        };
-        parallel_marks(
-            pixmap, rng, centre, angle, lines, spacing, len, width, col, 0.9, ts,
-        );
+        let col = if is_black_at(centre) { scar_white } else { scar_dark };
+        parallel_marks(pixmap, rng, centre, angle, lines, spacing, len, width, col, 0.9, ts);
     }
 
     // Barnacle scars: clusters of small rings and dots.
@@ -1125,24 +959,14 @@ fn paint_marks(
         for _ in 0..rng.random_range(1..3) {
             let (centre, _) = lobe_point(rng, 0.05..0.95, 0.0..0.5);
             for _ in 0..rng.random_range(3..12) {
-                let p = pt(
-                    centre.x + normal(rng) * 0.02,
-                    centre.y + normal(rng) * 0.012,
-                );
+                let p = pt(centre.x + normal(rng) * 0.02, centre.y + normal(rng) * 0.012);
                 let r = rng.random_range(0.003..0.007);
-                let col = if is_black_at(p) {
-                    [0.8, 0.8, 0.78]
-                } else {
-                    [0.35, 0.35, 0.35]
-                };
+                let col = if is_black_at(p) { [0.8, 0.8, 0.78] } else { [0.35, 0.35, 0.35] };
                 let Some(path) = PathBuilder::from_circle(p.x, p.y, r) else {
                     continue;
                 };
                 if rng.random::<bool>() {
-                    let stroke = Stroke {
-                        width: 0.0018,
-                        ..Stroke::default()
-                    };
+                    let stroke = Stroke { width: 0.0018, ..Stroke::default() };
                     pixmap.stroke_path(&path, &solid(col, 0.9), &stroke, ts, None);
                 } else {
                     pixmap.fill_path(&path, &solid(col, 0.8), FillRule::Winding, ts, None);
@@ -1173,27 +997,15 @@ fn parallel_marks(
         let l = len * rng.random_range(0.75..1.0);
         let shift = rng.random_range(-0.1..0.1) * len;
         let at = |s: f32| {
-            pt(
-                centre.x + dir.x * (s + shift) + normal_dir.x * off,
-                centre.y + dir.y * (s + shift) + normal_dir.y * off,
-            )
+            pt(centre.x + dir.x * (s + shift) + normal_dir.x * off, centre.y + dir.y * (s + shift) + normal_dir.y * off)
         };
         let (a, b) = (at(-l / 2.0), at(l / 2.0));
         let m = at(0.0);
         let mut pb = PathBuilder::new();
         pb.move_to(a.x, a.y);
-        pb.quad_to(
-            m.x + normal_dir.x * bend,
-            m.y + normal_dir.y * bend,
-            b.x,
-            b.y,
-        );
+        pb.quad_to(m.x + normal_dir.x * bend, m.y + normal_dir.y * bend, b.x, b.y);
         let Some(path) = pb.finish() else { continue };
-        let stroke = Stroke {
-            width,
-            line_cap: LineCap::Round,
-            ..Stroke::default()
-        };
+        let stroke = Stroke { width, line_cap: LineCap::Round, ..Stroke::default() };
         pixmap.stroke_path(&path, &solid(col, alpha), &stroke, ts, None);
     }
 }
@@ -1202,14 +1014,7 @@ fn parallel_marks(
 // The individual: sighting history
 
 /// Six sampling occasions across one season.
-const SURVEY_DAYS: [&str; 6] = [
-    "2024:06:14",
-    "2024:07:02",
-    "2024:07:19",
-    "2024:08:06",
-    "2024:08:24",
-    "2024:09:11",
-];
+const SURVEY_DAYS: [&str; 6] = ["2024:06:14", "2024:07:02", "2024:07:19", "2024:08:06", "2024:08:24", "2024:09:11"];
 /// Stellwagen Bank, Gulf of Maine.
 const SURVEY_SITE: (f64, f64) = (42.35, -70.30);
 
@@ -1232,10 +1037,7 @@ struct Capture {
 
 fn survey_day_position(seed: u64, day: usize) -> (f64, f64) {
     let mut rng = rng_for(&[seed, STREAM_SURVEY, day as u64]);
-    (
-        SURVEY_SITE.0 + rng.random_range(-0.08..0.08),
-        SURVEY_SITE.1 + rng.random_range(-0.12..0.12),
-    )
+    (SURVEY_SITE.0 + rng.random_range(-0.08..0.08), SURVEY_SITE.1 + rng.random_range(-0.12..0.12))
 }
 
 fn random_sightings(seed: u64, rng: &mut ChaCha8Rng) -> Vec<Sighting> {
@@ -1284,13 +1086,7 @@ impl SyntheticWhale {
         darken_tail_stock(&mut pigment, outline.box_cut_v);
         let sightings = random_sightings(seed, rng);
         let interior = interior_points(&outline);
-        Self {
-            individual,
-            outline,
-            pigment,
-            interior,
-            sightings,
-        }
+        Self { individual, outline, pigment, interior, sightings }
     }
 
     fn capture(&self, seed: u64, photo: usize) -> Capture {
@@ -1298,13 +1094,7 @@ impl SyntheticWhale {
         let sighting = &self.sightings[photo % self.sightings.len()];
         let s = sighting.start_seconds + rng.random_range(0..1500);
         Capture {
-            timestamp: format!(
-                "{} {:02}:{:02}:{:02}",
-                SURVEY_DAYS[sighting.day],
-                s / 3600,
-                s / 60 % 60,
-                s % 60
-            ),
+            timestamp: format!("{} {:02}:{:02}:{:02}", SURVEY_DAYS[sighting.day], s / 3600, s / 60 % 60, s % 60),
             latitude: sighting.latitude + rng.random_range(-0.002..0.002),
             longitude: sighting.longitude + rng.random_range(-0.002..0.002),
         }
@@ -1335,11 +1125,7 @@ fn random_lobes(rng: &mut ChaCha8Rng) -> (Lobe, Lobe) {
         chord_q,
         notch_depth,
         notch_width,
-        t_end: if torn_tip && side == torn_side {
-            rng.random_range(0.8..0.95)
-        } else {
-            1.0
-        },
+        t_end: if torn_tip && side == torn_side { rng.random_range(0.8..0.95) } else { 1.0 },
         scallops: Vec::new(),
         nicks: Vec::new(),
         bites: Vec::new(),
@@ -1350,28 +1136,19 @@ fn random_lobes(rng: &mut ChaCha8Rng) -> (Lobe, Lobe) {
         let mut t = lobe.notch_width + rng.random::<f32>() * spacing;
         while t < lobe.t_end - 0.02 {
             let envelope = 1.0 - 0.75 * t.powi(3);
-            lobe.scallops
-                .push((t, scallop_depth * rng.random_range(0.3..1.5) * envelope));
+            lobe.scallops.push((t, scallop_depth * rng.random_range(0.3..1.5) * envelope));
             t += spacing * rng.random_range(0.5..1.5);
         }
     }
     for _ in 0..nicks {
         let lobe = &mut lobes[rng.random_range(0..2)];
         let t = rng.random_range(lobe.notch_width + 0.03..lobe.t_end - 0.04);
-        lobe.nicks.push(Cut {
-            t,
-            half_width: rng.random_range(0.006..0.018),
-            depth: rng.random_range(0.01..0.032),
-        });
+        lobe.nicks.push(Cut { t, half_width: rng.random_range(0.006..0.018), depth: rng.random_range(0.01..0.032) });
     }
     for _ in 0..bites {
         let lobe = &mut lobes[rng.random_range(0..2)];
         let t = rng.random_range(0.15..lobe.t_end - 0.08);
-        lobe.bites.push(Cut {
-            t,
-            half_width: rng.random_range(0.03..0.1),
-            depth: rng.random_range(0.02..0.07),
-        });
+        lobe.bites.push(Cut { t, half_width: rng.random_range(0.03..0.1), depth: rng.random_range(0.02..0.07) });
     }
     let [left, right] = lobes;
     (left, right)
@@ -1435,11 +1212,7 @@ struct Pose {
 
 impl Pose {
     fn map(&self, p: Pt) -> Pt {
-        if p.x < 0.0 {
-            self.photo_from_left.apply(p)
-        } else {
-            self.photo_from_right.apply(p)
-        }
+        if p.x < 0.0 { self.photo_from_left.apply(p) } else { self.photo_from_right.apply(p) }
     }
 
     fn random(rng: &mut ChaCha8Rng, outline: &FlukeOutline, width: f32, height: f32) -> Self {
@@ -1453,23 +1226,11 @@ impl Pose {
             .after(Affine::shear_x(shear))
             .after(Affine::scale(span, span * squash))
             .after(Affine::translate(0.0, -0.1));
-        let half = |side: f32, twist: f32| {
-            core.after(Affine::new(1.0 + side * yaw, twist, 0.0, 1.0, 0.0, 0.0))
-        };
-        let mut pose = Pose {
-            photo_from_left: half(-1.0, twist[0]),
-            photo_from_right: half(1.0, twist[1]),
-            span,
-        };
+        let half = |side: f32, twist: f32| core.after(Affine::new(1.0 + side * yaw, twist, 0.0, 1.0, 0.0, 0.0));
+        let mut pose = Pose { photo_from_left: half(-1.0, twist[0]), photo_from_right: half(1.0, twist[1]), span };
 
         // Place the fluke box in the frame, leaving room for water below.
-        let (lo, hi) = bounds(
-            outline
-                .full
-                .iter()
-                .filter(|p| p.y <= outline.box_cut_v)
-                .map(|&p| pose.map(p)),
-        );
+        let (lo, hi) = bounds(outline.full.iter().filter(|p| p.y <= outline.box_cut_v).map(|&p| pose.map(p)));
         let margin = 0.02 * width;
         let place = |rng: &mut ChaCha8Rng, size: f32, room: f32, lo: f32| {
             let slack = room - size - 2.0 * margin;
@@ -1491,18 +1252,9 @@ impl Pose {
 }
 
 fn bounds(points: impl Iterator<Item = Pt>) -> (Pt, Pt) {
-    points.fold(
-        (
-            pt(f32::INFINITY, f32::INFINITY),
-            pt(f32::NEG_INFINITY, f32::NEG_INFINITY),
-        ),
-        |(lo, hi), p| {
-            (
-                pt(lo.x.min(p.x), lo.y.min(p.y)),
-                pt(hi.x.max(p.x), hi.y.max(p.y)),
-            )
-        },
-    )
+    points.fold((pt(f32::INFINITY, f32::INFINITY), pt(f32::NEG_INFINITY, f32::NEG_INFINITY)), |(lo, hi), p| {
+        (pt(lo.x.min(p.x), lo.y.min(p.y)), pt(hi.x.max(p.x), hi.y.max(p.y)))
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1548,10 +1300,7 @@ const SKY_PALETTE: [([f32; 3], [f32; 3]); 4] = [
 
 impl Seascape {
     fn random(rng: &mut ChaCha8Rng, width: f32, height: f32) -> Self {
-        let (a, b) = (
-            SEA_PALETTE[rng.random_range(0..6)],
-            SEA_PALETTE[rng.random_range(0..6)],
-        );
+        let (a, b) = (SEA_PALETTE[rng.random_range(0..6)], SEA_PALETTE[rng.random_range(0..6)]);
         let m = rng.random::<f32>();
         let jitter = |rng: &mut ChaCha8Rng, c: [f32; 3]| {
             let s = rng.random_range(0.75..1.25);
@@ -1619,9 +1368,7 @@ impl Seascape {
         let c = lerp3(self.sea_far, self.sea_near, near);
         // Wave noise on the sea plane, so waves shrink towards the horizon.
         let z = 1.0 / (d + 3.0);
-        let wave = self
-            .waves
-            .fbm((x - self.width / 2.0) * z * self.wave_x, z * self.wave_z, 3);
+        let wave = self.waves.fbm((x - self.width / 2.0) * z * self.wave_x, z * self.wave_z, 3);
         let detail = smoothstep(0.0, 14.0, d);
         let c = scale3(c, 1.0 + self.wave_contrast * (2.0 * wave - 1.0) * detail);
         let glint = smoothstep(0.62, 0.85, wave) * self.glint * detail;
@@ -1674,11 +1421,7 @@ struct WaterLine {
 
 impl WaterLine {
     fn base_at(&self, x: f32) -> f32 {
-        let ripples: f32 = self
-            .ripples
-            .iter()
-            .map(|&(a, f, p)| a * (x * f + p).sin())
-            .sum();
+        let ripples: f32 = self.ripples.iter().map(|&(a, f, p)| a * (x * f + p).sin()).sum();
         self.y0 + self.slope * (x - self.x0) + ripples
     }
 
@@ -1713,28 +1456,15 @@ impl SyntheticWhale {
         let mut rng = rng_for(&[seed, STREAM_PHOTO, self.individual as u64, photo as u64]);
         let rng = &mut rng;
         let (w, h) = (width as f32, height as f32);
-        let mut canvas =
-            Pixmap::new(width, height).expect("photo size is clamped to a drawable range");
+        let mut canvas = Pixmap::new(width, height).expect("photo size is clamped to a drawable range");
 
         let sea = Seascape::random(rng, w, h);
         let background = sea.paint();
         let (bw, bh) = (background.width(), background.height());
-        resample(
-            background.data(),
-            bw as usize,
-            bh as usize,
-            canvas.data_mut(),
-            width as usize,
-            height as usize,
-        );
+        resample(background.data(), bw as usize, bh as usize, canvas.data_mut(), width as usize, height as usize);
         let stretch = Transform::from_scale(w / bw as f32, h / bh as f32);
-        let background_shader = Pattern::new(
-            background.as_ref(),
-            SpreadMode::Pad,
-            FilterQuality::Bilinear,
-            1.0,
-            stretch,
-        );
+        let background_shader =
+            Pattern::new(background.as_ref(), SpreadMode::Pad, FilterQuality::Bilinear, 1.0, stretch);
         paint_wave_glints(&mut canvas, &sea, rng);
 
         let pose = Pose::random(rng, &self.outline, w, h);
@@ -1746,13 +1476,7 @@ impl SyntheticWhale {
         let (lo, hi) = bounds(self.outline.full.iter().map(|&p| pose.map(p)));
         if let Some(path) = polygon_path(&water.front(lo.x - 3.0, hi.x + 3.0, hi.y + 3.0)) {
             let paint = shader_paint(background_shader);
-            canvas.fill_path(
-                &path,
-                &paint,
-                FillRule::Winding,
-                Transform::identity(),
-                None,
-            );
+            canvas.fill_path(&path, &paint, FillRule::Winding, Transform::identity(), None);
         }
         paint_crest(&mut canvas, &water, &sea, rng);
         paint_foam(&mut canvas, &water, &pose, rng);
@@ -1772,14 +1496,10 @@ impl SyntheticWhale {
 
     fn paint_fluke(&self, canvas: &mut Pixmap, pose: &Pose, rng: &mut ChaCha8Rng) {
         let identity = Transform::identity();
-        for (half, photo_from_canonical) in [
-            (&self.outline.left, pose.photo_from_left),
-            (&self.outline.right, pose.photo_from_right),
-        ] {
-            let points: Vec<Pt> = half
-                .iter()
-                .map(|&p| photo_from_canonical.apply(p))
-                .collect();
+        for (half, photo_from_canonical) in
+            [(&self.outline.left, pose.photo_from_left), (&self.outline.right, pose.photo_from_right)]
+        {
+            let points: Vec<Pt> = half.iter().map(|&p| photo_from_canonical.apply(p)).collect();
             let Some(path) = polygon_path(&points) else {
                 continue;
             };
@@ -1788,17 +1508,9 @@ impl SyntheticWhale {
                 SpreadMode::Pad,
                 FilterQuality::Bilinear,
                 1.0,
-                photo_from_canonical
-                    .after(canonical_from_texture())
-                    .to_skia(),
+                photo_from_canonical.after(canonical_from_texture()).to_skia(),
             );
-            canvas.fill_path(
-                &path,
-                &shader_paint(pattern),
-                FillRule::Winding,
-                identity,
-                None,
-            );
+            canvas.fill_path(&path, &shader_paint(pattern), FillRule::Winding, identity, None);
         }
         let full: Vec<Pt> = self.outline.full.iter().map(|&p| pose.map(p)).collect();
         let Some(path) = polygon_path(&full) else {
@@ -1806,13 +1518,7 @@ impl SyntheticWhale {
         };
         let mut shade = |shader: Option<Shader>| {
             if let Some(shader) = shader {
-                canvas.fill_path(
-                    &path,
-                    &shader_paint(shader),
-                    FillRule::Winding,
-                    identity,
-                    None,
-                );
+                canvas.fill_path(&path, &shader_paint(shader), FillRule::Winding, identity, None);
             }
         };
         let black = |alpha: f32| Color::from_rgba8(0, 0, 0, unit_u8(alpha));
@@ -1825,15 +1531,8 @@ impl SyntheticWhale {
             Point::from_xy(c.x - angle.cos() * r, c.y - angle.sin() * r),
             Point::from_xy(c.x + angle.cos() * r, c.y + angle.sin() * r),
         );
-        let backlit = if rng.random::<f32>() < 0.25 {
-            rng.random_range(0.15f32..0.45)
-        } else {
-            0.0
-        };
-        let (lit, shaded) = (
-            rng.random_range(0.0f32..0.1),
-            rng.random_range(0.05f32..0.4),
-        );
+        let backlit = if rng.random::<f32>() < 0.25 { rng.random_range(0.15f32..0.45) } else { 0.0 };
+        let (lit, shaded) = (rng.random_range(0.0f32..0.1), rng.random_range(0.05f32..0.4));
         let even_light = rng.random::<f32>() < 0.3;
         shade(if even_light && backlit == 0.0 {
             None
@@ -1857,10 +1556,7 @@ impl SyntheticWhale {
                 glare,
                 pose.span * rng.random_range(0.15..0.4),
                 vec![
-                    GradientStop::new(
-                        0.0,
-                        Color::from_rgba8(255, 255, 250, rng.random_range(40..100)),
-                    ),
+                    GradientStop::new(0.0, Color::from_rgba8(255, 255, 250, rng.random_range(40..100))),
                     GradientStop::new(1.0, Color::from_rgba8(255, 255, 250, 0)),
                 ],
                 SpreadMode::Pad,
@@ -1872,11 +1568,7 @@ impl SyntheticWhale {
     fn water_line(&self, pose: &Pose, sea: &Seascape, rng: &mut ChaCha8Rng) -> WaterLine {
         let at = pose.map(pt(0.0, rng.random_range(0.34..0.5)));
         let ripple = |rng: &mut ChaCha8Rng| {
-            (
-                rng.random_range(0.5..2.5),
-                2.0 * PI / rng.random_range(20.0..90.0),
-                rng.random_range(0.0..2.0 * PI),
-            )
+            (rng.random_range(0.5..2.5), 2.0 * PI / rng.random_range(20.0..90.0), rng.random_range(0.0..2.0 * PI))
         };
         let mut water = WaterLine {
             y0: at.y,
@@ -1890,11 +1582,7 @@ impl SyntheticWhale {
             let side = if rng.random::<bool>() { 1.0 } else { -1.0 };
             let u = side * rng.random_range(0.12..0.4);
             let cover = rng.random_range(0.25..0.65);
-            let nearest = |edge: &[Pt]| {
-                edge.iter()
-                    .min_by(|a, b| (a.x - u).abs().total_cmp(&(b.x - u).abs()))
-                    .copied()
-            };
+            let nearest = |edge: &[Pt]| edge.iter().min_by(|a, b| (a.x - u).abs().total_cmp(&(b.x - u).abs())).copied();
             let trailing = nearest(&self.outline.trailing_edge).unwrap_or(pt(u, 0.0));
             let leading = nearest(&self.outline.leading_edge).unwrap_or(pt(u, 0.2));
             let target = pose.map(pt(u, lerp(leading.y, trailing.y, cover)));
@@ -1939,10 +1627,7 @@ struct EllipseBatch {
 
 impl EllipseBatch {
     fn new(alphas: [f32; 3], tilt: f32) -> Self {
-        Self {
-            levels: alphas.map(|a| (a, PathBuilder::new())),
-            tilt,
-        }
+        Self { levels: alphas.map(|a| (a, PathBuilder::new())), tilt }
     }
 
     fn push(&mut self, centre: Pt, rx: f32, ry: f32, level: usize) {
@@ -1979,11 +1664,7 @@ fn paint_wave_glints(canvas: &mut Pixmap, sea: &Seascape, rng: &mut ChaCha8Rng) 
         }
         let len = (2.0 + 0.04 * d) * rng.random_range(0.4..2.0);
         let thick = (0.4 + 0.003 * d) * rng.random_range(0.6..1.4);
-        let batch = if rng.random::<f32>() < 0.6 {
-            &mut light
-        } else {
-            &mut dark
-        };
+        let batch = if rng.random::<f32>() < 0.6 { &mut light } else { &mut dark };
         batch.push(pt(x, y), len, thick, rng.random_range(0..3));
     }
     light.fill(canvas, lerp3(sea.sky_horizon, [1.0, 1.0, 1.0], 0.3));
@@ -1995,10 +1676,7 @@ fn falling_water(start: Pt, len: f32, sway: f32, phase: f32, water: &WaterLine) 
     let mut points = Vec::with_capacity(12);
     for k in 0..=10 {
         let s = k as f32 / 10.0;
-        let p = pt(
-            start.x + sway * s * s + (s * 7.0 + phase).sin() * 0.8 * s,
-            start.y + len * s,
-        );
+        let p = pt(start.x + sway * s * s + (s * 7.0 + phase).sin() * 0.8 * s, start.y + len * s);
         if p.y > water.y_at(p.x) {
             break;
         }
@@ -2019,19 +1697,14 @@ fn paint_streams(
     let identity = Transform::identity();
     // Sheets running down the ventral side from the trailing edge.
     for _ in 0..(wetness * rng.random_range(0.0..10.0)) as usize {
-        let start =
-            pose.map(outline.trailing_edge[rng.random_range(0..outline.trailing_edge.len())]);
+        let start = pose.map(outline.trailing_edge[rng.random_range(0..outline.trailing_edge.len())]);
         let len = pose.span * rng.random_range(0.03..0.15);
         let sway = rng.random_range(-0.1..0.1) * len;
         let points = falling_water(start, len, sway, rng.random_range(0.0..2.0 * PI), water);
         let Some(path) = polyline_path(&points) else {
             continue;
         };
-        let stroke = Stroke {
-            width: rng.random_range(1.5..5.0),
-            line_cap: LineCap::Round,
-            ..Stroke::default()
-        };
+        let stroke = Stroke { width: rng.random_range(1.5..5.0), line_cap: LineCap::Round, ..Stroke::default() };
         let paint = solid(white, rng.random_range(0.08..0.22));
         canvas.stroke_path(&path, &paint, &stroke, identity, None);
     }
@@ -2044,21 +1717,11 @@ fn paint_streams(
             outline.leading_edge[rng.random_range(0..outline.leading_edge.len())]
         };
         let len = pose.span * rng.random::<f32>().powi(2) * 0.3;
-        let points = falling_water(
-            pose.map(start),
-            len,
-            0.0,
-            rng.random_range(0.0..2.0 * PI),
-            water,
-        );
+        let points = falling_water(pose.map(start), len, 0.0, rng.random_range(0.0..2.0 * PI), water);
         let Some(path) = polyline_path(&points) else {
             continue;
         };
-        let stroke = Stroke {
-            width: rng.random_range(0.6..2.0),
-            line_cap: LineCap::Round,
-            ..Stroke::default()
-        };
+        let stroke = Stroke { width: rng.random_range(0.6..2.0), line_cap: LineCap::Round, ..Stroke::default() };
         let paint = solid(white, rng.random_range(0.2..0.55));
         canvas.stroke_path(&path, &paint, &stroke, identity, None);
     }
@@ -2075,11 +1738,7 @@ fn paint_drops(
     let drops = (wetness * wetness * rng.random_range(0.0..150.0)) as usize;
     let mut pb = PathBuilder::new();
     for _ in 0..drops {
-        let edge = if rng.random::<bool>() {
-            &outline.leading_edge
-        } else {
-            &outline.trailing_edge
-        };
+        let edge = if rng.random::<bool>() { &outline.leading_edge } else { &outline.trailing_edge };
         let p = pose.map(edge[rng.random_range(0..edge.len())]);
         let fall = pose.span * rng.random::<f32>().powi(2) * 0.35;
         let (x, y) = (p.x + normal(rng) * pose.span * 0.02, p.y + fall);
@@ -2089,13 +1748,7 @@ fn paint_drops(
     }
     if let Some(path) = pb.finish() {
         let paint = solid([0.95, 0.96, 0.97], rng.random_range(0.4..0.8));
-        canvas.fill_path(
-            &path,
-            &paint,
-            FillRule::Winding,
-            Transform::identity(),
-            None,
-        );
+        canvas.fill_path(&path, &paint, FillRule::Winding, Transform::identity(), None);
     }
 }
 
@@ -2118,22 +1771,13 @@ fn paint_crest(canvas: &mut Pixmap, water: &WaterLine, sea: &Seascape, rng: &mut
     let Some(shader) = LinearGradient::new(
         Point::from_xy(cx, top),
         Point::from_xy(cx, top + height),
-        vec![
-            GradientStop::new(0.0, color(tint, alpha)),
-            GradientStop::new(1.0, color(tint, 0.0)),
-        ],
+        vec![GradientStop::new(0.0, color(tint, alpha)), GradientStop::new(1.0, color(tint, 0.0))],
         SpreadMode::Pad,
         Transform::identity(),
     ) else {
         return;
     };
-    canvas.fill_path(
-        &path,
-        &shader_paint(shader),
-        FillRule::Winding,
-        Transform::identity(),
-        None,
-    );
+    canvas.fill_path(&path, &shader_paint(shader), FillRule::Winding, Transform::identity(), None);
 }
 
 fn paint_foam(canvas: &mut Pixmap, water: &WaterLine, pose: &Pose, rng: &mut ChaCha8Rng) {
@@ -2149,30 +1793,17 @@ fn paint_foam(canvas: &mut Pixmap, water: &WaterLine, pose: &Pose, rng: &mut Cha
             let x = cx + normal(rng) * spread;
             let y = water.y_at(x) + normal(rng).abs() * pose.span * 0.01 - pose.span * 0.003;
             let r = pose.span * rng.random_range(0.002..0.011);
-            foam.push(
-                pt(x, y),
-                r * rng.random_range(1.0..2.2),
-                r,
-                rng.random_range(0..3),
-            );
+            foam.push(pt(x, y), r * rng.random_range(1.0..2.2), r, rng.random_range(0..3));
         }
     }
     foam.fill(canvas, white);
 }
 
-fn paint_spray_cloud(
-    canvas: &mut Pixmap,
-    outline: &FlukeOutline,
-    pose: &Pose,
-    rng: &mut ChaCha8Rng,
-) {
+fn paint_spray_cloud(canvas: &mut Pixmap, outline: &FlukeOutline, pose: &Pose, rng: &mut ChaCha8Rng) {
     let anchor = outline.leading_edge[rng.random_range(0..outline.leading_edge.len())];
     let centre = pose.map(anchor);
     for _ in 0..rng.random_range(5..14) {
-        let c = pt(
-            centre.x + normal(rng) * pose.span * 0.06,
-            centre.y + normal(rng) * pose.span * 0.04,
-        );
+        let c = pt(centre.x + normal(rng) * pose.span * 0.06, centre.y + normal(rng) * pose.span * 0.04);
         let r = pose.span * rng.random_range(0.03..0.1);
         let alpha = rng.random_range(70..150);
         let Some(shader) = RadialGradient::new(
@@ -2218,23 +1849,13 @@ fn develop(canvas: &mut Pixmap, rng: &mut ChaCha8Rng) -> RgbImage {
             unit_u8(lerp(x, haze_colour, haze))
         })
     });
-    let noise = if rng.random::<f32>() < 0.6 {
-        rng.random_range(0..7u32)
-    } else {
-        0
-    };
+    let noise = if rng.random::<f32>() < 0.6 { rng.random_range(0..7u32) } else { 0 };
     let mut state = rng.random::<u64>() | 1;
     let (width, height) = (canvas.width(), canvas.height());
     let mut image = RgbImage::new(width, height);
-    for (dst, src) in image
-        .as_mut()
-        .chunks_exact_mut(3)
-        .zip(canvas.data().chunks_exact(4))
-    {
+    for (dst, src) in image.as_mut().chunks_exact_mut(3).zip(canvas.data().chunks_exact(4)) {
         let grain = if noise > 0 {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
             ((state >> 40) % (2 * noise as u64 + 1)) as i32 - noise as i32
         } else {
             0

@@ -17,7 +17,18 @@ fn synth_import_stats_export_and_undo_from_the_command_line() {
     let cat = dir.path().join("flukes.whaleid");
     let (data_s, cat_s) = (data.to_str().unwrap(), cat.to_str().unwrap());
 
-    let synth = whaleid(&["synth", "--out", data_s, "--individuals", "4", "--images-per-individual", "3", "--seed", "5", "--json"]);
+    let synth = whaleid(&[
+        "synth",
+        "--out",
+        data_s,
+        "--individuals",
+        "4",
+        "--images-per-individual",
+        "3",
+        "--seed",
+        "5",
+        "--json",
+    ]);
     assert_eq!(synth["photos"], 12);
 
     let report = whaleid(&["import", "--catalog", cat_s, data_s, "--json"]);
@@ -26,7 +37,10 @@ fn synth_import_stats_export_and_undo_from_the_command_line() {
     assert_eq!(report[0]["labels"]["applied"], 12, "labels attach to the YOLO box of each photo");
 
     let stats = whaleid(&["stats", "--catalog", cat_s, "--json"]);
-    assert_eq!((stats["photos"].as_i64(), stats["individuals"].as_i64(), stats["boxes"].as_i64()), (Some(12), Some(4), Some(12)));
+    assert_eq!(
+        (stats["photos"].as_i64(), stats["individuals"].as_i64(), stats["boxes"].as_i64()),
+        (Some(12), Some(4), Some(12))
+    );
     assert_eq!(stats["annotations_by_part"]["fluke"], 12);
     assert!(stats["first_photo_date"].as_str().is_some_and(|d| d.starts_with("2024-")), "EXIF dates are read");
 
@@ -38,7 +52,8 @@ fn synth_import_stats_export_and_undo_from_the_command_line() {
     let table = whaleid::import::labels::parse_labels(text.as_bytes()).unwrap();
     assert_eq!(table.rows.len(), 12);
     let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
-    let (lat_col, lon_col) = (header.iter().position(|h| *h == "latitude").unwrap(), header.iter().position(|h| *h == "longitude").unwrap());
+    let (lat_col, lon_col) =
+        (header.iter().position(|h| *h == "latitude").unwrap(), header.iter().position(|h| *h == "longitude").unwrap());
     for line in text.lines().skip(1) {
         let fields: Vec<&str> = line.split(',').collect();
         let (lat, lon): (f64, f64) = (fields[lat_col].parse().unwrap(), fields[lon_col].parse().unwrap());
@@ -67,5 +82,9 @@ fn a_missing_catalogue_or_dataset_is_a_clear_error_not_a_panic() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot open dataset"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot open dataset"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

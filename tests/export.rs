@@ -14,7 +14,10 @@ use whaleid::progress::Silent;
 fn survey(dir: &Path) -> Catalogue {
     let data = dir.join("survey");
     common::photos(&data, 4, 200, 100);
-    common::write(&data.join("labels.csv"), "image,individual_id,species\np000.jpg,W1,humpback_whale\np001.jpg,W1,humpback_whale\np002.jpg,W2,humpback_whale\n");
+    common::write(
+        &data.join("labels.csv"),
+        "image,individual_id,species\np000.jpg,W1,humpback_whale\np001.jpg,W1,humpback_whale\np002.jpg,W2,humpback_whale\n",
+    );
     common::write(&data.join("labels/p000.txt"), "0 0.5 0.5 0.5 0.5\n");
     let mut cat = Catalogue::create(&dir.join("survey.whaleid")).unwrap();
     let report = import(&mut cat, &data, &ImportOptions::default(), &Silent).unwrap();
@@ -35,7 +38,9 @@ fn the_catalogue_csv_has_one_row_per_annotation_and_reimports_as_labels() {
     let text = std::fs::read_to_string(&out).unwrap();
     let rows: Vec<&str> = text.lines().collect();
     assert!(rows[0].starts_with("annotation_id,image,path,"));
-    assert!(rows.iter().any(|r| r.contains("survey/images/p000.jpg") && r.contains(",50.00,25.00,100.00,50.00,fluke,") && r.contains(",W1,")));
+    assert!(rows.iter().any(|r| r.contains("survey/images/p000.jpg")
+        && r.contains(",50.00,25.00,100.00,50.00,fluke,")
+        && r.contains(",W1,")));
     let table = whaleid::import::labels::parse_labels(text.as_bytes()).unwrap();
     assert_eq!(table.rows.len(), 3);
     assert_eq!(table.rows[2].individual.as_deref(), Some("W2"));
@@ -49,7 +54,10 @@ fn yolo_export_writes_a_label_file_for_every_photo_even_without_boxes() {
     assert_eq!(run(&cat, ExportFormat::Yolo, &out).items, 1);
     let labels: Vec<_> = std::fs::read_dir(out.join("labels")).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(labels.len(), 4);
-    assert_eq!(std::fs::read_to_string(out.join("labels/p000.txt")).unwrap(), "0 0.500000 0.500000 0.500000 0.500000\n");
+    assert_eq!(
+        std::fs::read_to_string(out.join("labels/p000.txt")).unwrap(),
+        "0 0.500000 0.500000 0.500000 0.500000\n"
+    );
     assert_eq!(std::fs::read_to_string(out.join("labels/p003.txt")).unwrap(), "");
     assert_eq!(std::fs::read_to_string(out.join("classes.txt")).unwrap().lines().next(), Some("fluke"));
     assert_eq!(std::fs::read_to_string(out.join("images.txt")).unwrap().lines().count(), 4);
@@ -76,8 +84,15 @@ fn mark_capture_histories_have_one_column_per_sampling_occasion() {
     let dir = tempfile::tempdir().unwrap();
     let mut cat = survey(dir.path());
     // Field dates: W1 seen on 3 June and 17 June, W2 on 17 June; the unlabelled photo counts for nobody.
-    for (path, date) in [("p000", "2024-06-03T09:00:00"), ("p001", "2024-06-17T10:00:00"), ("p002", "2024-06-17T11:00:00"), ("p003", "2024-07-01T08:00:00")] {
-        cat.conn().execute("UPDATE photos SET taken_at = ?2 WHERE path LIKE ?1", [format!("%{path}.jpg"), date.to_string()]).unwrap();
+    for (path, date) in [
+        ("p000", "2024-06-03T09:00:00"),
+        ("p001", "2024-06-17T10:00:00"),
+        ("p002", "2024-06-17T11:00:00"),
+        ("p003", "2024-07-01T08:00:00"),
+    ] {
+        cat.conn()
+            .execute("UPDATE photos SET taken_at = ?2 WHERE path LIKE ?1", [format!("%{path}.jpg"), date.to_string()])
+            .unwrap();
     }
     let out = dir.path().join("mark");
     let report = run(&cat, ExportFormat::Mark, &out);

@@ -155,7 +155,10 @@ fn boxes_outside_the_photo_are_refused_and_boxes_reaching_out_are_clipped() {
     assert!(problems.iter().any(|p| p.contains("clipped")), "{problems:?}");
     assert!(problems.iter().any(|p| p.contains("not numbers")), "{problems:?}");
     assert!(problem_about(&report, "p404.txt")[0].contains("not in the dataset"));
-    let p0 = cat.photo_id_by_path(&cat.stored_path(&data.canonicalize().unwrap().join("images/p000.jpg")).unwrap()).unwrap().unwrap();
+    let p0 = cat
+        .photo_id_by_path(&cat.stored_path(&data.canonicalize().unwrap().join("images/p000.jpg")).unwrap())
+        .unwrap()
+        .unwrap();
     let boxes = cat.annotations_of_photo(p0).unwrap();
     assert_eq!(boxes.len(), 2);
     assert!(boxes.iter().all(|a| a.part == Part::DorsalFin && a.status == Status::Verified));
@@ -215,7 +218,8 @@ fn exported_coco_imports_back_into_a_new_catalogue_with_identities() {
 
     let coco = data.join("export/coco.json");
     let report =
-        whaleid::export::export(&cat, whaleid::export::ExportFormat::Coco, &coco, &Default::default(), &Silent).unwrap();
+        whaleid::export::export(&cat, whaleid::export::ExportFormat::Coco, &coco, &Default::default(), &Silent)
+            .unwrap();
     assert_eq!(report.items, 3);
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&coco).unwrap()).unwrap();
     assert_eq!(doc["images"].as_array().unwrap().len(), 3, "photos without boxes are kept");

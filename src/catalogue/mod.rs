@@ -131,8 +131,7 @@ pub fn now() -> String {
 }
 
 fn parse_enum<T: std::str::FromStr<Err = String>>(idx: usize, text: String) -> rusqlite::Result<T> {
-    text.parse::<T>()
-        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, e.into()))
+    text.parse::<T>().map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, e.into()))
 }
 
 const ANNOTATION_COLUMNS: &str = "id, photo_id, x, y, w, h, part, side, source, status, species, score";
@@ -193,9 +192,8 @@ impl Catalogue {
             return Err(CatalogueError::Invalid(format!("{} already exists", path.display())));
         }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                CatalogueError::Invalid(format!("cannot create folder {}: {e}", dir.display()))
-            })?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| CatalogueError::Invalid(format!("cannot create folder {}: {e}", dir.display())))?;
         }
         Self::connect(path)
     }
@@ -219,8 +217,9 @@ impl Catalogue {
         if n < 16 || &header != b"SQLite format 3\0" {
             return Err(not_catalogue("it is not an SQLite database"));
         }
-        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-            .map_err(|e| not_catalogue(&e.to_string()))?;
+        let conn =
+            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+                .map_err(|e| not_catalogue(&e.to_string()))?;
         let read = |pragma: &str| conn.query_row(&format!("PRAGMA {pragma}"), [], |r| r.get::<_, i32>(0));
         let app_id = read("application_id").map_err(|e| not_catalogue(&e.to_string()))?;
         let version = read("user_version").map_err(|e| not_catalogue(&e.to_string()))?;
@@ -231,7 +230,11 @@ impl Catalogue {
             return Err(not_catalogue("it is an SQLite database of another program"));
         }
         if version > SCHEMA_VERSION {
-            return Err(CatalogueError::NewerSchema { path: path.to_path_buf(), found: version, supported: SCHEMA_VERSION });
+            return Err(CatalogueError::NewerSchema {
+                path: path.to_path_buf(),
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
         }
         Ok(())
     }
@@ -499,8 +502,10 @@ impl Catalogue {
     }
 
     pub fn photos(&self) -> Result<Vec<Photo>> {
-        let mut stmt =
-            self.conn.prepare(&format!("SELECT {PHOTO_COLUMNS} FROM photos ORDER BY id")).map_err(|e| self.sql_err(e))?;
+        let mut stmt = self
+            .conn
+            .prepare(&format!("SELECT {PHOTO_COLUMNS} FROM photos ORDER BY id"))
+            .map_err(|e| self.sql_err(e))?;
         let rows = stmt
             .query_map([], photo_from_row)
             .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
@@ -529,7 +534,11 @@ impl Catalogue {
 
     pub fn annotation(&self, id: i64) -> Result<Option<Annotation>> {
         self.conn
-            .query_row(&format!("SELECT {ANNOTATION_COLUMNS} FROM annotations WHERE id = ?1"), [id], annotation_from_row)
+            .query_row(
+                &format!("SELECT {ANNOTATION_COLUMNS} FROM annotations WHERE id = ?1"),
+                [id],
+                annotation_from_row,
+            )
             .optional()
             .map_err(|e| self.sql_err(e))
     }
@@ -548,14 +557,22 @@ impl Catalogue {
 
     pub fn individual(&self, id: i64) -> Result<Option<Individual>> {
         self.conn
-            .query_row("SELECT id, code, name, species, notes FROM individuals WHERE id = ?1", [id], individual_from_row)
+            .query_row(
+                "SELECT id, code, name, species, notes FROM individuals WHERE id = ?1",
+                [id],
+                individual_from_row,
+            )
             .optional()
             .map_err(|e| self.sql_err(e))
     }
 
     pub fn individual_by_code(&self, code: &str) -> Result<Option<Individual>> {
         self.conn
-            .query_row("SELECT id, code, name, species, notes FROM individuals WHERE code = ?1", [code], individual_from_row)
+            .query_row(
+                "SELECT id, code, name, species, notes FROM individuals WHERE code = ?1",
+                [code],
+                individual_from_row,
+            )
             .optional()
             .map_err(|e| self.sql_err(e))
     }
@@ -620,7 +637,9 @@ impl Catalogue {
         }
         let mut stmt = self.conn.prepare("PRAGMA foreign_key_check").map_err(|e| self.sql_err(e))?;
         let fk = stmt
-            .query_map([], |r| Ok(format!("foreign key broken in {} row {:?}", r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?)))
+            .query_map([], |r| {
+                Ok(format!("foreign key broken in {} row {:?}", r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?))
+            })
             .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
             .map_err(|e| self.sql_err(e))?;
         problems.extend(fk);
@@ -825,7 +844,9 @@ impl Edit<'_> {
     }
 
     pub fn unidentify(&self, annotation: i64) -> Result<()> {
-        self.tx.execute("DELETE FROM identifications WHERE annotation_id = ?1", [annotation]).map_err(|e| self.err(e))?;
+        self.tx
+            .execute("DELETE FROM identifications WHERE annotation_id = ?1", [annotation])
+            .map_err(|e| self.err(e))?;
         Ok(())
     }
 

@@ -96,4 +96,5 @@ pub const MIGRATIONS: &[&str] = &[
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
 
 /// The tables whose edits can be undone. Embeddings are derived and the log itself is not logged.
-pub const LOGGED_TABLES: &[&str] = &["settings", "photos", "photo_tags", "annotations", "individuals", "identifications"];
+pub const LOGGED_TABLES: &[&str] =
+    &["settings", "photos", "photo_tags", "annotations", "individuals", "identifications"];

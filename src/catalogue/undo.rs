@@ -18,14 +18,9 @@ pub fn install_triggers(conn: &Connection) -> rusqlite::Result<()> {
             .query_map([], |row| row.get::<_, String>(1))?
             .collect::<rusqlite::Result<_>>()?;
         let recording = "(SELECT recording FROM undo_state WHERE id = 1)";
-        let log = |stmt: String| {
-            format!("INSERT INTO undo_log (action_id, stmt) VALUES ({recording}, {stmt});")
-        };
-        let set_old = columns
-            .iter()
-            .map(|c| format!("'{c}=' || quote(old.{c})"))
-            .collect::<Vec<_>>()
-            .join(" || ',' || ");
+        let log = |stmt: String| format!("INSERT INTO undo_log (action_id, stmt) VALUES ({recording}, {stmt});");
+        let set_old =
+            columns.iter().map(|c| format!("'{c}=' || quote(old.{c})")).collect::<Vec<_>>().join(" || ',' || ");
         let names = columns.join(",");
         let old_values = columns.iter().map(|c| format!("quote(old.{c})")).collect::<Vec<_>>().join(" || ',' || ");
         let sql = format!(
@@ -71,10 +66,7 @@ pub fn resume_action(tx: &Transaction, id: i64) -> rusqlite::Result<()> {
 /// Stops recording. An action that changed nothing is dropped from the history.
 pub fn end_action(tx: &Transaction, id: i64) -> rusqlite::Result<()> {
     tx.execute("UPDATE undo_state SET recording = NULL WHERE id = 1", [])?;
-    tx.execute(
-        "DELETE FROM actions WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM undo_log WHERE action_id = ?1)",
-        [id],
-    )?;
+    tx.execute("DELETE FROM actions WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM undo_log WHERE action_id = ?1)", [id])?;
     Ok(())
 }
 
@@ -114,9 +106,6 @@ pub fn step(tx: &Transaction, direction: Direction) -> rusqlite::Result<Option<S
         tx.execute_batch(stmt)?;
     }
     tx.execute("UPDATE undo_state SET recording = NULL WHERE id = 1", [])?;
-    tx.execute(
-        "UPDATE actions SET undone = ?2 WHERE id = ?1",
-        params![id, direction == Direction::Undo],
-    )?;
+    tx.execute("UPDATE actions SET undone = ?2 WHERE id = ?1", params![id, direction == Direction::Undo])?;
     Ok(Some(label))
 }

@@ -34,7 +34,8 @@ pub fn parse_yolo(text: &str) -> (Vec<YoloBox>, Vec<RowProblem>) {
             continue;
         }
         let Ok(class) = fields[0].parse::<usize>() else {
-            problems.push(RowProblem { line: line_no, problem: format!("class '{}' is not a whole number", fields[0]) });
+            problems
+                .push(RowProblem { line: line_no, problem: format!("class '{}' is not a whole number", fields[0]) });
             continue;
         };
         let numbers: Result<Vec<f64>, _> = fields[1..5].iter().map(|f| f.parse::<f64>()).collect();
@@ -166,7 +167,8 @@ mod tests {
 
     #[test]
     fn yolo_lines_are_parsed_and_bad_lines_reported() {
-        let (boxes, problems) = parse_yolo("0 0.5 0.5 0.2 0.1\n\n1 0.1 0.2 0.3 0.4 0.9\nfluke 1 2 3 4\n0 a b c d\n0 1 2\n");
+        let (boxes, problems) =
+            parse_yolo("0 0.5 0.5 0.2 0.1\n\n1 0.1 0.2 0.3 0.4 0.9\nfluke 1 2 3 4\n0 a b c d\n0 1 2\n");
         assert_eq!(boxes.len(), 2);
         assert_eq!(boxes[1].class, 1);
         assert_eq!(problems.iter().map(|p| p.line).collect::<Vec<_>>(), [4, 5, 6]);

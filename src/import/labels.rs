@@ -103,8 +103,9 @@ pub fn parse_labels(bytes: &[u8]) -> Result<LabelTable, String> {
             header.join(",")
         )
     })?;
-    let id_col = find(ID_COLUMNS)
-        .ok_or_else(|| format!("no individual column in header [{}]: expected individual_id, Id or whaleID", header.join(",")))?;
+    let id_col = find(ID_COLUMNS).ok_or_else(|| {
+        format!("no individual column in header [{}]: expected individual_id, Id or whaleID", header.join(","))
+    })?;
     let species_col = find(&["species"]);
     let side_col = find(&["side", "viewpoint"]);
     let part_col = find(&["part"]);
@@ -240,7 +241,8 @@ mod tests {
         assert_eq!(t.rows[0].species.as_deref(), Some("beluga"));
         let t = parse_labels(b"Image,whaleID\nw_1.jpg,whale_48490\n").unwrap();
         assert_eq!(t.format, LabelFormat::NoaaRightWhale);
-        let t = parse_labels(b"image,individual_id,species,side,role\na.jpg,F1,bottlenose_dolphin,left,query\n").unwrap();
+        let t =
+            parse_labels(b"image,individual_id,species,side,role\na.jpg,F1,bottlenose_dolphin,left,query\n").unwrap();
         assert_eq!(t.format, LabelFormat::Generic);
         assert_eq!(t.rows[0].side, Some(Side::Left));
         assert_eq!(t.rows[0].extra, vec![("role".to_string(), "query".to_string())]);

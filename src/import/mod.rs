@@ -121,9 +121,11 @@ struct Discovered {
 
 fn discover(root: &Path, report: &mut ImportReport) -> Discovered {
     let mut found = Discovered::default();
-    let walker = walkdir::WalkDir::new(root).follow_links(true).sort_by_file_name().into_iter().filter_entry(|e| {
-        e.depth() == 0 || !e.file_name().to_str().is_some_and(|n| n.starts_with('.'))
-    });
+    let walker = walkdir::WalkDir::new(root)
+        .follow_links(true)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|e| e.depth() == 0 || !e.file_name().to_str().is_some_and(|n| n.starts_with('.')));
     for entry in walker {
         let entry = match entry {
             Ok(e) => e,
@@ -263,9 +265,8 @@ pub fn import(
     opts: &ImportOptions,
     progress: &dyn Progress,
 ) -> anyhow::Result<ImportReport> {
-    let dataset = dataset
-        .canonicalize()
-        .map_err(|e| anyhow::anyhow!("cannot open dataset {}: {e}", dataset.display()))?;
+    let dataset =
+        dataset.canonicalize().map_err(|e| anyhow::anyhow!("cannot open dataset {}: {e}", dataset.display()))?;
     let mut report = ImportReport { dataset: dataset.clone(), ..Default::default() };
     let (root, found) = if dataset.is_dir() {
         let found = discover(&dataset, &mut report);
@@ -397,7 +398,11 @@ fn import_photos(
                 PhotoOutcome::Added => report.photos.added += 1,
                 PhotoOutcome::Relinked(file, from) => {
                     report.photos.relinked += 1;
-                    report.skipped.push(Problem { file, line: None, problem: format!("moved photo: relinked from {from}") });
+                    report.skipped.push(Problem {
+                        file,
+                        line: None,
+                        problem: format!("moved photo: relinked from {from}"),
+                    });
                 }
                 PhotoOutcome::Duplicate(file, of) => {
                     report.photos.duplicates += 1;
@@ -518,7 +523,8 @@ fn import_yolo(
     if jobs.is_empty() {
         return Ok(());
     }
-    let mut outcome = FileOutcome { file: index.root.join("labels"), kind: "YOLO boxes".into(), applied: 0, skipped: 0 };
+    let mut outcome =
+        FileOutcome { file: index.root.join("labels"), kind: "YOLO boxes".into(), applied: 0, skipped: 0 };
     for chunk in jobs.chunks(500) {
         let mut problems = Vec::new();
         let counts = cat.edit_in(action, |e| {
@@ -551,18 +557,36 @@ fn import_yolo(
                     let named = class_names.get(b.class).and_then(|n| n.parse::<Part>().ok());
                     let part = species_part(species.as_deref(), named.or(hint.part), opts);
                     let bbox = BoxPx::from_yolo(b.cx, b.cy, b.w, b.h, photo.width, photo.height);
-                    let new = BoxToAdd { photo, bbox, part, side: Side::Unknown, species: species.clone(), status: Status::Verified };
+                    let new = BoxToAdd {
+                        photo,
+                        bbox,
+                        part,
+                        side: Side::Unknown,
+                        species: species.clone(),
+                        status: Status::Verified,
+                    };
                     match add_box(e, &new)? {
                         BoxAdded::Added => counts.added += 1,
                         BoxAdded::Clipped(from) => {
                             counts.added += 1;
                             counts.clipped += 1;
-                            problems.push((txt.clone(), Some(i + 1), format!("box {from} reaches outside the {}x{} photo; clipped", photo.width, photo.height)));
+                            problems.push((
+                                txt.clone(),
+                                Some(i + 1),
+                                format!(
+                                    "box {from} reaches outside the {}x{} photo; clipped",
+                                    photo.width, photo.height
+                                ),
+                            ));
                         }
                         BoxAdded::AlreadyPresent => counts.already_present += 1,
                         BoxAdded::Outside => {
                             counts.failed += 1;
-                            problems.push((txt.clone(), Some(i + 1), format!("box {bbox} lies outside the {}x{} photo", photo.width, photo.height)));
+                            problems.push((
+                                txt.clone(),
+                                Some(i + 1),
+                                format!("box {bbox} lies outside the {}x{} photo", photo.width, photo.height),
+                            ));
                         }
                     }
                 }
@@ -667,7 +691,8 @@ fn import_coco(
         }
     };
     let base = index.relative_dir(json);
-    let mut problems: Vec<(Option<usize>, String)> = coco.problems.iter().map(|p| (Some(p.line), p.problem.clone())).collect();
+    let mut problems: Vec<(Option<usize>, String)> =
+        coco.problems.iter().map(|p| (Some(p.line), p.problem.clone())).collect();
     let mut images: HashMap<i64, &Photo> = HashMap::new();
     for img in &coco.images {
         match index.resolve(&img.file_name, &base) {
@@ -683,7 +708,10 @@ fn import_coco(
         for (i, b) in coco.boxes.iter().enumerate() {
             let Some(photo) = images.get(&b.image_id) else {
                 counts.0.failed += 1;
-                problems.push((Some(i + 1), format!("annotation {} refers to image {} which is not in the dataset", i + 1, b.image_id)));
+                problems.push((
+                    Some(i + 1),
+                    format!("annotation {} refers to image {} which is not in the dataset", i + 1, b.image_id),
+                ));
                 continue;
             };
             let hint = hints.get(&photo.id).cloned().unwrap_or_default();
@@ -700,12 +728,18 @@ fn import_coco(
                 BoxAdded::Clipped(from) => {
                     counts.0.added += 1;
                     counts.0.clipped += 1;
-                    problems.push((Some(i + 1), format!("box {from} reaches outside the {}x{} photo; clipped", photo.width, photo.height)));
+                    problems.push((
+                        Some(i + 1),
+                        format!("box {from} reaches outside the {}x{} photo; clipped", photo.width, photo.height),
+                    ));
                 }
                 BoxAdded::AlreadyPresent => counts.0.already_present += 1,
                 BoxAdded::Outside => {
                     counts.0.failed += 1;
-                    problems.push((Some(i + 1), format!("box {bbox} lies outside the {}x{} photo", photo.width, photo.height)));
+                    problems.push((
+                        Some(i + 1),
+                        format!("box {bbox} lies outside the {}x{} photo", photo.width, photo.height),
+                    ));
                     continue;
                 }
             }
@@ -756,7 +790,12 @@ enum Labelled {
 
 /// Identifies an annotation as the individual with `code`, creating the individual if new.
 /// A different identification already recorded is never overwritten.
-fn label_annotation(e: &Edit, annotation: i64, code: &str, species: Option<&str>) -> crate::catalogue::Result<Labelled> {
+fn label_annotation(
+    e: &Edit,
+    annotation: i64,
+    code: &str,
+    species: Option<&str>,
+) -> crate::catalogue::Result<Labelled> {
     let current = e.annotation_individual(annotation)?;
     if let Some(current) = current {
         return Ok(if current.code == code {
@@ -784,7 +823,8 @@ fn import_labels(
 ) -> anyhow::Result<()> {
     let base = index.relative_dir(csv);
     let mut problems: Vec<(usize, String)> = table.problems.iter().map(|p| (p.line, p.problem.clone())).collect();
-    let mut counts = LabelCounts { duplicate_rows: table.duplicates, failed: table.problems.len(), ..Default::default() };
+    let mut counts =
+        LabelCounts { duplicate_rows: table.duplicates, failed: table.problems.len(), ..Default::default() };
     for chunk in table.rows.chunks(1000) {
         let chunk_counts = cat.edit_in(action, |e| {
             let mut c = LabelCounts::default();
@@ -804,7 +844,8 @@ fn import_labels(
                     c.unlabelled += 1;
                     continue;
                 };
-                let species = row.species.clone().or_else(|| opts.species.clone()).or(table.format.species().map(str::to_string));
+                let species =
+                    row.species.clone().or_else(|| opts.species.clone()).or(table.format.species().map(str::to_string));
                 let part = species_part(species.as_deref(), row.part, opts);
                 let annotations = cat_annotations(e, photo.id)?;
                 let annotation = match annotations.as_slice() {
@@ -823,7 +864,11 @@ fn import_labels(
                         c.failed += 1;
                         problems.push((
                             row.line,
-                            format!("{} has {} boxes and a per-photo label cannot say which one is {code}; not applied", row.image, many.len()),
+                            format!(
+                                "{} has {} boxes and a per-photo label cannot say which one is {code}; not applied",
+                                row.image,
+                                many.len()
+                            ),
                         ));
                         continue;
                     }
@@ -914,7 +959,9 @@ pub fn relink(cat: &mut Catalogue, folder: &Path, progress: &dyn Progress) -> an
                 if let Some(p) = missing.get(&h) {
                     match cat.stored_path(&file) {
                         Some(stored) => moves.push((p.id, stored)),
-                        None => report.problems.push(Problem { file, line: None, problem: "file name is not UTF-8".into() }),
+                        None => {
+                            report.problems.push(Problem { file, line: None, problem: "file name is not UTF-8".into() })
+                        }
                     }
                 }
             }
