@@ -25,7 +25,7 @@ pub enum Bench {
         #[arg(long)]
         json: bool,
     },
-    /// `stats` on a catalogue of N annotations. Reference: one `count(*)` over the annotations.
+    /// `stats` on a catalogue of N annotations. Reference: one full scan of the annotations table.
     Stats {
         #[arg(long, default_value_t = 100_000)]
         annotations: usize,
@@ -118,7 +118,11 @@ fn bench_import(photos: usize, workdir: Option<&Path>, json: bool) -> anyhow::Re
     let peak = peak_rss_mib();
     drop(console);
     anyhow::ensure!(report.photos.added == n, "imported {} of {n} photos", report.photos.added);
-    anyhow::ensure!(report.problems.is_empty(), "import problems: {:?}", &report.problems[..report.problems.len().min(5)]);
+    anyhow::ensure!(
+        report.problems.is_empty(),
+        "import problems: {:?}",
+        &report.problems[..report.problems.len().min(5)]
+    );
 
     let out = ImportBench {
         photos: n,
@@ -196,7 +200,7 @@ fn bench_stats(annotations: usize, json: bool) -> anyhow::Result<()> {
     let mut reference = Vec::new();
     for _ in 0..7 {
         let start = Instant::now();
-        let _: i64 = cat.conn().query_row("SELECT count(*) FROM annotations", [], |r| r.get(0))?;
+        let _: i64 = cat.conn().query_row("SELECT sum(length(status)) FROM annotations", [], |r| r.get(0))?;
         reference.push(start.elapsed());
     }
     let (t, r) = (median(times).as_secs_f64() * 1e3, median(reference).as_secs_f64() * 1e3);
@@ -215,9 +219,16 @@ fn bench_stats(annotations: usize, json: bool) -> anyhow::Result<()> {
         format!(
             "stats on a catalogue of {} annotations, {} photos, {} individuals\n  \
              stats: median {:.1} ms, max {:.1} ms  (target < {:.0} ms: {:.2}x of the target)\n  \
-             reference count(*): median {:.2} ms  (stats = {:.1}x the reference)",
-            o.annotations, o.photos, o.individuals, o.stats_ms_median, o.stats_ms_max, o.target_ms, o.ratio_vs_target,
-            o.reference_count_ms_median, o.ratio_vs_reference
+             reference (one full scan of the annotations): median {:.2} ms  (stats = {:.1}x the reference)",
+            o.annotations,
+            o.photos,
+            o.individuals,
+            o.stats_ms_median,
+            o.stats_ms_max,
+            o.target_ms,
+            o.ratio_vs_target,
+            o.reference_count_ms_median,
+            o.ratio_vs_reference
         )
     })
 }
@@ -234,7 +245,9 @@ fn populate(cat: &Catalogue, photos: usize, annotations: usize, individuals: usi
             let day = format!("2024-{:02}-{:02}T10:00:00", 6 + i % 4, 1 + i % 28);
             p.execute(rusqlite::params![i as i64 + 1, format!("photos/p{i:06}.jpg"), format!("{i:064x}"), day])?;
         }
-        let mut v = conn.prepare("INSERT INTO individuals (id, code, species, created_at) VALUES (?1, ?2, 'humpback_whale', '2026-01-01')")?;
+        let mut v = conn.prepare(
+            "INSERT INTO individuals (id, code, species, created_at) VALUES (?1, ?2, 'humpback_whale', '2026-01-01')",
+        )?;
         for i in 0..individuals {
             v.execute(rusqlite::params![i as i64 + 1, format!("HW-{i:05}")])?;
         }
@@ -242,7 +255,9 @@ fn populate(cat: &Catalogue, photos: usize, annotations: usize, individuals: usi
             "INSERT INTO annotations (id, photo_id, x, y, w, h, part, source, status, created_at) \
              VALUES (?1, ?2, 10, 20, 300, 200, ?3, 'detector', ?4, '2026-01-01')",
         )?;
-        let mut id = conn.prepare("INSERT INTO identifications (annotation_id, individual_id, how, at) VALUES (?1, ?2, ?3, '2026-01-01')")?;
+        let mut id = conn.prepare(
+            "INSERT INTO identifications (annotation_id, individual_id, how, at) VALUES (?1, ?2, ?3, '2026-01-01')",
+        )?;
         for i in 0..annotations {
             let part = ["fluke", "dorsal_fin", "head", "body"][i % 4];
             let status = ["unreviewed", "verified", "rejected"][i % 3];

@@ -1,0 +1,302 @@
+//! DINOv2 vision transformer (Oquab et al. 2023), Hugging Face `Dinov2Model` layout:
+//! patch embedding, CLS token, bicubically resized position embeddings, pre-norm blocks with
+//! LayerScale, final LayerNorm. Output: all tokens, CLS first.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
+use candle_nn::{Init, VarBuilder, init};
+
+use super::config::Dinov2Config;
+use super::layers::{Kernels, LayerNorm, Linear, gelu_erf, softmax_last_dim};
+use super::position::bicubic_resize_matrix;
+
+/// Why a backbone could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    #[error("{}: {source}", path.display())]
+    Io { path: std::path::PathBuf, source: std::io::Error },
+    #[error("{}: {source}", path.display())]
+    Weights { path: std::path::PathBuf, source: candle_core::Error },
+}
+
+/// The DINOv2 backbone. Cheap to share between threads (`&self` forward).
+pub struct Dinov2 {
+    config: Dinov2Config,
+    kernels: Kernels,
+    embeddings: Embeddings,
+    blocks: Vec<Block>,
+    layernorm: LayerNorm,
+}
+
+impl Dinov2 {
+    /// Builds the backbone from `vb` (Hugging Face names without prefix). With a `VarMap`
+    /// behind `vb`, missing tensors are created with the usual ViT initialisation, so the
+    /// same code serves loading and training. Starts with [`Kernels::Differentiable`].
+    pub fn new(config: &Dinov2Config, vb: VarBuilder) -> Result<Self> {
+        if config.num_heads == 0 || !config.hidden_size.is_multiple_of(config.num_heads) {
+            candle_core::bail!("hidden size {} is not divisible into {} heads", config.hidden_size, config.num_heads);
+        }
+        let embeddings = Embeddings::new(config, vb.pp("embeddings"))?;
+        let blocks = (0..config.num_layers)
+            .map(|i| Block::new(config, vb.pp(format!("encoder.layer.{i}"))))
+            .collect::<Result<Vec<_>>>()?;
+        let layernorm = LayerNorm::new(vb.pp("layernorm"), config.hidden_size, config.layer_norm_eps)?;
+        Ok(Self { config: config.clone(), kernels: Kernels::default(), embeddings, blocks, layernorm })
+    }
+
+    /// Loads ViT-S/14 weights written by [`crate::models::fetch_dinov2`], for inference
+    /// ([`Kernels::Fused`]).
+    pub fn load(path: &Path, device: &Device) -> std::result::Result<Self, EmbedError> {
+        let bytes = std::fs::read(path).map_err(|source| EmbedError::Io { path: path.to_path_buf(), source })?;
+        let weights_error = |source| EmbedError::Weights { path: path.to_path_buf(), source };
+        let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, device).map_err(weights_error)?;
+        let model = Self::new(&Dinov2Config::vits14(), vb).map_err(weights_error)?;
+        Ok(model.with_kernels(Kernels::Fused))
+    }
+
+    pub fn config(&self) -> &Dinov2Config {
+        &self.config
+    }
+
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
+    }
+
+    pub fn set_kernels(&mut self, kernels: Kernels) {
+        self.kernels = kernels;
+    }
+
+    pub fn with_kernels(mut self, kernels: Kernels) -> Self {
+        self.kernels = kernels;
+        self
+    }
+
+    /// `images` [B, C, H, W] (normalised; H and W multiples of the patch size) ->
+    /// tokens [B, 1 + (H/p)(W/p), hidden] after the final LayerNorm, CLS first, then
+    /// patches row by row.
+    pub fn forward(&self, images: &Tensor) -> Result<Tensor> {
+        let mut x = self.embeddings.forward(images, &self.config)?;
+        for block in &self.blocks {
+            x = block.forward(&x, self.kernels)?;
+        }
+        self.layernorm.forward(&x, self.kernels)
+    }
+}
+
+impl Module for Dinov2 {
+    fn forward(&self, images: &Tensor) -> Result<Tensor> {
+        Dinov2::forward(self, images)
+    }
+}
+
+struct Embeddings {
+    cls_token: Tensor,
+    /// [1, 1 + G*G, D]: CLS position first, then the G x G grid.
+    position_embeddings: Tensor,
+    /// Conv weight [D, C, p, p]; patches are cut out and multiplied directly, which is the
+    /// same convolution (stride = kernel, no padding) without an im2col buffer.
+    patch_weight: Tensor,
+    patch_bias: Tensor,
+    /// Per (rows, cols) of patches: the resize matrices, and for frozen weights the resized
+    /// table itself.
+    position_cache: Mutex<HashMap<(usize, usize), PositionCacheEntry>>,
+}
+
+#[derive(Clone)]
+struct PositionCacheEntry {
+    rows: Tensor,
+    cols: Tensor,
+    table: Option<Tensor>,
+}
+
+impl Embeddings {
+    fn new(config: &Dinov2Config, vb: VarBuilder) -> Result<Self> {
+        let d = config.hidden_size;
+        let p = config.patch_size;
+        let grid = config.position_grid;
+        let trunc_normal = Init::Randn { mean: 0.0, stdev: 0.02 };
+        let fan_in = (config.in_channels * p * p) as f64;
+        Ok(Self {
+            cls_token: vb.get_with_hints((1, 1, d), "cls_token", trunc_normal)?,
+            position_embeddings: vb.get_with_hints((1, 1 + grid * grid, d), "position_embeddings", trunc_normal)?,
+            patch_weight: vb.get_with_hints(
+                (d, config.in_channels, p, p),
+                "patch_embeddings.projection.weight",
+                init::DEFAULT_KAIMING_NORMAL,
+            )?,
+            patch_bias: vb.get_with_hints(
+                d,
+                "patch_embeddings.projection.bias",
+                Init::Uniform { lo: -1.0 / fan_in.sqrt(), up: 1.0 / fan_in.sqrt() },
+            )?,
+            position_cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn forward(&self, images: &Tensor, config: &Dinov2Config) -> Result<Tensor> {
+        let (b, c, h, w) = images.dims4()?;
+        let p = config.patch_size;
+        let d = config.hidden_size;
+        if c != config.in_channels || !h.is_multiple_of(p) || !w.is_multiple_of(p) || h == 0 || w == 0 {
+            candle_core::bail!(
+                "DINOv2 expects [B, {}, H, W] with H and W positive multiples of {p}, got {:?}",
+                config.in_channels,
+                images.dims()
+            );
+        }
+        let (rows, cols) = (h / p, w / p);
+        // [B, C, rows, p, cols, p] -> [B, rows, cols, C, p, p] -> [B, N, C*p*p]
+        let patches = images.reshape((b, c, rows, p, cols, p))?.permute((0, 2, 4, 1, 3, 5))?.reshape((
+            b,
+            rows * cols,
+            c * p * p,
+        ))?;
+        let projection = self.patch_weight.reshape((d, c * p * p))?;
+        let patches = patches.broadcast_matmul(&projection.t()?)?.broadcast_add(&self.patch_bias)?;
+        let cls = self.cls_token.broadcast_as((b, 1, d))?.contiguous()?;
+        let tokens = Tensor::cat(&[&cls, &patches], 1)?;
+        tokens.broadcast_add(&self.position_table(rows, cols, config)?)
+    }
+
+    /// The position embeddings for a `rows` x `cols` patch grid: [1, 1 + rows*cols, D].
+    fn position_table(&self, rows: usize, cols: usize, config: &Dinov2Config) -> Result<Tensor> {
+        let grid = config.position_grid;
+        let d = config.hidden_size;
+        let table = &self.position_embeddings;
+        // Trainable embeddings change between steps, so only a frozen table may be cached.
+        let frozen = !table.track_op();
+        let mut cache = self.position_cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(PositionCacheEntry { table: Some(cached), .. }) = cache.get(&(rows, cols)) {
+            return Ok(cached.clone());
+        }
+        let entry = match cache.get(&(rows, cols)) {
+            Some(entry) => entry.clone(),
+            None => {
+                let device = table.device();
+                let dtype = table.dtype();
+                PositionCacheEntry {
+                    rows: Tensor::from_vec(bicubic_resize_matrix(grid, rows), (rows, grid), device)?.to_dtype(dtype)?,
+                    cols: Tensor::from_vec(bicubic_resize_matrix(grid, cols), (cols, grid), device)?.to_dtype(dtype)?,
+                    table: None,
+                }
+            }
+        };
+        let resized = if (rows, cols) == (grid, grid) {
+            table.clone()
+        } else {
+            let cls = table.narrow(1, 0, 1)?;
+            let patch_grid = table.i((0, 1..))?.reshape((grid, grid * d))?;
+            // Resize along rows: [rows, G] x [G, G*D] -> [rows, G, D]
+            let by_rows = entry.rows.matmul(&patch_grid)?.reshape((rows, grid, d))?;
+            // then along columns, one small product per row: [rows, cols, G] x [rows, G, D]
+            let resized = entry.cols.broadcast_left(rows)?.matmul(&by_rows)?.reshape((1, rows * cols, d))?;
+            Tensor::cat(&[&cls, &resized], 1)?
+        };
+        let table_to_keep = frozen.then(|| resized.clone());
+        cache.insert((rows, cols), PositionCacheEntry { table: table_to_keep, ..entry });
+        Ok(resized)
+    }
+}
+
+struct Attention {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    output: Linear,
+    num_heads: usize,
+    head_dim: usize,
+    /// Query, key and value stacked into one [3D, D] weight and [3D] bias, the query part
+    /// pre-multiplied by 1/sqrt(head_dim). Precomputed for frozen weights; rebuilt on every
+    /// forward for trainable ones so that gradients reach the separate tensors.
+    frozen_qkv: Option<(Tensor, Tensor)>,
+}
+
+impl Attention {
+    fn new(config: &Dinov2Config, vb: VarBuilder) -> Result<Self> {
+        let d = config.hidden_size;
+        let inner = vb.pp("attention");
+        let mut attention = Self {
+            query: Linear::new(inner.pp("query"), d, d)?,
+            key: Linear::new(inner.pp("key"), d, d)?,
+            value: Linear::new(inner.pp("value"), d, d)?,
+            output: Linear::new(vb.pp("output.dense"), d, d)?,
+            num_heads: config.num_heads,
+            head_dim: config.head_dim(),
+            frozen_qkv: None,
+        };
+        let trainable = [&attention.query, &attention.key, &attention.value]
+            .iter()
+            .any(|l| l.weight.track_op() || l.bias.track_op());
+        if !trainable {
+            attention.frozen_qkv = Some(attention.stacked_qkv()?);
+        }
+        Ok(attention)
+    }
+
+    fn stacked_qkv(&self) -> Result<(Tensor, Tensor)> {
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let weight = Tensor::cat(&[&self.query.weight.affine(scale, 0.0)?, &self.key.weight, &self.value.weight], 0)?;
+        let bias = Tensor::cat(&[&self.query.bias.affine(scale, 0.0)?, &self.key.bias, &self.value.bias], 0)?;
+        Ok((weight, bias))
+    }
+
+    fn forward(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
+        let (b, t, d) = x.dims3()?;
+        let (h, hd) = (self.num_heads, self.head_dim);
+        let (weight, bias) = match &self.frozen_qkv {
+            Some(stacked) => stacked.clone(),
+            None => self.stacked_qkv()?,
+        };
+        // [B, T, 3D] -> [3, B, H, T, hd], one copy for all three.
+        let qkv = x
+            .broadcast_matmul(&weight.t()?)?
+            .broadcast_add(&bias)?
+            .reshape((b, t, 3, h, hd))?
+            .permute((2, 0, 3, 1, 4))?
+            .contiguous()?;
+        let q = qkv.i(0)?.reshape((b * h, t, hd))?;
+        let k = qkv.i(1)?.reshape((b * h, t, hd))?;
+        let v = qkv.i(2)?.reshape((b * h, t, hd))?;
+        let scores = q.matmul(&k.t()?)?;
+        let weights = softmax_last_dim(&scores, kernels)?;
+        let context = weights.matmul(&v)?.reshape((b, h, t, hd))?.transpose(1, 2)?.reshape((b, t, d))?;
+        self.output.forward(&context)
+    }
+}
+
+struct Block {
+    norm1: LayerNorm,
+    attention: Attention,
+    layer_scale1: Tensor,
+    norm2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    layer_scale2: Tensor,
+}
+
+impl Block {
+    fn new(config: &Dinov2Config, vb: VarBuilder) -> Result<Self> {
+        let d = config.hidden_size;
+        let eps = config.layer_norm_eps;
+        Ok(Self {
+            norm1: LayerNorm::new(vb.pp("norm1"), d, eps)?,
+            attention: Attention::new(config, vb.pp("attention"))?,
+            layer_scale1: vb.get_with_hints(d, "layer_scale1.lambda1", init::ONE)?,
+            norm2: LayerNorm::new(vb.pp("norm2"), d, eps)?,
+            fc1: Linear::new(vb.pp("mlp.fc1"), d, config.mlp_size)?,
+            fc2: Linear::new(vb.pp("mlp.fc2"), config.mlp_size, d)?,
+            layer_scale2: vb.get_with_hints(d, "layer_scale2.lambda1", init::ONE)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
+        let attended = self.attention.forward(&self.norm1.forward(x, kernels)?, kernels)?;
+        let x = (x + attended.broadcast_mul(&self.layer_scale1)?)?;
+        let hidden = gelu_erf(&self.fc1.forward(&self.norm2.forward(&x, kernels)?)?, kernels)?;
+        let x = (&x + self.fc2.forward(&hidden)?.broadcast_mul(&self.layer_scale2)?)?;
+        Ok(x)
+    }
+}

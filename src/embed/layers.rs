@@ -1,0 +1,100 @@
+//! The two building blocks of the transformer that need care: a linear layer and a
+//! LayerNorm, each with a differentiable form and (for LayerNorm) a fused inference form.
+
+use candle_core::{D, Result, Tensor};
+use candle_nn::{Init, VarBuilder, init};
+
+/// Which kernels the forward pass uses.
+///
+/// candle's fused `layer_norm` and `softmax_last_dim` have no backward pass: gradients
+/// silently stop at them. Anything that is trained must use [`Kernels::Differentiable`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kernels {
+    /// LayerNorm composed from basic ops, `candle_nn::ops::softmax`: gradients flow.
+    #[default]
+    Differentiable,
+    /// candle's fused LayerNorm and last-dim softmax: inference only.
+    Fused,
+}
+
+/// `y = x Wᵀ + b` with W stored as [out, in] (PyTorch layout).
+#[derive(Debug, Clone)]
+pub(crate) struct Linear {
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Tensor,
+}
+
+impl Linear {
+    pub(crate) fn new(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
+        let bound = 1.0 / (in_dim as f64).sqrt();
+        let weight = vb.get_with_hints((out_dim, in_dim), "weight", init::DEFAULT_KAIMING_NORMAL)?;
+        let bias = vb.get_with_hints(out_dim, "bias", Init::Uniform { lo: -bound, up: bound })?;
+        Ok(Self { weight, bias })
+    }
+
+    /// `x`: [..., in] -> [..., out]. A batched `x` meets the weight broadcast with stride 0,
+    /// which candle runs as one matrix product over all rows.
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.broadcast_matmul(&self.weight.t()?)?.broadcast_add(&self.bias)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    pub(crate) fn new(vb: VarBuilder, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get_with_hints(dim, "weight", init::ONE)?,
+            bias: vb.get_with_hints(dim, "bias", init::ZERO)?,
+            eps,
+        })
+    }
+
+    /// Normalises over the last dimension.
+    pub(crate) fn forward(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
+        match kernels {
+            Kernels::Fused => candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32),
+            Kernels::Differentiable => {
+                let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+                let variance = centred.sqr()?.mean_keepdim(D::Minus1)?;
+                centred
+                    .broadcast_div(&(variance + self.eps)?.sqrt()?)?
+                    .broadcast_mul(&self.weight)?
+                    .broadcast_add(&self.bias)
+            }
+        }
+    }
+}
+
+/// Exact (erf) GELU. candle runs element-wise ops on one thread; on the fused path a large
+/// CPU tensor is cut into row blocks that rayon's threads activate in parallel.
+pub(crate) fn gelu_erf(x: &Tensor, kernels: Kernels) -> Result<Tensor> {
+    use rayon::prelude::*;
+    let threads = rayon::current_num_threads();
+    let width = x.dim(D::Minus1)?;
+    let rows = x.elem_count() / width.max(1);
+    if kernels == Kernels::Differentiable
+        || !x.device().is_cpu()
+        || threads < 2
+        || rows < 2 * threads
+        || x.elem_count() < 1 << 16
+    {
+        return x.gelu_erf();
+    }
+    let blocks = x.reshape((rows, width))?.chunk(threads, 0)?;
+    let activated = blocks.par_iter().map(|block| block.gelu_erf()).collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&activated, 0)?.reshape(x.shape())
+}
+
+/// Softmax over the last dimension with the chosen kernels.
+pub(crate) fn softmax_last_dim(x: &Tensor, kernels: Kernels) -> Result<Tensor> {
+    match kernels {
+        Kernels::Fused => candle_nn::ops::softmax_last_dim(x),
+        Kernels::Differentiable => candle_nn::ops::softmax(x, D::Minus1),
+    }
+}

