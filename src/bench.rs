@@ -167,7 +167,7 @@ struct StatsBench {
     stats_ms_max: f64,
     target_ms: f64,
     ratio_vs_target: f64,
-    reference_count_ms_median: f64,
+    reference_scan_ms_median: f64,
     ratio_vs_reference: f64,
 }
 
@@ -212,7 +212,7 @@ fn bench_stats(annotations: usize, json: bool) -> anyhow::Result<()> {
         stats_ms_max: max.as_secs_f64() * 1e3,
         target_ms: 200.0,
         ratio_vs_target: t / 200.0,
-        reference_count_ms_median: r,
+        reference_scan_ms_median: r,
         ratio_vs_reference: t / r.max(1e-6),
     };
     crate::cli::emit(json, &out, |o| {
@@ -227,7 +227,7 @@ fn bench_stats(annotations: usize, json: bool) -> anyhow::Result<()> {
             o.stats_ms_max,
             o.target_ms,
             o.ratio_vs_target,
-            o.reference_count_ms_median,
+            o.reference_scan_ms_median,
             o.ratio_vs_reference
         )
     })
