@@ -155,6 +155,8 @@ fn annotation_from_row(r: &rusqlite::Row) -> rusqlite::Result<Annotation> {
     })
 }
 
+const INDIVIDUAL_COLUMNS: &str = "id, code, name, species, notes";
+
 const PHOTO_COLUMNS: &str = "id, path, hash, width, height, orientation, taken_at, latitude, longitude";
 
 fn photo_from_row(r: &rusqlite::Row) -> rusqlite::Result<Photo> {
@@ -388,17 +390,9 @@ impl Catalogue {
 
     /// The edit history, newest first.
     pub fn history(&self, limit: usize) -> Result<Vec<Action>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id, label, at, undone FROM actions ORDER BY id DESC LIMIT ?1")
-            .map_err(|e| self.sql_err(e))?;
-        let rows = stmt
-            .query_map([limit as i64], |r| {
-                Ok(Action { id: r.get(0)?, label: r.get(1)?, at: r.get(2)?, undone: r.get(3)? })
-            })
-            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-            .map_err(|e| self.sql_err(e))?;
-        Ok(rows)
+        self.query_all("SELECT id, label, at, undone FROM actions ORDER BY id DESC LIMIT ?1", [limit as i64], |r| {
+            Ok(Action { id: r.get(0)?, label: r.get(1)?, at: r.get(2)?, undone: r.get(3)? })
+        })
     }
 
     // ---- common edits, each one undoable action ------------------------------------
@@ -485,164 +479,106 @@ impl Catalogue {
         Ok(())
     }
 
+    /// All rows of a query, mapped.
+    fn query_all<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        map: impl FnMut(&rusqlite::Row) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>> {
+        let mut stmt = self.conn.prepare_cached(sql).map_err(|e| self.sql_err(e))?;
+        let rows = stmt.query_map(params, map).and_then(|rows| rows.collect()).map_err(|e| self.sql_err(e))?;
+        Ok(rows)
+    }
+
+    /// The first row of a query, if any.
+    fn query_one<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        map: impl FnOnce(&rusqlite::Row) -> rusqlite::Result<T>,
+    ) -> Result<Option<T>> {
+        self.conn.query_row(sql, params, map).optional().map_err(|e| self.sql_err(e))
+    }
+
     // ---- queries --------------------------------------------------------------------
 
     pub fn setting(&self, key: &str) -> Result<Option<String>> {
-        self.conn
-            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0))
-            .optional()
-            .map_err(|e| self.sql_err(e))
+        self.query_one("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0))
     }
 
     pub fn photo(&self, id: i64) -> Result<Option<Photo>> {
-        self.conn
-            .query_row(&format!("SELECT {PHOTO_COLUMNS} FROM photos WHERE id = ?1"), [id], photo_from_row)
-            .optional()
-            .map_err(|e| self.sql_err(e))
+        self.query_one(&format!("SELECT {PHOTO_COLUMNS} FROM photos WHERE id = ?1"), [id], photo_from_row)
     }
 
     pub fn photos(&self) -> Result<Vec<Photo>> {
-        let mut stmt = self
-            .conn
-            .prepare(&format!("SELECT {PHOTO_COLUMNS} FROM photos ORDER BY id"))
-            .map_err(|e| self.sql_err(e))?;
-        let rows = stmt
-            .query_map([], photo_from_row)
-            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-            .map_err(|e| self.sql_err(e))?;
-        Ok(rows)
+        self.query_all(&format!("SELECT {PHOTO_COLUMNS} FROM photos ORDER BY id"), [], photo_from_row)
     }
 
     pub fn photo_id_by_path(&self, stored: &str) -> Result<Option<i64>> {
-        self.conn
-            .query_row("SELECT id FROM photos WHERE path = ?1", [stored], |r| r.get(0))
-            .optional()
-            .map_err(|e| self.sql_err(e))
-    }
-
-    pub fn photos_by_hash(&self, hash: &str) -> Result<Vec<Photo>> {
-        let mut stmt = self
-            .conn
-            .prepare(&format!("SELECT {PHOTO_COLUMNS} FROM photos WHERE hash = ?1 ORDER BY id"))
-            .map_err(|e| self.sql_err(e))?;
-        let rows = stmt
-            .query_map([hash], photo_from_row)
-            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-            .map_err(|e| self.sql_err(e))?;
-        Ok(rows)
+        self.query_one("SELECT id FROM photos WHERE path = ?1", [stored], |r| r.get(0))
     }
 
     pub fn annotation(&self, id: i64) -> Result<Option<Annotation>> {
-        self.conn
-            .query_row(
-                &format!("SELECT {ANNOTATION_COLUMNS} FROM annotations WHERE id = ?1"),
-                [id],
-                annotation_from_row,
-            )
-            .optional()
-            .map_err(|e| self.sql_err(e))
+        self.query_one(
+            &format!("SELECT {ANNOTATION_COLUMNS} FROM annotations WHERE id = ?1"),
+            [id],
+            annotation_from_row,
+        )
     }
 
     pub fn annotations_of_photo(&self, photo: i64) -> Result<Vec<Annotation>> {
-        let mut stmt = self
-            .conn
-            .prepare(&format!("SELECT {ANNOTATION_COLUMNS} FROM annotations WHERE photo_id = ?1 ORDER BY id"))
-            .map_err(|e| self.sql_err(e))?;
-        let rows = stmt
-            .query_map([photo], annotation_from_row)
-            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-            .map_err(|e| self.sql_err(e))?;
-        Ok(rows)
+        let sql = format!("SELECT {ANNOTATION_COLUMNS} FROM annotations WHERE photo_id = ?1 ORDER BY id");
+        self.query_all(&sql, [photo], annotation_from_row)
     }
 
     pub fn individual(&self, id: i64) -> Result<Option<Individual>> {
-        self.conn
-            .query_row(
-                "SELECT id, code, name, species, notes FROM individuals WHERE id = ?1",
-                [id],
-                individual_from_row,
-            )
-            .optional()
-            .map_err(|e| self.sql_err(e))
+        self.query_one(
+            &format!("SELECT {INDIVIDUAL_COLUMNS} FROM individuals WHERE id = ?1"),
+            [id],
+            individual_from_row,
+        )
     }
 
     pub fn individual_by_code(&self, code: &str) -> Result<Option<Individual>> {
-        self.conn
-            .query_row(
-                "SELECT id, code, name, species, notes FROM individuals WHERE code = ?1",
-                [code],
-                individual_from_row,
-            )
-            .optional()
-            .map_err(|e| self.sql_err(e))
+        let sql = format!("SELECT {INDIVIDUAL_COLUMNS} FROM individuals WHERE code = ?1");
+        self.query_one(&sql, [code], individual_from_row)
     }
 
     pub fn individuals(&self) -> Result<Vec<Individual>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id, code, name, species, notes FROM individuals ORDER BY code")
-            .map_err(|e| self.sql_err(e))?;
-        let rows = stmt
-            .query_map([], individual_from_row)
-            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-            .map_err(|e| self.sql_err(e))?;
-        Ok(rows)
+        self.query_all(&format!("SELECT {INDIVIDUAL_COLUMNS} FROM individuals ORDER BY code"), [], individual_from_row)
     }
 
     pub fn identification(&self, annotation: i64) -> Result<Option<Identification>> {
-        self.conn
-            .query_row(
-                "SELECT annotation_id, individual_id, how, score, at FROM identifications WHERE annotation_id = ?1",
-                [annotation],
-                |r| {
-                    Ok(Identification {
-                        annotation_id: r.get(0)?,
-                        individual_id: r.get(1)?,
-                        how: parse_enum(2, r.get(2)?)?,
-                        score: r.get(3)?,
-                        at: r.get(4)?,
-                    })
-                },
-            )
-            .optional()
-            .map_err(|e| self.sql_err(e))
+        let sql = "SELECT annotation_id, individual_id, how, score, at FROM identifications WHERE annotation_id = ?1";
+        self.query_one(sql, [annotation], |r| {
+            Ok(Identification {
+                annotation_id: r.get(0)?,
+                individual_id: r.get(1)?,
+                how: parse_enum(2, r.get(2)?)?,
+                score: r.get(3)?,
+                at: r.get(4)?,
+            })
+        })
     }
 
     /// The annotations identified as an individual.
     pub fn sightings(&self, individual: i64) -> Result<Vec<Annotation>> {
         let cols = ANNOTATION_COLUMNS.split(", ").map(|c| format!("a.{c}")).collect::<Vec<_>>().join(", ");
-        let mut stmt = self
-            .conn
-            .prepare(&format!(
-                "SELECT {cols} FROM annotations a JOIN identifications i ON i.annotation_id = a.id \
-                 WHERE i.individual_id = ?1 ORDER BY a.id"
-            ))
-            .map_err(|e| self.sql_err(e))?;
-        let rows = stmt
-            .query_map([individual], annotation_from_row)
-            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-            .map_err(|e| self.sql_err(e))?;
-        Ok(rows)
+        let sql = format!(
+            "SELECT {cols} FROM annotations a JOIN identifications i ON i.annotation_id = a.id \
+             WHERE i.individual_id = ?1 ORDER BY a.id"
+        );
+        self.query_all(&sql, [individual], annotation_from_row)
     }
 
     /// Checks the database file's integrity and its keys (used after crashes).
     pub fn check_integrity(&self) -> Result<Vec<String>> {
-        let mut problems = Vec::new();
-        let mut stmt = self.conn.prepare("PRAGMA integrity_check").map_err(|e| self.sql_err(e))?;
-        for row in stmt.query_map([], |r| r.get::<_, String>(0)).map_err(|e| self.sql_err(e))? {
-            let line = row.map_err(|e| self.sql_err(e))?;
-            if line != "ok" {
-                problems.push(line);
-            }
-        }
-        let mut stmt = self.conn.prepare("PRAGMA foreign_key_check").map_err(|e| self.sql_err(e))?;
-        let fk = stmt
-            .query_map([], |r| {
-                Ok(format!("foreign key broken in {} row {:?}", r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?))
-            })
-            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-            .map_err(|e| self.sql_err(e))?;
-        problems.extend(fk);
+        let mut problems: Vec<String> =
+            self.query_all("PRAGMA integrity_check", [], |r| r.get(0))?.into_iter().filter(|l| l != "ok").collect();
+        problems.extend(self.query_all("PRAGMA foreign_key_check", [], |r| {
+            Ok(format!("foreign key broken in {} row {:?}", r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?))
+        })?);
         Ok(problems)
     }
 }
@@ -809,7 +745,7 @@ impl Edit<'_> {
 
     pub fn individual_by_code(&self, code: &str) -> Result<Option<Individual>> {
         self.tx
-            .prepare_cached("SELECT id, code, name, species, notes FROM individuals WHERE code = ?1")
+            .prepare_cached(&format!("SELECT {INDIVIDUAL_COLUMNS} FROM individuals WHERE code = ?1"))
             .and_then(|mut s| s.query_row([code], individual_from_row).optional())
             .map_err(|e| self.err(e))
     }
