@@ -134,7 +134,8 @@ impl Gallery {
         &self.matrix[row * self.dim..(row + 1) * self.dim]
     }
 
-    /// Adds an image; the vector is normalised on the way in.
+    /// Adds an image; the vector is normalised on the way in. A vector of another
+    /// dimension (an embedding from another model) is refused.
     pub fn push(
         &mut self,
         vector: &[f32],
@@ -143,8 +144,14 @@ impl Gallery {
         part: Part,
         side: Side,
         species: Option<String>,
-    ) {
-        assert_eq!(vector.len(), self.dim, "embedding dimension");
+    ) -> Result<(), String> {
+        if vector.len() != self.dim {
+            return Err(format!(
+                "annotation {annotation}: embedding has {} dimensions, the gallery {}",
+                vector.len(),
+                self.dim
+            ));
+        }
         let start = self.matrix.len();
         self.matrix.extend_from_slice(vector);
         normalise(&mut self.matrix[start..]);
@@ -156,6 +163,7 @@ impl Gallery {
             })
         });
         self.entries.push(Entry { annotation, individual, part, side, species });
+        Ok(())
     }
 
     /// Cosine similarity of a normalised query with every gallery image.
@@ -242,7 +250,8 @@ mod tests {
         g.push(&[0.9, 0.1, 0.0], 2, Some("A"), Part::Fluke, Side::Unknown, Some("humpback_whale".into()));
         g.push(&[0.0, 1.0, 0.0], 3, Some("B"), Part::Fluke, Side::Unknown, Some("humpback_whale".into()));
         g.push(&[0.7, 0.7, 0.0], 4, Some("C"), Part::DorsalFin, Side::Left, Some("bottlenose_dolphin".into()));
-        g.push(&[1.0, 0.0, 0.01], 5, None, Part::Fluke, Side::Unknown, None);
+        g.push(&[1.0, 0.0, 0.01], 5, None, Part::Fluke, Side::Unknown, None).unwrap();
+        assert!(g.push(&[1.0, 0.0], 6, None, Part::Fluke, Side::Unknown, None).unwrap_err().contains("2 dimensions"));
         g
     }
 
