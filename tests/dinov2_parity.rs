@@ -2,7 +2,6 @@
 //! can be trained: every parameter receives a gradient.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use candle_core::{D, DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -40,20 +39,6 @@ fn min_cosine(model: &Dinov2, input: &Tensor, reference: &Tensor) -> (f32, (usiz
     worst
 }
 
-/// Best of `runs` timed forwards (after a warm-up), in ms per image: the minimum is the
-/// figure least disturbed by other work on a shared machine.
-fn ms_per_image(model: &Dinov2, input: &Tensor, runs: usize) -> f64 {
-    let batch = input.dim(0).unwrap();
-    model.forward(input).unwrap(); // warm-up: caches, allocator, thread pool
-    (0..runs)
-        .map(|_| {
-            let start = Instant::now();
-            model.forward(input).unwrap();
-            start.elapsed().as_secs_f64() * 1000.0 / batch as f64
-        })
-        .fold(f64::INFINITY, f64::min)
-}
-
 #[test]
 fn backbone_reproduces_the_onnxruntime_reference_tokens() {
     let (weights, fixture) = (weights_path(), fixture_path());
@@ -83,19 +68,6 @@ fn backbone_reproduces_the_onnxruntime_reference_tokens() {
     assert!(fused_min >= 0.9999, "fused kernels: min cosine {fused_min} at {fused_at:?}");
     assert!(diff_min >= 0.9999, "differentiable kernels: min cosine {diff_min} at {diff_at:?}");
 
-    // Speed at 224 px on this machine (the reference: onnxruntime, ~51-65 ms per image).
-    let batch16 = Tensor::cat(&[input, input, input, input], 0).unwrap();
-    let differentiable_b4 = ms_per_image(&model, input, 2);
-    model.set_kernels(Kernels::Fused);
-    let fused_b4 = ms_per_image(&model, input, 3);
-    let fused_b16 = ms_per_image(&model, &batch16, 2);
-    eprintln!(
-        "ms per image (224 px, {} threads): fused batch 4 {fused_b4:.1}, fused batch 16 \
-         {fused_b16:.1}, differentiable batch 4 {differentiable_b4:.1}; onnxruntime ~51-65 \
-         (ratio {:.2}x at batch 16)",
-        candle_core::utils::get_num_threads(),
-        fused_b16 / 58.0
-    );
 }
 
 fn tiny_config() -> Dinov2Config {
