@@ -67,7 +67,6 @@ fn backbone_reproduces_the_onnxruntime_reference_tokens() {
     );
     assert!(fused_min >= 0.9999, "fused kernels: min cosine {fused_min} at {fused_at:?}");
     assert!(diff_min >= 0.9999, "differentiable kernels: min cosine {diff_min} at {diff_at:?}");
-
 }
 
 fn tiny_config() -> Dinov2Config {

@@ -232,3 +232,38 @@ fn exported_coco_imports_back_into_a_new_catalogue_with_identities() {
     assert_eq!((back.boxes.added, back.labels.applied), (3, 1));
     assert_eq!(fresh.individuals().unwrap()[0].code, "WID-00001");
 }
+
+/// A camera held upright writes landscape pixels plus EXIF orientation 6 (rotate 90°).
+fn jpeg_with_orientation(img: &image::RgbImage, orientation: u16) -> Vec<u8> {
+    let field = exif::Field {
+        tag: exif::Tag::Orientation,
+        ifd_num: exif::In::PRIMARY,
+        value: exif::Value::Short(vec![orientation]),
+    };
+    let mut writer = exif::experimental::Writer::new();
+    writer.push_field(&field);
+    let mut block = std::io::Cursor::new(Vec::new());
+    writer.write(&mut block, false).unwrap();
+    let mut bytes = Vec::new();
+    let mut encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 90);
+    image::ImageEncoder::set_exif_metadata(&mut encoder, block.into_inner()).unwrap();
+    encoder.encode_image(img).unwrap();
+    bytes
+}
+
+#[test]
+fn a_photo_taken_upright_is_catalogued_upright_and_its_boxes_are_in_upright_pixels() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write(&data.join("images/upright.jpg"), jpeg_with_orientation(&photo(7, 80, 40), 6));
+    // YOLO boxes refer to the photo as shown: 40 wide, 80 high.
+    write(&data.join("labels/upright.txt"), "0 0.5 0.25 0.5 0.25\n");
+    let mut cat = Catalogue::create(&dir.path().join("c.whaleid")).unwrap();
+    let report = run(&mut cat, &data);
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let p = &cat.photos().unwrap()[0];
+    assert_eq!((p.width, p.height, p.orientation), (40, 80, 6));
+    assert_eq!(cat.annotations_of_photo(p.id).unwrap()[0].bbox, Some(BoxPx::new(10.0, 10.0, 20.0, 20.0)));
+    let shown = whaleid::photo::decode_file(&cat.photo_file(&p.stored_path)).unwrap();
+    assert_eq!((shown.width(), shown.height()), (40, 80), "decoding applies the orientation too");
+}
