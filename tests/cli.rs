@@ -4,12 +4,6 @@ mod common;
 
 use std::process::Command;
 
-fn whaleid(args: &[&str]) -> serde_json::Value {
-    let out = Command::new(common::bin()).args(args).output().expect("whaleid runs");
-    assert!(out.status.success(), "whaleid {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
-}
-
 #[test]
 fn synth_import_stats_export_and_undo_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -17,7 +11,7 @@ fn synth_import_stats_export_and_undo_from_the_command_line() {
     let cat = dir.path().join("flukes.whaleid");
     let (data_s, cat_s) = (data.to_str().unwrap(), cat.to_str().unwrap());
 
-    let synth = whaleid(&[
+    let synth = common::whaleid_json(&[
         "synth",
         "--out",
         data_s,
@@ -31,12 +25,12 @@ fn synth_import_stats_export_and_undo_from_the_command_line() {
     ]);
     assert_eq!(synth["photos"], 12);
 
-    let report = whaleid(&["import", "--catalog", cat_s, data_s, "--json"]);
+    let report = common::whaleid_json(&["import", "--catalog", cat_s, data_s, "--json"]);
     assert_eq!(report[0]["photos"]["added"], 12);
     assert_eq!(report[0]["boxes"]["added"], 12);
     assert_eq!(report[0]["labels"]["applied"], 12, "labels attach to the YOLO box of each photo");
 
-    let stats = whaleid(&["stats", "--catalog", cat_s, "--json"]);
+    let stats = common::whaleid_json(&["stats", "--catalog", cat_s, "--json"]);
     assert_eq!(
         (stats["photos"].as_i64(), stats["individuals"].as_i64(), stats["boxes"].as_i64()),
         (Some(12), Some(4), Some(12))
@@ -45,7 +39,16 @@ fn synth_import_stats_export_and_undo_from_the_command_line() {
     assert!(stats["first_photo_date"].as_str().is_some_and(|d| d.starts_with("2024-")), "EXIF dates are read");
 
     let csv = dir.path().join("out.csv");
-    let export = whaleid(&["export", "--catalog", cat_s, "--format", "csv", "--out", csv.to_str().unwrap(), "--json"]);
+    let export = common::whaleid_json(&[
+        "export",
+        "--catalog",
+        cat_s,
+        "--format",
+        "csv",
+        "--out",
+        csv.to_str().unwrap(),
+        "--json",
+    ]);
     assert_eq!(export["items"], 12);
     // EXIF GPS is read, with the hemisphere: the synthetic survey is on Stellwagen Bank (42 N, 70 W).
     let text = std::fs::read_to_string(&csv).unwrap();
@@ -60,11 +63,11 @@ fn synth_import_stats_export_and_undo_from_the_command_line() {
         assert!((41.0..44.0).contains(&lat) && (-72.0..-69.0).contains(&lon), "{lat} {lon}");
     }
 
-    let undo = whaleid(&["undo", "--catalog", cat_s, "--json"]);
+    let undo = common::whaleid_json(&["undo", "--catalog", cat_s, "--json"]);
     assert!(undo["done"].as_str().unwrap().starts_with("import "));
-    assert_eq!(whaleid(&["stats", "--catalog", cat_s, "--json"])["photos"], 0);
-    whaleid(&["redo", "--catalog", cat_s, "--json"]);
-    assert_eq!(whaleid(&["stats", "--catalog", cat_s, "--json"])["photos"], 12);
+    assert_eq!(common::whaleid_json(&["stats", "--catalog", cat_s, "--json"])["photos"], 0);
+    common::whaleid_json(&["redo", "--catalog", cat_s, "--json"]);
+    assert_eq!(common::whaleid_json(&["stats", "--catalog", cat_s, "--json"])["photos"], 12);
 }
 
 #[test]

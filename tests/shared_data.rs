@@ -4,20 +4,13 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
-
-fn whaleid(args: &[&str]) -> serde_json::Value {
-    let out = Command::new(common::bin()).args(args).output().expect("whaleid runs");
-    assert!(out.status.success(), "whaleid {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
-}
 
 fn import_and_stats(dataset: &Path) -> (serde_json::Value, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
     let cat = dir.path().join("c.whaleid");
     let cat = cat.to_str().unwrap();
-    let report = whaleid(&["import", "--catalog", cat, dataset.to_str().unwrap(), "--json"]);
-    let stats = whaleid(&["stats", "--catalog", cat, "--json"]);
+    let report = common::whaleid_json(&["import", "--catalog", cat, dataset.to_str().unwrap(), "--json"]);
+    let stats = common::whaleid_json(&["stats", "--catalog", cat, "--json"]);
     (report[0].clone(), stats)
 }
 

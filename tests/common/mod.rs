@@ -70,3 +70,10 @@ pub fn shared() -> Option<PathBuf> {
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_whaleid"))
 }
+
+/// Runs the whaleid binary, expects success, and parses its `--json` output.
+pub fn whaleid_json(args: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new(bin()).args(args).output().expect("whaleid runs");
+    assert!(out.status.success(), "whaleid {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
