@@ -275,3 +275,46 @@ fn populate(cat: &Catalogue, photos: usize, annotations: usize, individuals: usi
 fn tempdir(prefix: &str) -> anyhow::Result<tempfile::TempDir> {
     Ok(tempfile::Builder::new().prefix(prefix).tempdir()?)
 }
+
+/// A Python interpreter with `packages` installed from PyPI, for reference measurements
+/// (onnxruntime, numpy, torch). The virtual environment lives in the data folder
+/// (`bench-python/`) and is created on first use. `Err` says why none could be had, so that
+/// a benchmark can still print its own figures.
+pub fn python_with(packages: &[&str]) -> Result<std::path::PathBuf, String> {
+    use std::process::{Command, Stdio};
+    let venv = crate::app::data_dir().join("bench-python");
+    let python = venv.join("bin").join("python");
+    let has_all = |python: &Path| {
+        let imports = packages.iter().map(|p| p.replace('-', "_")).collect::<Vec<_>>().join(", ");
+        Command::new(python)
+            .args(["-c", &format!("import {imports}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if python.exists() && has_all(&python) {
+        return Ok(python);
+    }
+    if !python.exists() {
+        eprintln!("creating a Python environment for the reference in {}", venv.display());
+        let status = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .map_err(|e| format!("python3 not found ({e}); no reference measurement"))?;
+        if !status.success() {
+            return Err(format!("python3 -m venv {} failed; no reference measurement", venv.display()));
+        }
+    }
+    eprintln!("installing {} for the reference", packages.join(", "));
+    let status = Command::new(&python)
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+        .args(packages)
+        .status()
+        .map_err(|e| format!("pip failed to start ({e}); no reference measurement"))?;
+    if !status.success() || !has_all(&python) {
+        return Err(format!("pip could not install {}; no reference measurement", packages.join(", ")));
+    }
+    Ok(python)
+}
