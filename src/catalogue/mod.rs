@@ -87,6 +87,22 @@ pub struct Annotation {
     pub score: Option<f64>,
 }
 
+impl Annotation {
+    /// What an embedding of this annotation was computed from; a stored embedding whose key
+    /// differs is stale (the box was moved since).
+    pub fn box_key(&self) -> String {
+        box_key(self.bbox.as_ref())
+    }
+}
+
+/// `whole` for the whole photo, else the box to a hundredth of a pixel.
+pub fn box_key(bbox: Option<&BoxPx>) -> String {
+    match bbox {
+        None => "whole".into(),
+        Some(b) => format!("{:.2},{:.2},{:.2},{:.2}", b.x, b.y, b.w, b.h),
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct NewAnnotation {
     pub photo_id: i64,
