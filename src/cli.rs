@@ -6,9 +6,10 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 
 use crate::catalogue::Catalogue;
+use crate::embed::{DEFAULT_SIZE, DeviceChoice, Embedder, EmbedderSpec};
 use crate::export::{ExportFormat, ExportOptions, Occasion};
 use crate::import::{ImportOptions, ImportReport};
-use crate::model::Part;
+use crate::model::{BoxPx, Part, Side};
 use crate::progress::Console;
 
 #[derive(Parser, Debug)]
@@ -78,6 +79,9 @@ pub enum Command {
         occasion: Occasion,
         #[arg(long)]
         include_rejected: bool,
+        /// With `--format embeddings`: whose embeddings (a model key as `whaleid embed` prints it).
+        #[arg(long = "model-key")]
+        model: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -126,6 +130,76 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compute the missing and stale embeddings of a catalogue.
+    Embed {
+        #[arg(long = "catalog")]
+        catalog: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Crops per forward pass.
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Propose the nearest known individuals for a photo (or a box in it).
+    Search {
+        #[arg(long = "catalog")]
+        catalog: PathBuf,
+        photo: PathBuf,
+        /// The crop, in photo pixels: x,y,w,h (default: the whole photo).
+        #[arg(long = "box", value_parser = parse_box)]
+        bbox: Option<BoxPx>,
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+        #[arg(long)]
+        species: Option<String>,
+        #[arg(long)]
+        part: Option<Part>,
+        #[arg(long)]
+        side: Option<Side>,
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Evaluate identification on labelled data: closed-set top-k, MAP@5, Recall@k and weighted
+    /// F1 beside a 32x32-pixel baseline; open-set MAP@5 with a tuned new-individual threshold.
+    Eval {
+        /// Anything `import` accepts (imported into a temporary catalogue).
+        #[arg(required_unless_present = "catalog")]
+        datasets: Vec<PathBuf>,
+        /// Evaluate this catalogue's labelled crops instead (embeddings are cached in it).
+        #[arg(long = "catalog", conflicts_with = "datasets")]
+        catalog: Option<PathBuf>,
+        /// Store the tuned new-individual threshold in the catalogue (with --catalog).
+        #[arg(long, requires = "catalog")]
+        save_threshold: bool,
+        /// Share of individuals held out of the gallery for the open-set evaluation.
+        #[arg(long, default_value_t = 0.2)]
+        open_set: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a Kaggle-style submission.csv (Image,Id: five predictions, new_whale at the
+    /// threshold) for a folder of query photos.
+    Submit {
+        #[arg(long = "catalog")]
+        catalog: PathBuf,
+        queries: PathBuf,
+        #[arg(long, default_value = "submission.csv")]
+        out: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        json: bool,
+    },
     /// Pretrained weights: `whaleid models fetch [--from FILE]`.
     Models {
         #[command(subcommand)]
@@ -136,6 +210,55 @@ pub enum Command {
         #[command(subcommand)]
         which: crate::bench::Bench,
     },
+}
+
+/// Which embedder to use.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// The backbone's weights (default: dinov2_vits14.safetensors in the models folder).
+    #[arg(long = "model")]
+    pub weights: Option<PathBuf>,
+    /// A trained head (pooling + neck) written by `whaleid train`.
+    #[arg(long)]
+    pub neck: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t)]
+    pub device: DeviceChoice,
+    /// Input side in pixels (a multiple of 14).
+    #[arg(long, default_value_t = DEFAULT_SIZE)]
+    pub size: u32,
+}
+
+impl ModelArgs {
+    /// Loads the embedder, saying clearly what to do when the weights are missing and
+    /// telling the user when CUDA was asked for but the CPU is used.
+    pub fn load(&self) -> anyhow::Result<Embedder> {
+        let dir = crate::models::default_dir();
+        let weights = self.weights.clone().unwrap_or_else(|| crate::models::dinov2_safetensors_path(&dir));
+        if !weights.exists() {
+            anyhow::bail!(
+                "no backbone weights at {}: run `whaleid models fetch`\n{}",
+                weights.display(),
+                crate::models::manual_download_help(&dir)
+            );
+        }
+        let spec = EmbedderSpec { weights, neck: self.neck.clone(), device: self.device, size: self.size };
+        let embedder = Embedder::load(&spec)?;
+        if let Some(notice) = embedder.notice() {
+            eprintln!("notice: {notice}");
+        }
+        Ok(embedder)
+    }
+}
+
+fn parse_box(text: &str) -> Result<BoxPx, String> {
+    let v: Vec<f64> = text
+        .split(',')
+        .map(|p| p.trim().parse::<f64>().map_err(|e| format!("{p:?}: {e}")))
+        .collect::<Result<_, _>>()?;
+    match v[..] {
+        [x, y, w, h] if w > 0.0 && h > 0.0 && v.iter().all(|c| c.is_finite()) => Ok(BoxPx::new(x, y, w, h)),
+        _ => Err("expected x,y,w,h in photo pixels with a positive width and height".into()),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -156,12 +279,13 @@ pub enum ModelsCommand {
 
 /// Prints a value as JSON (with `--json`) or as text.
 pub fn emit<T: Serialize>(json: bool, value: &T, text: impl FnOnce(&T) -> String) -> anyhow::Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(value)?);
-    } else {
-        println!("{}", text(value));
+    use std::io::Write;
+    let out = if json { serde_json::to_string_pretty(value)? } else { text(value) };
+    match writeln!(std::io::stdout(), "{out}") {
+        // A closed pipe (`whaleid ... | head`) is the reader's choice, not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
     }
-    Ok(())
 }
 
 fn open(path: &Path) -> anyhow::Result<Catalogue> {
@@ -225,10 +349,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Export { catalog, format, out, occasion, include_rejected, json } => {
+        Command::Export { catalog, format, out, occasion, include_rejected, model, json } => {
             let cat = open(&catalog)?;
             let console = Console::new(json);
-            let opts = ExportOptions { occasion, include_rejected };
+            let opts = ExportOptions { occasion, include_rejected, model };
             let report = crate::export::export(&cat, format, &out, &opts, &console)?;
             drop(console);
             emit(json, &report, |r| {
@@ -284,6 +408,86 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let stats = crate::stats::stats(&cat)?;
             emit(json, &stats, |s| s.to_string())
         }
+        Command::Embed { catalog, model, batch, json } => {
+            let mut cat = open(&catalog)?;
+            let embedder = model.load()?;
+            let console = Console::new(json);
+            let report =
+                crate::embed::embed_catalogue(&mut cat, &embedder, &crate::embed::EmbedOptions { batch }, &console)?;
+            drop(console);
+            emit(json, &report, |r| {
+                let mut s = format!(
+                    "{}: embedded {} crop(s) on the {} in {:.1} s ({} already up to date, {}-d){}",
+                    r.model,
+                    r.embedded,
+                    r.device,
+                    r.seconds,
+                    r.fresh,
+                    r.dim,
+                    if r.cancelled { "; cancelled" } else { "" }
+                );
+                for p in &r.problems {
+                    s.push_str(&format!("\n  {p}"));
+                }
+                s
+            })
+        }
+        Command::Search { catalog, photo, bbox, top, species, part, side, model, json } => {
+            let cat = open(&catalog)?;
+            let embedder = model.load()?;
+            let img = crate::photo::decode_file(&photo).map_err(|e| anyhow::anyhow!("{}: {e}", photo.display()))?;
+            let query = embedder.embed(&[crate::embed::prepare(&img, bbox, embedder.size())])?;
+            let load = crate::search::Gallery::from_catalogue(&cat, embedder.key())?;
+            let left_out = load.describe();
+            if !left_out.is_empty() {
+                eprintln!("warning: {left_out} (run `whaleid embed`)");
+            }
+            let filter = crate::search::Filter { species, part, side };
+            let threshold = crate::eval::stored_threshold(&cat, embedder.key());
+            let result = load.gallery.search(&query[0], top, &filter, None, threshold);
+            emit(json, &result, |r| describe_search(r, &photo))
+        }
+        Command::Eval { datasets, catalog, save_threshold, open_set, seed, batch, model, json } => {
+            let embedder = model.load()?;
+            let options = crate::eval::EvalOptions { batch, open_set_fraction: open_set, seed };
+            let console = Console::new(json);
+            let report = match &catalog {
+                Some(path) => {
+                    let mut cat = open(path)?;
+                    let report = crate::eval::evaluate_catalogue(&mut cat, &embedder, &options, &console)?;
+                    if save_threshold {
+                        let Some(open) = &report.open_set else {
+                            anyhow::bail!("--save-threshold needs the open-set evaluation (--open-set above 0)");
+                        };
+                        let key = crate::eval::threshold_setting(embedder.key());
+                        cat.set_setting(&key, &open.tuned.threshold.to_string())?;
+                    }
+                    report
+                }
+                None => crate::eval::evaluate_datasets(&datasets, &embedder, &options, &console)?,
+            };
+            drop(console);
+            emit(json, &report, crate::eval::describe)
+        }
+        Command::Submit { catalog, queries, out, model, json } => {
+            let cat = open(&catalog)?;
+            let embedder = model.load()?;
+            let console = Console::new(json);
+            let report = crate::submit::submit(&cat, &embedder, &queries, &out, &console)?;
+            drop(console);
+            emit(json, &report, |r| {
+                let mut s = format!(
+                    "wrote {} ({} queries, threshold {})",
+                    r.out.display(),
+                    r.queries,
+                    r.threshold.map_or("none: no new_whale".into(), |t| format!("{t:.4}"))
+                );
+                for p in &r.problems {
+                    s.push_str(&format!("\n  {p}"));
+                }
+                s
+            })
+        }
         Command::Models { which: ModelsCommand::Fetch { from, dir, json } } => {
             use crate::models::{WeightsSource, fetch_dinov2};
             let source = match from {
@@ -306,6 +510,33 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench { which } => crate::bench::run(which),
     }
+}
+
+fn describe_search(r: &crate::search::SearchResult, photo: &Path) -> String {
+    let mut s = format!(
+        "{}: searched {} crop(s) of {} individual(s) ({})",
+        photo.display(),
+        r.searched_images,
+        r.searched_individuals,
+        r.filter
+    );
+    for (i, m) in r.matches.iter().enumerate() {
+        s.push_str(&format!(
+            "\n  {}. {:<24} {:.4}  (best crop: annotation {})",
+            i + 1,
+            m.individual,
+            m.score,
+            m.best_annotation
+        ));
+    }
+    match r.threshold {
+        Some(t) if r.new_individual => {
+            s.push_str(&format!("\nlikely a NEW individual: best score under the threshold {t:.4}"))
+        }
+        Some(t) => s.push_str(&format!("\nnew-individual threshold {t:.4}: the best match is above it")),
+        None => s.push_str("\nno new-individual threshold tuned yet (whaleid eval --catalog C --save-threshold)"),
+    }
+    s
 }
 
 pub fn import_summary(r: &ImportReport) -> String {

@@ -28,6 +28,8 @@ pub enum ExportFormat {
     Crops,
     /// Program MARK capture histories (.inp): individual x sampling occasion, 0/1.
     Mark,
+    /// embeddings.npy (f32 [n, d], one row per crop) and labels.csv with the matching rows.
+    Embeddings,
 }
 
 /// The sampling occasion of a capture history.
@@ -45,6 +47,8 @@ pub struct ExportOptions {
     pub occasion: Occasion,
     /// Rejected boxes are left out unless asked for.
     pub include_rejected: bool,
+    /// Whose embeddings (a model key); default: the model with the most embeddings.
+    pub model: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -117,8 +121,86 @@ pub fn export(
         ExportFormat::Yolo => export_yolo(cat, &photos, &rows, out, &mut report)?,
         ExportFormat::Crops => export_crops(cat, &photos, &rows, out, progress, &mut report)?,
         ExportFormat::Mark => export_mark(&photos, &rows, out, opts.occasion, &mut report)?,
+        ExportFormat::Embeddings => export_embeddings(cat, &photos, &rows, out, opts.model.as_deref(), &mut report)?,
     }
     Ok(report)
+}
+
+fn export_embeddings(
+    cat: &Catalogue,
+    photos: &[Photo],
+    rows: &[Row],
+    out: &Path,
+    model: Option<&str>,
+    report: &mut ExportReport,
+) -> anyhow::Result<()> {
+    let model = match model {
+        Some(m) => m.to_string(),
+        None => match cat.embedding_models()?.into_iter().next() {
+            Some((m, _)) => m,
+            None => anyhow::bail!("{}: no embeddings yet: run `whaleid embed` first", cat.path().display()),
+        },
+    };
+    let load = crate::search::Gallery::from_catalogue(cat, &model)?;
+    let gallery = &load.gallery;
+    let row_of: HashMap<i64, &Row> = rows.iter().map(|r| (r.annotation.id, r)).collect();
+    let path_of: HashMap<i64, &str> = photos.iter().map(|p| (p.id, p.stored_path.as_str())).collect();
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create folder {}", out.display()))?;
+    let labels_path = out.join("labels.csv");
+    let mut labels = csv::Writer::from_writer(create_file(&labels_path)?);
+    labels.write_record(["row", "annotation", "photo", "individual", "part", "side", "species", "status"])?;
+    let mut matrix: Vec<f32> = Vec::with_capacity(gallery.len() * gallery.dim());
+    let mut n = 0usize;
+    for (i, entry) in gallery.entries().iter().enumerate() {
+        let Some(row) = row_of.get(&entry.annotation) else { continue };
+        matrix.extend_from_slice(gallery.vector(i));
+        labels.write_record([
+            n.to_string(),
+            entry.annotation.to_string(),
+            path_of.get(&row.photo_id).copied().unwrap_or_default().to_string(),
+            row.individual.as_ref().map(|d| d.code.clone()).unwrap_or_default(),
+            row.annotation.part.to_string(),
+            row.annotation.side.to_string(),
+            row.annotation.species.clone().unwrap_or_default(),
+            row.annotation.status.to_string(),
+        ])?;
+        n += 1;
+    }
+    labels.flush()?;
+    let npy_path = out.join("embeddings.npy");
+    let mut npy = create_file(&npy_path)?;
+    write_npy_f32(&mut npy, &matrix, n, gallery.dim())?;
+    npy.flush()?;
+    report.items = n;
+    if load.stale + load.missing > 0 {
+        report.skipped.push(Problem {
+            file: cat.path().to_path_buf(),
+            line: None,
+            problem: format!(
+                "{} crop(s) have no up-to-date embedding from {model} (run `whaleid embed`)",
+                load.stale + load.missing
+            ),
+        });
+    }
+    report.written.push(npy_path);
+    report.written.push(labels_path);
+    Ok(())
+}
+
+/// NumPy `.npy` version 1.0: magic, header dict padded to a multiple of 64 bytes, then the
+/// row-major little-endian f32 data.
+pub fn write_npy_f32(w: &mut impl Write, data: &[f32], rows: usize, cols: usize) -> std::io::Result<()> {
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+    let unpadded = 6 + 2 + 2 + header.len() + 1;
+    header.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
+    header.push('\n');
+    w.write_all(b"\x93NUMPY\x01\x00")?;
+    w.write_all(&(header.len() as u16).to_le_bytes())?;
+    w.write_all(header.as_bytes())?;
+    for v in data {
+        w.write_all(&v.to_le_bytes())?;
+    }
+    Ok(())
 }
 
 fn export_csv(

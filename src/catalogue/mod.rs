@@ -103,6 +103,22 @@ pub fn box_key(bbox: Option<&BoxPx>) -> String {
     }
 }
 
+/// An annotation as the embedder sees it (see [`Catalogue::embedding_states`]).
+#[derive(Debug, Clone)]
+pub struct EmbeddingState {
+    pub annotation: Annotation,
+    pub photo_path: String,
+    /// The box key of the stored embedding, if there is one.
+    pub stored_box_key: Option<String>,
+}
+
+impl EmbeddingState {
+    /// Missing, or computed from a box that has since moved.
+    pub fn is_stale(&self) -> bool {
+        self.stored_box_key.as_deref() != Some(self.annotation.box_key().as_str())
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct NewAnnotation {
     pub photo_id: i64,
@@ -485,14 +501,27 @@ impl Catalogue {
     // ---- derived data (not undoable) ------------------------------------------------
 
     pub fn put_embedding(&mut self, annotation: i64, model: &str, box_key: &str, vector: &[f32]) -> Result<()> {
-        let bytes: Vec<u8> = vector.iter().flat_map(|v| v.to_le_bytes()).collect();
-        self.conn
-            .execute(
-                "INSERT OR REPLACE INTO embeddings (annotation_id, model, box_key, dim, vector) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![annotation, model, box_key, vector.len() as i64, bytes],
-            )
-            .map_err(|e| self.sql_err(e))?;
-        Ok(())
+        self.put_embeddings(model, &[(annotation, box_key.to_string(), vector.to_vec())])
+    }
+
+    /// Stores `(annotation, box key, vector)` rows under `model` in one transaction.
+    pub fn put_embeddings(&mut self, model: &str, rows: &[(i64, String, Vec<f32>)]) -> Result<()> {
+        let path = self.path.clone();
+        let err = |source| CatalogueError::Sqlite { path: path.clone(), source };
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO embeddings (annotation_id, model, box_key, dim, vector) \
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(err)?;
+            for (annotation, box_key, vector) in rows {
+                let bytes: Vec<u8> = vector.iter().flat_map(|v| v.to_le_bytes()).collect();
+                insert.execute(params![annotation, model, box_key, vector.len() as i64, bytes]).map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
     }
 
     /// All rows of a query, mapped.
@@ -586,6 +615,51 @@ impl Catalogue {
              WHERE i.individual_id = ?1 ORDER BY a.id"
         );
         self.query_all(&sql, [individual], annotation_from_row)
+    }
+
+    /// Every annotation that is not rejected, with its photo's stored path and the box key of
+    /// its embedding under `model` (`None` when it has none): what the embedder works from.
+    pub fn embedding_states(&self, model: &str) -> Result<Vec<EmbeddingState>> {
+        let cols = ANNOTATION_COLUMNS.split(", ").map(|c| format!("a.{c}")).collect::<Vec<_>>().join(", ");
+        let sql = format!(
+            "SELECT {cols}, p.path, e.box_key FROM annotations a JOIN photos p ON p.id = a.photo_id \
+             LEFT JOIN embeddings e ON e.annotation_id = a.id AND e.model = ?1 \
+             WHERE a.status != 'rejected' ORDER BY a.photo_id, a.id"
+        );
+        self.query_all(&sql, [model], |r| {
+            let n = ANNOTATION_COLUMNS.split(", ").count();
+            Ok(EmbeddingState {
+                annotation: annotation_from_row(r)?,
+                photo_path: r.get(n)?,
+                stored_box_key: r.get(n + 1)?,
+            })
+        })
+    }
+
+    /// Annotations whose photo carries `tag` (e.g. `role=query` from a labels CSV).
+    pub fn annotations_tagged(&self, tag: &str) -> Result<Vec<i64>> {
+        self.query_all(
+            "SELECT a.id FROM annotations a JOIN photo_tags t ON t.photo_id = a.photo_id WHERE t.tag = ?1 ORDER BY a.id",
+            [tag],
+            |r| r.get(0),
+        )
+    }
+
+    /// The models that have embeddings here, with their counts, most first.
+    pub fn embedding_models(&self) -> Result<Vec<(String, usize)>> {
+        self.query_all("SELECT model, COUNT(*) FROM embeddings GROUP BY model ORDER BY COUNT(*) DESC, model", [], |r| {
+            Ok((r.get(0)?, r.get::<_, i64>(1)? as usize))
+        })
+    }
+
+    /// The individual's code of every identified annotation.
+    pub fn identified_annotations(&self) -> Result<Vec<(i64, String)>> {
+        self.query_all(
+            "SELECT i.annotation_id, d.code FROM identifications i JOIN individuals d ON d.id = i.individual_id \
+             ORDER BY i.annotation_id",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
     }
 
     /// Checks the database file's integrity and its keys (used after crashes).

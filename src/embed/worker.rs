@@ -1,0 +1,163 @@
+//! Keeping a catalogue's embeddings up to date: missing and stale ones (the box moved, or
+//! another model) are computed in batches, each batch committed as it is done, so a cancelled
+//! or interrupted run keeps everything finished so far and the next run goes on from there.
+//!
+//! Photos are decoded and preprocessed on a second thread while the model runs, each photo
+//! decoded once however many annotations it has.
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::dinov2::EmbedError;
+use super::embedder::Embedder;
+use super::preprocess::prepare;
+use crate::catalogue::Catalogue;
+use crate::model::BoxPx;
+use crate::progress::Progress;
+
+#[derive(Debug, Clone)]
+pub struct EmbedOptions {
+    /// Crops per forward pass.
+    pub batch: usize,
+}
+
+impl Default for EmbedOptions {
+    fn default() -> Self {
+        Self { batch: 16 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct EmbedReport {
+    pub model: String,
+    pub device: String,
+    pub dim: usize,
+    /// Annotations that are not rejected.
+    pub annotations: usize,
+    /// Already up to date before this run.
+    pub fresh: usize,
+    pub embedded: usize,
+    /// One line per crop that could not be embedded, naming its photo.
+    pub problems: Vec<String>,
+    pub cancelled: bool,
+    pub seconds: f64,
+}
+
+/// One crop to embed.
+struct Work {
+    annotation: i64,
+    box_key: String,
+    bbox: Option<BoxPx>,
+    photo: PathBuf,
+}
+
+/// A batch ready for the model.
+struct Prepared {
+    inputs: Vec<(i64, String, Vec<f32>)>,
+    problems: Vec<String>,
+}
+
+/// Computes every missing or stale embedding of `cat` under `embedder.key()`.
+pub fn embed_catalogue(
+    cat: &mut Catalogue,
+    embedder: &Embedder,
+    options: &EmbedOptions,
+    progress: &dyn Progress,
+) -> Result<EmbedReport, EmbedError> {
+    let started = Instant::now();
+    let states = cat.embedding_states(embedder.key())?;
+    let mut report = EmbedReport {
+        model: embedder.key().to_string(),
+        device: embedder.device_label().to_string(),
+        dim: embedder.dim(),
+        annotations: states.len(),
+        ..Default::default()
+    };
+    let work: Vec<Work> = states
+        .iter()
+        .filter(|s| s.is_stale())
+        .map(|s| Work {
+            annotation: s.annotation.id,
+            box_key: s.annotation.box_key(),
+            bbox: s.annotation.bbox,
+            photo: cat.photo_file(&s.photo_path),
+        })
+        .collect();
+    report.fresh = states.len() - work.len();
+    progress.stage("embedding", work.len() as u64);
+    let batch = options.batch.max(1);
+    let size = embedder.size();
+    let (sender, receiver) = mpsc::sync_channel::<Prepared>(2);
+    std::thread::scope(|scope| -> Result<(), EmbedError> {
+        let work = &work;
+        scope.spawn(move || {
+            for chunk in work.chunks(batch) {
+                if progress.cancelled() || sender.send(prepare_batch(chunk, size)).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut done = 0u64;
+        for prepared in receiver {
+            if progress.cancelled() {
+                report.cancelled = true;
+                break;
+            }
+            let n = (prepared.inputs.len() + prepared.problems.len()) as u64;
+            report.problems.extend(prepared.problems);
+            if !prepared.inputs.is_empty() {
+                let inputs: Vec<Vec<f32>> = prepared.inputs.iter().map(|(_, _, input)| input.clone()).collect();
+                let vectors = embedder.embed(&inputs)?;
+                let rows: Vec<(i64, String, Vec<f32>)> = prepared
+                    .inputs
+                    .into_iter()
+                    .zip(vectors)
+                    .map(|((annotation, key, _), vector)| (annotation, key, vector))
+                    .collect();
+                cat.put_embeddings(embedder.key(), &rows)?;
+                report.embedded += rows.len();
+            }
+            done += n;
+            progress.advance(n);
+            progress.committed(done, work.len() as u64);
+        }
+        Ok(())
+    })?;
+    report.cancelled |= progress.cancelled();
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Decodes the batch's photos (in parallel, each once) and prepares every crop.
+fn prepare_batch(chunk: &[Work], size: u32) -> Prepared {
+    use rayon::prelude::*;
+    let mut by_photo: Vec<(&PathBuf, Vec<&Work>)> = Vec::new();
+    for w in chunk {
+        match by_photo.last_mut() {
+            Some((photo, items)) if *photo == &w.photo => items.push(w),
+            _ => by_photo.push((&w.photo, vec![w])),
+        }
+    }
+    let results: Vec<Result<Vec<(i64, String, Vec<f32>)>, (String, usize)>> = by_photo
+        .par_iter()
+        .map(|(photo, items)| match crate::photo::decode_file(photo) {
+            Ok(img) => {
+                Ok(items.iter().map(|w| (w.annotation, w.box_key.clone(), prepare(&img, w.bbox, size))).collect())
+            }
+            Err(e) => Err((format!("{}: {e}", photo.display()), items.len())),
+        })
+        .collect();
+    let mut prepared = Prepared { inputs: Vec::new(), problems: Vec::new() };
+    for r in results {
+        match r {
+            Ok(inputs) => prepared.inputs.extend(inputs),
+            Err((problem, crops)) => {
+                prepared.problems.extend(std::iter::repeat_n(problem, crops));
+            }
+        }
+    }
+    prepared
+}

@@ -1,0 +1,292 @@
+//! Identification end to end: embedding a catalogue (cached, stale boxes recomputed, bad
+//! photos reported), searching it, evaluating, submitting and exporting embeddings.
+//! Plumbing runs on a tiny random-weight model; a few tests use the real weights when present.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use whaleid::catalogue::Catalogue;
+use whaleid::embed::{Dinov2Config, EmbedOptions, Embedder, embed_catalogue};
+use whaleid::import::{ImportOptions, import};
+use whaleid::model::BoxPx;
+use whaleid::progress::{Progress, Silent};
+use whaleid::search::Gallery;
+
+fn tiny() -> Embedder {
+    let config = Dinov2Config {
+        in_channels: 3,
+        patch_size: 14,
+        hidden_size: 24,
+        num_layers: 2,
+        num_heads: 2,
+        mlp_size: 48,
+        position_grid: 4,
+        layer_norm_eps: 1e-6,
+    };
+    Embedder::random(&config, 56).unwrap()
+}
+
+fn real_weights() -> Option<PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/dinov2_vits14.safetensors");
+    if path.exists() {
+        Some(path)
+    } else {
+        eprintln!("skipped: {} is absent (whaleid models fetch)", path.display());
+        None
+    }
+}
+
+/// A catalogue of `individuals` x `per` synthetic flukes with labels and boxes.
+fn synthetic_catalogue(dir: &Path, individuals: usize, per: usize, seed: u64) -> Catalogue {
+    let data = dir.join("data");
+    let mut opts = whaleid::synth::SynthOptions::new(&data, individuals, per, seed);
+    opts.width = 256;
+    opts.height = 192;
+    whaleid::synth::generate(&opts, &|| {}).unwrap();
+    let mut cat = Catalogue::create(&dir.join("c.whaleid")).unwrap();
+    import(&mut cat, &data, &ImportOptions::default(), &Silent).unwrap();
+    cat
+}
+
+#[test]
+fn embedding_is_cached_and_only_moved_boxes_are_recomputed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cat = synthetic_catalogue(dir.path(), 3, 3, 1);
+    let embedder = tiny();
+    let first = embed_catalogue(&mut cat, &embedder, &EmbedOptions { batch: 4 }, &Silent).unwrap();
+    assert_eq!((first.annotations, first.embedded, first.fresh), (9, 9, 0), "{first:?}");
+    assert!(first.problems.is_empty());
+
+    let again = embed_catalogue(&mut cat, &embedder, &EmbedOptions::default(), &Silent).unwrap();
+    assert_eq!((again.embedded, again.fresh), (0, 9), "nothing is recomputed");
+
+    let moved = cat.embedding_states(embedder.key()).unwrap()[4].annotation.clone();
+    let b = moved.bbox.expect("synthetic photos have boxes");
+    cat.set_box(moved.id, BoxPx::new(b.x + 5.0, b.y, b.w - 5.0, b.h)).unwrap();
+    let load = Gallery::from_catalogue(&cat, embedder.key()).unwrap();
+    assert_eq!((load.gallery.len(), load.stale), (8, 1), "the moved box is not searched with its old vector");
+    let after = embed_catalogue(&mut cat, &embedder, &EmbedOptions::default(), &Silent).unwrap();
+    assert_eq!((after.embedded, after.fresh), (1, 8), "exactly the moved crop is recomputed");
+    assert_eq!(Gallery::from_catalogue(&cat, embedder.key()).unwrap().gallery.len(), 9);
+}
+
+#[test]
+fn an_unreadable_photo_is_named_and_the_rest_are_embedded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cat = synthetic_catalogue(dir.path(), 2, 3, 2);
+    let victim = cat.photos().unwrap()[1].clone();
+    std::fs::write(cat.photo_file(&victim.stored_path), b"not a jpeg any more").unwrap();
+    let report = embed_catalogue(&mut cat, &tiny(), &EmbedOptions { batch: 2 }, &Silent).unwrap();
+    assert_eq!(report.embedded, 5);
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    let name = Path::new(&victim.stored_path).file_name().unwrap().to_string_lossy().to_string();
+    assert!(report.problems[0].contains(&name), "{:?}", report.problems);
+}
+
+/// Cancels once `after` crops are done.
+struct CancelAfter {
+    after: u64,
+    done: std::sync::atomic::AtomicU64,
+    cancel: AtomicBool,
+}
+
+impl Progress for CancelAfter {
+    fn committed(&self, done: u64, _total: u64) {
+        self.done.store(done, Ordering::SeqCst);
+        if done >= self.after {
+            self.cancel.store(true, Ordering::SeqCst);
+        }
+    }
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn a_cancelled_run_keeps_finished_batches_and_the_next_run_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cat = synthetic_catalogue(dir.path(), 4, 3, 3);
+    let embedder = tiny();
+    let cancel = CancelAfter { after: 4, done: Default::default(), cancel: AtomicBool::new(false) };
+    let first = embed_catalogue(&mut cat, &embedder, &EmbedOptions { batch: 2 }, &cancel).unwrap();
+    assert!(first.cancelled);
+    assert!(first.embedded >= 4 && first.embedded < 12, "{first:?}");
+    let rest = embed_catalogue(&mut cat, &embedder, &EmbedOptions { batch: 2 }, &Silent).unwrap();
+    assert_eq!(rest.fresh, first.embedded);
+    assert_eq!(rest.fresh + rest.embedded, 12);
+}
+
+#[test]
+fn evaluation_reports_closed_and_open_set_metrics_beside_the_pixel_baseline() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cat = synthetic_catalogue(dir.path(), 6, 3, 4);
+    let options = whaleid::eval::EvalOptions { batch: 8, open_set_fraction: 0.34, seed: 1 };
+    let r = whaleid::eval::evaluate_catalogue(&mut cat, &tiny(), &options, &Silent).unwrap();
+    assert_eq!((r.labelled, r.individuals), (18, 6));
+    for m in [&r.closed_set, &r.pixel_baseline] {
+        assert_eq!(m.queries, 18, "every crop has two others of its individual");
+        assert!(m.top1 <= m.top5 && m.top5 <= 1.0 && m.map5 >= m.top1 && m.map5 <= m.top5);
+        let recalls: Vec<f64> = m.recall_at.iter().map(|(_, r)| *r).collect();
+        assert!(recalls.windows(2).all(|w| w[0] <= w[1]) && (recalls[5] - 1.0).abs() < 1e-9, "{recalls:?}");
+    }
+    let open = r.open_set.expect("open set requested");
+    assert_eq!(open.held_out_individuals, 2);
+    assert_eq!((open.tuned.queries, open.tuned.new_queries), (18, 6));
+    assert!(open.tuned.map5 >= open.cross_validated_map5 - 1e-9, "tuning in sample is never worse");
+    // Synthetic individuals differ in their pixels: the raw-pixel baseline must find most.
+    assert!(r.pixel_baseline.top5 > 0.5, "{:?}", r.pixel_baseline);
+}
+
+#[test]
+fn cli_embeds_searches_submits_and_exports_embeddings() {
+    let Some(weights) = real_weights() else { return };
+    let weights = weights.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cat_path = dir.path().join("c.whaleid");
+    drop(synthetic_catalogue(dir.path(), 4, 3, 5));
+    let cat = cat_path.to_str().unwrap();
+    let embedded = common::whaleid_json(&["embed", "--catalog", cat, "--model", weights, "--batch", "8", "--json"]);
+    assert_eq!(embedded["embedded"], 12);
+    assert_eq!(embedded["dim"], 768);
+
+    // A crop that is in the catalogue finds its own individual first, with score 1.
+    let (photo, bbox, individual) = {
+        let c = Catalogue::open(&cat_path).unwrap();
+        let p = c.photos().unwrap()[0].clone();
+        let a = c.annotations_of_photo(p.id).unwrap()[0].clone();
+        let ind = c.identification(a.id).unwrap().unwrap().individual_id;
+        (c.photo_file(&p.stored_path), a.bbox.unwrap(), c.individual(ind).unwrap().unwrap().code)
+    };
+    let photo = photo.to_str().unwrap();
+    let bbox = format!("{},{},{},{}", bbox.x, bbox.y, bbox.w, bbox.h);
+    let hit = common::whaleid_json(&[
+        "search",
+        "--catalog",
+        cat,
+        photo,
+        "--box",
+        &bbox,
+        "--model",
+        weights,
+        "--top",
+        "3",
+        "--json",
+    ]);
+    assert_eq!(hit["searched_individuals"], 4);
+    assert_eq!(hit["matches"].as_array().unwrap().len(), 3);
+    let first = &hit["matches"][0];
+    assert_eq!(first["individual"], individual.as_str(), "{hit}");
+    assert!(first["score"].as_f64().unwrap() > 0.999);
+    assert_eq!(hit["new_individual"], false);
+    assert!(hit["threshold"].is_null());
+
+    let out = dir.path().join("submission.csv");
+    let queries = dir.path().join("data/images");
+    let report = common::whaleid_json(&[
+        "submit",
+        "--catalog",
+        cat,
+        queries.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--model",
+        weights,
+        "--json",
+    ]);
+    assert_eq!(report["queries"], 12);
+    let csv = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(csv.lines().next(), Some("Image,Id"));
+    assert_eq!(csv.lines().count(), 13);
+    // No threshold tuned yet: the four individuals, best first, and no new_whale.
+    assert!(
+        csv.lines().skip(1).all(|l| l
+            .split(',')
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .filter(|id| id.starts_with("SYN-"))
+            .count()
+            == 4),
+        "{csv}"
+    );
+    assert!(!csv.contains("new_whale"));
+
+    let export = dir.path().join("emb");
+    common::whaleid_json(&[
+        "export",
+        "--catalog",
+        cat,
+        "--format",
+        "embeddings",
+        "--out",
+        export.to_str().unwrap(),
+        "--json",
+    ]);
+    let npy = std::fs::read(export.join("embeddings.npy")).unwrap();
+    assert_eq!(&npy[..8], b"\x93NUMPY\x01\x00");
+    let header_len = u16::from_le_bytes([npy[8], npy[9]]) as usize;
+    let header = std::str::from_utf8(&npy[10..10 + header_len]).unwrap();
+    assert!(header.contains("'shape': (12, 768)") && (10 + header_len) % 64 == 0, "{header}");
+    assert_eq!(npy.len(), 10 + header_len + 12 * 768 * 4);
+    let rows = std::fs::read_to_string(export.join("labels.csv")).unwrap();
+    assert_eq!(rows.lines().count(), 13);
+    // Each row is unit length.
+    let first_row: Vec<f32> = npy[10 + header_len..10 + header_len + 768 * 4]
+        .chunks(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let norm: f32 = first_row.iter().map(|v| v * v).sum();
+    assert!((norm - 1.0).abs() < 1e-4);
+}
+
+#[test]
+fn missing_weights_are_named_with_how_to_get_them() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(synthetic_catalogue(dir.path(), 1, 1, 6));
+    let out = std::process::Command::new(common::bin())
+        .args(["embed", "--catalog"])
+        .arg(dir.path().join("c.whaleid"))
+        .args(["--model"])
+        .arg(dir.path().join("nowhere.safetensors"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nowhere.safetensors") && err.contains("models fetch"), "{err}");
+}
+
+#[test]
+fn curvrank_f272_queries_rank_f272_near_the_top() {
+    let Some(shared) = common::shared() else { return };
+    let Some(weights) = real_weights() else { return };
+    let data = shared.join("data/curvrank_examples");
+    let dir = tempfile::tempdir().unwrap();
+    // Only gallery and distractor photos go into the catalogue.
+    let labels = std::fs::read_to_string(data.join("labels.csv")).unwrap();
+    let gallery: String =
+        labels.lines().filter(|l| !l.trim_end().ends_with(",query")).map(|l| format!("{l}\n")).collect();
+    let labels_path = common::write(&dir.path().join("gallery.csv"), gallery.as_bytes());
+    let mut cat = Catalogue::create(&dir.path().join("c.whaleid")).unwrap();
+    for line in gallery.lines().skip(1) {
+        let image = line.split(',').next().unwrap();
+        import(&mut cat, &data.join("images").join(image), &ImportOptions::default(), &Silent).unwrap();
+    }
+    import(&mut cat, &labels_path, &ImportOptions::default(), &Silent).unwrap();
+    let spec = whaleid::embed::EmbedderSpec::new(weights);
+    let embedder = Embedder::load(&spec).unwrap();
+    embed_catalogue(&mut cat, &embedder, &EmbedOptions::default(), &Silent).unwrap();
+    let gallery = Gallery::from_catalogue(&cat, embedder.key()).unwrap().gallery;
+    assert_eq!(gallery.len(), 25);
+    let mut ranks = Vec::new();
+    for query in ["23441.jpg", "23442.jpg"] {
+        let img = whaleid::photo::decode_file(&data.join("images").join(query)).unwrap();
+        let v = embedder.embed(&[whaleid::embed::prepare(&img, None, embedder.size())]).unwrap();
+        let r = gallery.search(&v[0], 22, &Default::default(), None, None);
+        ranks.push(r.matches.iter().position(|m| m.individual == "F272").map(|p| p + 1));
+    }
+    eprintln!("F272 ranks: {ranks:?}");
+    assert!(ranks.iter().all(|r| r.is_some_and(|r| r <= 2)), "{ranks:?}");
+    assert!(ranks.contains(&Some(1)), "{ranks:?}");
+}
