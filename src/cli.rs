@@ -200,6 +200,31 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Fine-tune the embedding head (pooling + neck) on labelled crops, on cached backbone
+    /// tokens; individuals held out for validation are never trained on.
+    Train {
+        /// Anything `import` accepts (imported into a temporary catalogue).
+        #[arg(required_unless_present = "catalog")]
+        datasets: Vec<PathBuf>,
+        #[arg(long = "catalog", conflicts_with = "datasets")]
+        catalog: Option<PathBuf>,
+        /// A JSON file with training settings (any subset of the defaults).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, value_enum)]
+        loss: Option<LossName>,
+        #[arg(long)]
+        epochs: Option<usize>,
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Where the head and its card are written.
+        #[arg(long, default_value = "models/trained")]
+        out: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        json: bool,
+    },
     /// Pretrained weights: `whaleid models fetch [--from FILE]`.
     Models {
         #[command(subcommand)]
@@ -210,6 +235,26 @@ pub enum Command {
         #[command(subcommand)]
         which: crate::bench::Bench,
     },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LossName {
+    Arcface,
+    Subcenter,
+    Proxyanchor,
+    Triplet,
+}
+
+impl LossName {
+    fn config(self) -> crate::train::loss::LossConfig {
+        use crate::train::loss::LossConfig;
+        match self {
+            LossName::Arcface => LossConfig::ArcFace(Default::default()),
+            LossName::Subcenter => LossConfig::SubCenterArcFace(Default::default()),
+            LossName::Proxyanchor => LossConfig::ProxyAnchor(Default::default()),
+            LossName::Triplet => LossConfig::Triplet(Default::default()),
+        }
+    }
 }
 
 /// Which embedder to use.
@@ -488,6 +533,62 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 s
             })
         }
+        Command::Train { datasets, catalog, config, loss, epochs, seed, out, model, json } => {
+            let mut settings: crate::train::TrainConfig = match &config {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                    serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: not valid training settings: {e}", path.display()))?
+                }
+                None => Default::default(),
+            };
+            if let Some(l) = loss {
+                settings.loss = l.config();
+            }
+            if let Some(e) = epochs {
+                settings.epochs = e;
+            }
+            if let Some(s) = seed {
+                settings.seed = s;
+            }
+            let embedder = model.load()?;
+            let temp = tempfile::Builder::new().prefix("whaleid-train").tempdir()?;
+            let console = Console::new(json);
+            let cat = match &catalog {
+                Some(path) => open(path)?,
+                None => {
+                    let mut cat = Catalogue::create(&temp.path().join("train.whaleid"))?;
+                    for d in &datasets {
+                        crate::import::import(&mut cat, d, &ImportOptions::default(), &console)?;
+                    }
+                    cat
+                }
+            };
+            let (sender, receiver) = std::sync::mpsc::channel();
+            let printer = std::thread::spawn(move || {
+                for event in receiver {
+                    print_train_event(&event, json);
+                }
+            });
+            let cancel = std::sync::atomic::AtomicBool::new(false);
+            let result = crate::train::train_catalogue(&cat, &embedder, &settings, &out, &sender, &cancel, &console);
+            drop(sender);
+            let _ = printer.join();
+            drop(console);
+            let report = result?;
+            emit(json, &report, |r| {
+                format!(
+                    "best epoch {} of {}: validation MAP@5 {:.3} (before training {:.3}), R@1 {:.3}\nwrote {} and {}\nuse it with --neck {}",
+                    r.best_epoch,
+                    r.epochs_run,
+                    r.best.closed_set.map5,
+                    r.before.closed_set.map5,
+                    r.best.closed_set.top1,
+                    r.checkpoint.display(),
+                    r.card.display(),
+                    r.checkpoint.display()
+                )
+            })
+        }
         Command::Models { which: ModelsCommand::Fetch { from, dir, json } } => {
             use crate::models::{WeightsSource, fetch_dinov2};
             let source = match from {
@@ -509,6 +610,36 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             })
         }
         Command::Bench { which } => crate::bench::run(which),
+    }
+}
+
+fn print_train_event(event: &crate::train::TrainEvent, json: bool) {
+    use crate::train::TrainEvent;
+    if json {
+        // One JSON line per epoch on stderr: stdout carries the final report.
+        if !matches!(event, TrainEvent::Step { .. }) {
+            eprintln!("{}", serde_json::to_string(event).unwrap_or_default());
+        }
+        return;
+    }
+    match event {
+        TrainEvent::Started { train_crops, classes, validation_crops, validation_individuals, steps_per_epoch } => eprintln!(
+            "training on {train_crops} crops of {classes} individuals; validating on {validation_crops} crops of \
+             {validation_individuals} others; {steps_per_epoch} steps per epoch"
+        ),
+        TrainEvent::Step { .. } => {}
+        TrainEvent::Epoch { epoch, epochs, loss, validation, best, eta_seconds } => eprintln!(
+            "epoch {epoch}/{epochs}: loss {loss:.4}, validation MAP@5 {:.3}, R@1 {:.3}{}{}; about {:.0} s left",
+            validation.closed_set.map5,
+            validation.closed_set.top1,
+            validation.open_set.as_ref().map_or(String::new(), |o| format!(", open-set MAP@5 {:.3}", o.map5)),
+            if *best { " (best so far, saved)" } else { "" },
+            eta_seconds
+        ),
+        TrainEvent::Finished { best_epoch, best_map5, stopped_early, .. } => eprintln!(
+            "finished: best epoch {best_epoch}, MAP@5 {best_map5:.3}{}",
+            if *stopped_early { " (stopped early: no better validation)" } else { "" }
+        ),
     }
 }
 

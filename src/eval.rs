@@ -123,19 +123,14 @@ pub fn evaluate_catalogue(
     } else {
         format!("{} photos tagged role=query against the rest", queries.len())
     };
-    let closed = closed_set(&closed_set_results(&gallery, &queries));
-    let pixel_closed = closed_set(&closed_set_results(&pixels, &queries));
-    let open = (options.open_set_fraction > 0.0).then(|| {
-        let held_out = held_out_individuals(&gallery, options.open_set_fraction, options.seed);
-        let (tuned, cv) = open_set_eval(&gallery, &queries, &held_out);
-        let (pixel_tuned, pixel_cv) = open_set_eval(&pixels, &queries, &held_out);
-        OpenSetReport {
-            held_out_individuals: held_out.len(),
-            tuned,
-            cross_validated_map5: cv,
-            pixel_baseline: pixel_tuned,
-            pixel_baseline_cross_validated_map5: pixel_cv,
-        }
+    let (closed, open) = gallery_metrics(&gallery, &queries, options.open_set_fraction, options.seed);
+    let (pixel_closed, pixel_open) = gallery_metrics(&pixels, &queries, options.open_set_fraction, options.seed);
+    let open = open.zip(pixel_open).map(|(model, pixels)| OpenSetReport {
+        held_out_individuals: model.held_out_individuals,
+        tuned: model.tuned,
+        cross_validated_map5: model.cross_validated_map5,
+        pixel_baseline: pixels.tuned,
+        pixel_baseline_cross_validated_map5: pixels.cross_validated_map5,
     });
     let labelled = gallery.entries().iter().filter(|e| e.individual.is_some()).count();
     Ok(EvalReport {
@@ -153,6 +148,32 @@ pub fn evaluate_catalogue(
         problems,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Open-set figures of one gallery.
+#[derive(Debug, Clone, Serialize)]
+pub struct OpenSetMetrics {
+    pub held_out_individuals: usize,
+    pub tuned: OpenSet,
+    pub cross_validated_map5: f64,
+}
+
+/// Closed-set metrics (leave-one-out, or `queries` against the rest when not empty) and, for
+/// a positive `open_set_fraction`, open-set metrics with that share of individuals held out.
+/// The one evaluation protocol, used by `whaleid eval` and by training's validation.
+pub fn gallery_metrics(
+    g: &Gallery,
+    queries: &HashSet<i64>,
+    open_set_fraction: f64,
+    seed: u64,
+) -> (ClosedSet, Option<OpenSetMetrics>) {
+    let closed = closed_set(&closed_set_results(g, queries));
+    let open = (open_set_fraction > 0.0).then(|| {
+        let held_out = held_out_individuals(g, open_set_fraction, seed);
+        let (tuned, cross_validated_map5) = open_set_eval(g, queries, &held_out);
+        OpenSetMetrics { held_out_individuals: held_out.len(), tuned, cross_validated_map5 }
+    });
+    (closed, open)
 }
 
 /// The raw-pixel gallery with the same rows as `gallery`; crops whose photo cannot be read

@@ -67,6 +67,19 @@ impl BatchNorm {
         })
     }
 
+    /// Training form: normalised with the batch's own statistics (gradients flow through
+    /// them). Returns the batch mean and (biased) variance for the running averages.
+    pub fn forward_train(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let mean = x.mean_keepdim(0)?;
+        let centred = x.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean_keepdim(0)?;
+        let y = centred
+            .broadcast_div(&(&var + BN_EPS)?.sqrt()?)?
+            .broadcast_mul(&self.weight)?
+            .broadcast_add(&self.bias)?;
+        Ok((y, mean.squeeze(0)?.detach(), var.squeeze(0)?.detach()))
+    }
+
     pub fn forward_eval(&self, x: &Tensor) -> Result<Tensor> {
         let scale = (&self.running_var + BN_EPS)?.sqrt()?.recip()?.mul(&self.weight)?;
         x.broadcast_sub(&self.running_mean)?.broadcast_mul(&scale)?.broadcast_add(&self.bias)
@@ -96,6 +109,17 @@ impl Neck {
         }
     }
 
+    /// Training form: batch statistics in the BatchNorm; also returns them.
+    pub fn forward_train(&self, x: &Tensor) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
+        match self {
+            Neck::Identity => Ok((x.clone(), None)),
+            Neck::Linear { bn, weight, bias } => {
+                let (y, mean, var) = bn.forward_train(x)?;
+                Ok((y.matmul(&weight.t()?)?.broadcast_add(bias)?, Some((mean, var))))
+            }
+        }
+    }
+
     pub fn out_dim(&self, in_dim: usize) -> usize {
         match self {
             Neck::Identity => in_dim,
@@ -122,11 +146,22 @@ impl Head {
         let bytes = std::fs::read(path).map_err(|e| candle_core::Error::msg(format!("{}: {e}", path.display())))?;
         let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, device)?;
         let out_dim = vb.pp("neck.linear").get_unchecked("weight")?.dims().first().copied().unwrap_or(0);
-        Ok(Self { pooling: Pooling::new(vb.pp("pooling"))?, neck: Neck::linear(vb.pp("neck"), 2 * in_dim, out_dim)? })
+        Self::trainable(vb, in_dim, out_dim)
     }
 
     pub fn out_dim(&self, token_dim: usize) -> usize {
         self.neck.out_dim(2 * token_dim)
+    }
+
+    /// A trainable head on `vb` (`pooling.*`, `neck.*`), the layout [`Head::load`] reads.
+    pub fn trainable(vb: VarBuilder, token_dim: usize, out_dim: usize) -> Result<Self> {
+        Ok(Self { pooling: Pooling::new(vb.pp("pooling"))?, neck: Neck::linear(vb.pp("neck"), 2 * token_dim, out_dim)? })
+    }
+
+    /// Training form of [`Head::forward`]; also returns the BatchNorm's batch statistics.
+    pub fn forward_train(&self, tokens: &Tensor) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
+        let (x, stats) = self.neck.forward_train(&self.pooling.forward(tokens)?)?;
+        Ok((l2_normalise(&x)?, stats))
     }
 
     /// Tokens `[B, 1 + N, D]` -> embeddings `[B, out]`, each of unit length.

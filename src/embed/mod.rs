@@ -20,4 +20,4 @@ pub use head::{BatchNorm, GEM_P, Head, Neck, Pooling, l2_normalise};
 pub use layers::Kernels;
 pub use position::bicubic_resize_matrix;
 pub use preprocess::{IMAGENET_MEAN, IMAGENET_STD, PIXEL_BASELINE_SIDE, letterbox, pixel_vector, prepare};
-pub use worker::{EmbedOptions, EmbedReport, embed_catalogue};
+pub use worker::{Crop, EmbedOptions, EmbedReport, Prepared, embed_catalogue, prepare_batch};

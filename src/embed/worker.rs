@@ -47,17 +47,19 @@ pub struct EmbedReport {
 }
 
 /// One crop to embed.
-struct Work {
-    annotation: i64,
-    box_key: String,
-    bbox: Option<BoxPx>,
-    photo: PathBuf,
+#[derive(Debug, Clone)]
+pub struct Crop {
+    pub annotation: i64,
+    pub box_key: String,
+    pub bbox: Option<BoxPx>,
+    pub photo: PathBuf,
 }
 
-/// A batch ready for the model.
-struct Prepared {
-    inputs: Vec<(i64, String, Vec<f32>)>,
-    problems: Vec<String>,
+/// A batch ready for the model: `(annotation, box key, input)` and one problem per crop that
+/// could not be prepared, naming its photo.
+pub struct Prepared {
+    pub inputs: Vec<(i64, String, Vec<f32>)>,
+    pub problems: Vec<String>,
 }
 
 /// Computes every missing or stale embedding of `cat` under `embedder.key()`.
@@ -76,10 +78,10 @@ pub fn embed_catalogue(
         annotations: states.len(),
         ..Default::default()
     };
-    let work: Vec<Work> = states
+    let work: Vec<Crop> = states
         .iter()
         .filter(|s| s.is_stale())
-        .map(|s| Work {
+        .map(|s| Crop {
             annotation: s.annotation.id,
             box_key: s.annotation.box_key(),
             bbox: s.annotation.bbox,
@@ -131,10 +133,11 @@ pub fn embed_catalogue(
     Ok(report)
 }
 
-/// Decodes the batch's photos (in parallel, each once) and prepares every crop.
-fn prepare_batch(chunk: &[Work], size: u32) -> Prepared {
+/// Decodes the batch's photos (in parallel, each once: keep a photo's crops together) and
+/// prepares every crop at `size`.
+pub fn prepare_batch(chunk: &[Crop], size: u32) -> Prepared {
     use rayon::prelude::*;
-    let mut by_photo: Vec<(&PathBuf, Vec<&Work>)> = Vec::new();
+    let mut by_photo: Vec<(&PathBuf, Vec<&Crop>)> = Vec::new();
     for w in chunk {
         match by_photo.last_mut() {
             Some((photo, items)) if *photo == &w.photo => items.push(w),

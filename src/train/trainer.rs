@@ -1,0 +1,404 @@
+//! Training the head (pooling + neck + the loss's class weights) on cached backbone tokens:
+//! the CPU default. AdamW with weight decay, linear warm-up then cosine decay, gradient
+//! clipping by global norm, feature-level augmentation (patch-token dropout and noise),
+//! validation on individuals never trained on after every epoch, early stopping, and the
+//! best head written atomically with a JSON card. Events go over a channel to the CLI or
+//! the app; a cancel flag is honoured between steps and leaves the last good checkpoint.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use rand::{Rng, SeedableRng};
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+use super::cache::{DEFAULT_GRID, TokenCache};
+use super::data::Split;
+use super::loss::LossConfig;
+use super::sampler::{BatchSampler, PkSampler, ShuffledSampler};
+use crate::embed::Head;
+use crate::metrics::{ClosedSet, OpenSet};
+use crate::search::Gallery;
+
+/// Everything that decides a run (also written into the model card).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainConfig {
+    pub loss: LossConfig,
+    pub epochs: usize,
+    pub batch: usize,
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    pub warmup_epochs: f64,
+    /// Gradients are scaled down when their global norm exceeds this.
+    pub clip_norm: f64,
+    /// Epochs without a better validation MAP@5 before stopping.
+    pub patience: usize,
+    pub validation_fraction: f64,
+    pub seed: u64,
+    pub embedding_dim: usize,
+    pub grid: usize,
+    /// Share of patch tokens dropped per step (feature-level augmentation).
+    pub token_dropout: f64,
+    /// Standard deviation of Gaussian noise added to the tokens.
+    pub token_noise: f64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            loss: LossConfig::default(),
+            epochs: 30,
+            batch: 64,
+            learning_rate: 2e-3,
+            weight_decay: 1e-4,
+            warmup_epochs: 1.0,
+            clip_norm: 5.0,
+            patience: 6,
+            validation_fraction: 0.2,
+            seed: 0,
+            embedding_dim: 512,
+            grid: DEFAULT_GRID,
+            token_dropout: 0.25,
+            token_noise: 0.02,
+        }
+    }
+}
+
+/// Validation on held-out individuals: leave-one-out among their crops.
+#[derive(Debug, Clone, Serialize)]
+pub struct Validation {
+    pub closed_set: ClosedSet,
+    pub open_set: Option<OpenSet>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum TrainEvent {
+    Started { train_crops: usize, classes: usize, validation_crops: usize, validation_individuals: usize, steps_per_epoch: usize },
+    Step { epoch: usize, step: usize, steps: usize, loss: f64, learning_rate: f64 },
+    Epoch { epoch: usize, epochs: usize, loss: f64, validation: Validation, best: bool, eta_seconds: f64 },
+    Finished { best_epoch: usize, best_map5: f64, stopped_early: bool, checkpoint: PathBuf },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainReport {
+    pub checkpoint: PathBuf,
+    pub card: PathBuf,
+    pub best_epoch: usize,
+    pub before: Validation,
+    pub best: Validation,
+    pub epochs_run: usize,
+    pub cancelled: bool,
+    pub seconds: f64,
+}
+
+/// The JSON card written beside a checkpoint.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelCard<'a> {
+    pub kind: &'static str,
+    pub backbone: &'a str,
+    pub config: &'a TrainConfig,
+    pub epoch: usize,
+    pub validation: &'a Validation,
+    pub before_training: &'a Validation,
+    /// blake3 of the training crops and their individuals.
+    pub data_fingerprint: String,
+    pub classes: usize,
+    pub validation_individuals: &'a [String],
+    pub written_at: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("training failed: {0}")]
+    Model(#[from] candle_core::Error),
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Data(String),
+    #[error(transparent)]
+    Loss(#[from] super::loss::LossError),
+    #[error(transparent)]
+    Sampler(#[from] super::sampler::SamplerError),
+}
+
+/// File names inside the output folder.
+pub const CHECKPOINT: &str = "head.safetensors";
+pub const CARD: &str = "head.json";
+
+/// Trains a head on `cache` for `split`; writes the best one into `out`.
+pub fn train_head(
+    cache: &TokenCache,
+    split: &Split,
+    backbone_key: &str,
+    config: &TrainConfig,
+    out: &Path,
+    events: &Sender<TrainEvent>,
+    cancel: &AtomicBool,
+) -> Result<TrainReport, TrainError> {
+    let started = Instant::now();
+    let device = Device::Cpu;
+    let row_of: HashMap<i64, usize> = cache.annotations.iter().enumerate().map(|(r, &a)| (a, r)).collect();
+    let train: Vec<(usize, u32)> = split.train.iter().filter_map(|(a, c)| row_of.get(a).map(|&r| (r, *c))).collect();
+    let validation: Vec<(usize, i64, &str)> = split
+        .validation
+        .iter()
+        .filter_map(|l| row_of.get(&l.annotation).map(|&r| (r, l.annotation, l.individual.as_str())))
+        .collect();
+    if train.len() < 2 || split.classes.len() < 2 {
+        return Err(TrainError::Data(format!(
+            "{} labelled crop(s) of {} individual(s) to train on: at least two individuals are needed",
+            train.len(),
+            split.classes.len()
+        )));
+    }
+    let (_, tokens_per_crop, token_dim) = cache.tokens.dims3()?;
+    let vars = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vars, DType::F32, &device);
+    let head = Head::trainable(vb.clone(), token_dim, config.embedding_dim)?;
+    let loss = super::loss::build(&config.loss, vb.pp("loss"), config.embedding_dim, split.classes.len(), &split.class_counts())?;
+    let (running_mean, running_var) = {
+        let data = vars.data().lock().unwrap_or_else(|p| p.into_inner());
+        (data.get("neck.bn.running_mean").cloned(), data.get("neck.bn.running_var").cloned())
+    };
+    let trainable: Vec<Var> = {
+        let data = vars.data().lock().unwrap_or_else(|p| p.into_inner());
+        data.iter().filter(|(name, _)| !name.contains("running_")).map(|(_, v)| v.clone()).collect()
+    };
+    let mut optimizer = AdamW::new(
+        trainable.clone(),
+        ParamsAdamW { lr: config.learning_rate, weight_decay: config.weight_decay, ..Default::default() },
+    )?;
+
+    let batch = config.batch.max(2).min(train.len());
+    // Batch-hard triplets need several crops of each individual in a batch: P x K sampling.
+    let sampler: Box<dyn BatchSampler> = match config.loss {
+        LossConfig::Triplet(_) => {
+            let labels: Vec<u32> = train.iter().map(|(_, c)| *c).collect();
+            let k = 4;
+            Box::new(PkSampler::new(&labels, (batch / k).clamp(2, split.classes.len()), k, config.seed)?)
+        }
+        _ => Box::new(ShuffledSampler::new(train.len(), batch, train.len() > batch, config.seed)?),
+    };
+    let steps_per_epoch = sampler.batches_per_epoch().max(1);
+    let total_steps = steps_per_epoch * config.epochs.max(1);
+    let warmup = (config.warmup_epochs * steps_per_epoch as f64).round() as usize;
+    let _ = events.send(TrainEvent::Started {
+        train_crops: train.len(),
+        classes: split.classes.len(),
+        validation_crops: validation.len(),
+        validation_individuals: split.validation_individuals.len(),
+        steps_per_epoch,
+    });
+    let validate = |head: &Head| -> Result<Validation, TrainError> { validation_metrics(head, cache, &validation, config) };
+    let before = validate(&head)?;
+    let mut best = before.clone();
+    let mut best_epoch = 0;
+    let mut since_best = 0;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed);
+    let mut step = 0usize;
+    let mut epochs_run = 0;
+    let mut cancelled = false;
+    let checkpoint = out.join(CHECKPOINT);
+    let card_path = out.join(CARD);
+    std::fs::create_dir_all(out).map_err(|source| TrainError::Io { path: out.to_path_buf(), source })?;
+    let fingerprint = {
+        let mut h = blake3::Hasher::new();
+        for (a, c) in &split.train {
+            h.update(format!("{a}:{}\n", split.classes[*c as usize]).as_bytes());
+        }
+        h.finalize().to_hex()[..16].to_string()
+    };
+    let epoch_started = Instant::now();
+    'epochs: for epoch in 1..=config.epochs {
+        let mut epoch_loss = 0.0;
+        for (i, indices) in sampler.batches(epoch as u64).into_iter().enumerate() {
+            let chunk: Vec<(usize, u32)> = indices.iter().filter_map(|&j| train.get(j).copied()).collect();
+            if cancel.load(Ordering::SeqCst) {
+                cancelled = true;
+                break 'epochs;
+            }
+            if chunk.len() < 2 {
+                continue;
+            }
+            let rows: Vec<usize> = chunk.iter().map(|(r, _)| *r).collect();
+            let labels = Tensor::new(chunk.iter().map(|(_, c)| *c).collect::<Vec<u32>>(), &device)?;
+            let tokens = augment(&cache.batch(&rows, &device)?, tokens_per_crop, config, &mut rng)?;
+            let (embeddings, stats) = head.forward_train(&tokens)?;
+            let value = loss.forward(&embeddings, &labels)?;
+            let mut grads = value.backward()?;
+            clip_gradients(&mut grads, &trainable, config.clip_norm)?;
+            let lr = learning_rate(config.learning_rate, step, warmup, total_steps);
+            optimizer.set_learning_rate(lr);
+            optimizer.step(&grads)?;
+            if let (Some((mean, var)), Some(rm), Some(rv)) = (stats, &running_mean, &running_var) {
+                // Running averages with PyTorch's momentum 0.1.
+                rm.set(&((rm.as_tensor() * 0.9)? + (mean * 0.1)?)?)?;
+                rv.set(&((rv.as_tensor() * 0.9)? + (var * 0.1)?)?)?;
+            }
+            let l = value.to_scalar::<f32>()? as f64;
+            epoch_loss += l;
+            step += 1;
+            let _ = events.send(TrainEvent::Step { epoch, step: i + 1, steps: steps_per_epoch, loss: l, learning_rate: lr });
+        }
+        epochs_run = epoch;
+        let validation_now = validate(&head)?;
+        let improved = validation_now.closed_set.map5 > best.closed_set.map5 || best_epoch == 0;
+        if improved {
+            best = validation_now.clone();
+            best_epoch = epoch;
+            since_best = 0;
+            save_checkpoint(&vars, &checkpoint)?;
+            let card = ModelCard {
+                kind: "whaleid head (pooling + neck) on DINOv2 ViT-S/14 tokens",
+                backbone: backbone_key,
+                config,
+                epoch,
+                validation: &best,
+                before_training: &before,
+                data_fingerprint: fingerprint.clone(),
+                classes: split.classes.len(),
+                validation_individuals: &split.validation_individuals,
+                written_at: crate::catalogue::now(),
+            };
+            let json = serde_json::to_vec_pretty(&card).map_err(|e| TrainError::Data(e.to_string()))?;
+            write_atomically(&card_path, &json)?;
+        } else {
+            since_best += 1;
+        }
+        let per_epoch = epoch_started.elapsed().as_secs_f64() / epoch as f64;
+        let _ = events.send(TrainEvent::Epoch {
+            epoch,
+            epochs: config.epochs,
+            loss: epoch_loss / steps_per_epoch as f64,
+            validation: validation_now,
+            best: improved,
+            eta_seconds: per_epoch * (config.epochs - epoch) as f64,
+        });
+        if since_best >= config.patience && !validation.is_empty() {
+            break;
+        }
+    }
+    let stopped_early = epochs_run < config.epochs && !cancelled;
+    let _ = events.send(TrainEvent::Finished { best_epoch, best_map5: best.closed_set.map5, stopped_early, checkpoint: checkpoint.clone() });
+    Ok(TrainReport {
+        checkpoint,
+        card: card_path,
+        best_epoch,
+        before,
+        best,
+        epochs_run,
+        cancelled,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Linear warm-up, then cosine decay to zero.
+pub fn learning_rate(base: f64, step: usize, warmup: usize, total: usize) -> f64 {
+    if step < warmup {
+        return base * (step + 1) as f64 / warmup as f64;
+    }
+    let progress = (step - warmup) as f64 / (total.saturating_sub(warmup)).max(1) as f64;
+    base * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos())
+}
+
+/// Scales all gradients down together when their global L2 norm exceeds `max_norm`.
+fn clip_gradients(grads: &mut candle_core::backprop::GradStore, vars: &[Var], max_norm: f64) -> candle_core::Result<()> {
+    let mut total = 0f64;
+    for v in vars {
+        if let Some(g) = grads.get(v.as_tensor()) {
+            total += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+        }
+    }
+    let norm = total.sqrt();
+    if max_norm > 0.0 && norm > max_norm {
+        let scale = max_norm / norm;
+        for v in vars {
+            if let Some(g) = grads.remove(v.as_tensor()) {
+                grads.insert(v.as_tensor(), (g * scale)?);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Feature-level augmentation: a random subset of patch tokens (the CLS token always stays)
+/// and a little Gaussian noise.
+fn augment(tokens: &Tensor, n: usize, config: &TrainConfig, rng: &mut impl Rng) -> candle_core::Result<Tensor> {
+    let mut x = tokens.clone();
+    if config.token_dropout > 0.0 && n > 2 {
+        let keep = (((n - 1) as f64) * (1.0 - config.token_dropout)).round().max(1.0) as usize;
+        let mut patches: Vec<u32> = (1..n as u32).collect();
+        patches.shuffle(rng);
+        let mut index = vec![0u32];
+        index.extend(&patches[..keep]);
+        x = x.index_select(&Tensor::new(index, x.device())?, 1)?;
+    }
+    if config.token_noise > 0.0 {
+        x = (&x + x.randn_like(0.0, config.token_noise)?)?;
+    }
+    Ok(x)
+}
+
+fn validation_metrics(
+    head: &Head,
+    cache: &TokenCache,
+    validation: &[(usize, i64, &str)],
+    config: &TrainConfig,
+) -> Result<Validation, TrainError> {
+    let mut gallery = Gallery::new(0);
+    for chunk in validation.chunks(256) {
+        let rows: Vec<usize> = chunk.iter().map(|(r, _, _)| *r).collect();
+        let embeddings = head.forward(&cache.batch(&rows, &Device::Cpu)?)?.to_vec2::<f32>()?;
+        for ((_, annotation, individual), v) in chunk.iter().zip(embeddings) {
+            if gallery.is_empty() && gallery.dim() != v.len() {
+                gallery = Gallery::new(v.len());
+            }
+            gallery
+                .push(&v, *annotation, Some(individual), crate::model::Part::Body, crate::model::Side::Unknown, None)
+                .map_err(TrainError::Data)?;
+        }
+    }
+    let (closed_set, open) =
+        crate::eval::gallery_metrics(&gallery, &HashSet::new(), config.validation_fraction.min(0.5), config.seed);
+    Ok(Validation { closed_set, open_set: open.map(|o| o.tuned) })
+}
+
+fn save_checkpoint(vars: &VarMap, path: &Path) -> Result<(), TrainError> {
+    let tensors: HashMap<String, Tensor> = {
+        let data = vars.data().lock().unwrap_or_else(|p| p.into_inner());
+        data.iter()
+            .filter(|(name, _)| name.starts_with("pooling.") || name.starts_with("neck."))
+            .map(|(name, v)| (name.clone(), v.as_tensor().clone()))
+            .collect()
+    };
+    let partial = path.with_extension("partial");
+    candle_core::safetensors::save(&tensors, &partial)?;
+    std::fs::rename(&partial, path).map_err(|source| TrainError::Io { path: path.to_path_buf(), source })
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, bytes).map_err(|source| TrainError::Io { path: partial.clone(), source })?;
+    std::fs::rename(&partial, path).map_err(|source| TrainError::Io { path: path.to_path_buf(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn learning_rate_warms_up_then_decays_to_zero() {
+        assert!((learning_rate(1.0, 0, 10, 100) - 0.1).abs() < 1e-12);
+        assert!((learning_rate(1.0, 9, 10, 100) - 1.0).abs() < 1e-12);
+        assert!((learning_rate(1.0, 10, 10, 100) - 1.0).abs() < 1e-12);
+        assert!((learning_rate(1.0, 55, 10, 100) - 0.5).abs() < 1e-12);
+        assert!(learning_rate(1.0, 100, 10, 100).abs() < 1e-12);
+    }
+}
