@@ -22,3 +22,4 @@ pub mod search;
 pub mod stats;
 pub mod submit;
 pub mod synth;
+pub mod train;
