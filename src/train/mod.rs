@@ -6,6 +6,8 @@ pub mod loss;
 pub mod sampler;
 pub mod trainer;
 
+pub use loss::{LossConfig, LossError, MetricLoss};
+pub use sampler::{BatchSampler, PkSampler, ShuffledSampler};
 pub use trainer::{TrainConfig, TrainEvent, TrainReport, train_head};
 
 use std::path::Path;
