@@ -537,7 +537,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let mut settings: crate::train::TrainConfig = match &config {
                 Some(path) => {
                     let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-                    serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: not valid training settings: {e}", path.display()))?
+                    serde_json::from_str(&text)
+                        .map_err(|e| anyhow::anyhow!("{}: not valid training settings: {e}", path.display()))?
                 }
                 None => Default::default(),
             };
@@ -623,10 +624,12 @@ fn print_train_event(event: &crate::train::TrainEvent, json: bool) {
         return;
     }
     match event {
-        TrainEvent::Started { train_crops, classes, validation_crops, validation_individuals, steps_per_epoch } => eprintln!(
-            "training on {train_crops} crops of {classes} individuals; validating on {validation_crops} crops of \
+        TrainEvent::Started { train_crops, classes, validation_crops, validation_individuals, steps_per_epoch } => {
+            eprintln!(
+                "training on {train_crops} crops of {classes} individuals; validating on {validation_crops} crops of \
              {validation_individuals} others; {steps_per_epoch} steps per epoch"
-        ),
+            )
+        }
         TrainEvent::Step { .. } => {}
         TrainEvent::Epoch { epoch, epochs, loss, validation, best, eta_seconds } => eprintln!(
             "epoch {epoch}/{epochs}: loss {loss:.4}, validation MAP@5 {:.3}, R@1 {:.3}{}{}; about {:.0} s left",

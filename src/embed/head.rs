@@ -73,10 +73,8 @@ impl BatchNorm {
         let mean = x.mean_keepdim(0)?;
         let centred = x.broadcast_sub(&mean)?;
         let var = centred.sqr()?.mean_keepdim(0)?;
-        let y = centred
-            .broadcast_div(&(&var + BN_EPS)?.sqrt()?)?
-            .broadcast_mul(&self.weight)?
-            .broadcast_add(&self.bias)?;
+        let y =
+            centred.broadcast_div(&(&var + BN_EPS)?.sqrt()?)?.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?;
         Ok((y, mean.squeeze(0)?.detach(), var.squeeze(0)?.detach()))
     }
 
@@ -155,7 +153,10 @@ impl Head {
 
     /// A trainable head on `vb` (`pooling.*`, `neck.*`), the layout [`Head::load`] reads.
     pub fn trainable(vb: VarBuilder, token_dim: usize, out_dim: usize) -> Result<Self> {
-        Ok(Self { pooling: Pooling::new(vb.pp("pooling"))?, neck: Neck::linear(vb.pp("neck"), 2 * token_dim, out_dim)? })
+        Ok(Self {
+            pooling: Pooling::new(vb.pp("pooling"))?,
+            neck: Neck::linear(vb.pp("neck"), 2 * token_dim, out_dim)?,
+        })
     }
 
     /// Training form of [`Head::forward`]; also returns the BatchNorm's batch statistics.

@@ -89,7 +89,9 @@ pub fn token_cache(
             None => problems.push(format!("annotation {id}: rejected or gone; left out")),
         }
     }
-    let path = crate::app::data_dir().join("cache").join(format!("tokens-{}.safetensors", &fingerprint.finalize().to_hex()[..24]));
+    let path = crate::app::data_dir()
+        .join("cache")
+        .join(format!("tokens-{}.safetensors", &fingerprint.finalize().to_hex()[..24]));
     if let Ok(tensors) = candle_core::safetensors::load(&path, &Device::Cpu)
         && let (Some(tokens), Some(ids)) = (tensors.get("tokens"), tensors.get("annotations"))
         && let Ok(ids) = ids.to_vec1::<i64>()
@@ -126,7 +128,10 @@ pub fn token_cache(
     }
     // Written beside and renamed: a crash never leaves a truncated cache that would be trusted.
     let partial = path.with_extension("partial");
-    candle_core::safetensors::save(&[("tokens", tokens.clone()), ("annotations", ids)].into_iter().collect(), &partial)?;
+    candle_core::safetensors::save(
+        &[("tokens", tokens.clone()), ("annotations", ids)].into_iter().collect(),
+        &partial,
+    )?;
     std::fs::rename(&partial, &path).map_err(|source| CacheError::Io { path: path.clone(), source })?;
     Ok(TokenCache { annotations: kept, tokens, problems })
 }

@@ -52,9 +52,9 @@ pub fn split_by_individual(labelled: &[Labelled], validation_fraction: f64, seed
     for (individual, annotations) in &by_individual {
         if validation.contains(individual) {
             split.validation_individuals.push(individual.to_string());
-            split.validation.extend(
-                annotations.iter().map(|&a| Labelled { annotation: a, individual: individual.to_string() }),
-            );
+            split
+                .validation
+                .extend(annotations.iter().map(|&a| Labelled { annotation: a, individual: individual.to_string() }));
         } else {
             let class = split.classes.len() as u32;
             split.classes.push(individual.to_string());

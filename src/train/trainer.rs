@@ -13,8 +13,8 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
-use rand::{Rng, SeedableRng};
 use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::cache::{DEFAULT_GRID, TokenCache};
@@ -54,7 +54,7 @@ impl Default for TrainConfig {
         Self {
             loss: LossConfig::default(),
             epochs: 30,
-            batch: 64,
+            batch: 32,
             learning_rate: 2e-3,
             weight_decay: 1e-4,
             warmup_epochs: 1.0,
@@ -80,10 +80,34 @@ pub struct Validation {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum TrainEvent {
-    Started { train_crops: usize, classes: usize, validation_crops: usize, validation_individuals: usize, steps_per_epoch: usize },
-    Step { epoch: usize, step: usize, steps: usize, loss: f64, learning_rate: f64 },
-    Epoch { epoch: usize, epochs: usize, loss: f64, validation: Validation, best: bool, eta_seconds: f64 },
-    Finished { best_epoch: usize, best_map5: f64, stopped_early: bool, checkpoint: PathBuf },
+    Started {
+        train_crops: usize,
+        classes: usize,
+        validation_crops: usize,
+        validation_individuals: usize,
+        steps_per_epoch: usize,
+    },
+    Step {
+        epoch: usize,
+        step: usize,
+        steps: usize,
+        loss: f64,
+        learning_rate: f64,
+    },
+    Epoch {
+        epoch: usize,
+        epochs: usize,
+        loss: f64,
+        validation: Validation,
+        best: bool,
+        eta_seconds: f64,
+    },
+    Finished {
+        best_epoch: usize,
+        best_map5: f64,
+        stopped_early: bool,
+        checkpoint: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -162,7 +186,13 @@ pub fn train_head(
     let vars = VarMap::new();
     let vb = VarBuilder::from_varmap(&vars, DType::F32, &device);
     let head = Head::trainable(vb.clone(), token_dim, config.embedding_dim)?;
-    let loss = super::loss::build(&config.loss, vb.pp("loss"), config.embedding_dim, split.classes.len(), &split.class_counts())?;
+    let loss = super::loss::build(
+        &config.loss,
+        vb.pp("loss"),
+        config.embedding_dim,
+        split.classes.len(),
+        &split.class_counts(),
+    )?;
     let (running_mean, running_var) = {
         let data = vars.data().lock().unwrap_or_else(|p| p.into_inner());
         (data.get("neck.bn.running_mean").cloned(), data.get("neck.bn.running_var").cloned())
@@ -196,7 +226,8 @@ pub fn train_head(
         validation_individuals: split.validation_individuals.len(),
         steps_per_epoch,
     });
-    let validate = |head: &Head| -> Result<Validation, TrainError> { validation_metrics(head, cache, &validation, config) };
+    let validate =
+        |head: &Head| -> Result<Validation, TrainError> { validation_metrics(head, cache, &validation, config) };
     let before = validate(&head)?;
     let mut best = before.clone();
     let mut best_epoch = 0;
@@ -245,7 +276,13 @@ pub fn train_head(
             let l = value.to_scalar::<f32>()? as f64;
             epoch_loss += l;
             step += 1;
-            let _ = events.send(TrainEvent::Step { epoch, step: i + 1, steps: steps_per_epoch, loss: l, learning_rate: lr });
+            let _ = events.send(TrainEvent::Step {
+                epoch,
+                step: i + 1,
+                steps: steps_per_epoch,
+                loss: l,
+                learning_rate: lr,
+            });
         }
         epochs_run = epoch;
         let validation_now = validate(&head)?;
@@ -286,7 +323,12 @@ pub fn train_head(
         }
     }
     let stopped_early = epochs_run < config.epochs && !cancelled;
-    let _ = events.send(TrainEvent::Finished { best_epoch, best_map5: best.closed_set.map5, stopped_early, checkpoint: checkpoint.clone() });
+    let _ = events.send(TrainEvent::Finished {
+        best_epoch,
+        best_map5: best.closed_set.map5,
+        stopped_early,
+        checkpoint: checkpoint.clone(),
+    });
     Ok(TrainReport {
         checkpoint,
         card: card_path,
@@ -309,7 +351,11 @@ pub fn learning_rate(base: f64, step: usize, warmup: usize, total: usize) -> f64
 }
 
 /// Scales all gradients down together when their global L2 norm exceeds `max_norm`.
-fn clip_gradients(grads: &mut candle_core::backprop::GradStore, vars: &[Var], max_norm: f64) -> candle_core::Result<()> {
+fn clip_gradients(
+    grads: &mut candle_core::backprop::GradStore,
+    vars: &[Var],
+    max_norm: f64,
+) -> candle_core::Result<()> {
     let mut total = 0f64;
     for v in vars {
         if let Some(g) = grads.get(v.as_tensor()) {
@@ -392,6 +438,79 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::data::{Labelled, split_by_individual};
+
+    /// `classes` x `per` crops whose tokens are a class pattern plus noise, the pattern
+    /// hidden in a few dimensions among many noisy ones.
+    fn clustered_cache(classes: usize, per: usize, seed: u64) -> (TokenCache, Vec<Labelled>) {
+        let (n_tokens, dim) = (5, 24);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let patterns: Vec<Vec<f32>> =
+            (0..classes).map(|_| (0..dim).map(|_| rng.random_range(-1.0..1.0f32)).collect()).collect();
+        let mut values = Vec::new();
+        let mut labelled = Vec::new();
+        for c in 0..classes {
+            for _ in 0..per {
+                for _ in 0..n_tokens {
+                    values.extend(patterns[c].iter().map(|p| p * 0.5 + rng.random_range(-1.0..1.0f32)));
+                }
+                labelled.push(Labelled { annotation: labelled.len() as i64, individual: format!("ind{c}") });
+            }
+        }
+        let n = classes * per;
+        let tokens = Tensor::from_vec(values, (n, n_tokens, dim), &Device::Cpu).unwrap().to_dtype(DType::F16).unwrap();
+        (TokenCache { annotations: (0..n as i64).collect(), tokens, problems: vec![] }, labelled)
+    }
+
+    #[test]
+    fn training_improves_validation_on_unseen_individuals_and_writes_a_loadable_head() {
+        let (cache, labelled) = clustered_cache(24, 6, 1);
+        let split = split_by_individual(&labelled, 0.3, 2);
+        let config = TrainConfig { epochs: 40, batch: 32, embedding_dim: 16, patience: 40, ..Default::default() };
+        let out = tempfile::tempdir().unwrap();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let cancel = AtomicBool::new(false);
+        let report = train_head(&cache, &split, "test", &config, out.path(), &sender, &cancel).unwrap();
+        drop(sender);
+        assert!(
+            report.best.closed_set.map5 > report.before.closed_set.map5 + 0.1,
+            "before {:.3}, after {:.3}",
+            report.before.closed_set.map5,
+            report.best.closed_set.map5
+        );
+        let events: Vec<TrainEvent> = receiver.into_iter().collect();
+        assert!(matches!(events.first(), Some(TrainEvent::Started { .. })));
+        assert!(matches!(events.last(), Some(TrainEvent::Finished { .. })));
+        assert_eq!(events.iter().filter(|e| matches!(e, TrainEvent::Epoch { .. })).count(), report.epochs_run);
+        let head = Head::load(&report.checkpoint, 24, &Device::Cpu).unwrap();
+        let e = head.forward(&cache.batch(&[0, 1], &Device::Cpu).unwrap()).unwrap();
+        assert_eq!(e.dims(), &[2, 16]);
+        let card: serde_json::Value = serde_json::from_slice(&std::fs::read(&report.card).unwrap()).unwrap();
+        assert_eq!(card["epoch"].as_u64().unwrap() as usize, report.best_epoch);
+    }
+
+    #[test]
+    fn cancelling_keeps_the_last_good_checkpoint() {
+        let (cache, labelled) = clustered_cache(8, 4, 3);
+        let split = split_by_individual(&labelled, 0.25, 4);
+        let config = TrainConfig { epochs: 50, batch: 8, embedding_dim: 8, patience: 50, ..Default::default() };
+        let out = tempfile::tempdir().unwrap();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let cancel = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let report = s.spawn(|| train_head(&cache, &split, "test", &config, out.path(), &sender, &cancel));
+            // Cancel once the first epoch is done (a checkpoint exists by then).
+            for event in &receiver {
+                if matches!(event, TrainEvent::Epoch { .. }) {
+                    cancel.store(true, Ordering::SeqCst);
+                    break;
+                }
+            }
+            let report = report.join().unwrap().unwrap();
+            assert!(report.cancelled && report.epochs_run < 50);
+            assert!(Head::load(&report.checkpoint, 24, &Device::Cpu).is_ok());
+        });
+    }
 
     #[test]
     fn learning_rate_warms_up_then_decays_to_zero() {
