@@ -12,6 +12,8 @@ use crate::catalogue::Catalogue;
 use crate::import::ImportOptions;
 use crate::progress::{Console, Progress};
 
+mod embed;
+
 #[derive(Subcommand, Debug)]
 pub enum Bench {
     /// Import N synthetic photos with labels and boxes into a fresh catalogue.
@@ -22,6 +24,22 @@ pub enum Bench {
         /// Keep the generated photos here (reused when present) instead of a temporary folder.
         #[arg(long)]
         workdir: Option<std::path::PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The DINOv2 ViT-S/14 backbone (fused kernels, CPU) on N random normalised images.
+    /// Reference: onnxruntime (CPU, same thread count) on the same backbone's ONNX graph.
+    Embed {
+        #[arg(long, default_value_t = 64)]
+        images: usize,
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// Side of the square input in pixels (a multiple of 14).
+        #[arg(long, default_value_t = 224)]
+        size: usize,
+        /// Where `dinov2_vits14.safetensors` is; the reference ONNX is cached here too.
+        #[arg(long, default_value = "models")]
+        models_dir: std::path::PathBuf,
         #[arg(long)]
         json: bool,
     },
@@ -38,6 +56,9 @@ pub fn run(which: Bench) -> anyhow::Result<()> {
     match which {
         Bench::Import { photos, workdir, json } => bench_import(photos, workdir.as_deref(), json),
         Bench::Stats { annotations, json } => bench_stats(annotations, json),
+        Bench::Embed { images, batch, size, models_dir, json } => {
+            embed::bench_embed(images, batch, size, &models_dir, json)
+        }
     }
 }
 

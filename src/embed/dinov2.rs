@@ -4,12 +4,13 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder, init};
 
 use super::config::Dinov2Config;
+use super::cpu;
 use super::layers::{Kernels, LayerNorm, Linear, gelu_erf, softmax_last_dim};
 use super::position::bicubic_resize_matrix;
 
@@ -35,6 +36,9 @@ pub struct Dinov2 {
     embeddings: Embeddings,
     blocks: Vec<Block>,
     layernorm: LayerNorm,
+    /// The blocks' weights laid out for the fused CPU kernels, prepared by the first fused
+    /// forward pass on the CPU; `None` when the weights are trainable (they may change).
+    cpu_encoder: OnceLock<Option<cpu::Encoder>>,
 }
 
 impl Dinov2 {
@@ -50,7 +54,14 @@ impl Dinov2 {
             .map(|i| Block::new(config, vb.pp(format!("encoder.layer.{i}"))))
             .collect::<Result<Vec<_>>>()?;
         let layernorm = LayerNorm::new(vb.pp("layernorm"), config.hidden_size, config.layer_norm_eps)?;
-        Ok(Self { config: config.clone(), kernels: Kernels::default(), embeddings, blocks, layernorm })
+        Ok(Self {
+            config: config.clone(),
+            kernels: Kernels::default(),
+            embeddings,
+            blocks,
+            layernorm,
+            cpu_encoder: OnceLock::new(),
+        })
     }
 
     /// Loads ViT-S/14 weights written by [`crate::models::fetch_dinov2`], for inference
@@ -89,10 +100,38 @@ impl Dinov2 {
     /// patches row by row.
     pub fn forward(&self, images: &Tensor) -> Result<Tensor> {
         let mut x = self.embeddings.forward(images, &self.config)?;
+        if self.kernels == Kernels::Fused
+            && x.device().is_cpu()
+            && x.dtype() == DType::F32
+            && let Some(encoder) = self.cpu_encoder()?
+        {
+            return encoder.forward(&x);
+        }
         for block in &self.blocks {
             x = block.forward(&x, self.kernels)?;
         }
         self.layernorm.forward(&x, self.kernels)
+    }
+}
+
+impl Dinov2 {
+    /// The fused CPU kernels' weights, prepared once; `None` for trainable weights.
+    fn cpu_encoder(&self) -> Result<Option<&cpu::Encoder>> {
+        if let Some(prepared) = self.cpu_encoder.get() {
+            return Ok(prepared.as_ref());
+        }
+        let trainable = self.embeddings.cls_token.track_op() || self.blocks.iter().any(Block::trainable);
+        let prepared = match trainable {
+            true => None,
+            false => Some(cpu::Encoder::new(
+                self.blocks.iter().map(|b| b.cpu_block(&self.config)).collect::<Result<Vec<_>>>()?,
+                (&self.layernorm.weight, &self.layernorm.bias),
+                self.config.layer_norm_eps,
+            )?),
+        };
+        // Two threads may race to prepare it; either result is the same.
+        let _ = self.cpu_encoder.set(prepared);
+        Ok(self.cpu_encoder.get().and_then(Option::as_ref))
     }
 }
 
@@ -302,11 +341,86 @@ impl Block {
         })
     }
 
+    /// Whether any weight of the block is a training variable.
+    fn trainable(&self) -> bool {
+        let a = &self.attention;
+        [&a.query, &a.key, &a.value, &a.output, &self.fc1, &self.fc2]
+            .iter()
+            .flat_map(|l| [&l.weight, &l.bias])
+            .chain([&self.layer_scale1, &self.layer_scale2])
+            .chain([&self.norm1.weight, &self.norm1.bias, &self.norm2.weight, &self.norm2.bias])
+            .any(|t| t.track_op())
+    }
+
+    fn cpu_block(&self, config: &Dinov2Config) -> Result<cpu::Block> {
+        let (qkv_weight, qkv_bias) = match &self.attention.frozen_qkv {
+            Some(stacked) => stacked.clone(),
+            None => self.attention.stacked_qkv()?,
+        };
+        cpu::Block::new(cpu::BlockTensors {
+            norm1: (&self.norm1.weight, &self.norm1.bias),
+            qkv: (&qkv_weight, &qkv_bias),
+            output: (&self.attention.output.weight, &self.attention.output.bias),
+            layer_scale1: &self.layer_scale1,
+            norm2: (&self.norm2.weight, &self.norm2.bias),
+            fc1: (&self.fc1.weight, &self.fc1.bias),
+            fc2: (&self.fc2.weight, &self.fc2.bias),
+            layer_scale2: &self.layer_scale2,
+            heads: config.num_heads,
+            eps: config.layer_norm_eps,
+        })
+    }
+
     fn forward(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
         let attended = self.attention.forward(&self.norm1.forward(x, kernels)?, kernels)?;
         let x = (x + attended.broadcast_mul(&self.layer_scale1)?)?;
         let hidden = gelu_erf(&self.fc1.forward(&self.norm2.forward(&x, kernels)?)?, kernels)?;
         let x = (&x + self.fc2.forward(&hidden)?.broadcast_mul(&self.layer_scale2)?)?;
         Ok(x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    /// A tiny backbone with random frozen weights (LayerScale included, so that folding it
+    /// into the projections is checked).
+    fn tiny_frozen_backbone() -> Dinov2 {
+        let config = Dinov2Config {
+            in_channels: 3,
+            patch_size: 14,
+            hidden_size: 32,
+            num_layers: 2,
+            num_heads: 2,
+            mlp_size: 64,
+            position_grid: 4,
+            layer_norm_eps: 1e-6,
+        };
+        let device = Device::Cpu;
+        let tensors: HashMap<String, Tensor> = config
+            .tensor_shapes()
+            .into_iter()
+            .map(|(name, shape)| (name, (Tensor::randn(0f32, 1.0, shape, &device).unwrap() * 0.3).unwrap()))
+            .collect();
+        Dinov2::new(&config, VarBuilder::from_tensors(tensors, DType::F32, &device)).unwrap()
+    }
+
+    #[test]
+    fn fused_cpu_kernels_compute_what_the_differentiable_ones_do() {
+        let mut model = tiny_frozen_backbone();
+        for (batch, h, w) in [(3, 28, 42), (1, 14, 14), (2, 56, 28)] {
+            let images = Tensor::randn(0f32, 1.0, (batch, 3, h, w), &Device::Cpu).unwrap();
+            model.set_kernels(Kernels::Differentiable);
+            let differentiable = model.forward(&images).unwrap();
+            model.set_kernels(Kernels::Fused);
+            let fused = model.forward(&images).unwrap();
+            assert!(matches!(model.cpu_encoder.get(), Some(Some(_))), "the fused CPU kernels did not run");
+            assert_eq!(fused.dims(), differentiable.dims());
+            let diff = (fused - differentiable).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-4, "batch {batch}, {h}x{w}: max difference {diff}");
+        }
     }
 }

@@ -41,8 +41,8 @@ impl Linear {
 
 #[derive(Debug, Clone)]
 pub(crate) struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Tensor,
     eps: f64,
 }
 

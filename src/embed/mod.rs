@@ -5,6 +5,7 @@
 //! `VarMap` for training. [`Kernels`] picks differentiable or fused (inference-only) kernels.
 
 mod config;
+mod cpu;
 mod dinov2;
 mod embedder;
 mod head;

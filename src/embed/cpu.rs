@@ -1,0 +1,521 @@
+//! The transformer blocks of the fused inference path on the CPU, on plain `f32` slices.
+//!
+//! candle runs a ViT block as a dozen separate ops, several single-threaded (softmax, the
+//! element-wise ones) and each writing a fresh tensor. Here one block is five matrix products
+//! (the `gemm` crate that candle itself uses) and a few row-parallel passes:
+//!
+//! - LayerNorm, softmax and bias + GELU run on rayon's threads, with an exp and an erf that
+//!   the compiler can vectorise (errors ~1e-7, far below the parity tolerance);
+//! - attention is computed per (image, head) in parallel, each with single-threaded products
+//!   that read query, key and value straight out of the stacked QKV buffer (no transposes);
+//! - LayerScale is folded into the output projections' weights and biases, and the residual
+//!   is accumulated by the matrix product itself.
+//!
+//! Inference only (no autograd) and for frozen weights: [`super::Dinov2`] falls back to
+//! candle's ops for trainable weights and other devices.
+
+use candle_core::{Result, Tensor};
+use rayon::prelude::*;
+
+/// Rows handed to one rayon task by the row-wise passes: enough work to amortise a task,
+/// small enough to balance the threads.
+const ROWS_PER_TASK: usize = 16;
+
+/// A matrix inside a slice: element (i, j) is at `offset + i * row_stride + j * col_stride`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct View {
+    pub offset: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl View {
+    /// A contiguous row-major `rows x cols` matrix at the start of its slice.
+    pub fn dense(rows: usize, cols: usize) -> Self {
+        Self { offset: 0, rows, cols, row_stride: cols, col_stride: 1 }
+    }
+
+    /// The transpose of this view (no data moves).
+    pub fn t(self) -> Self {
+        Self { rows: self.cols, cols: self.rows, row_stride: self.col_stride, col_stride: self.row_stride, ..self }
+    }
+
+    /// One past the last element this view touches.
+    fn end(&self) -> usize {
+        if self.rows == 0 || self.cols == 0 {
+            self.offset
+        } else {
+            self.offset + (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride + 1
+        }
+    }
+}
+
+/// `dst = lhs · rhs`, or `dst += lhs · rhs` when `accumulate`, with the `gemm` crate.
+/// `parallel` spreads one product over rayon's threads; products that already run inside a
+/// parallel loop pass `false`.
+pub(crate) fn matmul(
+    dst: &mut [f32],
+    d: View,
+    accumulate: bool,
+    lhs: &[f32],
+    l: View,
+    rhs: &[f32],
+    r: View,
+    parallel: bool,
+) {
+    assert!(l.rows == d.rows && r.cols == d.cols && l.cols == r.rows, "matmul shapes {l:?} x {r:?} -> {d:?}");
+    assert!(l.end() <= lhs.len() && r.end() <= rhs.len() && d.end() <= dst.len(), "matmul view out of bounds");
+    // Distinct destination elements: the product may write them from several threads.
+    assert!(d.col_stride == 1 && (d.rows <= 1 || d.row_stride >= d.cols), "matmul destination overlaps itself");
+    if d.rows == 0 || d.cols == 0 {
+        return;
+    }
+    let parallelism = match parallel && rayon::current_num_threads() > 1 {
+        true => gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        false => gemm::Parallelism::None,
+    };
+    // SAFETY: the assertions above keep every element gemm reads or writes inside `lhs`,
+    // `rhs` and `dst` respectively, the destination elements are distinct, and `dst` (a
+    // `&mut`) cannot overlap the inputs.
+    unsafe {
+        gemm::gemm(
+            d.rows,
+            d.cols,
+            l.cols,
+            dst.as_mut_ptr().add(d.offset),
+            d.col_stride as isize,
+            d.row_stride as isize,
+            accumulate,
+            lhs.as_ptr().add(l.offset),
+            l.col_stride as isize,
+            l.row_stride as isize,
+            rhs.as_ptr().add(r.offset),
+            r.col_stride as isize,
+            r.row_stride as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+/// LayerNorm of each row of `x` (rows of `weight.len()` values) into `out`.
+pub(crate) fn layer_norm(x: &[f32], out: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+    let width = weight.len();
+    out.par_chunks_mut(width * ROWS_PER_TASK).zip(x.par_chunks(width * ROWS_PER_TASK)).for_each(|(out, x)| {
+        for (out, x) in out.chunks_exact_mut(width).zip(x.chunks_exact(width)) {
+            let mean = x.iter().sum::<f32>() / width as f32;
+            let variance = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / width as f32;
+            let scale = 1.0 / (variance + eps).sqrt();
+            for (((o, &v), &w), &b) in out.iter_mut().zip(x).zip(weight).zip(bias) {
+                *o = (v - mean) * scale * w + b;
+            }
+        }
+    });
+}
+
+/// `e^x` for `x <= 0` (softmax after subtracting the row maximum), Cephes' `expf` scheme:
+/// `x = n ln2 + r`, a degree-5 polynomial for `e^r`, `2^n` put into the exponent bits.
+/// Relative error ~1e-7. Branch-free so that loops over it vectorise.
+#[inline(always)]
+fn exp_nonpositive(x: f32) -> f32 {
+    // Below this e^x underflows f32's normal range; clamping keeps 2^n representable.
+    let x = x.max(-87.3);
+    // Round x / ln2 to the nearest integer by adding 1.5 * 2^23 (no rounding instruction needed).
+    const MAGIC: f32 = 12_582_912.0;
+    let shifted = x * std::f32::consts::LOG2_E + MAGIC;
+    let n = shifted - MAGIC;
+    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_2e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 0.166_666_65;
+    p = p * r + 0.5;
+    let e_r = p * r * r + r + 1.0;
+    // The low bits of `shifted` hold n (two's complement): build 2^n from them.
+    let n_bits = (shifted.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
+    e_r * f32::from_bits(((n_bits + 127) << 23) as u32)
+}
+
+/// Softmax of each row of `x` (rows of `width` values), in place, on the calling thread.
+pub(crate) fn softmax_rows(x: &mut [f32], width: usize) {
+    for row in x.chunks_exact_mut(width) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0;
+        for v in row.iter_mut() {
+            *v = exp_nonpositive(*v - max);
+            sum += *v;
+        }
+        let inverse = 1.0 / sum;
+        row.iter_mut().for_each(|v| *v *= inverse);
+    }
+}
+
+/// `erf(x)` as a rational function of x (the approximation Eigen and XLA use), absolute
+/// error < 5e-7. Branch-free so that loops over it vectorise.
+#[inline(always)]
+fn erf(x: f32) -> f32 {
+    // erf(±4) is ±1 in f32.
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = -2.726_142_3e-10f32;
+    p = p * x2 + 2.770_681_4e-8;
+    p = p * x2 + -2.101_024e-6;
+    p = p * x2 + -5.692_506_4e-5;
+    p = p * x2 + -7.349_906_3e-4;
+    p = p * x2 + -2.954_6e-3;
+    p = p * x2 + -1.609_603_3e-2;
+    let mut q = -1.456_607_2e-5f32;
+    q = q * x2 + -2.133_740_6e-4;
+    q = q * x2 + -1.682_827e-3;
+    q = q * x2 + -7.373_329e-3;
+    q = q * x2 + -1.426_474e-2;
+    x * p / q
+}
+
+/// `x = gelu(x + bias)` with the exact (erf) GELU, for each row of `bias.len()` values,
+/// on rayon's threads.
+pub(crate) fn bias_gelu(x: &mut [f32], bias: &[f32]) {
+    let width = bias.len();
+    x.par_chunks_mut(width * ROWS_PER_TASK).for_each(|rows| {
+        for row in rows.chunks_exact_mut(width) {
+            for (v, &b) in row.iter_mut().zip(bias) {
+                let y = *v + b;
+                *v = 0.5 * y * (1.0 + erf(y * std::f32::consts::FRAC_1_SQRT_2));
+            }
+        }
+    });
+}
+
+/// `x[row] += bias` for each row of `bias.len()` values, on rayon's threads.
+fn add_rows(x: &mut [f32], bias: &[f32]) {
+    let width = bias.len();
+    x.par_chunks_mut(width * ROWS_PER_TASK).for_each(|rows| {
+        for row in rows.chunks_exact_mut(width) {
+            row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+        }
+    });
+}
+
+/// `x` repeated over `rows` rows.
+fn repeat_rows(x: &[f32], rows: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(x.len() * rows);
+    for _ in 0..rows {
+        out.extend_from_slice(x);
+    }
+    out
+}
+
+fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
+    t.flatten_all()?.to_vec1::<f32>()
+}
+
+/// A linear layer `y = x W + b` with W stored `[in, out]` (transposed from PyTorch's
+/// `[out, in]` once, so that the product reads it row by row).
+struct Linear {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    inputs: usize,
+}
+
+impl Linear {
+    /// From PyTorch-layout `weight` [out, in] and `bias` [out], each output scaled by
+    /// `scale[out]` when given (LayerScale folded in).
+    fn new(weight: &Tensor, bias: &Tensor, scale: Option<&Tensor>) -> Result<Self> {
+        let (weight, bias) = match scale {
+            Some(s) => (weight.broadcast_mul(&s.unsqueeze(1)?)?, bias.mul(s)?),
+            None => (weight.clone(), bias.clone()),
+        };
+        let inputs = weight.dim(1)?;
+        Ok(Self { weight: to_vec(&weight.t()?.contiguous()?)?, bias: to_vec(&bias)?, inputs })
+    }
+
+    fn outputs(&self) -> usize {
+        self.bias.len()
+    }
+
+    /// `out = x W` for `rows` rows (no bias), or `out += x W` when `accumulate`.
+    fn product(&self, x: &[f32], rows: usize, out: &mut [f32], accumulate: bool) {
+        let (k, n) = (self.inputs, self.outputs());
+        matmul(out, View::dense(rows, n), accumulate, x, View::dense(rows, k), &self.weight, View::dense(k, n), true);
+    }
+}
+
+/// One pre-norm DINOv2 block, weights prepared for [`Block::forward`].
+pub(crate) struct Block {
+    norm1: (Vec<f32>, Vec<f32>),
+    /// Query, key and value stacked: [D, 3D], the query part scaled by 1/sqrt(head_dim).
+    qkv: Linear,
+    /// The attention output projection with LayerScale 1 folded in.
+    output: Linear,
+    norm2: (Vec<f32>, Vec<f32>),
+    fc1: Linear,
+    /// With LayerScale 2 folded in.
+    fc2: Linear,
+    heads: usize,
+    eps: f32,
+}
+
+/// The candle tensors of one block, as [`super::dinov2`] holds them.
+pub(crate) struct BlockTensors<'a> {
+    pub norm1: (&'a Tensor, &'a Tensor),
+    /// Stacked [3D, D] weight and [3D] bias, query part already scaled.
+    pub qkv: (&'a Tensor, &'a Tensor),
+    pub output: (&'a Tensor, &'a Tensor),
+    pub layer_scale1: &'a Tensor,
+    pub norm2: (&'a Tensor, &'a Tensor),
+    pub fc1: (&'a Tensor, &'a Tensor),
+    pub fc2: (&'a Tensor, &'a Tensor),
+    pub layer_scale2: &'a Tensor,
+    pub heads: usize,
+    pub eps: f64,
+}
+
+/// Scratch buffers shared by the blocks of one forward pass.
+pub(crate) struct Scratch {
+    normed: Vec<f32>,
+    qkv: Vec<f32>,
+    heads: Vec<f32>,
+    context: Vec<f32>,
+    hidden: Vec<f32>,
+}
+
+impl Scratch {
+    pub fn new() -> Self {
+        Self { normed: Vec::new(), qkv: Vec::new(), heads: Vec::new(), context: Vec::new(), hidden: Vec::new() }
+    }
+}
+
+fn resize(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    buffer.resize(len, 0.0);
+    &mut buffer[..len]
+}
+
+impl Block {
+    pub fn new(t: BlockTensors) -> Result<Self> {
+        let pair = |(w, b): (&Tensor, &Tensor)| -> Result<(Vec<f32>, Vec<f32>)> { Ok((to_vec(w)?, to_vec(b)?)) };
+        Ok(Self {
+            norm1: pair(t.norm1)?,
+            qkv: Linear::new(t.qkv.0, t.qkv.1, None)?,
+            output: Linear::new(t.output.0, t.output.1, Some(t.layer_scale1))?,
+            norm2: pair(t.norm2)?,
+            fc1: Linear::new(t.fc1.0, t.fc1.1, None)?,
+            fc2: Linear::new(t.fc2.0, t.fc2.1, Some(t.layer_scale2))?,
+            heads: t.heads,
+            eps: t.eps as f32,
+        })
+    }
+
+    /// Updates `x` ([images * tokens, D] row-major) in place.
+    pub fn forward(&self, x: &mut [f32], images: usize, tokens: usize, scratch: &mut Scratch) {
+        let d = self.norm1.0.len();
+        let rows = images * tokens;
+        debug_assert_eq!(x.len(), rows * d);
+
+        // Attention: x += LayerScale1 * (attention(norm1(x)) Wo + bo)
+        let normed = resize(&mut scratch.normed, rows * d);
+        layer_norm(x, normed, &self.norm1.0, &self.norm1.1, self.eps);
+        let qkv = resize(&mut scratch.qkv, rows * 3 * d);
+        qkv.copy_from_slice(&repeat_rows(&self.qkv.bias, rows));
+        self.qkv.product(normed, rows, qkv, true);
+        let heads = resize(&mut scratch.heads, rows * d);
+        attention(qkv, heads, images, tokens, self.heads, d);
+        let context = resize(&mut scratch.context, rows * d);
+        merge_heads(heads, context, images, tokens, self.heads, d);
+        add_rows(x, &self.output.bias);
+        self.output.product(context, rows, x, true);
+
+        // MLP: x += LayerScale2 * (gelu(norm2(x) W1 + b1) W2 + b2)
+        let normed = resize(&mut scratch.normed, rows * d);
+        layer_norm(x, normed, &self.norm2.0, &self.norm2.1, self.eps);
+        let hidden = resize(&mut scratch.hidden, rows * self.fc1.outputs());
+        self.fc1.product(normed, rows, hidden, false);
+        bias_gelu(hidden, &self.fc1.bias);
+        add_rows(x, &self.fc2.bias);
+        self.fc2.product(hidden, rows, x, true);
+    }
+}
+
+/// The blocks and the final LayerNorm: everything after the embeddings.
+pub(crate) struct Encoder {
+    pub blocks: Vec<Block>,
+    pub norm: (Vec<f32>, Vec<f32>),
+    pub eps: f32,
+}
+
+impl Encoder {
+    pub fn new(blocks: Vec<Block>, norm: (&Tensor, &Tensor), eps: f64) -> Result<Self> {
+        Ok(Self { blocks, norm: (to_vec(norm.0)?, to_vec(norm.1)?), eps: eps as f32 })
+    }
+
+    /// Embedded tokens [B, T, D] (f32, CPU) -> final LayerNorm output [B, T, D].
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (images, tokens, d) = x.dims3()?;
+        let mut data = to_vec(x)?;
+        let mut scratch = Scratch::new();
+        for block in &self.blocks {
+            block.forward(&mut data, images, tokens, &mut scratch);
+        }
+        let mut out = scratch.normed;
+        out.resize(data.len(), 0.0);
+        layer_norm(&data, &mut out, &self.norm.0, &self.norm.1, self.eps);
+        Tensor::from_vec(out, (images, tokens, d), x.device())
+    }
+}
+
+/// Scaled dot-product attention for every (image, head) in parallel. `qkv` is
+/// [images * tokens, 3D] (query already scaled); writes each head's context into `out`
+/// as [images, heads, tokens, head_dim].
+fn attention(qkv: &[f32], out: &mut [f32], images: usize, tokens: usize, heads: usize, d: usize) {
+    let head_dim = d / heads;
+    let row = 3 * d;
+    debug_assert_eq!(qkv.len(), images * tokens * row);
+    out.par_chunks_mut(tokens * head_dim).enumerate().for_each_init(
+        || vec![0.0f32; tokens * tokens],
+        |scores, (index, context)| {
+            let (image, head) = (index / heads, index % heads);
+            let at = |part: usize| View {
+                offset: image * tokens * row + part * d + head * head_dim,
+                rows: tokens,
+                cols: head_dim,
+                row_stride: row,
+                col_stride: 1,
+            };
+            let (q, k, v) = (at(0), at(1), at(2));
+            matmul(scores, View::dense(tokens, tokens), false, qkv, q, qkv, k.t(), false);
+            softmax_rows(scores, tokens);
+            matmul(context, View::dense(tokens, head_dim), false, scores, View::dense(tokens, tokens), qkv, v, false);
+        },
+    );
+}
+
+/// [images, heads, tokens, head_dim] -> [images, tokens, heads * head_dim], image by image
+/// on rayon's threads.
+fn merge_heads(heads: &[f32], out: &mut [f32], images: usize, tokens: usize, head_count: usize, d: usize) {
+    let head_dim = d / head_count;
+    debug_assert_eq!(out.len(), images * tokens * d);
+    out.par_chunks_mut(tokens * d).zip(heads.par_chunks(tokens * d)).for_each(|(out, heads)| {
+        for (h, head) in heads.chunks_exact(tokens * head_dim).enumerate() {
+            for (t, values) in head.chunks_exact(head_dim).enumerate() {
+                out[t * d + h * head_dim..][..head_dim].copy_from_slice(values);
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{D, Device};
+
+    use super::*;
+
+    fn random(shape: &[usize], scale: f64) -> Tensor {
+        (Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap() * scale).unwrap()
+    }
+
+    fn max_difference(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn exp_matches_the_standard_library() {
+        let mut worst = 0.0f32;
+        for i in 0..=100_000 {
+            let x = -87.3 * i as f32 / 100_000.0;
+            let (fast, exact) = (exp_nonpositive(x), (x as f64).exp());
+            worst = worst.max(((fast as f64 - exact) / exact).abs() as f32);
+        }
+        assert!(worst < 5e-7, "relative error {worst}");
+        assert_eq!(exp_nonpositive(0.0), 1.0);
+        assert!(exp_nonpositive(-1000.0) >= 0.0 && exp_nonpositive(-1000.0) < 1e-37);
+    }
+
+    #[test]
+    fn gelu_matches_candle() {
+        let x = random(&[7, 300], 3.0);
+        let bias = random(&[300], 1.0);
+        let want = to_vec(&x.broadcast_add(&bias).unwrap().gelu_erf().unwrap()).unwrap();
+        let mut got = to_vec(&x).unwrap();
+        bias_gelu(&mut got, &to_vec(&bias).unwrap());
+        assert!(max_difference(&got, &want) < 5e-6, "{}", max_difference(&got, &want));
+        // Far tails: 0 and x.
+        let mut tails = vec![-12.0, 12.0];
+        bias_gelu(&mut tails, &[0.0, 0.0]);
+        assert!(tails[0].abs() < 1e-5 && (tails[1] - 12.0).abs() < 1e-5, "{tails:?}");
+    }
+
+    #[test]
+    fn softmax_matches_candle() {
+        let x = random(&[5, 257], 8.0);
+        let want = to_vec(&candle_nn::ops::softmax(&x, D::Minus1).unwrap()).unwrap();
+        let mut got = to_vec(&x).unwrap();
+        softmax_rows(&mut got, 257);
+        assert!(max_difference(&got, &want) < 1e-6, "{}", max_difference(&got, &want));
+    }
+
+    #[test]
+    fn layer_norm_matches_candle() {
+        let x = (random(&[40, 24], 2.0) + 3.0).unwrap();
+        let (w, b) = (random(&[24], 1.0), random(&[24], 1.0));
+        let want = to_vec(&candle_nn::ops::layer_norm(&x, &w, &b, 1e-6).unwrap()).unwrap();
+        let mut got = vec![0.0; 40 * 24];
+        layer_norm(&to_vec(&x).unwrap(), &mut got, &to_vec(&w).unwrap(), &to_vec(&b).unwrap(), 1e-6);
+        assert!(max_difference(&got, &want) < 1e-5, "{}", max_difference(&got, &want));
+    }
+
+    #[test]
+    fn matmul_reads_strided_views_and_accumulates() {
+        let (a, b) = (random(&[6, 5], 1.0), random(&[4, 5], 1.0));
+        let want = to_vec(&a.matmul(&b.t().unwrap()).unwrap()).unwrap();
+        let (av, bv) = (to_vec(&a).unwrap(), to_vec(&b).unwrap());
+        let mut got = vec![0.0; 24];
+        matmul(&mut got, View::dense(6, 4), false, &av, View::dense(6, 5), &bv, View::dense(4, 5).t(), true);
+        assert!(max_difference(&got, &want) < 1e-5);
+        // A 3x2 block of columns 1..3 of rows 2..5, written into a wider destination.
+        let mut wide = vec![1.0; 3 * 7];
+        let dst = View { offset: 2, rows: 3, cols: 2, row_stride: 7, col_stride: 1 };
+        let lhs = View { offset: 2 * 5, rows: 3, cols: 5, row_stride: 5, col_stride: 1 };
+        let rhs = View { offset: 5, rows: 5, cols: 2, row_stride: 1, col_stride: 5 };
+        matmul(&mut wide, dst, true, &av, lhs, &bv, rhs, false);
+        for i in 0..3 {
+            for j in 0..2 {
+                assert!((wide[i * 7 + 2 + j] - 1.0 - want[(i + 2) * 4 + j + 1]).abs() < 1e-5);
+            }
+        }
+        assert_eq!(wide.iter().filter(|&&v| v == 1.0).count(), 3 * 7 - 6);
+    }
+
+    #[test]
+    #[should_panic(expected = "out of bounds")]
+    fn matmul_refuses_a_view_past_its_slice() {
+        let mut dst = vec![0.0; 4];
+        matmul(&mut dst, View::dense(2, 2), false, &[0.0; 3], View::dense(2, 2), &[0.0; 4], View::dense(2, 2), false);
+    }
+
+    #[test]
+    fn heads_merge_into_token_rows() {
+        // 2 images, 3 tokens, 2 heads of 2: value = image*100 + head*10 + token + dim/10.
+        let (images, tokens, heads, hd) = (2, 3, 2, 2);
+        let mut split = Vec::new();
+        for i in 0..images {
+            for h in 0..heads {
+                for t in 0..tokens {
+                    for j in 0..hd {
+                        split.push((i * 100 + h * 10 + t) as f32 + j as f32 / 10.0);
+                    }
+                }
+            }
+        }
+        let mut merged = vec![0.0; split.len()];
+        merge_heads(&split, &mut merged, images, tokens, heads, heads * hd);
+        assert_eq!(&merged[..8], &[0.0, 0.1, 10.0, 10.1, 1.0, 1.1, 11.0, 11.1]);
+        assert_eq!(merged[3 * 4 * 2 - 1], 112.1);
+    }
+}
