@@ -1,0 +1,203 @@
+//! The messages of the app. Panels never touch the catalogue, the disk or a decoder: they
+//! push `Command`s; the app runs them (edits go to the catalogue worker, long work becomes a
+//! job) and workers answer with `Event`s that the next frame drains.
+
+use std::path::PathBuf;
+
+use crate::catalogue::Action;
+use crate::export::ExportFormat;
+use crate::model::{BoxPx, Part, Side, Status};
+use crate::stats::Stats;
+
+use super::jobs::{JobId, JobOutcome};
+use super::panels::PanelId;
+use super::records::{Gallery, IndividualRow, PhotoDetail, PhotoRow};
+
+/// What a panel asks for.
+#[derive(Debug)]
+pub enum Command {
+    /// An undoable edit; persisted at once by the catalogue worker.
+    Edit(CatalogueEdit),
+    Undo,
+    Redo,
+    /// Re-read everything from the catalogue (after an import or another job changed it).
+    Reload,
+    Show(PanelId),
+    /// Show a photo in the annotate panel.
+    OpenPhoto(i64),
+    /// Show an individual in the individuals panel.
+    OpenIndividual(i64),
+    /// The photos the review keys walk through (the library's filtered, sorted view).
+    SetQueue(Vec<i64>),
+    /// Keep this photo's boxes fresh (the annotate panel's photo); `None` stops.
+    WatchPhoto(Option<i64>),
+    /// Keep this individual's sightings fresh (the individuals panel's gallery).
+    WatchGallery(Option<i64>),
+    OpenCatalogue(PathBuf),
+    NewCatalogue(PathBuf),
+    OpenDemo,
+    Import {
+        source: PathBuf,
+        what: ImportKind,
+    },
+    Export {
+        format: ExportFormat,
+        out: PathBuf,
+    },
+    /// Ask the user for a path with a file dialog, then run the command it makes.
+    Pick(Pick),
+    CancelJob(JobId),
+    Notify(Notice),
+    SaveSettings,
+}
+
+/// Undoable catalogue edits. Each becomes one action in the catalogue's history.
+#[derive(Debug, Clone)]
+pub enum CatalogueEdit {
+    SetStatus {
+        annotations: Vec<i64>,
+        status: Status,
+    },
+    /// Every box of the photos (bulk review from the library).
+    SetStatusOfPhotos {
+        photos: Vec<i64>,
+        status: Status,
+    },
+    MoveBox {
+        annotation: i64,
+        bbox: BoxPx,
+    },
+    AddBox {
+        photo: i64,
+        bbox: BoxPx,
+        part: Part,
+        species: Option<String>,
+    },
+    DeleteBox {
+        annotation: i64,
+    },
+    SetPartSide {
+        annotation: i64,
+        part: Part,
+        side: Side,
+    },
+    Assign {
+        annotations: Vec<i64>,
+        individual: i64,
+    },
+    /// Every box of the photos that is not rejected; a photo without one gets a whole-photo box.
+    AssignPhotos {
+        photos: Vec<i64>,
+        individual: i64,
+    },
+    NewIndividual {
+        annotations: Vec<i64>,
+    },
+    Rename {
+        individual: i64,
+        name: String,
+    },
+    /// Moves every sighting of `absorbed` to `kept` and removes `absorbed`.
+    Merge {
+        kept: i64,
+        absorbed: i64,
+    },
+    /// Moves the annotations to a new individual.
+    Split {
+        annotations: Vec<i64>,
+    },
+    Tag {
+        photos: Vec<i64>,
+        tag: String,
+    },
+}
+
+/// What is being imported (the importer recognises the content; this only picks the dialog).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportKind {
+    Folder,
+    Labels,
+    CocoBoxes,
+    YoloBoxes,
+}
+
+/// A file dialog and the command its answer becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    OpenCatalogue,
+    NewCatalogue,
+    Import(ImportKind),
+    Export(ExportFormat),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Info,
+    Error,
+}
+
+/// A message for the user; errors stay until dismissed.
+#[derive(Debug, Clone)]
+pub struct Notice {
+    pub level: Level,
+    pub text: String,
+    pub details: Vec<String>,
+}
+
+impl Notice {
+    pub fn info(text: impl Into<String>) -> Self {
+        Notice { level: Level::Info, text: text.into(), details: Vec::new() }
+    }
+
+    pub fn error(text: impl Into<String>) -> Self {
+        Notice { level: Level::Error, text: text.into(), details: Vec::new() }
+    }
+}
+
+/// What workers send back.
+#[derive(Debug)]
+pub enum Event {
+    Opened {
+        path: PathBuf,
+        stats: Box<Stats>,
+    },
+    OpenFailed {
+        path: PathBuf,
+        error: String,
+    },
+    /// Every photo (after opening or a reload).
+    Library(Vec<PhotoRow>),
+    /// Fresh rows of the photos an edit touched; ids listed but absent were deleted.
+    PhotoRows {
+        ids: Vec<i64>,
+        rows: Vec<PhotoRow>,
+    },
+    Individuals(Vec<IndividualRow>),
+    /// The watched photo, or `None` when it no longer exists.
+    Photo {
+        id: i64,
+        detail: Option<Box<PhotoDetail>>,
+    },
+    Gallery {
+        id: i64,
+        gallery: Option<Box<Gallery>>,
+    },
+    History(Vec<Action>),
+    /// An edit was written (or refused, with the reason).
+    Edited {
+        label: String,
+        result: Result<(), String>,
+    },
+    /// Undo or redo: the label of the action stepped over, `None` when there was nothing to step.
+    Stepped {
+        undo: bool,
+        label: Result<Option<String>, String>,
+    },
+    JobFinished {
+        id: JobId,
+        result: Result<JobOutcome, String>,
+        cancelled: bool,
+    },
+    /// Any thread may ask the app to run a command (e.g. a file dialog's answer).
+    Command(Command),
+}

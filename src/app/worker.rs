@@ -1,0 +1,330 @@
+//! The catalogue worker: the one thread that owns the open catalogue. It applies edits the
+//! moment they arrive (each is one transaction, so nothing is lost on a crash), answers with
+//! fresh records for what the panels watch, and is joined on drop so no edit in flight is
+//! dropped when the window closes or another catalogue is opened.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, Sender, channel};
+
+use eframe::egui;
+
+use super::command::{CatalogueEdit, Command, Event, Notice};
+use super::records;
+use crate::catalogue::{Catalogue, NewAnnotation};
+use crate::model::{How, Part, Side, Source, Status};
+
+/// Requests to the worker, in the order the user made them.
+#[derive(Debug)]
+pub enum Request {
+    Edit(CatalogueEdit),
+    Undo,
+    Redo,
+    Reload,
+    WatchPhoto(Option<i64>),
+    WatchGallery(Option<i64>),
+}
+
+pub struct CatalogueWorker {
+    tx: Option<Sender<Request>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    pub path: PathBuf,
+}
+
+/// Which records an edit may have changed.
+enum Touched {
+    Photos(BTreeSet<i64>),
+    PhotosAndIndividuals(BTreeSet<i64>),
+    Everything,
+}
+
+impl CatalogueWorker {
+    /// Opens (or, with `create`, creates) the catalogue on a new thread; `Event::Opened` or
+    /// `Event::OpenFailed` says how it went.
+    pub fn start(path: PathBuf, create: bool, events: Sender<Event>, ctx: egui::Context) -> CatalogueWorker {
+        let (tx, rx) = channel();
+        let thread_path = path.clone();
+        let thread = std::thread::Builder::new()
+            .name("catalogue".into())
+            .spawn(move || {
+                let mut worker = Worker { events, ctx, photo: None, gallery: None };
+                let opened = if create { Catalogue::create(&thread_path) } else { Catalogue::open(&thread_path) };
+                match opened.map_err(anyhow::Error::from).and_then(|cat| {
+                    let stats = crate::stats::stats(&cat)?;
+                    Ok((cat, stats))
+                }) {
+                    Ok((mut cat, stats)) => {
+                        worker.send(Event::Opened { path: thread_path, stats: Box::new(stats) });
+                        worker.reload(&cat);
+                        worker.run(&mut cat, rx);
+                    }
+                    Err(e) => worker.send(Event::OpenFailed { path: thread_path, error: format!("{e:#}") }),
+                }
+            })
+            .ok();
+        CatalogueWorker { tx: Some(tx), thread, path }
+    }
+
+    pub fn send(&self, request: Request) {
+        if let Some(tx) = &self.tx {
+            // A closed channel means the catalogue failed to open; that was reported already.
+            let _ = tx.send(request);
+        }
+    }
+}
+
+impl Drop for CatalogueWorker {
+    /// Closes the request channel and waits until every edit already sent is written.
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Worker {
+    events: Sender<Event>,
+    ctx: egui::Context,
+    photo: Option<i64>,
+    gallery: Option<i64>,
+}
+
+impl Worker {
+    fn send(&self, event: Event) {
+        let _ = self.events.send(event);
+        self.ctx.request_repaint();
+    }
+
+    fn read_failed(&self, what: &str, e: impl std::fmt::Display) {
+        self.send(Event::Command(Command::Notify(Notice::error(format!("cannot read {what}: {e}")))));
+    }
+
+    fn run(&mut self, cat: &mut Catalogue, rx: Receiver<Request>) {
+        while let Ok(request) = rx.recv() {
+            match request {
+                Request::Edit(edit) => {
+                    let label = label(&edit);
+                    let result = apply(cat, &edit);
+                    match result {
+                        Ok(touched) => {
+                            self.send(Event::Edited { label, result: Ok(()) });
+                            self.refresh(cat, touched);
+                        }
+                        Err(e) => {
+                            self.send(Event::Edited { label, result: Err(format!("{e:#}")) });
+                            // The panels may show what they expected; show them what is stored.
+                            self.refresh(cat, Touched::Everything);
+                        }
+                    }
+                }
+                Request::Undo | Request::Redo => {
+                    let undo = matches!(request, Request::Undo);
+                    let stepped = if undo { cat.undo() } else { cat.redo() };
+                    self.send(Event::Stepped { undo, label: stepped.map_err(|e| e.to_string()) });
+                    self.refresh(cat, Touched::Everything);
+                }
+                Request::Reload => self.reload(cat),
+                Request::WatchPhoto(id) => {
+                    self.photo = id;
+                    self.send_photo(cat);
+                }
+                Request::WatchGallery(id) => {
+                    self.gallery = id;
+                    self.send_gallery(cat);
+                }
+            }
+        }
+    }
+
+    fn reload(&self, cat: &Catalogue) {
+        self.refresh(cat, Touched::Everything);
+    }
+
+    fn refresh(&self, cat: &Catalogue, touched: Touched) {
+        let result = (|| -> crate::catalogue::Result<()> {
+            match &touched {
+                Touched::Photos(ids) | Touched::PhotosAndIndividuals(ids) => {
+                    let rows = records::photo_rows_of(cat, ids)?;
+                    self.send(Event::PhotoRows { ids: ids.iter().copied().collect(), rows });
+                }
+                Touched::Everything => self.send(Event::Library(records::photo_rows(cat)?)),
+            }
+            if !matches!(touched, Touched::Photos(_)) {
+                self.send(Event::Individuals(records::individual_rows(cat)?));
+            }
+            self.send(Event::History(cat.history(50)?));
+            Ok(())
+        })();
+        if let Err(e) = result {
+            self.read_failed("the catalogue", e);
+        }
+        self.send_photo(cat);
+        self.send_gallery(cat);
+    }
+
+    fn send_photo(&self, cat: &Catalogue) {
+        if let Some(id) = self.photo {
+            match records::photo_detail(cat, id) {
+                Ok(detail) => self.send(Event::Photo { id, detail: detail.map(Box::new) }),
+                Err(e) => self.read_failed("the photo", e),
+            }
+        }
+    }
+
+    fn send_gallery(&self, cat: &Catalogue) {
+        if let Some(id) = self.gallery {
+            match records::gallery(cat, id) {
+                Ok(gallery) => self.send(Event::Gallery { id, gallery: gallery.map(Box::new) }),
+                Err(e) => self.read_failed("the individual", e),
+            }
+        }
+    }
+}
+
+/// The words the status bar uses for an edit.
+pub fn label(edit: &CatalogueEdit) -> String {
+    let boxes = |n: usize| if n == 1 { "1 box".to_string() } else { format!("{n} boxes") };
+    let photos = |n: usize| if n == 1 { "1 photo".to_string() } else { format!("{n} photos") };
+    let verb = |s: Status| match s {
+        Status::Verified => "verified",
+        Status::Rejected => "rejected",
+        Status::Unreviewed => "reopened",
+    };
+    match edit {
+        CatalogueEdit::SetStatus { annotations, status } => format!("{} {}", verb(*status), boxes(annotations.len())),
+        CatalogueEdit::SetStatusOfPhotos { photos: p, status } => {
+            format!("{} the boxes of {}", verb(*status), photos(p.len()))
+        }
+        CatalogueEdit::MoveBox { .. } => "moved a box".into(),
+        CatalogueEdit::AddBox { part, .. } => format!("drew a {part} box"),
+        CatalogueEdit::DeleteBox { .. } => "deleted a box".into(),
+        CatalogueEdit::SetPartSide { part, side, .. } => format!("set part {part}, side {side}"),
+        CatalogueEdit::Assign { annotations, .. } => format!("assigned {}", boxes(annotations.len())),
+        CatalogueEdit::AssignPhotos { photos: p, .. } => format!("assigned {}", photos(p.len())),
+        CatalogueEdit::NewIndividual { annotations } => format!("new individual from {}", boxes(annotations.len())),
+        CatalogueEdit::Rename { name, .. } => format!("renamed an individual to \"{name}\""),
+        CatalogueEdit::Merge { .. } => "merged two individuals".into(),
+        CatalogueEdit::Split { annotations } => format!("split {} into a new individual", boxes(annotations.len())),
+        CatalogueEdit::Tag { photos: p, tag } => format!("tagged {} \"{tag}\"", photos(p.len())),
+    }
+}
+
+fn apply(cat: &mut Catalogue, edit: &CatalogueEdit) -> anyhow::Result<Touched> {
+    Ok(match edit {
+        CatalogueEdit::SetStatus { annotations, status } => {
+            let photos = records::photos_of_annotations(cat, annotations)?;
+            cat.set_status(annotations, *status)?;
+            Touched::Photos(photos)
+        }
+        CatalogueEdit::SetStatusOfPhotos { photos, status } => {
+            let ids: Vec<i64> = records::annotations_of_photos(cat, photos)?.iter().map(|a| a.id).collect();
+            anyhow::ensure!(!ids.is_empty(), "the selected photos have no boxes to review");
+            cat.set_status(&ids, *status)?;
+            Touched::Photos(photos.iter().copied().collect())
+        }
+        CatalogueEdit::MoveBox { annotation, bbox } => {
+            let photos = records::photos_of_annotations(cat, &[*annotation])?;
+            cat.set_box(*annotation, *bbox)?;
+            Touched::Photos(photos)
+        }
+        CatalogueEdit::AddBox { photo, bbox, part, species } => {
+            cat.add_annotation(&NewAnnotation {
+                photo_id: *photo,
+                bbox: Some(*bbox),
+                part: *part,
+                side: Side::Unknown,
+                source: Source::Manual,
+                // The biologist drew it, so it needs no review; detector proposals arrive unreviewed.
+                status: Status::Verified,
+                species: species.clone(),
+                score: None,
+            })?;
+            Touched::Photos(BTreeSet::from([*photo]))
+        }
+        CatalogueEdit::DeleteBox { annotation } => {
+            let photos = records::photos_of_annotations(cat, &[*annotation])?;
+            cat.delete_annotation(*annotation)?;
+            Touched::PhotosAndIndividuals(photos)
+        }
+        CatalogueEdit::SetPartSide { annotation, part, side } => {
+            let photos = records::photos_of_annotations(cat, &[*annotation])?;
+            cat.edit(&label(edit), |e| e.set_part_side(*annotation, *part, *side))?;
+            Touched::Photos(photos)
+        }
+        CatalogueEdit::Assign { annotations, individual } => {
+            let photos = records::photos_of_annotations(cat, annotations)?;
+            cat.edit(&label(edit), |e| {
+                for &a in annotations {
+                    e.identify(a, *individual, How::Confirmed, None)?;
+                }
+                Ok(())
+            })?;
+            Touched::PhotosAndIndividuals(photos)
+        }
+        CatalogueEdit::AssignPhotos { photos, individual } => {
+            let existing = records::annotations_of_photos(cat, photos)?;
+            let species = cat.individual(*individual)?.and_then(|i| i.species);
+            let part = species.as_deref().map(Part::usual_for_species).unwrap_or(Part::Body);
+            cat.edit(&label(edit), |e| {
+                for &photo in photos {
+                    let mut boxes: Vec<i64> = existing
+                        .iter()
+                        .filter(|a| a.photo_id == photo && a.status != Status::Rejected)
+                        .map(|a| a.id)
+                        .collect();
+                    if boxes.is_empty() {
+                        boxes.push(e.insert_annotation(&NewAnnotation {
+                            photo_id: photo,
+                            bbox: None,
+                            part,
+                            side: Side::Unknown,
+                            source: Source::Manual,
+                            status: Status::Verified,
+                            species: species.clone(),
+                            score: None,
+                        })?);
+                    }
+                    for a in boxes {
+                        e.identify(a, *individual, How::Confirmed, None)?;
+                    }
+                }
+                Ok(())
+            })?;
+            Touched::PhotosAndIndividuals(photos.iter().copied().collect())
+        }
+        CatalogueEdit::NewIndividual { annotations } => {
+            let photos = records::photos_of_annotations(cat, annotations)?;
+            let species = match annotations.first() {
+                Some(&a) => cat.annotation(a)?.and_then(|a| a.species),
+                None => None,
+            };
+            cat.new_individual(annotations, species.as_deref())?;
+            Touched::PhotosAndIndividuals(photos)
+        }
+        CatalogueEdit::Rename { individual, name } => {
+            cat.rename_individual(*individual, name.trim())?;
+            Touched::PhotosAndIndividuals(BTreeSet::new())
+        }
+        CatalogueEdit::Merge { kept, absorbed } => {
+            cat.merge_individuals(*kept, *absorbed)?;
+            Touched::Everything
+        }
+        CatalogueEdit::Split { annotations } => {
+            let photos = records::photos_of_annotations(cat, annotations)?;
+            cat.split_individual(annotations)?;
+            Touched::PhotosAndIndividuals(photos)
+        }
+        CatalogueEdit::Tag { photos, tag } => {
+            let tag = tag.trim();
+            anyhow::ensure!(!tag.is_empty(), "type a tag first");
+            cat.edit(&label(edit), |e| {
+                for &p in photos {
+                    e.tag_photo(p, tag)?;
+                }
+                Ok(())
+            })?;
+            Touched::Photos(photos.iter().copied().collect())
+        }
+    })
+}

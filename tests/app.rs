@@ -1,0 +1,185 @@
+//! The app as a biologist uses it, driven through egui_kittest (no display, no GPU): find
+//! widgets by their names, click, type, press keys, and read what the window shows. Workers
+//! run on their own threads, so each wait runs frames until the window shows what is awaited,
+//! with a deadline, never a blind sleep.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use eframe::egui;
+use eframe::egui::accesskit::Role;
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable;
+use whaleid::app::{AppOptions, WhaleApp};
+use whaleid::catalogue::{Catalogue, NewAnnotation};
+use whaleid::model::{BoxPx, Part, Side, Source, Status};
+
+const DEADLINE: Duration = Duration::from_secs(180);
+
+fn app(options: AppOptions) -> Harness<'static, WhaleApp> {
+    Harness::builder().with_size(egui::vec2(1280.0, 800.0)).build_eframe(move |cc| WhaleApp::new(&cc.egui_ctx, options))
+}
+
+/// Runs frames until `done` holds for the window, failing after `DEADLINE`.
+fn run_until(h: &mut Harness<'_, WhaleApp>, what: &str, done: impl Fn(&Harness<'_, WhaleApp>) -> bool) {
+    let start = Instant::now();
+    loop {
+        h.step();
+        if done(h) {
+            h.step();
+            return;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out after {DEADLINE:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn settled(h: &Harness<'_, WhaleApp>) -> bool {
+    h.state().is_settled()
+}
+
+fn shows(h: &Harness<'_, WhaleApp>, text: &str) -> bool {
+    h.query_all_by_label_contains(text).next().is_some()
+}
+
+/// The demo catalogue, made once for the tests that need one, copied for each so none sees
+/// another's edits.
+fn demo_copy(into: &Path) -> PathBuf {
+    static DEMO: OnceLock<PathBuf> = OnceLock::new();
+    let demo = DEMO.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let path = dir.join("demo").join("demo.whaleid");
+        whaleid::app::ensure_demo(&path, &whaleid::progress::Silent).unwrap();
+        path
+    });
+    let from = demo.parent().unwrap();
+    for entry in walkdir::WalkDir::new(from) {
+        let entry = entry.unwrap();
+        let target = into.join(entry.path().strip_prefix(from).unwrap());
+        if entry.file_type().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+    into.join("demo.whaleid")
+}
+
+#[test]
+fn first_run_creates_the_demo_catalogue_opens_it_and_reopens_it_next_time() {
+    let home = tempfile::tempdir().unwrap();
+    let mut h = app(AppOptions::new(home.path().to_path_buf(), None));
+    h.step();
+    assert!(shows(&h, "Creating the demo catalogue"), "the status bar shows the demo being made");
+    run_until(&mut h, "the demo catalogue to open in the library", |h| {
+        settled(h) && h.state().state().rows.len() == 180
+    });
+    assert!(shows(&h, "180 photos, 30 individuals"), "the status bar counts the catalogue");
+    h.get_by_label("whale_0000_00.jpg"); // the first tile of the grid
+    assert!(shows(&h, "saved"));
+    h.check_accessibility();
+    let demo = h.state().state().catalogue.clone().unwrap();
+    drop(h);
+
+    // The next start opens the last catalogue without making anything.
+    let mut h = app(AppOptions::new(home.path().to_path_buf(), None));
+    h.step();
+    assert!(!shows(&h, "Creating the demo catalogue"));
+    run_until(&mut h, "the last catalogue to reopen", |h| settled(h) && h.state().state().rows.len() == 180);
+    assert_eq!(h.state().state().catalogue.as_ref().unwrap().canonicalize().unwrap(), demo.canonicalize().unwrap());
+}
+
+#[test]
+fn a_box_verified_with_enter_is_still_verified_after_reopening_the_catalogue() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalogue = demo_copy(dir.path());
+    // A detector proposal on the first photo of the second whale, waiting for review.
+    let proposal = {
+        let mut cat = Catalogue::open(&catalogue).unwrap();
+        let photo = cat.photo_id_by_path("photos/images/whale_0001_00.jpg").unwrap().unwrap();
+        cat.add_annotation(&NewAnnotation {
+            photo_id: photo,
+            bbox: Some(BoxPx::new(20.0, 30.0, 200.0, 120.0)),
+            part: Part::Fluke,
+            side: Side::Unknown,
+            source: Source::Detector,
+            status: Status::Unreviewed,
+            species: Some("humpback_whale".into()),
+            score: Some(0.81),
+        })
+        .unwrap()
+    };
+    let proposal_title = "fluke · unreviewed · unidentified · detector 0.81";
+    let verified_title = "fluke · verified · unidentified · detector 0.81";
+
+    let home = tempfile::tempdir().unwrap();
+    let mut h = app(AppOptions::new(home.path().to_path_buf(), Some(catalogue.clone())));
+    run_until(&mut h, "the catalogue to open", settled);
+    h.get_by_label("Annotate").click();
+    run_until(&mut h, "the first photo's boxes", |h| shows(h, "Box 1: fluke · verified"));
+    h.key_press(egui::Key::U);
+    run_until(&mut h, "U to reach the detector's proposal", |h| shows(h, proposal_title));
+    h.key_press(egui::Key::Enter);
+    run_until(&mut h, "the verification to be written", |h| settled(h) && !shows(h, proposal_title));
+    assert!(shows(&h, "verified 1 box") || shows(&h, "saved"));
+    // Enter went on to the next photo; going back shows the box verified.
+    h.key_press(egui::Key::ArrowLeft);
+    run_until(&mut h, "the previous photo", |h| shows(h, verified_title));
+    h.check_accessibility();
+    drop(h);
+
+    let cat = Catalogue::open(&catalogue).unwrap();
+    assert_eq!(cat.annotation(proposal).unwrap().unwrap().status, Status::Verified);
+    drop(cat);
+
+    // Reopened, the library finds the photo by name and the annotate panel shows the box verified.
+    let mut h = app(AppOptions::new(home.path().to_path_buf(), Some(catalogue)));
+    run_until(&mut h, "the catalogue to reopen", |h| settled(h) && h.state().state().rows.len() == 180);
+    let file = h.get_by_role_and_label(Role::TextInput, "File");
+    file.click();
+    file.type_text("whale_0001_00");
+    run_until(&mut h, "the filter to leave one photo", |h| shows(h, "1 of 180 photos"));
+    h.get_by_label("whale_0001_00.jpg").click();
+    h.step();
+    h.key_press(egui::Key::Enter);
+    run_until(&mut h, "the photo in the annotate panel", |h| shows(h, verified_title));
+    assert!(!shows(&h, proposal_title));
+}
+
+#[test]
+fn merging_two_individuals_moves_their_sightings_and_undo_brings_both_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalogue = demo_copy(dir.path());
+    let home = tempfile::tempdir().unwrap();
+    let mut options = AppOptions::new(home.path().to_path_buf(), Some(catalogue.clone()));
+    options.panel = Some("individuals".into());
+    let mut h = app(options);
+    run_until(&mut h, "the individuals", |h| settled(h) && h.state().state().individuals.len() == 30);
+
+    h.get_by_label("SYN-0001  ·  6 sighting(s)").click();
+    // All six photos of SYN-0001 were taken on one day.
+    run_until(&mut h, "SYN-0001's gallery", |h| shows(h, "Seen on 1 day(s): 2024-07-02"));
+    let field = h.get_by_role_and_label(Role::TextInput, "Merge with");
+    field.click();
+    field.type_text("SYN-0002");
+    h.step();
+    h.get_by_role_and_label(Role::Button, "Merge").click();
+    run_until(&mut h, "the merge", |h| settled(h) && h.state().state().individuals.len() == 29);
+    assert!(shows(&h, "SYN-0001  ·  12 sighting(s)"));
+    assert!(!shows(&h, "SYN-0002  ·"));
+    assert!(shows(&h, "29 individuals"));
+    run_until(&mut h, "the merged gallery", |h| shows(h, "Seen on 3 day(s): 2024-07-02, 2024-07-19, 2024-09-11"));
+
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Z);
+    run_until(&mut h, "the undo", |h| settled(h) && h.state().state().individuals.len() == 30);
+    assert!(shows(&h, "Undid: merge individuals"));
+    assert!(shows(&h, "SYN-0001  ·  6 sighting(s)"));
+    assert!(shows(&h, "SYN-0002  ·  6 sighting(s)"));
+    h.check_accessibility();
+    drop(h);
+
+    let cat = Catalogue::open(&catalogue).unwrap();
+    let two = cat.individual_by_code("SYN-0002").unwrap().expect("SYN-0002 is back after undo");
+    assert_eq!(cat.sightings(two.id).unwrap().len(), 6);
+}
