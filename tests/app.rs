@@ -183,3 +183,26 @@ fn merging_two_individuals_moves_their_sightings_and_undo_brings_both_back() {
     let two = cat.individual_by_code("SYN-0002").unwrap().expect("SYN-0002 is back after undo");
     assert_eq!(cat.sightings(two.id).unwrap().len(), 6);
 }
+
+#[test]
+fn a_missing_photo_shows_a_placeholder_naming_the_file_and_the_rest_still_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalogue = demo_copy(dir.path());
+    std::fs::remove_file(dir.path().join("photos/images/whale_0000_01.jpg")).unwrap();
+    std::fs::write(dir.path().join("photos/images/whale_0000_02.jpg"), b"not a jpeg any more").unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let mut h = app(AppOptions::new(home.path().to_path_buf(), Some(catalogue)));
+    run_until(&mut h, "the catalogue to open", settled);
+    run_until(&mut h, "the placeholders", |h| {
+        shows(h, "whale_0000_01.jpg (cannot show: cannot read")
+            && shows(h, "whale_0000_02.jpg (cannot show: not an image")
+    });
+    // The photos beside them decode as usual.
+    run_until(&mut h, "every thumbnail on screen", |h| h.state().pictures_pending() == 0);
+    assert!(h.query_by_label("whale_0000_00.jpg").is_some(), "a whole photo's tile is named by its file alone");
+    // The broken photo's boxes can still be reviewed.
+    h.get_by_label_contains("whale_0000_01.jpg").click();
+    h.step();
+    h.key_press(egui::Key::Enter);
+    run_until(&mut h, "the annotate panel on the missing photo", |h| shows(h, "Box 1: fluke · verified"));
+}

@@ -176,6 +176,11 @@ impl WhaleApp {
         &self.jobs
     }
 
+    /// Pictures asked for and not decoded yet.
+    pub fn pictures_pending(&self) -> usize {
+        self.images.pending()
+    }
+
     /// Runs a command as if a panel had pushed it.
     pub fn send(&mut self, command: Command) {
         self.out.push(command);
@@ -523,8 +528,8 @@ impl WhaleApp {
             .unwrap_or_default();
         let title = match (&self.state.stats, name.is_empty()) {
             (_, true) => "whaleid".to_string(),
-            (Some(_), false) => format!("whaleid — {name}"),
-            (None, false) => format!("whaleid — opening {name}"),
+            (Some(_), false) => format!("whaleid - {name}"),
+            (None, false) => format!("whaleid - opening {name}"),
         };
         if title != self.title {
             self.ctx.send_viewport_cmd(egui::ViewportCommand::Title(title.clone()));

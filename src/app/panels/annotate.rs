@@ -462,7 +462,13 @@ impl AnnotatePanel {
             let r = t.screen_from_box(&bbox);
             let color = status_color(b.annotation.status);
             let stroke = egui::Stroke::new(if selected { 3.0 } else { 1.5 }, color);
-            painter.rect_stroke(r, 0.0, stroke, egui::StrokeKind::Outside);
+            if b.annotation.source == Source::Detector && b.annotation.status == Status::Unreviewed {
+                // A detector's proposal, not yet looked at by anyone: dashed.
+                let path = [r.left_top(), r.right_top(), r.right_bottom(), r.left_bottom(), r.left_top()];
+                painter.extend(egui::Shape::dashed_line(&path, stroke, 8.0, 5.0));
+            } else {
+                painter.rect_stroke(r, 0.0, stroke, egui::StrokeKind::Outside);
+            }
             let who = b.individual.as_ref().map(|i| i.code.as_str()).unwrap_or("?");
             let label = format!("{} · {} · {}", b.annotation.part, b.annotation.status, who);
             let font = egui::FontId::proportional(13.0);
