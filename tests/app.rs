@@ -206,3 +206,45 @@ fn a_missing_photo_shows_a_placeholder_naming_the_file_and_the_rest_still_works(
     h.key_press(egui::Key::Enter);
     run_until(&mut h, "the annotate panel on the missing photo", |h| shows(h, "Box 1: fluke · verified"));
 }
+
+#[test]
+fn a_box_drawn_with_b_and_a_drag_is_saved_and_undo_and_redo_take_it_away_and_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalogue = demo_copy(dir.path());
+    let home = tempfile::tempdir().unwrap();
+    let mut options = AppOptions::new(home.path().to_path_buf(), Some(catalogue.clone()));
+    options.panel = Some("annotate".into());
+    let mut h = app(options);
+    run_until(&mut h, "the first photo", |h| settled(h) && shows(h, "Box 1: fluke · verified"));
+    let boxes = || {
+        let cat = Catalogue::open(&catalogue).unwrap();
+        let photo = cat.photo_id_by_path("photos/images/whale_0000_00.jpg").unwrap().unwrap();
+        cat.annotations_of_photo(photo).unwrap()
+    };
+    assert_eq!(boxes().len(), 1);
+
+    // The photo fills the canvas left of the box list; drag 200 x 100 points across it.
+    h.key_press(egui::Key::B);
+    let (from, to) = (egui::pos2(300.0, 300.0), egui::pos2(500.0, 400.0));
+    h.hover_at(from);
+    h.drag_at(from);
+    h.step();
+    for k in 1..=4 {
+        h.hover_at(from + (to - from) * (k as f32 / 4.0));
+        h.step();
+    }
+    h.drop_at(to);
+    run_until(&mut h, "the new box", |h| settled(h) && shows(h, "Box 2: fluke · verified · unidentified"));
+    let drawn = boxes();
+    assert_eq!(drawn.len(), 2);
+    let b = drawn[1].bbox.expect("a drawn box has coordinates");
+    assert!((b.w / b.h - 2.0).abs() < 0.05, "the box keeps the drag's 2:1 shape: {b}");
+    assert!(b.x > 0.0 && b.y > 0.0 && b.x + b.w < 512.0 && b.y + b.h < 384.0, "inside the photo: {b}");
+
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Z);
+    run_until(&mut h, "the undo", |h| settled(h) && !shows(h, "Box 2:"));
+    assert_eq!(boxes().len(), 1);
+    h.key_press_modifiers(egui::Modifiers::COMMAND | egui::Modifiers::SHIFT, egui::Key::Z);
+    run_until(&mut h, "the redo", |h| settled(h) && shows(h, "Box 2: fluke"));
+    assert_eq!(boxes().len(), 2);
+}

@@ -9,7 +9,7 @@ use crate::export::ExportFormat;
 use crate::model::{BoxPx, Part, Side, Status};
 use crate::stats::Stats;
 
-use super::jobs::{JobId, JobOutcome};
+use super::jobs::{JobId, JobOutcome, JobProgress};
 use super::panels::PanelId;
 use super::records::{Gallery, IndividualRow, PhotoDetail, PhotoRow};
 
@@ -46,9 +46,35 @@ pub enum Command {
     },
     /// Ask the user for a path with a file dialog, then run the command it makes.
     Pick(Pick),
+    /// Start a background job; the status bar shows it with progress and a cancel button.
+    Job(JobWork),
     CancelJob(JobId),
+    /// What the status bar says about where models run (set by the embedding side).
+    SetDeviceLabel(Option<String>),
     Notify(Notice),
     SaveSettings,
+}
+
+/// A background job as a command: `Command::job("Embed crops", move |job| { ... })`.
+pub struct JobWork {
+    pub name: String,
+    pub work: Box<dyn FnOnce(&JobProgress) -> anyhow::Result<JobOutcome> + Send>,
+}
+
+impl std::fmt::Debug for JobWork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "JobWork({:?})", self.name)
+    }
+}
+
+impl Command {
+    /// A background job that a panel can start by pushing this command.
+    pub fn job(
+        name: impl Into<String>,
+        work: impl FnOnce(&JobProgress) -> anyhow::Result<JobOutcome> + Send + 'static,
+    ) -> Command {
+        Command::Job(JobWork { name: name.into(), work: Box::new(work) })
+    }
 }
 
 /// Undoable catalogue edits. Each becomes one action in the catalogue's history.

@@ -296,7 +296,11 @@ impl WhaleApp {
             Command::Import { source, what } => self.import(source, what),
             Command::Export { format, out } => self.export(format, out),
             Command::Pick(pick) => chrome::pick(pick, self.events_tx.clone(), self.ctx.clone()),
+            Command::Job(job) => {
+                self.jobs.spawn(job.name, job.work);
+            }
             Command::CancelJob(id) => self.jobs.cancel(id),
+            Command::SetDeviceLabel(label) => self.state.device_label = label,
             Command::Notify(notice) => self.state.notices.push(notice),
             Command::SaveSettings => {
                 if let Err(e) = self.state.settings.save(&self.state.home) {

@@ -50,6 +50,9 @@ pub struct AnnotatePanel {
     drag: Option<Drag>,
     assign_to: String,
     missing: Option<i64>,
+    /// Where the photo was in the queue when last seen there: a reviewed photo can leave a
+    /// filtered queue, and Next should still go on from where it was.
+    queue_hint: usize,
 }
 
 impl Default for AnnotatePanel {
@@ -64,6 +67,7 @@ impl Default for AnnotatePanel {
             drag: None,
             assign_to: String::new(),
             missing: None,
+            queue_hint: 0,
         }
     }
 }
@@ -121,6 +125,15 @@ impl AnnotatePanel {
         cx.state.queue.iter().position(|&p| p == photo)
     }
 
+    /// The queue position, remembered for when the photo leaves the queue.
+    fn track_queue(&mut self, cx: &PanelContext<'_>) -> Option<usize> {
+        let at = self.queue_position(cx);
+        if let Some(i) = at {
+            self.queue_hint = i;
+        }
+        at
+    }
+
     fn step_photo(&mut self, forward: bool, cx: &mut PanelContext<'_>) {
         let queue = &cx.state.queue;
         if queue.is_empty() {
@@ -129,7 +142,9 @@ impl AnnotatePanel {
         let next = match self.queue_position(cx) {
             Some(i) if forward => (i + 1 < queue.len()).then(|| queue[i + 1]),
             Some(i) => i.checked_sub(1).map(|j| queue[j]),
-            None => Some(queue[0]),
+            // The photo left the queue (reviewed out of a filter): the one now at its place is next.
+            None if forward => queue.get(self.queue_hint.min(queue.len() - 1)).copied(),
+            None => self.queue_hint.checked_sub(1).and_then(|j| queue.get(j.min(queue.len() - 1))).copied(),
         };
         match next {
             Some(p) => self.open(p, if forward { Arrival::FirstUnreviewed } else { Arrival::Last }, cx),
@@ -448,7 +463,8 @@ impl AnnotatePanel {
         }
 
         let pointer = response.interact_pointer_pos().or(response.hover_pos());
-        self.handle_drag(&response, &t, (w, h), pointer, cx);
+        let origin = ui.input(|i| i.pointer.press_origin());
+        self.handle_drag(&response, &t, (w, h), pointer, origin, cx);
 
         // Boxes, the selected one last (on top) with its grips.
         let mut order: Vec<&BoxRecord> = self.boxes().iter().collect();
@@ -525,6 +541,7 @@ impl AnnotatePanel {
         t: &ViewTransform,
         (w, h): (u32, u32),
         pointer: Option<egui::Pos2>,
+        origin: Option<egui::Pos2>,
         cx: &mut PanelContext<'_>,
     ) {
         let Some(p) = pointer else { return };
@@ -533,6 +550,9 @@ impl AnnotatePanel {
             self.selected = self.box_at(t, (w, h), p).or(self.selected);
         }
         if response.drag_started() {
+            // A drag is recognised after the pointer moved a little: it starts where it was pressed.
+            let p = origin.unwrap_or(p);
+            let img = t.image_from_screen(p);
             let primary = response.dragged_by(egui::PointerButton::Primary);
             self.drag = if !primary {
                 Some(Drag::Pan)
@@ -658,6 +678,7 @@ impl Panel for AnnotatePanel {
     }
 
     fn ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelContext<'_>) {
+        self.track_queue(cx);
         if self.photo.is_none()
             && let Some(&first) = cx.state.queue.first()
         {
