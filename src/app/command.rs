@@ -180,6 +180,16 @@ impl Notice {
     }
 }
 
+/// Why an edit was not written.
+#[derive(Debug, Clone)]
+pub enum EditFailure {
+    /// The edit does not make sense (merging an individual with itself, no boxes to verify):
+    /// nothing was lost, the catalogue is as it was.
+    Refused(String),
+    /// The catalogue could not be written (disk full, file gone): the edit is not saved.
+    NotSaved(String),
+}
+
 /// What workers send back.
 #[derive(Debug)]
 pub enum Event {
@@ -209,10 +219,10 @@ pub enum Event {
         gallery: Option<Box<Gallery>>,
     },
     History(Vec<Action>),
-    /// An edit was written (or refused, with the reason).
+    /// An edit was written, or not, with the reason.
     Edited {
         label: String,
-        result: Result<(), String>,
+        result: Result<(), EditFailure>,
     },
     /// Undo or redo: the label of the action stepped over, `None` when there was nothing to step.
     Stepped {

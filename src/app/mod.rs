@@ -32,7 +32,7 @@ use crate::import::ImportOptions;
 use crate::model::Part;
 use crate::progress::Progress;
 
-use command::{Command, Event, ImportKind, Level, Notice, Pick};
+use command::{Command, EditFailure, Event, ImportKind, Level, Notice, Pick};
 use images::ImageCache;
 use jobs::{JobOutcome, Jobs};
 use panels::{Panel, PanelContext, PanelId};
@@ -221,6 +221,7 @@ impl WhaleApp {
         // Dropping the old worker waits until its edits are written.
         self.worker = None;
         self.state.clear_catalogue();
+        self.images.forget_failures();
         self.state.catalogue = Some(path.clone());
         self.worker = Some(CatalogueWorker::start(path, create, self.events_tx.clone(), self.ctx.clone()));
     }
@@ -260,6 +261,7 @@ impl WhaleApp {
                 }
             }
             Command::Reload => {
+                self.images.forget_failures();
                 self.to_worker(Request::Reload);
             }
             Command::Show(id) => self.state.active = id,
@@ -405,8 +407,11 @@ impl WhaleApp {
                         self.state.save.error = None;
                         self.state.save.last = Some(label);
                     }
-                    Err(e) => {
-                        self.state.notices.push(Notice::error(format!("Could not save ({label}): {e}")));
+                    Err(EditFailure::Refused(why)) => {
+                        self.state.notices.push(Notice::error(format!("Not done ({label}): {why}")));
+                    }
+                    Err(EditFailure::NotSaved(e)) => {
+                        self.state.notices.push(Notice::error(format!("NOT SAVED ({label}): {e}")));
                         self.state.save.error = Some(e);
                     }
                 }

@@ -199,7 +199,7 @@ impl AnnotatePanel {
     /// Verifies or rejects the selected box (at once, on disk), then moves on.
     fn review(&mut self, status: Status, cx: &mut PanelContext<'_>) {
         let Some(i) = self.selected_index() else {
-            cx.send(Command::Notify(Notice::info("Select a box first (click it, or Tab)")));
+            cx.send(Command::Notify(Notice::info("Select a box first (click it, or J)")));
             return;
         };
         let id = self.boxes()[i].annotation.id;
@@ -379,11 +379,12 @@ impl AnnotatePanel {
         if pressed(ui, Modifiers::NONE, Key::ArrowLeft) || pressed(ui, Modifiers::NONE, Key::P) {
             self.step_photo(false, cx);
         }
-        if pressed(ui, Modifiers::SHIFT, Key::Tab) {
-            self.step_box(false);
-        }
-        if pressed(ui, Modifiers::NONE, Key::Tab) {
+        // Not Tab: egui moves keyboard focus with it, and a focused button would take Enter.
+        if pressed(ui, Modifiers::NONE, Key::J) {
             self.step_box(true);
+        }
+        if pressed(ui, Modifiers::NONE, Key::K) {
+            self.step_box(false);
         }
         if pressed(ui, Modifiers::NONE, Key::U) {
             self.next_unreviewed(cx);
@@ -636,7 +637,7 @@ impl Panel for AnnotatePanel {
             ("Shift+Delete", "delete the selected box"),
             ("Right / Left (N / P)", "next / previous photo of the queue"),
             ("U", "next unreviewed box"),
-            ("Tab / Shift+Tab", "next / previous box of the photo"),
+            ("J / K", "next / previous box of the photo"),
             ("B", "draw a new box (drag on the photo)"),
             ("Drag a box, its corners or edges", "move or resize it"),
             ("Wheel, + / -, 0", "zoom, fit"),
