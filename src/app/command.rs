@@ -9,7 +9,7 @@ use crate::export::ExportFormat;
 use crate::model::{BoxPx, Part, Side, Status};
 use crate::stats::Stats;
 
-use super::jobs::{JobId, JobOutcome, JobProgress};
+use super::jobs::{JobFn, JobId, JobOutcome, JobProgress};
 use super::panels::PanelId;
 use super::records::{Gallery, IndividualRow, PhotoDetail, PhotoRow};
 
@@ -58,7 +58,7 @@ pub enum Command {
 /// A background job as a command: `Command::job("Embed crops", move |job| { ... })`.
 pub struct JobWork {
     pub name: String,
-    pub work: Box<dyn FnOnce(&JobProgress) -> anyhow::Result<JobOutcome> + Send>,
+    pub work: JobFn,
 }
 
 impl std::fmt::Debug for JobWork {

@@ -23,6 +23,9 @@ use crate::progress::Progress;
 
 pub type JobId = u64;
 
+/// The work of a job, boxed (see `Command::job`).
+pub type JobFn = Box<dyn FnOnce(&JobProgress) -> anyhow::Result<JobOutcome> + Send>;
+
 /// What a finished job tells the user, and what the app should do next.
 #[derive(Debug)]
 pub struct JobOutcome {

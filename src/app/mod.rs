@@ -226,7 +226,7 @@ impl WhaleApp {
         self.worker = Some(CatalogueWorker::start(path, create, self.events_tx.clone(), self.ctx.clone()));
     }
 
-    fn to_worker(&mut self, request: Request) -> bool {
+    fn send_to_worker(&mut self, request: Request) -> bool {
         match &self.worker {
             Some(w) if self.state.stats.is_some() || !matches!(request, Request::Edit(_)) => {
                 w.send(request);
@@ -250,19 +250,19 @@ impl WhaleApp {
     fn run_command(&mut self, command: Command) {
         match command {
             Command::Edit(edit) => {
-                if self.to_worker(Request::Edit(edit)) {
+                if self.send_to_worker(Request::Edit(edit)) {
                     self.state.save.pending += 1;
                 }
             }
             Command::Undo | Command::Redo => {
                 let request = if matches!(command, Command::Undo) { Request::Undo } else { Request::Redo };
-                if self.state.stats.is_some() && self.to_worker(request) {
+                if self.state.stats.is_some() && self.send_to_worker(request) {
                     self.state.save.pending += 1;
                 }
             }
             Command::Reload => {
                 self.images.forget_failures();
-                self.to_worker(Request::Reload);
+                self.send_to_worker(Request::Reload);
             }
             Command::Show(id) => self.state.active = id,
             Command::OpenPhoto(_) | Command::OpenIndividual(_) => {
@@ -273,10 +273,10 @@ impl WhaleApp {
             }
             Command::SetQueue(queue) => self.state.queue = queue,
             Command::WatchPhoto(id) => {
-                self.to_worker(Request::WatchPhoto(id));
+                self.send_to_worker(Request::WatchPhoto(id));
             }
             Command::WatchGallery(id) => {
-                self.to_worker(Request::WatchGallery(id));
+                self.send_to_worker(Request::WatchGallery(id));
             }
             Command::OpenCatalogue(path) => self.open(path, false),
             Command::NewCatalogue(path) => {
@@ -334,18 +334,21 @@ impl WhaleApp {
 
     fn export(&mut self, format: crate::export::ExportFormat, out: PathBuf) {
         let Some(catalogue) = self.catalogue_path() else { return };
-        self.jobs.spawn(format!("Exporting {format:?} to {}", out.display()), move |job| {
-            let cat = Catalogue::open(&catalogue)?;
-            let report = crate::export::export(&cat, format, &out, &crate::export::ExportOptions::default(), job)?;
-            let written: Vec<String> = report.written.iter().map(|p| p.display().to_string()).collect();
-            let details: Vec<String> = written
-                .iter()
-                .map(|w| format!("wrote {w}"))
-                .chain(report.skipped.iter().map(|p| p.to_string()))
-                .collect();
-            Ok(JobOutcome::done(format!("{} item(s) written, {} skipped", report.items, report.skipped.len()))
-                .with_details(details))
-        });
+        self.jobs.spawn(
+            format!("Exporting {} to {}", format!("{format:?}").to_lowercase(), out.display()),
+            move |job| {
+                let cat = Catalogue::open(&catalogue)?;
+                let report = crate::export::export(&cat, format, &out, &crate::export::ExportOptions::default(), job)?;
+                let written: Vec<String> = report.written.iter().map(|p| p.display().to_string()).collect();
+                let details: Vec<String> = written
+                    .iter()
+                    .map(|w| format!("wrote {w}"))
+                    .chain(report.skipped.iter().map(|p| p.to_string()))
+                    .collect();
+                Ok(JobOutcome::done(format!("{} item(s) written, {} skipped", report.items, report.skipped.len()))
+                    .with_details(details))
+            },
+        );
     }
 
     fn context<'a>(

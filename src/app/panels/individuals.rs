@@ -25,6 +25,9 @@ pub struct IndividualsPanel {
     /// Annotations chosen in the gallery (for a split).
     chosen: BTreeSet<i64>,
     name: String,
+    /// The name as the catalogue last said; the field follows it (after an undo) unless the
+    /// user is typing a new one.
+    stored_name: String,
     merge_with: String,
 }
 
@@ -39,6 +42,7 @@ impl IndividualsPanel {
             self.chosen.clear();
             self.merge_with.clear();
             self.name = cx.state.individual(id).map(|i| i.individual.name.clone()).unwrap_or_default();
+            self.stored_name = self.name.clone();
         }
         self.current = Some(id);
         self.gone = false;
@@ -269,6 +273,10 @@ impl Panel for IndividualsPanel {
                 Some(g) => {
                     let live: BTreeSet<i64> = g.sightings.iter().map(|s| s.annotation.id).collect();
                     self.chosen.retain(|a| live.contains(a));
+                    if self.name == self.stored_name {
+                        self.name = g.individual.name.clone();
+                    }
+                    self.stored_name = g.individual.name.clone();
                     self.gallery = Some((**g).clone());
                     self.gone = false;
                 }
