@@ -248,3 +248,39 @@ fn a_box_drawn_with_b_and_a_drag_is_saved_and_undo_and_redo_take_it_away_and_bac
     run_until(&mut h, "the redo", |h| settled(h) && shows(h, "Box 2: fluke"));
     assert_eq!(boxes().len(), 2);
 }
+
+#[test]
+fn a_folder_imported_from_the_file_menu_runs_in_the_background_and_lands_in_the_library() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalogue = demo_copy(dir.path());
+    let field_trip = dir.path().join("field_trip");
+    let mut synth = whaleid::synth::SynthOptions::new(&field_trip, 2, 3, 7);
+    synth.first_individual = 100;
+    whaleid::synth::generate(&synth, &|| {}).unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let mut h = app(AppOptions::new(home.path().to_path_buf(), Some(catalogue)));
+    run_until(&mut h, "the catalogue to open", |h| settled(h) && h.state().state().rows.len() == 180);
+
+    // No desktop file dialog here, so the path is typed, as the menu offers.
+    h.get_by_role_and_label(Role::Button, "File").click();
+    run_until(&mut h, "the File menu", |h| shows(h, "Type a path to import…"));
+    h.get_by_label("Type a path to import…").click();
+    run_until(&mut h, "the path window", |h| h.query_by_role_and_label(Role::TextInput, "Path").is_some());
+    let path = h.get_by_role_and_label(Role::TextInput, "Path");
+    path.click();
+    path.type_text(field_trip.to_str().unwrap());
+    h.step();
+    h.key_press(egui::Key::Enter);
+    h.step();
+    run_until(&mut h, "the import to finish and the library to reload", |h| {
+        settled(h) && h.state().state().rows.len() == 186
+    });
+    // The notice names the background job that did it.
+    assert!(shows(
+        &h,
+        "Importing photos from field_trip: 6 photo(s) added, 0 already there, 6 box(es), 6 label(s) applied, \
+         2 new individual(s)"
+    ));
+    assert!(shows(&h, "186 photos, 32 individuals"));
+    h.check_accessibility();
+}

@@ -46,6 +46,8 @@ pub enum Command {
     },
     /// Ask the user for a path with a file dialog, then run the command it makes.
     Pick(Pick),
+    /// Ask for the path in a window of our own (when no file dialog can be shown).
+    PromptPath(Pick),
     /// Start a background job; the status bar shows it with progress and a cancel button.
     Job(JobWork),
     CancelJob(JobId),

@@ -32,13 +32,15 @@ pub struct JobOutcome {
     pub summary: String,
     /// Lines worth reading (problems with files, skipped rows); shown on request.
     pub details: Vec<String>,
+    /// How many things went wrong; the notice is shown as an error when any did.
+    pub problems: usize,
     /// Run when the job is done, e.g. `Command::Reload` after the catalogue changed.
     pub then: Vec<Command>,
 }
 
 impl JobOutcome {
     pub fn done(summary: impl Into<String>) -> Self {
-        JobOutcome { summary: summary.into(), details: Vec::new(), then: Vec::new() }
+        JobOutcome { summary: summary.into(), details: Vec::new(), problems: 0, then: Vec::new() }
     }
 
     pub fn then(mut self, command: Command) -> Self {
@@ -48,6 +50,11 @@ impl JobOutcome {
 
     pub fn with_details(mut self, details: Vec<String>) -> Self {
         self.details = details;
+        self
+    }
+
+    pub fn with_problems(mut self, problems: usize) -> Self {
+        self.problems = problems;
         self
     }
 }

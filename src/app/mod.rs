@@ -298,6 +298,7 @@ impl WhaleApp {
             Command::Import { source, what } => self.import(source, what),
             Command::Export { format, out } => self.export(format, out),
             Command::Pick(pick) => chrome::pick(pick, self.events_tx.clone(), self.ctx.clone()),
+            Command::PromptPath(pick) => self.chrome.path_prompt = Some((pick, String::new())),
             Command::Job(job) => {
                 self.jobs.spawn(job.name, job.work);
             }
@@ -323,12 +324,23 @@ impl WhaleApp {
         self.jobs.spawn(format!("Importing {kind} from {name}"), move |job| {
             let mut cat = Catalogue::open(&catalogue)?;
             let report = crate::import::import(&mut cat, &source, &ImportOptions::default(), job)?;
-            let details: Vec<String> = report.problems.iter().map(|p| p.to_string()).collect();
-            let mut summary = crate::cli::import_summary(&report);
-            if !details.is_empty() {
-                summary = format!("{} problem(s); {summary}", details.len());
-            }
-            Ok(JobOutcome::done(summary).with_details(details).then(Command::Reload))
+            let problems = report.problems.len();
+            let summary = format!(
+                "{} photo(s) added, {} already there, {} box(es), {} label(s) applied, {} new individual(s){}",
+                report.photos.added,
+                report.photos.already_present,
+                report.boxes.added,
+                report.labels.applied,
+                report.labels.individuals_added,
+                if problems > 0 { format!("; {problems} problem(s)") } else { String::new() },
+            );
+            let details: Vec<String> = report
+                .problems
+                .iter()
+                .map(|p| p.to_string())
+                .chain(crate::cli::import_summary(&report).lines().map(str::to_string))
+                .collect();
+            Ok(JobOutcome::done(summary).with_details(details).with_problems(problems).then(Command::Reload))
         });
     }
 
@@ -346,7 +358,8 @@ impl WhaleApp {
                     .chain(report.skipped.iter().map(|p| p.to_string()))
                     .collect();
                 Ok(JobOutcome::done(format!("{} item(s) written, {} skipped", report.items, report.skipped.len()))
-                    .with_details(details))
+                    .with_details(details)
+                    .with_problems(report.skipped.len()))
             },
         );
     }
@@ -440,9 +453,9 @@ impl WhaleApp {
                     Ok(outcome) => {
                         let stopped = if cancelled { " (cancelled)" } else { "" };
                         // Routine housekeeping finishes quietly.
-                        if !name.starts_with("Tidying") || !outcome.details.is_empty() {
+                        if !name.starts_with("Tidying") || outcome.problems > 0 {
                             self.state.notices.push(Notice {
-                                level: if outcome.details.is_empty() { Level::Info } else { Level::Error },
+                                level: if outcome.problems == 0 { Level::Info } else { Level::Error },
                                 text: format!("{name}{stopped}: {}", outcome.summary),
                                 details: outcome.details,
                             });
