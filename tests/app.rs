@@ -284,3 +284,20 @@ fn a_folder_imported_from_the_file_menu_runs_in_the_background_and_lands_in_the_
     assert!(shows(&h, "186 photos, 32 individuals"));
     h.check_accessibility();
 }
+
+#[test]
+fn a_file_that_is_not_a_catalogue_is_refused_with_the_reason_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let notes = dir.path().join("notes.whaleid");
+    std::fs::write(&notes, "field notes, not a database").unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let mut h = app(AppOptions::new(home.path().to_path_buf(), Some(notes.clone())));
+    run_until(&mut h, "the refusal", |h| shows(h, "is not a whaleid catalogue"));
+    assert!(shows(&h, "no catalogue open"));
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "field notes, not a database");
+    // Edits have nowhere to go, and say so instead of vanishing.
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Z);
+    h.step();
+    assert!(shows(&h, "No catalogue is open"));
+    h.check_accessibility();
+}

@@ -396,6 +396,10 @@ impl WhaleApp {
             });
             if keep {
                 self.chrome.path_prompt = Some((pick, text));
+            } else if let Some(focused) = ctx.memory(|m| m.focused()) {
+                // Enter would otherwise leave focus on whatever widget egui moves it to, and a
+                // focused button or combo box would take the next Enter meant for the review.
+                ctx.memory_mut(|m| m.surrender_focus(focused));
             }
         }
 

@@ -256,7 +256,7 @@ impl WhaleApp {
             }
             Command::Undo | Command::Redo => {
                 let request = if matches!(command, Command::Undo) { Request::Undo } else { Request::Redo };
-                if self.state.stats.is_some() && self.send_to_worker(request) {
+                if self.send_to_worker(request) {
                     self.state.save.pending += 1;
                 }
             }
@@ -413,6 +413,7 @@ impl WhaleApp {
             }
             Event::OpenFailed { path, error } => {
                 self.worker = None;
+                self.state.catalogue = None;
                 self.state.open_error = Some(error.clone());
                 self.state.notices.push(Notice::error(format!("Cannot open {}: {error}", path.display())));
             }
