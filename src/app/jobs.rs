@@ -34,13 +34,15 @@ pub struct JobOutcome {
     pub details: Vec<String>,
     /// How many things went wrong; the notice is shown as an error when any did.
     pub problems: usize,
+    /// Housekeeping: no notice unless something went wrong.
+    pub quiet: bool,
     /// Run when the job is done, e.g. `Command::Reload` after the catalogue changed.
     pub then: Vec<Command>,
 }
 
 impl JobOutcome {
     pub fn done(summary: impl Into<String>) -> Self {
-        JobOutcome { summary: summary.into(), details: Vec::new(), problems: 0, then: Vec::new() }
+        JobOutcome { summary: summary.into(), details: Vec::new(), problems: 0, quiet: false, then: Vec::new() }
     }
 
     pub fn then(mut self, command: Command) -> Self {
@@ -50,6 +52,11 @@ impl JobOutcome {
 
     pub fn with_details(mut self, details: Vec<String>) -> Self {
         self.details = details;
+        self
+    }
+
+    pub fn quietly(mut self) -> Self {
+        self.quiet = true;
         self
     }
 

@@ -213,7 +213,7 @@ impl WhaleApp {
         self.jobs.spawn("Tidying the thumbnail cache", move |_| {
             let (removed, kept) = images::trim_cache(&dir, limit)
                 .with_context(|| format!("cannot tidy the thumbnail cache {}", dir.display()))?;
-            Ok(JobOutcome::done(format!("{removed} old thumbnail(s) removed, {} MB kept", kept >> 20)))
+            Ok(JobOutcome::done(format!("{removed} old thumbnail(s) removed, {} MB kept", kept >> 20)).quietly())
         });
     }
 
@@ -453,8 +453,7 @@ impl WhaleApp {
                 match result {
                     Ok(outcome) => {
                         let stopped = if cancelled { " (cancelled)" } else { "" };
-                        // Routine housekeeping finishes quietly.
-                        if !name.starts_with("Tidying") || outcome.problems > 0 {
+                        if !outcome.quiet || outcome.problems > 0 {
                             self.state.notices.push(Notice {
                                 level: if outcome.problems == 0 { Level::Info } else { Level::Error },
                                 text: format!("{name}{stopped}: {}", outcome.summary),
