@@ -31,7 +31,7 @@ export WHALEID_HOME="$WORK/home"
 DEMO="$WHALEID_HOME/demo/demo.whaleid"
 
 DISPLAY_NUM=${SCREENSHOT_DISPLAY:-97}
-Xvfb ":$DISPLAY_NUM" -screen 0 1280x800x24 -nolisten tcp >"$WORK/xvfb.log" 2>&1 &
+Xvfb ":$DISPLAY_NUM" -screen 0 1280x800x24 -nolisten tcp -noreset >"$WORK/xvfb.log" 2>&1 &
 XVFB=$!
 APP=
 cleanup() {
