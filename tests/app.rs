@@ -183,3 +183,121 @@ fn merging_two_individuals_moves_their_sightings_and_undo_brings_both_back() {
     let two = cat.individual_by_code("SYN-0002").unwrap().expect("SYN-0002 is back after undo");
     assert_eq!(cat.sightings(two.id).unwrap().len(), 6);
 }
+
+#[test]
+fn a_missing_photo_shows_a_placeholder_naming_the_file_and_the_rest_still_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalogue = demo_copy(dir.path());
+    std::fs::remove_file(dir.path().join("photos/images/whale_0000_01.jpg")).unwrap();
+    std::fs::write(dir.path().join("photos/images/whale_0000_02.jpg"), b"not a jpeg any more").unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let mut h = app(AppOptions::new(home.path().to_path_buf(), Some(catalogue)));
+    run_until(&mut h, "the catalogue to open", settled);
+    run_until(&mut h, "the placeholders", |h| {
+        shows(h, "whale_0000_01.jpg (cannot show: cannot read")
+            && shows(h, "whale_0000_02.jpg (cannot show: not an image")
+    });
+    // The photos beside them decode as usual.
+    run_until(&mut h, "every thumbnail on screen", |h| h.state().pictures_pending() == 0);
+    assert!(h.query_by_label("whale_0000_00.jpg").is_some(), "a whole photo's tile is named by its file alone");
+    // The broken photo's boxes can still be reviewed.
+    h.get_by_label_contains("whale_0000_01.jpg").click();
+    h.step();
+    h.key_press(egui::Key::Enter);
+    run_until(&mut h, "the annotate panel on the missing photo", |h| shows(h, "Box 1: fluke · verified"));
+}
+
+#[test]
+fn a_box_drawn_with_b_and_a_drag_is_saved_and_undo_and_redo_take_it_away_and_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalogue = demo_copy(dir.path());
+    let home = tempfile::tempdir().unwrap();
+    let mut options = AppOptions::new(home.path().to_path_buf(), Some(catalogue.clone()));
+    options.panel = Some("annotate".into());
+    let mut h = app(options);
+    run_until(&mut h, "the first photo", |h| settled(h) && shows(h, "Box 1: fluke · verified"));
+    let boxes = || {
+        let cat = Catalogue::open(&catalogue).unwrap();
+        let photo = cat.photo_id_by_path("photos/images/whale_0000_00.jpg").unwrap().unwrap();
+        cat.annotations_of_photo(photo).unwrap()
+    };
+    assert_eq!(boxes().len(), 1);
+
+    // The photo fills the canvas left of the box list; drag 200 x 100 points across it.
+    h.key_press(egui::Key::B);
+    let (from, to) = (egui::pos2(300.0, 300.0), egui::pos2(500.0, 400.0));
+    h.hover_at(from);
+    h.drag_at(from);
+    h.step();
+    for k in 1..=4 {
+        h.hover_at(from + (to - from) * (k as f32 / 4.0));
+        h.step();
+    }
+    h.drop_at(to);
+    run_until(&mut h, "the new box", |h| settled(h) && shows(h, "Box 2: fluke · verified · unidentified"));
+    let drawn = boxes();
+    assert_eq!(drawn.len(), 2);
+    let b = drawn[1].bbox.expect("a drawn box has coordinates");
+    assert!((b.w / b.h - 2.0).abs() < 0.05, "the box keeps the drag's 2:1 shape: {b}");
+    assert!(b.x > 0.0 && b.y > 0.0 && b.x + b.w < 512.0 && b.y + b.h < 384.0, "inside the photo: {b}");
+
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Z);
+    run_until(&mut h, "the undo", |h| settled(h) && !shows(h, "Box 2:"));
+    assert_eq!(boxes().len(), 1);
+    h.key_press_modifiers(egui::Modifiers::COMMAND | egui::Modifiers::SHIFT, egui::Key::Z);
+    run_until(&mut h, "the redo", |h| settled(h) && shows(h, "Box 2: fluke"));
+    assert_eq!(boxes().len(), 2);
+}
+
+#[test]
+fn a_folder_imported_from_the_file_menu_runs_in_the_background_and_lands_in_the_library() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalogue = demo_copy(dir.path());
+    let field_trip = dir.path().join("field_trip");
+    let mut synth = whaleid::synth::SynthOptions::new(&field_trip, 2, 3, 7);
+    synth.first_individual = 100;
+    whaleid::synth::generate(&synth, &|| {}).unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let mut h = app(AppOptions::new(home.path().to_path_buf(), Some(catalogue)));
+    run_until(&mut h, "the catalogue to open", |h| settled(h) && h.state().state().rows.len() == 180);
+
+    // No desktop file dialog here, so the path is typed, as the menu offers.
+    h.get_by_role_and_label(Role::Button, "File").click();
+    run_until(&mut h, "the File menu", |h| shows(h, "Type a path to import…"));
+    h.get_by_label("Type a path to import…").click();
+    run_until(&mut h, "the path window", |h| h.query_by_role_and_label(Role::TextInput, "Path").is_some());
+    let path = h.get_by_role_and_label(Role::TextInput, "Path");
+    path.click();
+    path.type_text(field_trip.to_str().unwrap());
+    h.step();
+    h.key_press(egui::Key::Enter);
+    h.step();
+    run_until(&mut h, "the import to finish and the library to reload", |h| {
+        settled(h) && h.state().state().rows.len() == 186
+    });
+    // The notice names the background job that did it.
+    assert!(shows(
+        &h,
+        "Importing photos from field_trip: 6 photo(s) added, 0 already there, 6 box(es), 6 label(s) applied, \
+         2 new individual(s)"
+    ));
+    assert!(shows(&h, "186 photos, 32 individuals"));
+    h.check_accessibility();
+}
+
+#[test]
+fn a_file_that_is_not_a_catalogue_is_refused_with_the_reason_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let notes = dir.path().join("notes.whaleid");
+    std::fs::write(&notes, "field notes, not a database").unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let mut h = app(AppOptions::new(home.path().to_path_buf(), Some(notes.clone())));
+    run_until(&mut h, "the refusal", |h| shows(h, "is not a whaleid catalogue"));
+    assert!(shows(&h, "no catalogue open"));
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "field notes, not a database");
+    // Edits have nowhere to go, and say so instead of vanishing.
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Z);
+    h.step();
+    assert!(shows(&h, "No catalogue is open"));
+    h.check_accessibility();
+}

@@ -40,6 +40,7 @@ const GLOBAL_SHORTCUTS: &[(&str, &str)] = &[
 /// command the answer makes.
 pub fn pick(pick: Pick, events: Sender<Event>, ctx: egui::Context) {
     let spawned = std::thread::Builder::new().name("file dialog".into()).spawn(move || {
+        let asked = std::time::Instant::now();
         let dialog = rfd::FileDialog::new();
         let catalogue_filter = |d: rfd::FileDialog| d.add_filter("whaleid catalogue", &[crate::catalogue::EXTENSION]);
         let command = match pick {
@@ -65,13 +66,38 @@ pub fn pick(pick: Pick, events: Sender<Event>, ctx: egui::Context) {
                 dialog.pick_folder().map(|out| Command::Export { format, out })
             }
         };
-        if let Some(c) = command {
-            let _ = events.send(Event::Command(c));
-            ctx.request_repaint();
-        }
+        let command = match command {
+            Some(c) => c,
+            // Back at once with nothing: no dialog could be shown (no desktop portal), so
+            // ask for the path in the window instead. A user who cancels takes longer.
+            None if asked.elapsed() < std::time::Duration::from_millis(400) => Command::PromptPath(pick),
+            None => return,
+        };
+        let _ = events.send(Event::Command(command));
+        ctx.request_repaint();
     });
     if let Err(e) = spawned {
         log_error(&format!("cannot show a file dialog: {e}"));
+    }
+}
+
+/// What a path typed for a dialog becomes.
+pub fn command_for(pick: Pick, path: PathBuf) -> Command {
+    match pick {
+        Pick::OpenCatalogue => Command::OpenCatalogue(path),
+        Pick::NewCatalogue => Command::NewCatalogue(path),
+        Pick::Import(what) => Command::Import { source: path, what },
+        Pick::Export(format) => Command::Export { format, out: path },
+    }
+}
+
+/// Title, hint and button of the path window.
+fn prompt_words(pick: Pick) -> (&'static str, &'static str, &'static str) {
+    match pick {
+        Pick::OpenCatalogue => ("Open a catalogue", "/path/to/catalogue.whaleid", "Open"),
+        Pick::NewCatalogue => ("New catalogue", "/path/to/new.whaleid", "Create"),
+        Pick::Import(_) => ("Import", "a photo folder, a labels .csv or a COCO .json", "Import"),
+        Pick::Export(_) => ("Export", "the folder to write into", "Export"),
     }
 }
 
@@ -345,30 +371,21 @@ impl WhaleApp {
 
         if let Some((pick, mut text)) = self.chrome.path_prompt.take() {
             let mut keep = true;
-            let title = match pick {
-                Pick::Import(_) => "Import from a path",
-                _ => "Open a catalogue by path",
-            };
+            let (title, hint, action) = prompt_words(pick);
             egui::Modal::new(egui::Id::unique("path_prompt")).show(&ctx, |ui| {
                 ui.heading(title);
-                let field = labelled_text(ui, "Path", &mut text, "/path/to/catalogue.whaleid", 360.0);
+                let field = labelled_text(ui, "Path", &mut text, hint, 420.0);
+                // The window is modal: typing always goes to its one field.
                 field.request_focus();
-                let enter = field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+                let enter = ui.input(|i| i.key_pressed(egui::Key::Enter));
                 ui.horizontal(|ui| {
                     let path = PathBuf::from(text.trim());
-                    let go =
-                        ui.button(if matches!(pick, Pick::Import(_)) { "Import" } else { "Open" }).clicked() || enter;
-                    if go && !text.trim().is_empty() {
-                        self.out.push(match pick {
-                            Pick::Import(what) => Command::Import { source: path.clone(), what },
-                            _ => Command::OpenCatalogue(path.clone()),
-                        });
+                    let typed = !text.trim().is_empty();
+                    if (ui.button(action).clicked() || enter) && typed {
+                        self.out.push(command_for(pick, path.clone()));
                         keep = false;
                     }
-                    if matches!(pick, Pick::OpenCatalogue)
-                        && ui.button("Create new").clicked()
-                        && !text.trim().is_empty()
-                    {
+                    if matches!(pick, Pick::OpenCatalogue) && ui.button("Create new").clicked() && typed {
                         self.out.push(Command::NewCatalogue(path));
                         keep = false;
                     }
@@ -379,6 +396,10 @@ impl WhaleApp {
             });
             if keep {
                 self.chrome.path_prompt = Some((pick, text));
+            } else if let Some(focused) = ctx.memory(|m| m.focused()) {
+                // Enter would otherwise leave focus on whatever widget egui moves it to, and a
+                // focused button or combo box would take the next Enter meant for the review.
+                ctx.memory_mut(|m| m.surrender_focus(focused));
             }
         }
 

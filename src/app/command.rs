@@ -9,7 +9,7 @@ use crate::export::ExportFormat;
 use crate::model::{BoxPx, Part, Side, Status};
 use crate::stats::Stats;
 
-use super::jobs::{JobId, JobOutcome};
+use super::jobs::{JobFn, JobId, JobOutcome, JobProgress};
 use super::panels::PanelId;
 use super::records::{Gallery, IndividualRow, PhotoDetail, PhotoRow};
 
@@ -46,9 +46,37 @@ pub enum Command {
     },
     /// Ask the user for a path with a file dialog, then run the command it makes.
     Pick(Pick),
+    /// Ask for the path in a window of our own (when no file dialog can be shown).
+    PromptPath(Pick),
+    /// Start a background job; the status bar shows it with progress and a cancel button.
+    Job(JobWork),
     CancelJob(JobId),
+    /// What the status bar says about where models run (set by the embedding side).
+    SetDeviceLabel(Option<String>),
     Notify(Notice),
     SaveSettings,
+}
+
+/// A background job as a command: `Command::job("Embed crops", move |job| { ... })`.
+pub struct JobWork {
+    pub name: String,
+    pub work: JobFn,
+}
+
+impl std::fmt::Debug for JobWork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "JobWork({:?})", self.name)
+    }
+}
+
+impl Command {
+    /// A background job that a panel can start by pushing this command.
+    pub fn job(
+        name: impl Into<String>,
+        work: impl FnOnce(&JobProgress) -> anyhow::Result<JobOutcome> + Send + 'static,
+    ) -> Command {
+        Command::Job(JobWork { name: name.into(), work: Box::new(work) })
+    }
 }
 
 /// Undoable catalogue edits. Each becomes one action in the catalogue's history.
@@ -154,6 +182,16 @@ impl Notice {
     }
 }
 
+/// Why an edit was not written.
+#[derive(Debug, Clone)]
+pub enum EditFailure {
+    /// The edit does not make sense (merging an individual with itself, no boxes to verify):
+    /// nothing was lost, the catalogue is as it was.
+    Refused(String),
+    /// The catalogue could not be written (disk full, file gone): the edit is not saved.
+    NotSaved(String),
+}
+
 /// What workers send back.
 #[derive(Debug)]
 pub enum Event {
@@ -183,10 +221,10 @@ pub enum Event {
         gallery: Option<Box<Gallery>>,
     },
     History(Vec<Action>),
-    /// An edit was written (or refused, with the reason).
+    /// An edit was written, or not, with the reason.
     Edited {
         label: String,
-        result: Result<(), String>,
+        result: Result<(), EditFailure>,
     },
     /// Undo or redo: the label of the action stepped over, `None` when there was nothing to step.
     Stepped {

@@ -208,6 +208,12 @@ impl ImageCache {
         let _ = self.get(request);
     }
 
+    /// Forgets the pictures that could not be shown, so they are tried again (a relinked or
+    /// restored photo shows after a reload).
+    pub fn forget_failures(&mut self) {
+        self.entries.retain(|_, e| !matches!(e.slot, Slot::Failed(_)));
+    }
+
     /// Pictures asked for and not decoded yet.
     pub fn pending(&self) -> usize {
         self.entries.values().filter(|e| matches!(e.slot, Slot::Pending)).count()

@@ -23,19 +23,26 @@ use crate::progress::Progress;
 
 pub type JobId = u64;
 
+/// The work of a job, boxed (see `Command::job`).
+pub type JobFn = Box<dyn FnOnce(&JobProgress) -> anyhow::Result<JobOutcome> + Send>;
+
 /// What a finished job tells the user, and what the app should do next.
 #[derive(Debug)]
 pub struct JobOutcome {
     pub summary: String,
     /// Lines worth reading (problems with files, skipped rows); shown on request.
     pub details: Vec<String>,
+    /// How many things went wrong; the notice is shown as an error when any did.
+    pub problems: usize,
+    /// Housekeeping: no notice unless something went wrong.
+    pub quiet: bool,
     /// Run when the job is done, e.g. `Command::Reload` after the catalogue changed.
     pub then: Vec<Command>,
 }
 
 impl JobOutcome {
     pub fn done(summary: impl Into<String>) -> Self {
-        JobOutcome { summary: summary.into(), details: Vec::new(), then: Vec::new() }
+        JobOutcome { summary: summary.into(), details: Vec::new(), problems: 0, quiet: false, then: Vec::new() }
     }
 
     pub fn then(mut self, command: Command) -> Self {
@@ -45,6 +52,16 @@ impl JobOutcome {
 
     pub fn with_details(mut self, details: Vec<String>) -> Self {
         self.details = details;
+        self
+    }
+
+    pub fn quietly(mut self) -> Self {
+        self.quiet = true;
+        self
+    }
+
+    pub fn with_problems(mut self, problems: usize) -> Self {
+        self.problems = problems;
         self
     }
 }

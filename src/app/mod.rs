@@ -32,7 +32,7 @@ use crate::import::ImportOptions;
 use crate::model::Part;
 use crate::progress::Progress;
 
-use command::{Command, Event, ImportKind, Level, Notice, Pick};
+use command::{Command, EditFailure, Event, ImportKind, Level, Notice, Pick};
 use images::ImageCache;
 use jobs::{JobOutcome, Jobs};
 use panels::{Panel, PanelContext, PanelId};
@@ -176,6 +176,11 @@ impl WhaleApp {
         &self.jobs
     }
 
+    /// Pictures asked for and not decoded yet.
+    pub fn pictures_pending(&self) -> usize {
+        self.images.pending()
+    }
+
     /// Runs a command as if a panel had pushed it.
     pub fn send(&mut self, command: Command) {
         self.out.push(command);
@@ -208,7 +213,7 @@ impl WhaleApp {
         self.jobs.spawn("Tidying the thumbnail cache", move |_| {
             let (removed, kept) = images::trim_cache(&dir, limit)
                 .with_context(|| format!("cannot tidy the thumbnail cache {}", dir.display()))?;
-            Ok(JobOutcome::done(format!("{removed} old thumbnail(s) removed, {} MB kept", kept >> 20)))
+            Ok(JobOutcome::done(format!("{removed} old thumbnail(s) removed, {} MB kept", kept >> 20)).quietly())
         });
     }
 
@@ -216,11 +221,12 @@ impl WhaleApp {
         // Dropping the old worker waits until its edits are written.
         self.worker = None;
         self.state.clear_catalogue();
+        self.images.forget_failures();
         self.state.catalogue = Some(path.clone());
         self.worker = Some(CatalogueWorker::start(path, create, self.events_tx.clone(), self.ctx.clone()));
     }
 
-    fn to_worker(&mut self, request: Request) -> bool {
+    fn send_to_worker(&mut self, request: Request) -> bool {
         match &self.worker {
             Some(w) if self.state.stats.is_some() || !matches!(request, Request::Edit(_)) => {
                 w.send(request);
@@ -244,18 +250,19 @@ impl WhaleApp {
     fn run_command(&mut self, command: Command) {
         match command {
             Command::Edit(edit) => {
-                if self.to_worker(Request::Edit(edit)) {
+                if self.send_to_worker(Request::Edit(edit)) {
                     self.state.save.pending += 1;
                 }
             }
             Command::Undo | Command::Redo => {
                 let request = if matches!(command, Command::Undo) { Request::Undo } else { Request::Redo };
-                if self.state.stats.is_some() && self.to_worker(request) {
+                if self.send_to_worker(request) {
                     self.state.save.pending += 1;
                 }
             }
             Command::Reload => {
-                self.to_worker(Request::Reload);
+                self.images.forget_failures();
+                self.send_to_worker(Request::Reload);
             }
             Command::Show(id) => self.state.active = id,
             Command::OpenPhoto(_) | Command::OpenIndividual(_) => {
@@ -266,10 +273,10 @@ impl WhaleApp {
             }
             Command::SetQueue(queue) => self.state.queue = queue,
             Command::WatchPhoto(id) => {
-                self.to_worker(Request::WatchPhoto(id));
+                self.send_to_worker(Request::WatchPhoto(id));
             }
             Command::WatchGallery(id) => {
-                self.to_worker(Request::WatchGallery(id));
+                self.send_to_worker(Request::WatchGallery(id));
             }
             Command::OpenCatalogue(path) => self.open(path, false),
             Command::NewCatalogue(path) => {
@@ -291,7 +298,12 @@ impl WhaleApp {
             Command::Import { source, what } => self.import(source, what),
             Command::Export { format, out } => self.export(format, out),
             Command::Pick(pick) => chrome::pick(pick, self.events_tx.clone(), self.ctx.clone()),
+            Command::PromptPath(pick) => self.chrome.path_prompt = Some((pick, String::new())),
+            Command::Job(job) => {
+                self.jobs.spawn(job.name, job.work);
+            }
             Command::CancelJob(id) => self.jobs.cancel(id),
+            Command::SetDeviceLabel(label) => self.state.device_label = label,
             Command::Notify(notice) => self.state.notices.push(notice),
             Command::SaveSettings => {
                 if let Err(e) = self.state.settings.save(&self.state.home) {
@@ -312,29 +324,44 @@ impl WhaleApp {
         self.jobs.spawn(format!("Importing {kind} from {name}"), move |job| {
             let mut cat = Catalogue::open(&catalogue)?;
             let report = crate::import::import(&mut cat, &source, &ImportOptions::default(), job)?;
-            let details: Vec<String> = report.problems.iter().map(|p| p.to_string()).collect();
-            let mut summary = crate::cli::import_summary(&report);
-            if !details.is_empty() {
-                summary = format!("{} problem(s); {summary}", details.len());
-            }
-            Ok(JobOutcome::done(summary).with_details(details).then(Command::Reload))
+            let problems = report.problems.len();
+            let summary = format!(
+                "{} photo(s) added, {} already there, {} box(es), {} label(s) applied, {} new individual(s){}",
+                report.photos.added,
+                report.photos.already_present,
+                report.boxes.added,
+                report.labels.applied,
+                report.labels.individuals_added,
+                if problems > 0 { format!("; {problems} problem(s)") } else { String::new() },
+            );
+            let details: Vec<String> = report
+                .problems
+                .iter()
+                .map(|p| p.to_string())
+                .chain(crate::cli::import_summary(&report).lines().map(str::to_string))
+                .collect();
+            Ok(JobOutcome::done(summary).with_details(details).with_problems(problems).then(Command::Reload))
         });
     }
 
     fn export(&mut self, format: crate::export::ExportFormat, out: PathBuf) {
         let Some(catalogue) = self.catalogue_path() else { return };
-        self.jobs.spawn(format!("Exporting {format:?} to {}", out.display()), move |job| {
-            let cat = Catalogue::open(&catalogue)?;
-            let report = crate::export::export(&cat, format, &out, &crate::export::ExportOptions::default(), job)?;
-            let written: Vec<String> = report.written.iter().map(|p| p.display().to_string()).collect();
-            let details: Vec<String> = written
-                .iter()
-                .map(|w| format!("wrote {w}"))
-                .chain(report.skipped.iter().map(|p| p.to_string()))
-                .collect();
-            Ok(JobOutcome::done(format!("{} item(s) written, {} skipped", report.items, report.skipped.len()))
-                .with_details(details))
-        });
+        self.jobs.spawn(
+            format!("Exporting {} to {}", format!("{format:?}").to_lowercase(), out.display()),
+            move |job| {
+                let cat = Catalogue::open(&catalogue)?;
+                let report = crate::export::export(&cat, format, &out, &crate::export::ExportOptions::default(), job)?;
+                let written: Vec<String> = report.written.iter().map(|p| p.display().to_string()).collect();
+                let details: Vec<String> = written
+                    .iter()
+                    .map(|w| format!("wrote {w}"))
+                    .chain(report.skipped.iter().map(|p| p.to_string()))
+                    .collect();
+                Ok(JobOutcome::done(format!("{} item(s) written, {} skipped", report.items, report.skipped.len()))
+                    .with_details(details)
+                    .with_problems(report.skipped.len()))
+            },
+        );
     }
 
     fn context<'a>(
@@ -386,6 +413,7 @@ impl WhaleApp {
             }
             Event::OpenFailed { path, error } => {
                 self.worker = None;
+                self.state.catalogue = None;
                 self.state.open_error = Some(error.clone());
                 self.state.notices.push(Notice::error(format!("Cannot open {}: {error}", path.display())));
             }
@@ -396,8 +424,11 @@ impl WhaleApp {
                         self.state.save.error = None;
                         self.state.save.last = Some(label);
                     }
-                    Err(e) => {
-                        self.state.notices.push(Notice::error(format!("Could not save ({label}): {e}")));
+                    Err(EditFailure::Refused(why)) => {
+                        self.state.notices.push(Notice::error(format!("Not done ({label}): {why}")));
+                    }
+                    Err(EditFailure::NotSaved(e)) => {
+                        self.state.notices.push(Notice::error(format!("NOT SAVED ({label}): {e}")));
                         self.state.save.error = Some(e);
                     }
                 }
@@ -422,10 +453,9 @@ impl WhaleApp {
                 match result {
                     Ok(outcome) => {
                         let stopped = if cancelled { " (cancelled)" } else { "" };
-                        // Routine housekeeping finishes quietly.
-                        if !name.starts_with("Tidying") || !outcome.details.is_empty() {
+                        if !outcome.quiet || outcome.problems > 0 {
                             self.state.notices.push(Notice {
-                                level: if outcome.details.is_empty() { Level::Info } else { Level::Error },
+                                level: if outcome.problems == 0 { Level::Info } else { Level::Error },
                                 text: format!("{name}{stopped}: {}", outcome.summary),
                                 details: outcome.details,
                             });
@@ -523,8 +553,8 @@ impl WhaleApp {
             .unwrap_or_default();
         let title = match (&self.state.stats, name.is_empty()) {
             (_, true) => "whaleid".to_string(),
-            (Some(_), false) => format!("whaleid — {name}"),
-            (None, false) => format!("whaleid — opening {name}"),
+            (Some(_), false) => format!("whaleid - {name}"),
+            (None, false) => format!("whaleid - opening {name}"),
         };
         if title != self.title {
             self.ctx.send_viewport_cmd(egui::ViewportCommand::Title(title.clone()));

@@ -9,9 +9,9 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 
 use eframe::egui;
 
-use super::command::{CatalogueEdit, Command, Event, Notice};
+use super::command::{CatalogueEdit, Command, EditFailure, Event, Notice};
 use super::records;
-use crate::catalogue::{Catalogue, NewAnnotation};
+use crate::catalogue::{Catalogue, CatalogueError, NewAnnotation};
 use crate::model::{How, Part, Side, Source, Status};
 
 /// Requests to the worker, in the order the user made them.
@@ -30,6 +30,11 @@ pub struct CatalogueWorker {
     thread: Option<std::thread::JoinHandle<()>>,
     pub path: PathBuf,
 }
+
+/// An edit that makes no sense as asked; the catalogue is left as it was.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
 
 /// Which records an edit may have changed.
 enum Touched {
@@ -112,7 +117,12 @@ impl Worker {
                             self.refresh(cat, touched);
                         }
                         Err(e) => {
-                            self.send(Event::Edited { label, result: Err(format!("{e:#}")) });
+                            let refused = e.downcast_ref::<Refused>().is_some()
+                                || matches!(e.downcast_ref::<CatalogueError>(), Some(CatalogueError::Invalid(_)));
+                            let text = format!("{e:#}");
+                            let failure =
+                                if refused { EditFailure::Refused(text) } else { EditFailure::NotSaved(text) };
+                            self.send(Event::Edited { label, result: Err(failure) });
                             // The panels may show what they expected; show them what is stored.
                             self.refresh(cat, Touched::Everything);
                         }
@@ -219,7 +229,9 @@ fn apply(cat: &mut Catalogue, edit: &CatalogueEdit) -> anyhow::Result<Touched> {
         }
         CatalogueEdit::SetStatusOfPhotos { photos, status } => {
             let ids: Vec<i64> = records::annotations_of_photos(cat, photos)?.iter().map(|a| a.id).collect();
-            anyhow::ensure!(!ids.is_empty(), "the selected photos have no boxes to review");
+            if ids.is_empty() {
+                return Err(Refused("the selected photos have no boxes to review".into()).into());
+            }
             cat.set_status(&ids, *status)?;
             Touched::Photos(photos.iter().copied().collect())
         }
@@ -317,7 +329,9 @@ fn apply(cat: &mut Catalogue, edit: &CatalogueEdit) -> anyhow::Result<Touched> {
         }
         CatalogueEdit::Tag { photos, tag } => {
             let tag = tag.trim();
-            anyhow::ensure!(!tag.is_empty(), "type a tag first");
+            if tag.is_empty() {
+                return Err(Refused("type a tag first".into()).into());
+            }
             cat.edit(&label(edit), |e| {
                 for &p in photos {
                     e.tag_photo(p, tag)?;

@@ -50,6 +50,9 @@ pub struct AnnotatePanel {
     drag: Option<Drag>,
     assign_to: String,
     missing: Option<i64>,
+    /// Where the photo was in the queue when last seen there: a reviewed photo can leave a
+    /// filtered queue, and Next should still go on from where it was.
+    queue_hint: usize,
 }
 
 impl Default for AnnotatePanel {
@@ -64,6 +67,7 @@ impl Default for AnnotatePanel {
             drag: None,
             assign_to: String::new(),
             missing: None,
+            queue_hint: 0,
         }
     }
 }
@@ -121,6 +125,15 @@ impl AnnotatePanel {
         cx.state.queue.iter().position(|&p| p == photo)
     }
 
+    /// The queue position, remembered for when the photo leaves the queue.
+    fn track_queue(&mut self, cx: &PanelContext<'_>) -> Option<usize> {
+        let at = self.queue_position(cx);
+        if let Some(i) = at {
+            self.queue_hint = i;
+        }
+        at
+    }
+
     fn step_photo(&mut self, forward: bool, cx: &mut PanelContext<'_>) {
         let queue = &cx.state.queue;
         if queue.is_empty() {
@@ -129,7 +142,9 @@ impl AnnotatePanel {
         let next = match self.queue_position(cx) {
             Some(i) if forward => (i + 1 < queue.len()).then(|| queue[i + 1]),
             Some(i) => i.checked_sub(1).map(|j| queue[j]),
-            None => Some(queue[0]),
+            // The photo left the queue (reviewed out of a filter): the one now at its place is next.
+            None if forward => queue.get(self.queue_hint.min(queue.len() - 1)).copied(),
+            None => self.queue_hint.checked_sub(1).and_then(|j| queue.get(j.min(queue.len() - 1))).copied(),
         };
         match next {
             Some(p) => self.open(p, if forward { Arrival::FirstUnreviewed } else { Arrival::Last }, cx),
@@ -184,7 +199,7 @@ impl AnnotatePanel {
     /// Verifies or rejects the selected box (at once, on disk), then moves on.
     fn review(&mut self, status: Status, cx: &mut PanelContext<'_>) {
         let Some(i) = self.selected_index() else {
-            cx.send(Command::Notify(Notice::info("Select a box first (click it, or Tab)")));
+            cx.send(Command::Notify(Notice::info("Select a box first (click it, or J)")));
             return;
         };
         let id = self.boxes()[i].annotation.id;
@@ -364,11 +379,12 @@ impl AnnotatePanel {
         if pressed(ui, Modifiers::NONE, Key::ArrowLeft) || pressed(ui, Modifiers::NONE, Key::P) {
             self.step_photo(false, cx);
         }
-        if pressed(ui, Modifiers::SHIFT, Key::Tab) {
-            self.step_box(false);
-        }
-        if pressed(ui, Modifiers::NONE, Key::Tab) {
+        // Not Tab: egui moves keyboard focus with it, and a focused button would take Enter.
+        if pressed(ui, Modifiers::NONE, Key::J) {
             self.step_box(true);
+        }
+        if pressed(ui, Modifiers::NONE, Key::K) {
+            self.step_box(false);
         }
         if pressed(ui, Modifiers::NONE, Key::U) {
             self.next_unreviewed(cx);
@@ -448,7 +464,8 @@ impl AnnotatePanel {
         }
 
         let pointer = response.interact_pointer_pos().or(response.hover_pos());
-        self.handle_drag(&response, &t, (w, h), pointer, cx);
+        let origin = ui.input(|i| i.pointer.press_origin());
+        self.handle_drag(&response, &t, (w, h), pointer, origin, cx);
 
         // Boxes, the selected one last (on top) with its grips.
         let mut order: Vec<&BoxRecord> = self.boxes().iter().collect();
@@ -462,7 +479,13 @@ impl AnnotatePanel {
             let r = t.screen_from_box(&bbox);
             let color = status_color(b.annotation.status);
             let stroke = egui::Stroke::new(if selected { 3.0 } else { 1.5 }, color);
-            painter.rect_stroke(r, 0.0, stroke, egui::StrokeKind::Outside);
+            if b.annotation.source == Source::Detector && b.annotation.status == Status::Unreviewed {
+                // A detector's proposal, not yet looked at by anyone: dashed.
+                let path = [r.left_top(), r.right_top(), r.right_bottom(), r.left_bottom(), r.left_top()];
+                painter.extend(egui::Shape::dashed_line(&path, stroke, 8.0, 5.0));
+            } else {
+                painter.rect_stroke(r, 0.0, stroke, egui::StrokeKind::Outside);
+            }
             let who = b.individual.as_ref().map(|i| i.code.as_str()).unwrap_or("?");
             let label = format!("{} · {} · {}", b.annotation.part, b.annotation.status, who);
             let font = egui::FontId::proportional(13.0);
@@ -519,6 +542,7 @@ impl AnnotatePanel {
         t: &ViewTransform,
         (w, h): (u32, u32),
         pointer: Option<egui::Pos2>,
+        origin: Option<egui::Pos2>,
         cx: &mut PanelContext<'_>,
     ) {
         let Some(p) = pointer else { return };
@@ -527,6 +551,9 @@ impl AnnotatePanel {
             self.selected = self.box_at(t, (w, h), p).or(self.selected);
         }
         if response.drag_started() {
+            // A drag is recognised after the pointer moved a little: it starts where it was pressed.
+            let p = origin.unwrap_or(p);
+            let img = t.image_from_screen(p);
             let primary = response.dragged_by(egui::PointerButton::Primary);
             self.drag = if !primary {
                 Some(Drag::Pan)
@@ -610,7 +637,7 @@ impl Panel for AnnotatePanel {
             ("Shift+Delete", "delete the selected box"),
             ("Right / Left (N / P)", "next / previous photo of the queue"),
             ("U", "next unreviewed box"),
-            ("Tab / Shift+Tab", "next / previous box of the photo"),
+            ("J / K", "next / previous box of the photo"),
             ("B", "draw a new box (drag on the photo)"),
             ("Drag a box, its corners or edges", "move or resize it"),
             ("Wheel, + / -, 0", "zoom, fit"),
@@ -652,6 +679,7 @@ impl Panel for AnnotatePanel {
     }
 
     fn ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelContext<'_>) {
+        self.track_queue(cx);
         if self.photo.is_none()
             && let Some(&first) = cx.state.queue.first()
         {

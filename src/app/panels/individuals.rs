@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use eframe::egui;
 
-use super::{Panel, PanelContext, PanelId, labelled_text, paint_picture, submitted};
+use super::{Panel, PanelContext, PanelId, accessible_label, labelled_text, paint_picture, submitted};
 use crate::app::command::{CatalogueEdit, Command, Event, Notice};
 use crate::app::images::ImageRequest;
 use crate::app::records::Gallery;
@@ -25,6 +25,9 @@ pub struct IndividualsPanel {
     /// Annotations chosen in the gallery (for a split).
     chosen: BTreeSet<i64>,
     name: String,
+    /// The name as the catalogue last said; the field follows it (after an undo) unless the
+    /// user is typing a new one.
+    stored_name: String,
     merge_with: String,
 }
 
@@ -39,6 +42,7 @@ impl IndividualsPanel {
             self.chosen.clear();
             self.merge_with.clear();
             self.name = cx.state.individual(id).map(|i| i.individual.name.clone()).unwrap_or_default();
+            self.stored_name = self.name.clone();
         }
         self.current = Some(id);
         self.gone = false;
@@ -189,10 +193,13 @@ impl IndividualsPanel {
                             let name =
                                 s.photo.stored_path.rsplit('/').next().unwrap_or(&s.photo.stored_path).to_string();
                             let date = s.photo.taken_at.as_deref().map(|d| &d[..d.len().min(10)]).unwrap_or("no date");
-                            let label = format!("{name} {date}");
+                            let visible = ui.is_rect_visible(rect);
+                            let request = ImageRequest::thumbnail(&s.photo.hash, &s.file, s.annotation.bbox);
+                            let picture = visible.then(|| cx.images.get(&request));
+                            let label = accessible_label(&format!("{name} {date}"), picture.as_ref());
                             response
                                 .widget_info(|| egui::WidgetInfo::selected(egui::Role::Button, true, chosen, &label));
-                            if ui.is_rect_visible(rect) {
+                            if let Some(picture) = picture {
                                 let visuals = ui.visuals().clone();
                                 if chosen {
                                     ui.painter().rect_filled(rect, 4.0, visuals.selection.bg_fill);
@@ -201,8 +208,7 @@ impl IndividualsPanel {
                                     rect.min + egui::vec2(4.0, 4.0),
                                     egui::vec2(TILE.x - 8.0, THUMB_HEIGHT),
                                 );
-                                let request = ImageRequest::thumbnail(&s.photo.hash, &s.file, s.annotation.bbox);
-                                paint_picture(ui, thumb, cx.images.get(&request), &name);
+                                paint_picture(ui, thumb, picture, &name);
                                 let font = egui::FontId::proportional(11.5);
                                 let color = if chosen { visuals.selection.stroke.color } else { visuals.text_color() };
                                 let painter = ui.painter_at(rect);
@@ -267,6 +273,10 @@ impl Panel for IndividualsPanel {
                 Some(g) => {
                     let live: BTreeSet<i64> = g.sightings.iter().map(|s| s.annotation.id).collect();
                     self.chosen.retain(|a| live.contains(a));
+                    if self.name == self.stored_name {
+                        self.name = g.individual.name.clone();
+                    }
+                    self.stored_name = g.individual.name.clone();
                     self.gallery = Some((**g).clone());
                     self.gone = false;
                 }

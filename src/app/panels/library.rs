@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashSet};
 
 use eframe::egui;
 
-use super::{Panel, PanelContext, PanelId, labelled_text, paint_picture, submitted};
+use super::{Panel, PanelContext, PanelId, accessible_label, labelled_text, paint_picture, submitted};
 use crate::app::command::{CatalogueEdit, Command, Notice};
 use crate::app::images::ImageRequest;
 use crate::app::records::PhotoRow;
@@ -357,8 +357,11 @@ impl LibraryPanel {
         let selected = self.selected.contains(&row.id);
         let (rect, response) = ui.allocate_exact_size(TILE, egui::Sense::click());
         let name = row.file_name().to_string();
-        response.widget_info(|| egui::WidgetInfo::selected(egui::Role::Button, true, selected, &name));
-        if ui.is_rect_visible(rect) {
+        let visible = ui.is_rect_visible(rect);
+        let picture = visible.then(|| cx.images.get(&ImageRequest::thumbnail(&row.hash, &row.file, None)));
+        let label = accessible_label(&name, picture.as_ref());
+        response.widget_info(|| egui::WidgetInfo::selected(egui::Role::Button, true, selected, &label));
+        if let Some(picture) = picture {
             let visuals = ui.visuals().clone();
             if selected {
                 ui.painter().rect_filled(rect, 4.0, visuals.selection.bg_fill);
@@ -367,7 +370,6 @@ impl LibraryPanel {
             }
             let thumb =
                 egui::Rect::from_min_size(rect.min + egui::vec2(4.0, 4.0), egui::vec2(TILE.x - 8.0, THUMB_HEIGHT));
-            let picture = cx.images.get(&ImageRequest::thumbnail(&row.hash, &row.file, None));
             paint_picture(ui, thumb, picture, &name);
             // A strip under the picture: orange = boxes to review, green = all verified, red = rejected.
             let color = if row.unreviewed > 0 {

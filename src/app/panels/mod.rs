@@ -97,6 +97,14 @@ pub fn paint_picture(ui: &egui::Ui, rect: egui::Rect, picture: Picture<'_>, file
     }
 }
 
+/// A picture's name for screen readers and tests: the file, and why it cannot be shown.
+pub fn accessible_label(name: &str, picture: Option<&Picture<'_>>) -> String {
+    match picture {
+        Some(Picture::Failed(why)) => format!("{name} (cannot show: {why})"),
+        _ => name.to_string(),
+    }
+}
+
 /// The placeholder of a photo that cannot be shown.
 pub fn placeholder(painter: &egui::Painter, rect: egui::Rect, file_name: &str, why: &str, visuals: &egui::Visuals) {
     painter.rect_filled(rect, 2.0, visuals.extreme_bg_color);
