@@ -215,6 +215,16 @@ fn individual_of(g: &Gallery, row: usize) -> Option<&str> {
     g.entries()[row].individual.map(|i| g.individuals()[i as usize].as_str())
 }
 
+fn images_per_individual(g: &Gallery) -> HashMap<&str, usize> {
+    let mut images_of: HashMap<&str, usize> = HashMap::new();
+    for row in 0..g.len() {
+        if let Some(ind) = individual_of(g, row) {
+            *images_of.entry(ind).or_default() += 1;
+        }
+    }
+    images_of
+}
+
 fn push_row(target: &mut Gallery, source: &Gallery, row: usize, vector: &[f32]) {
     let e = &source.entries()[row];
     // Same dimension by construction; a refusal would only drop the row.
@@ -248,12 +258,7 @@ fn ranking(g: &Gallery, query: &[f32], exclude: Option<i64>) -> Vec<(String, f32
 fn closed_set_results(g: &Gallery, queries: &HashSet<i64>) -> Vec<Ranked> {
     let gallery =
         if queries.is_empty() { g.clone() } else { without(g, |r| queries.contains(&g.entries()[r].annotation)) };
-    let mut images_of: HashMap<&str, usize> = HashMap::new();
-    for row in 0..gallery.len() {
-        if let Some(ind) = individual_of(&gallery, row) {
-            *images_of.entry(ind).or_default() += 1;
-        }
-    }
+    let images_of = images_per_individual(&gallery);
     let rows: Vec<usize> = query_rows(g, queries).collect();
     rows.par_iter()
         .filter_map(|&row| {
@@ -285,12 +290,7 @@ fn open_set_eval(g: &Gallery, queries: &HashSet<i64>, held_out: &HashSet<String>
         individual_of(g, r).is_some_and(|i| held_out.contains(i))
             || (!queries.is_empty() && queries.contains(&g.entries()[r].annotation))
     });
-    let mut images_of: HashMap<&str, usize> = HashMap::new();
-    for row in 0..gallery.len() {
-        if let Some(ind) = individual_of(&gallery, row) {
-            *images_of.entry(ind).or_default() += 1;
-        }
-    }
+    let images_of = images_per_individual(&gallery);
     let rows: Vec<usize> = query_rows(g, queries).collect();
     let results: Vec<(String, Ranked)> = rows
         .par_iter()

@@ -69,19 +69,6 @@ fn backbone_reproduces_the_onnxruntime_reference_tokens() {
     assert!(diff_min >= 0.9999, "differentiable kernels: min cosine {diff_min} at {diff_at:?}");
 }
 
-fn tiny_config() -> Dinov2Config {
-    Dinov2Config {
-        in_channels: 3,
-        patch_size: 14,
-        hidden_size: 32,
-        num_layers: 2,
-        num_heads: 2,
-        mlp_size: 64,
-        position_grid: 4,
-        layer_norm_eps: 1e-6,
-    }
-}
-
 #[test]
 fn a_tiny_random_backbone_takes_any_batch_and_non_square_inputs() {
     fn shareable_between_threads<T: Send + Sync>() {}
@@ -90,7 +77,7 @@ fn a_tiny_random_backbone_takes_any_batch_and_non_square_inputs() {
     let device = Device::Cpu;
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
-    let model = Dinov2::new(&tiny_config(), vb).unwrap();
+    let model = Dinov2::new(&Dinov2Config::tiny(), vb).unwrap();
     for batch in [1, 3] {
         let images = Tensor::randn(0f32, 1.0, (batch, 3, 28, 42), &device).unwrap();
         let tokens = model.forward(&images).unwrap();
@@ -122,7 +109,7 @@ fn training_the_backbone_gives_every_parameter_a_gradient() {
     let device = Device::Cpu;
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
-    let config = tiny_config();
+    let config = Dinov2Config::tiny();
     let model = Dinov2::new(&config, vb).unwrap();
     assert_eq!(model.kernels(), Kernels::Differentiable);
 

@@ -15,17 +15,7 @@ use whaleid::progress::{Progress, Silent};
 use whaleid::search::Gallery;
 
 fn tiny() -> Embedder {
-    let config = Dinov2Config {
-        in_channels: 3,
-        patch_size: 14,
-        hidden_size: 24,
-        num_layers: 2,
-        num_heads: 2,
-        mlp_size: 48,
-        position_grid: 4,
-        layer_norm_eps: 1e-6,
-    };
-    Embedder::random(&config, 56).unwrap()
+    Embedder::random(&Dinov2Config::tiny(), 56).unwrap()
 }
 
 fn real_weights() -> Option<PathBuf> {

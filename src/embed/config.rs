@@ -31,6 +31,21 @@ impl Dinov2Config {
         }
     }
 
+    /// A two-block model a few kilobytes in size, for tests of the plumbing (any batch, any
+    /// input size that is a multiple of 14, gradients) where real weights would be slow.
+    pub fn tiny() -> Self {
+        Self {
+            in_channels: 3,
+            patch_size: 14,
+            hidden_size: 32,
+            num_layers: 2,
+            num_heads: 2,
+            mlp_size: 64,
+            position_grid: 4,
+            layer_norm_eps: 1e-6,
+        }
+    }
+
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_heads
     }

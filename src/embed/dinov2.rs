@@ -389,16 +389,7 @@ mod tests {
     /// A tiny backbone with random frozen weights (LayerScale included, so that folding it
     /// into the projections is checked).
     fn tiny_frozen_backbone() -> Dinov2 {
-        let config = Dinov2Config {
-            in_channels: 3,
-            patch_size: 14,
-            hidden_size: 32,
-            num_layers: 2,
-            num_heads: 2,
-            mlp_size: 64,
-            position_grid: 4,
-            layer_norm_eps: 1e-6,
-        };
+        let config = Dinov2Config::tiny();
         let device = Device::Cpu;
         let tensors: HashMap<String, Tensor> = config
             .tensor_shapes()

@@ -137,9 +137,7 @@ impl Embedder {
         if let Some(bad) = inputs.iter().find(|i| i.len() != 3 * side * side) {
             candle_core::bail!("an input has {} values, expected 3 x {side} x {side}", bad.len());
         }
-        let flat: Vec<f32> = inputs.concat();
-        let batch = Tensor::from_vec(flat, (inputs.len(), 3, side, side), &self.device)?;
-        self.head.forward(&self.backbone.forward(&batch)?)?.to_vec2()
+        self.head.forward(&self.tokens(inputs)?)?.to_vec2()
     }
 
     /// The backbone's tokens for a batch, `[B, 1 + N, D]` (cached for training the head).

@@ -111,13 +111,13 @@ pub fn embed_catalogue(
             let n = (prepared.inputs.len() + prepared.problems.len()) as u64;
             report.problems.extend(prepared.problems);
             if !prepared.inputs.is_empty() {
-                let inputs: Vec<Vec<f32>> = prepared.inputs.iter().map(|(_, _, input)| input.clone()).collect();
+                let (keys, inputs): (Vec<(i64, String)>, Vec<Vec<f32>>) =
+                    prepared.inputs.into_iter().map(|(annotation, key, input)| ((annotation, key), input)).unzip();
                 let vectors = embedder.embed(&inputs)?;
-                let rows: Vec<(i64, String, Vec<f32>)> = prepared
-                    .inputs
+                let rows: Vec<(i64, String, Vec<f32>)> = keys
                     .into_iter()
                     .zip(vectors)
-                    .map(|((annotation, key, _), vector)| (annotation, key, vector))
+                    .map(|((annotation, key), vector)| (annotation, key, vector))
                     .collect();
                 cat.put_embeddings(embedder.key(), &rows)?;
                 report.embedded += rows.len();
