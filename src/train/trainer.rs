@@ -197,9 +197,14 @@ pub fn train_head(
         let data = vars.data().lock().unwrap_or_else(|p| p.into_inner());
         (data.get("neck.bn.running_mean").cloned(), data.get("neck.bn.running_var").cloned())
     };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed);
+    reseed(&vars, &mut rng)?;
     let trainable: Vec<Var> = {
         let data = vars.data().lock().unwrap_or_else(|p| p.into_inner());
-        data.iter().filter(|(name, _)| !name.contains("running_")).map(|(_, v)| v.clone()).collect()
+        // In name order: the gradient norm sums over them, and float sums depend on order.
+        let mut named: Vec<(&String, &Var)> = data.iter().filter(|(name, _)| !name.contains("running_")).collect();
+        named.sort_by(|a, b| a.0.cmp(b.0));
+        named.into_iter().map(|(_, v)| v.clone()).collect()
     };
     let mut optimizer = AdamW::new(
         trainable.clone(),
@@ -232,7 +237,6 @@ pub fn train_head(
     let mut best = before.clone();
     let mut best_epoch = 0;
     let mut since_best = 0;
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed);
     let mut step = 0usize;
     let mut epochs_run = 0;
     let mut cancelled = false;
@@ -341,6 +345,29 @@ pub fn train_head(
     })
 }
 
+/// Redraws every variable from `rng` with the mean and spread candle's initialisation gave
+/// it (constants stay constant), in name order: candle's own CPU random numbers cannot be
+/// seeded, and a run must be repeatable from its seed.
+fn reseed(vars: &VarMap, rng: &mut impl Rng) -> candle_core::Result<()> {
+    let data = vars.data().lock().unwrap_or_else(|p| p.into_inner());
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    for name in names {
+        let var = &data[name];
+        let values = var.as_tensor().flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let n = values.len().max(1) as f32;
+        let mean = values.iter().sum::<f32>() / n;
+        let std = (values.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n).sqrt();
+        if std == 0.0 {
+            continue;
+        }
+        let normal = rand_distr::Normal::new(mean, std).map_err(|e| candle_core::Error::msg(format!("{name}: {e}")))?;
+        let redrawn: Vec<f32> = (0..values.len()).map(|_| rng.sample(normal)).collect();
+        var.set(&Tensor::from_vec(redrawn, var.shape(), var.device())?.to_dtype(var.dtype())?)?;
+    }
+    Ok(())
+}
+
 /// Linear warm-up, then cosine decay to zero.
 pub fn learning_rate(base: f64, step: usize, warmup: usize, total: usize) -> f64 {
     if step < warmup {
@@ -387,7 +414,10 @@ fn augment(tokens: &Tensor, n: usize, config: &TrainConfig, rng: &mut impl Rng) 
         x = x.index_select(&Tensor::new(index, x.device())?, 1)?;
     }
     if config.token_noise > 0.0 {
-        x = (&x + x.randn_like(0.0, config.token_noise)?)?;
+        let normal = rand_distr::Normal::new(0.0f32, config.token_noise as f32)
+            .map_err(|e| candle_core::Error::msg(format!("token noise: {e}")))?;
+        let noise: Vec<f32> = (0..x.elem_count()).map(|_| rng.sample(normal)).collect();
+        x = (&x + Tensor::from_vec(noise, x.shape(), x.device())?)?;
     }
     Ok(x)
 }
