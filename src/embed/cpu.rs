@@ -440,30 +440,94 @@ impl Block {
     }
 }
 
-/// The blocks and the final LayerNorm: everything after the embeddings.
-pub(crate) struct Encoder {
+/// The patch embedding: a convolution with stride = kernel = p, as one product per image
+/// of its patches [N, C*p*p] with the weight [C*p*p, D].
+pub(crate) struct PatchEmbedding {
+    /// [C*p*p, D]
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    cls_token: Vec<f32>,
+    channels: usize,
+    patch: usize,
+}
+
+impl PatchEmbedding {
+    /// From the convolution weight [D, C, p, p], its bias [D] and the CLS token [1, 1, D].
+    pub fn new(weight: &Tensor, bias: &Tensor, cls_token: &Tensor) -> Result<Self> {
+        let (d, channels, patch, _) = weight.dims4()?;
+        let weight = weight.reshape((d, channels * patch * patch))?.t()?.contiguous()?;
+        Ok(Self { weight: to_vec(&weight)?, bias: to_vec(bias)?, cls_token: to_vec(cls_token)?, channels, patch })
+    }
+
+    /// `images` [B, C, H, W] (H, W multiples of p) and `position` [1 + N, D] -> tokens
+    /// [B * (1 + N), D]: CLS first, then the patches row by row, position embeddings added.
+    fn forward(&self, images: &[f32], height: usize, width: usize, position: &[f32]) -> Vec<f32> {
+        let (c, p, d) = (self.channels, self.patch, self.bias.len());
+        let (rows, cols) = (height / p, width / p);
+        let (patches, k, tokens) = (rows * cols, c * p * p, 1 + rows * cols);
+        let count = images.len() / (c * height * width);
+        let mut x = vec![0.0f32; count * tokens * d];
+        // With fewer images than threads, each product is spread over the threads instead.
+        let parallel = count < rayon::current_num_threads();
+        x.par_chunks_mut(tokens * d).zip(images.par_chunks(c * height * width)).for_each_init(
+            Vec::new,
+            |cut, (x, image)| {
+                // [C, H, W] -> [N, C*p*p]: patch (r, q) holds rows r*p.. and columns q*p.. of each channel.
+                cut.resize(patches * k, 0.0);
+                for (index, patch) in cut.chunks_exact_mut(k).enumerate() {
+                    let (r, q) = (index / cols, index % cols);
+                    for (line, values) in patch.chunks_exact_mut(p).enumerate() {
+                        let (channel, i) = (line / p, line % p);
+                        let start = channel * height * width + (r * p + i) * width + q * p;
+                        values.copy_from_slice(&image[start..start + p]);
+                    }
+                }
+                // Start from the position embeddings (+ CLS token / + bias), then add the product.
+                for ((x, position), cls) in x[..d].iter_mut().zip(&position[..d]).zip(&self.cls_token) {
+                    *x = position + cls;
+                }
+                for (x, position) in x[d..].chunks_exact_mut(d).zip(position[d..].chunks_exact(d)) {
+                    for ((x, position), bias) in x.iter_mut().zip(position).zip(&self.bias) {
+                        *x = position + bias;
+                    }
+                }
+                let dst = View { offset: d, ..View::dense(patches, d) };
+                matmul(x, dst, true, cut, View::dense(patches, k), &self.weight, View::dense(k, d), parallel);
+            },
+        );
+        x
+    }
+}
+
+/// The whole backbone after the position-embedding resize: patch embedding, blocks, final
+/// LayerNorm.
+pub(crate) struct Backbone {
+    pub embedding: PatchEmbedding,
     pub blocks: Vec<Block>,
     pub norm: (Vec<f32>, Vec<f32>),
     pub eps: f32,
 }
 
-impl Encoder {
-    pub fn new(blocks: Vec<Block>, norm: (&Tensor, &Tensor), eps: f64) -> Result<Self> {
-        Ok(Self { blocks, norm: (to_vec(norm.0)?, to_vec(norm.1)?), eps: eps as f32 })
+impl Backbone {
+    pub fn new(embedding: PatchEmbedding, blocks: Vec<Block>, norm: (&Tensor, &Tensor), eps: f64) -> Result<Self> {
+        Ok(Self { embedding, blocks, norm: (to_vec(norm.0)?, to_vec(norm.1)?), eps: eps as f32 })
     }
 
-    /// Embedded tokens [B, T, D] (f32, CPU) -> final LayerNorm output [B, T, D].
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (images, tokens, d) = x.dims3()?;
-        let mut data = to_vec(x)?;
+    /// `images` [B, C, H, W] (f32, CPU; H and W multiples of the patch size, checked by the
+    /// caller) and the position embeddings for that grid [1, 1 + N, D] -> the final
+    /// LayerNorm's output [B, 1 + N, D].
+    pub fn forward(&self, images: &Tensor, position: &Tensor) -> Result<Tensor> {
+        let (count, _, height, width) = images.dims4()?;
+        let (_, tokens, d) = position.dims3()?;
+        let mut x = self.embedding.forward(&to_vec(images)?, height, width, &to_vec(position)?);
         let mut scratch = Scratch::new();
         for block in &self.blocks {
-            block.forward(&mut data, images, tokens, &mut scratch);
+            block.forward(&mut x, count, tokens, &mut scratch);
         }
         let mut out = scratch.normed;
-        out.resize(data.len(), 0.0);
-        layer_norm(&data, &mut out, &self.norm.0, &self.norm.1, self.eps);
-        Tensor::from_vec(out, (images, tokens, d), x.device())
+        out.resize(x.len(), 0.0);
+        layer_norm(&x, &mut out, &self.norm.0, &self.norm.1, self.eps);
+        Tensor::from_vec(out, (count, tokens, d), images.device())
     }
 }
 
