@@ -44,9 +44,9 @@ struct EmbedBench {
     best_batch_ratio_vs_onnxruntime: Option<f64>,
     /// Why there is no reference figure, when there is none.
     no_reference: Option<String>,
-    /// The 1-minute load average when the bench started: other processes' work, when it is
-    /// well above 0, makes both figures slower and noisier.
-    load_average: Option<f64>,
+    /// Share of the machine's CPU time other processes used in the second before the bench
+    /// (0-1): when it is well above 0, both figures are slower and noisier.
+    busy_before: Option<f64>,
 }
 
 /// What `benches/onnx_reference.py` prints.
@@ -74,7 +74,7 @@ pub(super) fn bench_embed(
     let weights = dinov2_safetensors_path(models_dir);
     anyhow::ensure!(weights.is_file(), "{} is absent: run `whaleid models fetch` first", weights.display());
     let threads = rayon::current_num_threads();
-    let load_average = load_average();
+    let busy_before = busy_share(std::time::Duration::from_secs(1));
     let device = Device::Cpu;
     let model = Dinov2::load(&weights, &device)?;
     let input = Tensor::randn(0f32, 1.0, (batch, 3, size, size), &device)?;
@@ -118,7 +118,7 @@ pub(super) fn bench_embed(
         best_batch_ratio_vs_onnxruntime: reference.as_ref().map(|r| r.best_batch_ms_per_image / best),
         reference,
         no_reference,
-        load_average,
+        busy_before,
     };
     crate::cli::emit(json, &out, |o| {
         let mut text = format!(
@@ -152,19 +152,31 @@ pub(super) fn bench_embed(
                 o.no_reference.as_deref().unwrap_or("no reference measurement")
             )),
         }
-        if let Some(load) = o.load_average.filter(|&l| l >= 0.5) {
+        if let Some(busy) = o.busy_before.filter(|&b| b >= 0.1) {
             text.push_str(&format!(
-                "\n  note: load average {load:.1} when the bench started: other processes were using the CPU, \
-                 so these figures are slower and noisier than on an idle machine"
+                "\n  note: other processes used {:.0}% of the CPU just before the bench, so these figures are \
+                 slower and noisier than on an idle machine",
+                busy * 100.0
             ));
         }
         text
     })
 }
 
-/// The 1-minute load average (Linux).
-fn load_average() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+/// Share of all CPUs' time spent busy during `window` (Linux `/proc/stat`).
+fn busy_share(window: std::time::Duration) -> Option<f64> {
+    // The "cpu" line: user nice system idle iowait irq softirq steal ... (in clock ticks).
+    fn idle_and_total() -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let ticks: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+        let idle = ticks.get(3)? + ticks.get(4).unwrap_or(&0);
+        Some((idle, ticks.iter().take(8).sum()))
+    }
+    let (idle0, total0) = idle_and_total()?;
+    std::thread::sleep(window);
+    let (idle1, total1) = idle_and_total()?;
+    let total = total1.checked_sub(total0).filter(|&t| t > 0)?;
+    Some(1.0 - idle1.saturating_sub(idle0) as f64 / total as f64)
 }
 
 /// Runs `benches/onnx_reference.py` with the same work and thread count. `Err` says why
