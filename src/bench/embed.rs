@@ -33,13 +33,20 @@ struct EmbedBench {
     seconds: f64,
     ms_per_image: f64,
     images_per_second: f64,
+    /// ms per image of the fastest batch: less sensitive to other processes' load.
+    best_batch_ms_per_image: f64,
     /// Weights plus everything one batch needs (the mark is reset after loading the model).
     peak_rss_mib: Option<f64>,
     reference: Option<Reference>,
     /// onnxruntime ms/image ÷ whaleid ms/image: >= 1.0 means whaleid is at least as fast.
     ratio_vs_onnxruntime: Option<f64>,
+    /// The same ratio between the fastest batches.
+    best_batch_ratio_vs_onnxruntime: Option<f64>,
     /// Why there is no reference figure, when there is none.
     no_reference: Option<String>,
+    /// Share of the machine's CPU time other processes used in the second before the bench
+    /// (0-1): when it is well above 0, both figures are slower and noisier.
+    busy_before: Option<f64>,
 }
 
 /// What `benches/onnx_reference.py` prints.
@@ -51,6 +58,7 @@ struct Reference {
     seconds: f64,
     ms_per_image: f64,
     images_per_second: f64,
+    best_batch_ms_per_image: f64,
     peak_rss_mib: f64,
 }
 
@@ -66,6 +74,7 @@ pub(super) fn bench_embed(
     let weights = dinov2_safetensors_path(models_dir);
     anyhow::ensure!(weights.is_file(), "{} is absent: run `whaleid models fetch` first", weights.display());
     let threads = rayon::current_num_threads();
+    let busy_before = busy_share(std::time::Duration::from_secs(1));
     let device = Device::Cpu;
     let model = Dinov2::load(&weights, &device)?;
     let input = Tensor::randn(0f32, 1.0, (batch, 3, size, size), &device)?;
@@ -76,9 +85,12 @@ pub(super) fn bench_embed(
     drop(warm);
     let start = Instant::now();
     let mut done = 0;
+    let mut best = f64::INFINITY;
     while done < images {
         let n = batch.min(images - done);
+        let batch_start = Instant::now();
         model.forward(&input.narrow(0, 0, n)?)?;
+        best = best.min(batch_start.elapsed().as_secs_f64() * 1e3 / n as f64);
         done += n;
     }
     let seconds = start.elapsed().as_secs_f64();
@@ -100,15 +112,18 @@ pub(super) fn bench_embed(
         seconds,
         ms_per_image,
         images_per_second: images as f64 / seconds,
+        best_batch_ms_per_image: best,
         peak_rss_mib: peak,
         ratio_vs_onnxruntime: reference.as_ref().map(|r| r.ms_per_image / ms_per_image),
+        best_batch_ratio_vs_onnxruntime: reference.as_ref().map(|r| r.best_batch_ms_per_image / best),
         reference,
         no_reference,
+        busy_before,
     };
     crate::cli::emit(json, &out, |o| {
         let mut text = format!(
             "DINOv2 ViT-S/14 on {} random images of {}x{} px ({} tokens), batch {}, {} threads, CPU\n  \
-             whaleid (candle, {} kernels) {:7.2} images/s  {:7.1} ms/image  peak RSS {}",
+             whaleid (candle, {} kernels) {:7.2} images/s  {:7.1} ms/image (best batch {:.1})  peak RSS {}",
             o.images,
             o.size,
             o.size,
@@ -118,15 +133,17 @@ pub(super) fn bench_embed(
             o.kernels.to_lowercase(),
             o.images_per_second,
             o.ms_per_image,
+            o.best_batch_ms_per_image,
             super::mib(o.peak_rss_mib),
         );
-        match (&o.reference, o.ratio_vs_onnxruntime) {
-            (Some(r), Some(ratio)) => text.push_str(&format!(
-                "\n  onnxruntime {:<16} {:7.2} images/s  {:7.1} ms/image  peak RSS {:.0} MiB\n  \
-                 ratio onnxruntime/whaleid time per image: {ratio:.2}x ({})",
+        match (&o.reference, o.ratio_vs_onnxruntime, o.best_batch_ratio_vs_onnxruntime) {
+            (Some(r), Some(ratio), Some(best)) => text.push_str(&format!(
+                "\n  onnxruntime {:<16} {:7.2} images/s  {:7.1} ms/image (best batch {:.1})  peak RSS {:.0} MiB\n  \
+                 ratio onnxruntime/whaleid time per image: {ratio:.2}x, best batches {best:.2}x ({})",
                 r.onnxruntime,
                 r.images_per_second,
                 r.ms_per_image,
+                r.best_batch_ms_per_image,
                 r.peak_rss_mib,
                 if ratio >= 1.0 { "whaleid is at least as fast" } else { "onnxruntime is faster" }
             )),
@@ -135,8 +152,31 @@ pub(super) fn bench_embed(
                 o.no_reference.as_deref().unwrap_or("no reference measurement")
             )),
         }
+        if let Some(busy) = o.busy_before.filter(|&b| b >= 0.1) {
+            text.push_str(&format!(
+                "\n  note: other processes used {:.0}% of the CPU just before the bench, so these figures are \
+                 slower and noisier than on an idle machine",
+                busy * 100.0
+            ));
+        }
         text
     })
+}
+
+/// Share of all CPUs' time spent busy during `window` (Linux `/proc/stat`).
+fn busy_share(window: std::time::Duration) -> Option<f64> {
+    // The "cpu" line: user nice system idle iowait irq softirq steal ... (in clock ticks).
+    fn idle_and_total() -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let ticks: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+        let idle = ticks.get(3)? + ticks.get(4).unwrap_or(&0);
+        Some((idle, ticks.iter().take(8).sum()))
+    }
+    let (idle0, total0) = idle_and_total()?;
+    std::thread::sleep(window);
+    let (idle1, total1) = idle_and_total()?;
+    let total = total1.checked_sub(total0).filter(|&t| t > 0)?;
+    Some(1.0 - idle1.saturating_sub(idle0) as f64 / total as f64)
 }
 
 /// Runs `benches/onnx_reference.py` with the same work and thread count. `Err` says why

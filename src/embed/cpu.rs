@@ -1,13 +1,16 @@
-//! The transformer blocks of the fused inference path on the CPU, on plain `f32` slices.
+//! The fused inference path on the CPU: patch embedding, transformer blocks and final
+//! LayerNorm on plain `f32` buffers.
 //!
 //! candle runs a ViT block as a dozen separate ops, several single-threaded (softmax, the
-//! element-wise ones) and each writing a fresh tensor. Here one block is five matrix products
-//! (the `gemm` crate that candle itself uses) and a few row-parallel passes:
+//! element-wise ones) and each writing a fresh tensor. Here one block is four large matrix
+//! products (the `gemm` crate that candle itself uses, ~205 GFLOP/s on 2 Zen 4 cores) plus
+//! attention and a few row-parallel passes:
 //!
 //! - LayerNorm, softmax and bias + GELU run on rayon's threads, with an exp and an erf that
-//!   the compiler can vectorise (errors ~1e-7, far below the parity tolerance);
+//!   vectorise (errors ~1e-7, far below the parity tolerance), compiled for AVX2 / AVX-512
+//!   when the CPU has them;
 //! - attention is computed per (image, head) in parallel, each with single-threaded products
-//!   that read query, key and value straight out of the stacked QKV buffer (no transposes);
+//!   on that head's query, key and value gathered into contiguous buffers;
 //! - LayerScale is folded into the output projections' weights and biases, and the residual
 //!   is accumulated by the matrix product itself.
 //!
@@ -104,19 +107,118 @@ pub(crate) fn matmul(
     }
 }
 
-/// LayerNorm of each row of `x` (rows of `weight.len()` values) into `out`.
-pub(crate) fn layer_norm(x: &[f32], out: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
-    let width = weight.len();
-    out.par_chunks_mut(width * ROWS_PER_TASK).zip(x.par_chunks(width * ROWS_PER_TASK)).for_each(|(out, x)| {
-        for (out, x) in out.chunks_exact_mut(width).zip(x.chunks_exact(width)) {
-            let mean = x.iter().sum::<f32>() / width as f32;
-            let variance = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / width as f32;
-            let scale = 1.0 / (variance + eps).sqrt();
-            for (((o, &v), &w), &b) in out.iter_mut().zip(x).zip(weight).zip(bias) {
-                *o = (v - mean) * scale * w + b;
+/// Runs a row kernel compiled for the widest vector instructions the CPU has: AVX-512
+/// (x86-64-v4), else AVX2 + FMA (x86-64-v3, nearly every x86-64 CPU since 2013), else the
+/// baseline the crate is built for (SSE2: 4 lanes, no fused multiply-add). Measured on one
+/// thread (min of 10+, Zen 4): softmax over 96x257x257 ~7.5 ms baseline, ~3.9 ms AVX2,
+/// ~3.6 ms AVX-512; bias + GELU over 4112x1536 ~4-8 ms, ~4 ms, ~2.7 ms.
+macro_rules! dispatch {
+    ($kernel:ident($($arg:expr),* $(,)?)) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU supports AVX-512F (and so AVX2 and FMA), checked just above.
+                return unsafe { x86_64_v4::$kernel($($arg),*) };
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+                return unsafe { x86_64_v3::$kernel($($arg),*) };
             }
         }
-    });
+        $kernel($($arg),*)
+    }};
+}
+
+/// A module with the row kernels compiled for `$features` (their generic bodies are
+/// `#[inline(always)]`, so they are compiled anew inside these functions).
+macro_rules! row_kernels_for {
+    ($module:ident, $features:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        mod $module {
+            #[target_feature(enable = $features)]
+            pub(super) fn layer_norm_rows(x: &[f32], out: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+                super::layer_norm_rows(x, out, weight, bias, eps)
+            }
+
+            #[target_feature(enable = $features)]
+            pub(super) fn softmax_rows_generic(x: &mut [f32], width: usize) {
+                super::softmax_rows_generic(x, width)
+            }
+
+            #[target_feature(enable = $features)]
+            pub(super) fn bias_gelu_rows(x: &mut [f32], bias: &[f32]) {
+                super::bias_gelu_rows(x, bias)
+            }
+        }
+    };
+}
+
+row_kernels_for!(x86_64_v4, "avx512f,avx2,fma");
+row_kernels_for!(x86_64_v3, "avx2,fma");
+
+/// Independent accumulators for sums and maxima: a single running sum is a chain the
+/// compiler may not reorder (floating-point addition is not associative), so it would stay
+/// scalar; 16 lanes become vector registers.
+const LANES: usize = 16;
+
+#[inline(always)]
+fn sum(x: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for chunk in chunks {
+        for (lane, v) in lanes.iter_mut().zip(chunk) {
+            *lane += v;
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+#[inline(always)]
+fn sum_of_squared_deviations(x: &[f32], mean: f32) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().map(|v| (v - mean) * (v - mean)).sum();
+    for chunk in chunks {
+        for (lane, v) in lanes.iter_mut().zip(chunk) {
+            *lane += (v - mean) * (v - mean);
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+#[inline(always)]
+fn max(x: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder().iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane = if v > *lane { v } else { *lane };
+        }
+    }
+    lanes.iter().copied().fold(tail, f32::max)
+}
+
+/// LayerNorm of each row of `x` (rows of `weight.len()` values) into `out`, on rayon's threads.
+pub(crate) fn layer_norm(x: &[f32], out: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+    let width = weight.len();
+    out.par_chunks_mut(width * ROWS_PER_TASK)
+        .zip(x.par_chunks(width * ROWS_PER_TASK))
+        .for_each(|(out, x)| dispatch!(layer_norm_rows(x, out, weight, bias, eps)));
+}
+
+#[inline(always)]
+fn layer_norm_rows(x: &[f32], out: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+    let width = weight.len();
+    for (out, x) in out.chunks_exact_mut(width).zip(x.chunks_exact(width)) {
+        let mean = sum(x) / width as f32;
+        let variance = sum_of_squared_deviations(x, mean) / width as f32;
+        let scale = 1.0 / (variance + eps).sqrt();
+        for (((o, &v), &w), &b) in out.iter_mut().zip(x).zip(weight).zip(bias) {
+            *o = (v - mean) * scale * w + b;
+        }
+    }
 }
 
 /// `e^x` for `x <= 0` (softmax after subtracting the row maximum), Cephes' `expf` scheme:
@@ -124,7 +226,7 @@ pub(crate) fn layer_norm(x: &[f32], out: &mut [f32], weight: &[f32], bias: &[f32
 /// Relative error ~1e-7. Branch-free so that loops over it vectorise.
 #[inline(always)]
 fn exp_nonpositive(x: f32) -> f32 {
-    // Below this e^x underflows f32's normal range; clamping keeps 2^n representable.
+    // Below this e^x leaves f32's normal range; clamping keeps 2^n representable.
     let x = x.max(-87.3);
     // Round x / ln2 to the nearest integer by adding 1.5 * 2^23 (no rounding instruction needed).
     const MAGIC: f32 = 12_582_912.0;
@@ -145,14 +247,16 @@ fn exp_nonpositive(x: f32) -> f32 {
 
 /// Softmax of each row of `x` (rows of `width` values), in place, on the calling thread.
 pub(crate) fn softmax_rows(x: &mut [f32], width: usize) {
+    dispatch!(softmax_rows_generic(x, width))
+}
+
+#[inline(always)]
+fn softmax_rows_generic(x: &mut [f32], width: usize) {
     for row in x.chunks_exact_mut(width) {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0;
-        for v in row.iter_mut() {
-            *v = exp_nonpositive(*v - max);
-            sum += *v;
-        }
-        let inverse = 1.0 / sum;
+        let max = max(row);
+        // Three separate passes: each one vectorises, a fused one would not (the sum).
+        row.iter_mut().for_each(|v| *v = exp_nonpositive(*v - max));
+        let inverse = 1.0 / sum(row);
         row.iter_mut().for_each(|v| *v *= inverse);
     }
 }
@@ -182,15 +286,17 @@ fn erf(x: f32) -> f32 {
 /// `x = gelu(x + bias)` with the exact (erf) GELU, for each row of `bias.len()` values,
 /// on rayon's threads.
 pub(crate) fn bias_gelu(x: &mut [f32], bias: &[f32]) {
-    let width = bias.len();
-    x.par_chunks_mut(width * ROWS_PER_TASK).for_each(|rows| {
-        for row in rows.chunks_exact_mut(width) {
-            for (v, &b) in row.iter_mut().zip(bias) {
-                let y = *v + b;
-                *v = 0.5 * y * (1.0 + erf(y * std::f32::consts::FRAC_1_SQRT_2));
-            }
+    x.par_chunks_mut(bias.len() * ROWS_PER_TASK).for_each(|rows| dispatch!(bias_gelu_rows(rows, bias)));
+}
+
+#[inline(always)]
+fn bias_gelu_rows(x: &mut [f32], bias: &[f32]) {
+    for row in x.chunks_exact_mut(bias.len()) {
+        for (v, &b) in row.iter_mut().zip(bias) {
+            let y = *v + b;
+            *v = 0.5 * y * (1.0 + erf(y * std::f32::consts::FRAC_1_SQRT_2));
         }
-    });
+    }
 }
 
 /// `x[row] += bias` for each row of `bias.len()` values, on rayon's threads.
@@ -201,15 +307,6 @@ fn add_rows(x: &mut [f32], bias: &[f32]) {
             row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
         }
     });
-}
-
-/// `x` repeated over `rows` rows.
-fn repeat_rows(x: &[f32], rows: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(x.len() * rows);
-    for _ in 0..rows {
-        out.extend_from_slice(x);
-    }
-    out
 }
 
 fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
@@ -322,10 +419,9 @@ impl Block {
         let normed = resize(&mut scratch.normed, rows * d);
         layer_norm(x, normed, &self.norm1.0, &self.norm1.1, self.eps);
         let qkv = resize(&mut scratch.qkv, rows * 3 * d);
-        qkv.copy_from_slice(&repeat_rows(&self.qkv.bias, rows));
-        self.qkv.product(normed, rows, qkv, true);
+        self.qkv.product(normed, rows, qkv, false);
         let heads = resize(&mut scratch.heads, rows * d);
-        attention(qkv, heads, images, tokens, self.heads, d);
+        attention(qkv, &self.qkv.bias, heads, images, tokens, self.heads, d);
         let context = resize(&mut scratch.context, rows * d);
         merge_heads(heads, context, images, tokens, self.heads, d);
         add_rows(x, &self.output.bias);
@@ -342,55 +438,127 @@ impl Block {
     }
 }
 
-/// The blocks and the final LayerNorm: everything after the embeddings.
-pub(crate) struct Encoder {
+/// The patch embedding: a convolution with stride = kernel = p, as one product per image
+/// of its patches [N, C*p*p] with the weight [C*p*p, D].
+pub(crate) struct PatchEmbedding {
+    /// [C*p*p, D]
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    cls_token: Vec<f32>,
+    channels: usize,
+    patch: usize,
+}
+
+impl PatchEmbedding {
+    /// From the convolution weight [D, C, p, p], its bias [D] and the CLS token [1, 1, D].
+    pub fn new(weight: &Tensor, bias: &Tensor, cls_token: &Tensor) -> Result<Self> {
+        let (d, channels, patch, _) = weight.dims4()?;
+        let weight = weight.reshape((d, channels * patch * patch))?.t()?.contiguous()?;
+        Ok(Self { weight: to_vec(&weight)?, bias: to_vec(bias)?, cls_token: to_vec(cls_token)?, channels, patch })
+    }
+
+    /// `images` [B, C, H, W] (H, W multiples of p) and `position` [1 + N, D] -> tokens
+    /// [B * (1 + N), D]: CLS first, then the patches row by row, position embeddings added.
+    fn forward(&self, images: &[f32], height: usize, width: usize, position: &[f32]) -> Vec<f32> {
+        let (c, p, d) = (self.channels, self.patch, self.bias.len());
+        let (rows, cols) = (height / p, width / p);
+        let (patches, k, tokens) = (rows * cols, c * p * p, 1 + rows * cols);
+        let count = images.len() / (c * height * width);
+        let mut x = vec![0.0f32; count * tokens * d];
+        // With fewer images than threads, each product is spread over the threads instead.
+        let parallel = count < rayon::current_num_threads();
+        x.par_chunks_mut(tokens * d).zip(images.par_chunks(c * height * width)).for_each_init(
+            Vec::new,
+            |cut, (x, image)| {
+                // [C, H, W] -> [N, C*p*p]: patch (r, q) holds rows r*p.. and columns q*p.. of each channel.
+                cut.resize(patches * k, 0.0);
+                for (index, patch) in cut.chunks_exact_mut(k).enumerate() {
+                    let (r, q) = (index / cols, index % cols);
+                    for (line, values) in patch.chunks_exact_mut(p).enumerate() {
+                        let (channel, i) = (line / p, line % p);
+                        let start = channel * height * width + (r * p + i) * width + q * p;
+                        values.copy_from_slice(&image[start..start + p]);
+                    }
+                }
+                // Start from the position embeddings (+ CLS token / + bias), then add the product.
+                for ((x, position), cls) in x[..d].iter_mut().zip(&position[..d]).zip(&self.cls_token) {
+                    *x = position + cls;
+                }
+                for (x, position) in x[d..].chunks_exact_mut(d).zip(position[d..].chunks_exact(d)) {
+                    for ((x, position), bias) in x.iter_mut().zip(position).zip(&self.bias) {
+                        *x = position + bias;
+                    }
+                }
+                let dst = View { offset: d, ..View::dense(patches, d) };
+                matmul(x, dst, true, cut, View::dense(patches, k), &self.weight, View::dense(k, d), parallel);
+            },
+        );
+        x
+    }
+}
+
+/// The whole backbone after the position-embedding resize: patch embedding, blocks, final
+/// LayerNorm.
+pub(crate) struct Backbone {
+    pub embedding: PatchEmbedding,
     pub blocks: Vec<Block>,
     pub norm: (Vec<f32>, Vec<f32>),
     pub eps: f32,
 }
 
-impl Encoder {
-    pub fn new(blocks: Vec<Block>, norm: (&Tensor, &Tensor), eps: f64) -> Result<Self> {
-        Ok(Self { blocks, norm: (to_vec(norm.0)?, to_vec(norm.1)?), eps: eps as f32 })
+impl Backbone {
+    pub fn new(embedding: PatchEmbedding, blocks: Vec<Block>, norm: (&Tensor, &Tensor), eps: f64) -> Result<Self> {
+        Ok(Self { embedding, blocks, norm: (to_vec(norm.0)?, to_vec(norm.1)?), eps: eps as f32 })
     }
 
-    /// Embedded tokens [B, T, D] (f32, CPU) -> final LayerNorm output [B, T, D].
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (images, tokens, d) = x.dims3()?;
-        let mut data = to_vec(x)?;
+    /// `images` [B, C, H, W] (f32, CPU; H and W multiples of the patch size, checked by the
+    /// caller) and the position embeddings for that grid [1, 1 + N, D] -> the final
+    /// LayerNorm's output [B, 1 + N, D].
+    pub fn forward(&self, images: &Tensor, position: &Tensor) -> Result<Tensor> {
+        let (count, _, height, width) = images.dims4()?;
+        let (_, tokens, d) = position.dims3()?;
+        let mut x = self.embedding.forward(&to_vec(images)?, height, width, &to_vec(position)?);
         let mut scratch = Scratch::new();
         for block in &self.blocks {
-            block.forward(&mut data, images, tokens, &mut scratch);
+            block.forward(&mut x, count, tokens, &mut scratch);
         }
         let mut out = scratch.normed;
-        out.resize(data.len(), 0.0);
-        layer_norm(&data, &mut out, &self.norm.0, &self.norm.1, self.eps);
-        Tensor::from_vec(out, (images, tokens, d), x.device())
+        out.resize(x.len(), 0.0);
+        layer_norm(&x, &mut out, &self.norm.0, &self.norm.1, self.eps);
+        Tensor::from_vec(out, (count, tokens, d), images.device())
     }
 }
 
 /// Scaled dot-product attention for every (image, head) in parallel. `qkv` is
-/// [images * tokens, 3D] (query already scaled); writes each head's context into `out`
-/// as [images, heads, tokens, head_dim].
-fn attention(qkv: &[f32], out: &mut [f32], images: usize, tokens: usize, heads: usize, d: usize) {
+/// [images * tokens, 3D] without its `bias` [3D] (query part already scaled); writes each
+/// head's context into `out` as [images, heads, tokens, head_dim].
+fn attention(qkv: &[f32], bias: &[f32], out: &mut [f32], images: usize, tokens: usize, heads: usize, d: usize) {
     let head_dim = d / heads;
-    let row = 3 * d;
-    debug_assert_eq!(qkv.len(), images * tokens * row);
+    debug_assert_eq!(qkv.len(), images * tokens * 3 * d);
     out.par_chunks_mut(tokens * head_dim).enumerate().for_each_init(
-        || vec![0.0f32; tokens * tokens],
-        |scores, (index, context)| {
+        || (vec![0.0f32; 3 * tokens * head_dim], vec![0.0f32; tokens * tokens]),
+        |(gathered, scores), (index, context)| {
             let (image, head) = (index / heads, index % heads);
-            let at = |part: usize| View {
-                offset: image * tokens * row + part * d + head * head_dim,
-                rows: tokens,
-                cols: head_dim,
-                row_stride: row,
-                col_stride: 1,
-            };
-            let (q, k, v) = (at(0), at(1), at(2));
-            matmul(scores, View::dense(tokens, tokens), false, qkv, q, qkv, k.t(), false);
+            // This head's query, key and value, each [tokens, head_dim], made contiguous with
+            // their bias added on the way: the products then read unit-stride rows (measured
+            // ~20% faster for q·kᵀ than reading them strided out of `qkv`), and the QKV
+            // product needs no bias pass over its whole output.
+            let (q, rest) = gathered.split_at_mut(tokens * head_dim);
+            let (k, v) = rest.split_at_mut(tokens * head_dim);
+            let rows = qkv[image * tokens * 3 * d..][..tokens * 3 * d].chunks_exact(3 * d);
+            for (t, row) in rows.enumerate() {
+                for (part, dst) in [q.as_mut(), k.as_mut(), v.as_mut()].into_iter().enumerate() {
+                    let at = part * d + head * head_dim;
+                    let (src, b) = (&row[at..at + head_dim], &bias[at..at + head_dim]);
+                    for ((dst, &s), &b) in dst[t * head_dim..][..head_dim].iter_mut().zip(src).zip(b) {
+                        *dst = s + b;
+                    }
+                }
+            }
+            let head_view = View::dense(tokens, head_dim);
+            matmul(scores, View::dense(tokens, tokens), false, q, head_view, k, head_view.t(), false);
             softmax_rows(scores, tokens);
-            matmul(context, View::dense(tokens, head_dim), false, scores, View::dense(tokens, tokens), qkv, v, false);
+            matmul(context, head_view, false, scores, View::dense(tokens, tokens), v, head_view, false);
         },
     );
 }
@@ -460,6 +628,44 @@ mod tests {
         assert!(max_difference(&got, &want) < 1e-6, "{}", max_difference(&got, &want));
     }
 
+    /// The baseline, AVX2 and AVX-512 builds of the row kernels (those this CPU can run)
+    /// agree; the tests above only see the one `dispatch!` picks.
+    #[test]
+    fn every_build_of_the_row_kernels_agrees() {
+        let x = to_vec(&random(&[9, 257], 4.0)).unwrap();
+        let (w, b) = (to_vec(&random(&[257], 1.0)).unwrap(), to_vec(&random(&[257], 1.0)).unwrap());
+        let run = |build: usize| -> Option<Vec<f32>> {
+            let (mut normed, mut softmax, mut gelu) = (vec![0.0; x.len()], x.clone(), x.clone());
+            match build {
+                0 => {
+                    layer_norm_rows(&x, &mut normed, &w, &b, 1e-6);
+                    softmax_rows_generic(&mut softmax, 257);
+                    bias_gelu_rows(&mut gelu, &b);
+                }
+                #[cfg(target_arch = "x86_64")]
+                1 if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") => unsafe {
+                    x86_64_v3::layer_norm_rows(&x, &mut normed, &w, &b, 1e-6);
+                    x86_64_v3::softmax_rows_generic(&mut softmax, 257);
+                    x86_64_v3::bias_gelu_rows(&mut gelu, &b);
+                },
+                #[cfg(target_arch = "x86_64")]
+                2 if std::is_x86_feature_detected!("avx512f") => unsafe {
+                    x86_64_v4::layer_norm_rows(&x, &mut normed, &w, &b, 1e-6);
+                    x86_64_v4::softmax_rows_generic(&mut softmax, 257);
+                    x86_64_v4::bias_gelu_rows(&mut gelu, &b);
+                },
+                _ => return None,
+            }
+            Some([normed, softmax, gelu].concat())
+        };
+        let baseline = run(0).unwrap();
+        for build in [1, 2] {
+            if let Some(got) = run(build) {
+                assert!(max_difference(&got, &baseline) < 1e-5, "build {build}: {}", max_difference(&got, &baseline));
+            }
+        }
+    }
+
     #[test]
     fn layer_norm_matches_candle() {
         let x = (random(&[40, 24], 2.0) + 3.0).unwrap();
@@ -497,6 +703,33 @@ mod tests {
     fn matmul_refuses_a_view_past_its_slice() {
         let mut dst = vec![0.0; 4];
         matmul(&mut dst, View::dense(2, 2), false, &[0.0; 3], View::dense(2, 2), &[0.0; 4], View::dense(2, 2), false);
+    }
+
+    #[test]
+    fn attention_matches_candle() {
+        let (images, tokens, heads, head_dim) = (2, 5, 3, 4);
+        let d = heads * head_dim;
+        let (qkv, bias) = (random(&[images * tokens, 3 * d], 1.0), random(&[3 * d], 1.0));
+        // candle: [B*T, 3D] + bias -> [3, B*H, T, hd]; softmax(q kᵀ) v -> [B, T, D]
+        let parts = qkv
+            .broadcast_add(&bias)
+            .unwrap()
+            .reshape((images, tokens, 3, heads, head_dim))
+            .unwrap()
+            .permute((2, 0, 3, 1, 4))
+            .unwrap()
+            .reshape((3, images * heads, tokens, head_dim))
+            .unwrap();
+        let (q, k, v) = (parts.get(0).unwrap(), parts.get(1).unwrap(), parts.get(2).unwrap());
+        let weights = candle_nn::ops::softmax(&q.matmul(&k.t().unwrap()).unwrap(), D::Minus1).unwrap();
+        let want = weights.matmul(&v).unwrap().reshape((images, heads, tokens, head_dim)).unwrap();
+        let want = to_vec(&want.transpose(1, 2).unwrap()).unwrap();
+
+        let mut split = vec![0.0; images * tokens * d];
+        attention(&to_vec(&qkv).unwrap(), &to_vec(&bias).unwrap(), &mut split, images, tokens, heads, d);
+        let mut got = vec![0.0; images * tokens * d];
+        merge_heads(&split, &mut got, images, tokens, heads, d);
+        assert!(max_difference(&got, &want) < 1e-5, "{}", max_difference(&got, &want));
     }
 
     #[test]

@@ -36,9 +36,9 @@ pub struct Dinov2 {
     embeddings: Embeddings,
     blocks: Vec<Block>,
     layernorm: LayerNorm,
-    /// The blocks' weights laid out for the fused CPU kernels, prepared by the first fused
-    /// forward pass on the CPU; `None` when the weights are trainable (they may change).
-    cpu_encoder: OnceLock<Option<cpu::Encoder>>,
+    /// The weights laid out for the fused CPU kernels, prepared by the first fused forward
+    /// pass on the CPU; `None` when the weights are trainable (they may change).
+    cpu_backbone: OnceLock<Option<cpu::Backbone>>,
 }
 
 impl Dinov2 {
@@ -60,7 +60,7 @@ impl Dinov2 {
             embeddings,
             blocks,
             layernorm,
-            cpu_encoder: OnceLock::new(),
+            cpu_backbone: OnceLock::new(),
         })
     }
 
@@ -99,14 +99,16 @@ impl Dinov2 {
     /// tokens [B, 1 + (H/p)(W/p), hidden] after the final LayerNorm, CLS first, then
     /// patches row by row.
     pub fn forward(&self, images: &Tensor) -> Result<Tensor> {
-        let mut x = self.embeddings.forward(images, &self.config)?;
         if self.kernels == Kernels::Fused
-            && x.device().is_cpu()
-            && x.dtype() == DType::F32
-            && let Some(encoder) = self.cpu_encoder()?
+            && images.device().is_cpu()
+            && images.dtype() == DType::F32
+            && let Some(backbone) = self.cpu_backbone()?
         {
-            return encoder.forward(&x);
+            let (rows, cols) = self.embeddings.patch_grid(images, &self.config)?;
+            let position = self.embeddings.position_table(rows, cols, &self.config)?;
+            return backbone.forward(images, &position);
         }
+        let mut x = self.embeddings.forward(images, &self.config)?;
         for block in &self.blocks {
             x = block.forward(&x, self.kernels)?;
         }
@@ -116,22 +118,28 @@ impl Dinov2 {
 
 impl Dinov2 {
     /// The fused CPU kernels' weights, prepared once; `None` for trainable weights.
-    fn cpu_encoder(&self) -> Result<Option<&cpu::Encoder>> {
-        if let Some(prepared) = self.cpu_encoder.get() {
+    fn cpu_backbone(&self) -> Result<Option<&cpu::Backbone>> {
+        if let Some(prepared) = self.cpu_backbone.get() {
             return Ok(prepared.as_ref());
         }
-        let trainable = self.embeddings.cls_token.track_op() || self.blocks.iter().any(Block::trainable);
+        let e = &self.embeddings;
+        let trainable = [&e.cls_token, &e.position_embeddings, &e.patch_weight, &e.patch_bias]
+            .iter()
+            .chain([&self.layernorm.weight, &self.layernorm.bias].iter())
+            .any(|t| t.track_op())
+            || self.blocks.iter().any(Block::trainable);
         let prepared = match trainable {
             true => None,
-            false => Some(cpu::Encoder::new(
+            false => Some(cpu::Backbone::new(
+                cpu::PatchEmbedding::new(&e.patch_weight, &e.patch_bias, &e.cls_token)?,
                 self.blocks.iter().map(|b| b.cpu_block(&self.config)).collect::<Result<Vec<_>>>()?,
                 (&self.layernorm.weight, &self.layernorm.bias),
                 self.config.layer_norm_eps,
             )?),
         };
         // Two threads may race to prepare it; either result is the same.
-        let _ = self.cpu_encoder.set(prepared);
-        Ok(self.cpu_encoder.get().and_then(Option::as_ref))
+        let _ = self.cpu_backbone.set(prepared);
+        Ok(self.cpu_backbone.get().and_then(Option::as_ref))
     }
 }
 
@@ -185,18 +193,25 @@ impl Embeddings {
         })
     }
 
+    /// Checks `images` [B, C, H, W] and returns its grid of patches (rows, columns).
+    fn patch_grid(&self, images: &Tensor, config: &Dinov2Config) -> Result<(usize, usize)> {
+        let p = config.patch_size;
+        match images.dims() {
+            &[_, c, h, w] if c == config.in_channels && h.is_multiple_of(p) && w.is_multiple_of(p) && h * w > 0 => {
+                Ok((h / p, w / p))
+            }
+            dims => candle_core::bail!(
+                "DINOv2 expects [B, {}, H, W] with H and W positive multiples of {p}, got {dims:?}",
+                config.in_channels,
+            ),
+        }
+    }
+
     fn forward(&self, images: &Tensor, config: &Dinov2Config) -> Result<Tensor> {
-        let (b, c, h, w) = images.dims4()?;
+        let (rows, cols) = self.patch_grid(images, config)?;
+        let (b, c, _, _) = images.dims4()?;
         let p = config.patch_size;
         let d = config.hidden_size;
-        if c != config.in_channels || !h.is_multiple_of(p) || !w.is_multiple_of(p) || h == 0 || w == 0 {
-            candle_core::bail!(
-                "DINOv2 expects [B, {}, H, W] with H and W positive multiples of {p}, got {:?}",
-                config.in_channels,
-                images.dims()
-            );
-        }
-        let (rows, cols) = (h / p, w / p);
         // [B, C, rows, p, cols, p] -> [B, rows, cols, C, p, p] -> [B, N, C*p*p]
         let patches = images.reshape((b, c, rows, p, cols, p))?.permute((0, 2, 4, 1, 3, 5))?.reshape((
             b,
@@ -408,10 +423,14 @@ mod tests {
             let differentiable = model.forward(&images).unwrap();
             model.set_kernels(Kernels::Fused);
             let fused = model.forward(&images).unwrap();
-            assert!(matches!(model.cpu_encoder.get(), Some(Some(_))), "the fused CPU kernels did not run");
+            assert!(matches!(model.cpu_backbone.get(), Some(Some(_))), "the fused CPU kernels did not run");
             assert_eq!(fused.dims(), differentiable.dims());
             let diff = (fused - differentiable).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(diff < 1e-4, "batch {batch}, {h}x{w}: max difference {diff}");
+        }
+        // The fused path refuses what the differentiable one refuses.
+        for dims in [(1, 3, 30, 42), (1, 4, 28, 28), (1, 3, 0, 28)] {
+            assert!(model.forward(&Tensor::zeros(dims, DType::F32, &Device::Cpu).unwrap()).is_err(), "{dims:?}");
         }
     }
 }
