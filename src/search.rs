@@ -84,9 +84,12 @@ pub struct Gallery {
 
 /// L2-normalises in place; a zero vector stays zero.
 pub fn normalise(v: &mut [f32]) {
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    // `dot` keeps eight sums: a plain `.sum()` is one serial chain, and loading a gallery
+    // normalises every row.
+    let norm = dot(v, v).sqrt();
     if norm > 0.0 {
-        v.iter_mut().for_each(|x| *x /= norm);
+        let inv = 1.0 / norm;
+        v.iter_mut().for_each(|x| *x *= inv);
     }
 }
 
@@ -350,81 +353,127 @@ fn parse_name<T: Copy + std::str::FromStr<Err = String>>(
     all.iter().copied().find(|&v| name(v) == text).map_or_else(|| text.parse(), Ok)
 }
 
+/// Whether `stored` equals `catalogue::box_key(bbox)`. Formatting four floats per row was a
+/// sixth of the load time, so each stored number is compared as an integer count of
+/// hundredths instead; whenever that cannot be certain (a rounding tie, an odd value, a
+/// stored text not in the canonical form) the key is formatted after all.
+fn box_key_matches(bbox: Option<&BoxPx>, stored: &str) -> bool {
+    let Some(b) = bbox else { return stored == catalogue::box_key(None) };
+    let mut parts = stored.split(',');
+    for v in [b.x, b.y, b.w, b.h] {
+        match (parts.next().and_then(canonical_hundredths), rounded_hundredths(v)) {
+            (Some(k), Some(r)) if k == r => {}
+            // Both certain and different: the formatted key cannot equal the stored one.
+            (Some(_), Some(_)) => return false,
+            _ => return catalogue::box_key(bbox) == stored,
+        }
+    }
+    parts.next().is_none() || catalogue::box_key(bbox) == stored
+}
+
+/// `"123.45"` → 12345, only for the text `format!("{:.2}", v)` prints for a positive `v`
+/// (no sign, no leading zero but a lone one, exactly two decimals).
+fn canonical_hundredths(text: &str) -> Option<u64> {
+    let (int, frac) = text.split_once('.')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
+    if !digits(int) || (int.len() > 1 && int.starts_with('0')) || int.len() > 12 || frac.len() != 2 || !digits(frac) {
+        return None;
+    }
+    Some(int.parse::<u64>().ok()? * 100 + frac.parse::<u64>().ok()?)
+}
+
+/// `v` rounded to hundredths as `{:.2}` rounds it, when that is certain: `v` positive and
+/// below a million (where `v * 100` is off by far less than the margin) and not within
+/// 1e-6 of a tie.
+fn rounded_hundredths(v: f64) -> Option<u64> {
+    if !(v > 0.0 && v < 1e6) {
+        return None;
+    }
+    let t = v * 100.0;
+    let floor = t.floor();
+    let frac = t - floor;
+    if (frac - 0.5).abs() < 1e-6 {
+        return None;
+    }
+    Some(floor as u64 + u64::from(frac > 0.5))
+}
+
 impl Gallery {
     /// Every non-rejected annotation with a fresh embedding from `model`, with its individual's
     /// code (unidentified crops are kept: they can be found, never proposed), part, side and
-    /// species. One scan of the annotations joined by key; the blob bytes go straight into
-    /// the matrix, normalised on the way.
+    /// species. One scan of the embeddings table, each row's annotation, identification and
+    /// individual found by primary key; the blob bytes go straight into the matrix.
     pub fn from_catalogue(cat: &Catalogue, model: &str) -> catalogue::Result<GalleryLoad> {
-        // Driven by annotations so that those without an embedding are counted in the same
-        // pass; embeddings, identifications and individuals are each found by primary key.
+        // Driven by the embeddings table: read in storage order like a plain scan of it
+        // (driving by annotations costs an index probe and a table seek per row).
         const SQL: &str = "SELECT a.id, a.status = 'rejected', a.part, a.side, a.species, a.x, a.y, a.w, a.h, \
                            i.individual_id, v.code, e.box_key, e.dim, e.vector \
-                           FROM annotations a \
-                           LEFT JOIN embeddings e ON e.annotation_id = a.id AND e.model = ?1 \
+                           FROM embeddings e \
+                           JOIN annotations a ON a.id = e.annotation_id \
                            LEFT JOIN identifications i ON i.annotation_id = a.id \
-                           LEFT JOIN individuals v ON v.id = i.individual_id";
-        let mut stmt = cat.conn().prepare_cached(SQL).map_err(|e| cat.sql_err(e))?;
-        let mut rows = stmt.query([model]).map_err(|e| cat.sql_err(e))?;
+                           LEFT JOIN individuals v ON v.id = i.individual_id \
+                           WHERE e.model = ?1";
+        // Counted through the status index, to tell how many have no embedding at all.
+        const COUNTS: &str = "SELECT status = 'rejected', count(*) FROM annotations GROUP BY 1";
+        let err = |e| cat.sql_err(e);
+        let conv = |e: rusqlite::types::FromSqlError| cat.sql_err(e.into());
+        // One read transaction: the counts and the scan see the same catalogue.
+        let tx = cat.conn().unchecked_transaction().map_err(err)?;
         let mut load = GalleryLoad::default();
+        let mut unrejected = 0;
+        let counts: Vec<(bool, i64)> = tx
+            .prepare_cached(COUNTS)
+            .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+            .map_err(err)?;
+        for (rejected, n) in counts {
+            if rejected {
+                load.rejected = n as usize;
+            } else {
+                unrejected = n as usize;
+            }
+        }
+        let mut stmt = tx.prepare_cached(SQL).map_err(err)?;
+        let mut rows = stmt.query([model]).map_err(err)?;
         // Usually exactly one bucket; a second only appears when a stored vector is corrupt.
         let mut buckets: HashMap<usize, Bucket> = HashMap::new();
         let mut individuals: Vec<String> = Vec::new();
         let mut index_of_id: HashMap<i64, u32> = HashMap::new();
-        while let Some(r) = rows.next().map_err(|e| cat.sql_err(e))? {
-            let get_err = |e| cat.sql_err(e);
-            let annotation: i64 = r.get(0).map_err(get_err)?;
-            if r.get::<_, bool>(1).map_err(get_err)? {
-                load.rejected += 1;
+        let mut embedded = 0;
+        while let Some(r) = rows.next().map_err(err)? {
+            let annotation: i64 = r.get(0).map_err(err)?;
+            if r.get::<_, bool>(1).map_err(err)? {
                 continue;
             }
-            let Some(stored_key) =
-                r.get_ref(11).map_err(get_err)?.as_str_or_null().map_err(|e| cat.sql_err(e.into()))?
-            else {
-                load.missing += 1;
-                continue;
-            };
-            let coords: [Option<f64>; 4] = [
-                r.get(5).map_err(get_err)?,
-                r.get(6).map_err(get_err)?,
-                r.get(7).map_err(get_err)?,
-                r.get(8).map_err(get_err)?,
-            ];
+            embedded += 1;
+            let coords: [Option<f64>; 4] =
+                [r.get(5).map_err(err)?, r.get(6).map_err(err)?, r.get(7).map_err(err)?, r.get(8).map_err(err)?];
             let bbox = match coords {
                 [Some(x), Some(y), Some(w), Some(h)] => Some(BoxPx { x, y, w, h }),
                 _ => None,
             };
-            if catalogue::box_key(bbox.as_ref()) != stored_key {
+            if !box_key_matches(bbox.as_ref(), r.get_ref(11).map_err(err)?.as_str().map_err(conv)?) {
                 load.stale += 1;
                 continue;
             }
-            let bytes = r.get_ref(13).map_err(get_err)?.as_bytes().map_err(|e| cat.sql_err(e.into()))?;
-            let dim: i64 = r.get(12).map_err(get_err)?;
-            if bytes.len() % 4 != 0 || dim < 0 || bytes.len() / 4 != dim as usize {
+            let bytes = r.get_ref(13).map_err(err)?.as_bytes().map_err(conv)?;
+            let dim: i64 = r.get(12).map_err(err)?;
+            if bytes.len() % 4 != 0 || usize::try_from(dim).ok() != Some(bytes.len() / 4) {
                 // The row contradicts itself: a truncated or foreign blob.
                 load.wrong_dim += 1;
                 continue;
             }
             let invalid = |e: String| CatalogueError::Invalid(format!("annotation {annotation}: {e}"));
-            let part = parse_name(
-                Part::ALL,
-                Part::as_str,
-                r.get_ref(2).map_err(get_err)?.as_str().map_err(|e| cat.sql_err(e.into()))?,
-            )
-            .map_err(invalid)?;
-            let side = parse_name(
-                Side::ALL,
-                Side::as_str,
-                r.get_ref(3).map_err(get_err)?.as_str().map_err(|e| cat.sql_err(e.into()))?,
-            )
-            .map_err(invalid)?;
-            let species: Option<String> = r.get(4).map_err(get_err)?;
-            let individual = match r.get::<_, Option<i64>>(9).map_err(get_err)? {
+            let part = parse_name(Part::ALL, Part::as_str, r.get_ref(2).map_err(err)?.as_str().map_err(conv)?)
+                .map_err(invalid)?;
+            let side = parse_name(Side::ALL, Side::as_str, r.get_ref(3).map_err(err)?.as_str().map_err(conv)?)
+                .map_err(invalid)?;
+            let species: Option<String> = r.get(4).map_err(err)?;
+            let individual = match r.get::<_, Option<i64>>(9).map_err(err)? {
                 None => None,
                 Some(id) => match index_of_id.get(&id) {
                     Some(&i) => Some(i),
                     None => {
-                        let code: String = r.get(10).map_err(get_err)?;
+                        let code: String = r.get(10).map_err(err)?;
                         let i = individuals.len() as u32;
                         individuals.push(code);
                         index_of_id.insert(id, i);
@@ -434,10 +483,17 @@ impl Gallery {
             };
             let bucket = buckets.entry(bytes.len() / 4).or_default();
             let start = bucket.matrix.len();
-            bucket.matrix.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
-            normalise(&mut bucket.matrix[start..]);
+            bucket.matrix.resize(start + bytes.len() / 4, 0.0);
+            for (x, b) in bucket.matrix[start..].iter_mut().zip(bytes.chunks_exact(4)) {
+                *x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
             bucket.entries.push(Entry { annotation, individual, part, side, species });
         }
+        drop(rows);
+        drop(stmt);
+        // Read only: ending it changes nothing.
+        tx.rollback().map_err(err)?;
+        load.missing = unrejected.saturating_sub(embedded);
         // The most common length is the model's; ties go to the larger for determinism.
         let Some((&dim, _)) = buckets.iter().max_by_key(|(dim, b)| (b.entries.len(), **dim)) else {
             return Ok(load);
@@ -449,6 +505,10 @@ impl Gallery {
             } else {
                 load.wrong_dim += b.entries.len();
             }
+        }
+        // Normalised after the scan, on every core: the scan itself is one thread.
+        if dim > 0 {
+            chosen.matrix.par_chunks_mut(dim).for_each(normalise);
         }
         load.gallery = Gallery::from_parts(dim, chosen.matrix, chosen.entries, individuals);
         Ok(load)
@@ -507,5 +567,63 @@ mod tests {
         assert_eq!((r.searched_images, r.searched_individuals), (2, 2));
         assert_eq!(r.filter, "part fluke");
         assert!(r.new_individual, "best score under the threshold flags a new individual");
+    }
+
+    #[test]
+    fn the_fast_box_key_check_agrees_with_formatting_the_key() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        // Ties at the second decimal, values around the cut-offs, and the odd ones.
+        let mut values = vec![
+            0.0,
+            -0.0,
+            -1.0,
+            0.001,
+            0.005,
+            0.004_999_9,
+            0.125,
+            10.125,
+            10.135,
+            2.675,
+            1.005,
+            99.995,
+            999_999.995,
+            1e6,
+            1e6 + 0.125,
+            123_456_789.125,
+            f64::NAN,
+            f64::INFINITY,
+            f64::MIN_POSITIVE,
+        ];
+        for _ in 0..2000 {
+            let whole = rng.random_range(0..5000) as f64;
+            values.push(whole + (rng.random_range(0..1000) as f64) / 1000.0);
+            values.push(whole + rng.random::<f64>());
+            values.push(rng.random::<f64>() * 1e-2);
+        }
+        let boxes: Vec<Option<BoxPx>> = values
+            .chunks(2)
+            .flat_map(|v| {
+                let (a, b) = (v[0], *v.get(1).unwrap_or(&1.0));
+                [Some(BoxPx::new(a, b, 3.0, 4.0)), Some(BoxPx::new(1.0, 2.0, a, b)), None]
+            })
+            .collect();
+        for (i, a) in boxes.iter().enumerate() {
+            // Against its own key, its neighbours' keys and hand-made near misses.
+            let mut keys = vec![catalogue::box_key(a.as_ref())];
+            for b in boxes.iter().skip(i.saturating_sub(3)).take(6) {
+                keys.push(catalogue::box_key(b.as_ref()));
+            }
+            keys.push(keys[0].replacen('.', ".0", 1));
+            keys.push(format!("0{}", keys[0]));
+            keys.push(format!("{},5.00", keys[0]));
+            for key in keys {
+                assert_eq!(
+                    box_key_matches(a.as_ref(), &key),
+                    catalogue::box_key(a.as_ref()) == key,
+                    "{a:?} against {key}"
+                );
+            }
+        }
     }
 }
