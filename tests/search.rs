@@ -65,7 +65,7 @@ fn stale_rejected_and_missing_are_left_out_and_counted() {
     cat.set_status(&[ids[2]], Status::Rejected).unwrap();
 
     let load = Gallery::from_catalogue(&cat, MODEL).unwrap();
-    assert_eq!((load.stale, load.rejected, load.missing, load.wrong_dim), (1, 1, 1, 0));
+    assert_eq!((load.stale, load.rejected, load.missing, load.wrong_dim, load.corrupt), (1, 1, 1, 0, 0));
     let rows: Vec<i64> = load.gallery.entries().iter().map(|e| e.annotation).collect();
     assert_eq!(rows, [ids[0], ids[3]]);
     assert_eq!(load.gallery.dim(), 4);
@@ -104,10 +104,11 @@ fn an_identified_crop_is_found_by_its_individual_code() {
 #[test]
 fn a_stored_vector_of_the_wrong_dimension_is_skipped_not_fatal() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut cat, ids) = catalogue(dir.path(), 4);
+    let (mut cat, ids) = catalogue(dir.path(), 5);
     for (i, &a) in ids.iter().enumerate().take(3) {
         embed(&mut cat, a, &axis(i, 0.1));
     }
+    embed(&mut cat, ids[4], &[1.0, f32::NAN, 0.0, 0.0]);
     embed(&mut cat, ids[3], &[1.0, 0.0, 0.0]);
     // A blob that contradicts its own `dim` (truncated on disk).
     cat.conn()
@@ -115,7 +116,8 @@ fn a_stored_vector_of_the_wrong_dimension_is_skipped_not_fatal() {
         .unwrap();
 
     let load = Gallery::from_catalogue(&cat, MODEL).unwrap();
-    assert_eq!(load.wrong_dim, 2);
+    assert_eq!((load.wrong_dim, load.corrupt), (1, 2));
+    assert!(load.describe().contains("2 embeddings are corrupt"), "{}", load.describe());
     assert_eq!(load.gallery.dim(), 4);
     let rows: Vec<i64> = load.gallery.entries().iter().map(|e| e.annotation).collect();
     assert_eq!(rows, [ids[0], ids[1]]);
