@@ -12,6 +12,7 @@ pub mod crop;
 pub mod embed;
 pub mod export;
 pub mod import;
+pub mod map;
 pub mod metrics;
 pub mod model;
 pub mod models;
