@@ -353,6 +353,8 @@ struct SearchBench {
     target_ms_p50: f64,
     /// Queries whose best individual is the one the query was drawn from.
     top1_correct: usize,
+    /// `EmbeddingMap::new` of the whole gallery (PCA + k-d tree), for the app's map view.
+    map_ms: f64,
     numpy: Option<NumpyReference>,
     /// Why there is no numpy reference, when there is none.
     numpy_missing: Option<String>,
@@ -474,6 +476,11 @@ fn bench_search(n: usize, dim: usize, queries: usize, top: usize, catalogue: boo
         our_top1_rows.push(best.map(|m| m.best_annotation as usize - 1));
     }
     times.sort_by(f64::total_cmp);
+    let start = Instant::now();
+    let map = crate::map::EmbeddingMap::new(&gallery);
+    let map_ms = start.elapsed().as_secs_f64() * 1e3;
+    anyhow::ensure!(map.len() == n, "the map has {} points", map.len());
+    drop(map);
 
     let (numpy, numpy_missing) = match numpy_search(gallery.as_matrix(), &qs, dim, top) {
         Ok(mut r) => {
@@ -497,6 +504,7 @@ fn bench_search(n: usize, dim: usize, queries: usize, top: usize, catalogue: boo
         search_ms_p95: percentile(&times, 0.95),
         target_ms_p50: 5.0,
         top1_correct,
+        map_ms,
         ratio_numpy_over_whaleid: numpy.as_ref().map(|r| r.p50_ms / p50.max(1e-9)),
         numpy,
         numpy_missing,
@@ -535,6 +543,7 @@ fn bench_search(n: usize, dim: usize, queries: usize, top: usize, catalogue: boo
             (None, Some(why)) => text += &format!("  no numpy reference: {why}\n"),
             (None, None) => {}
         }
+        text += &format!("  map of the gallery (PCA + k-d tree): {:.0} ms\n", o.map_ms);
         if let Some(l) = &o.catalogue {
             text += &format!(
                 "catalogue of {} embeddings ({:.0} MiB): open to search-ready gallery of {} rows ({} stale, {} rejected skipped)\n  \
