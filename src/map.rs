@@ -294,20 +294,9 @@ struct Ritz {
 /// the eigenvectors of the small matrix vᵀCv, mapped back.
 fn ritz_step(v: &[Vec<f64>], cv: &[Vec<f64>]) -> Ritz {
     let b = v.len();
-    let mut h = vec![vec![0f64; b]; b];
-    for i in 0..b {
-        for j in 0..b {
-            h[i][j] = dot64(&v[i], &cv[j]);
-        }
-    }
-    // Symmetrised: rounding leaves it a hair off, and Jacobi assumes symmetry.
-    for i in 0..b {
-        for j in 0..i {
-            let s = (h[i][j] + h[j][i]) / 2.0;
-            h[i][j] = s;
-            h[j][i] = s;
-        }
-    }
+    // Symmetrised: rounding leaves vᵀCv a hair off, and Jacobi assumes symmetry.
+    let h: Vec<Vec<f64>> =
+        (0..b).map(|i| (0..b).map(|j| (dot64(&v[i], &cv[j]) + dot64(&v[j], &cv[i])) / 2.0).collect()).collect();
     let (values, u) = jacobi_eigen(h);
     let mut order: Vec<usize> = (0..b).collect();
     order.sort_by(|&a, &c| values[c].total_cmp(&values[a]));
@@ -353,21 +342,22 @@ fn jacobi_eigen(mut a: Vec<Vec<f64>>) -> (Vec<f64>, Vec<Vec<f64>>) {
                 let t = if theta == 0.0 { 1.0 } else { t };
                 let c = 1.0 / (t * t + 1.0).sqrt();
                 let s = t * c;
-                for k in 0..n {
-                    let (akp, akq) = (a[k][p], a[k][q]);
-                    a[k][p] = c * akp - s * akq;
-                    a[k][q] = s * akp + c * akq;
+                // A ← Jᵀ A J: columns p and q, then rows p and q; V ← V J.
+                let rotate_columns = |m: &mut Vec<Vec<f64>>| {
+                    for row in m.iter_mut() {
+                        let (xp, xq) = (row[p], row[q]);
+                        row[p] = c * xp - s * xq;
+                        row[q] = s * xp + c * xq;
+                    }
+                };
+                rotate_columns(&mut a);
+                let (upper, lower) = a.split_at_mut(q);
+                for (xp, xq) in upper[p].iter_mut().zip(lower[0].iter_mut()) {
+                    let (ap, aq) = (*xp, *xq);
+                    *xp = c * ap - s * aq;
+                    *xq = s * ap + c * aq;
                 }
-                for k in 0..n {
-                    let (apk, aqk) = (a[p][k], a[q][k]);
-                    a[p][k] = c * apk - s * aqk;
-                    a[q][k] = s * apk + c * aqk;
-                }
-                for row in v.iter_mut() {
-                    let (vkp, vkq) = (row[p], row[q]);
-                    row[p] = c * vkp - s * vkq;
-                    row[q] = s * vkp + c * vkq;
-                }
+                rotate_columns(&mut v);
             }
         }
     }
@@ -433,9 +423,9 @@ mod tests {
         let centres: Vec<Vec<f32>> =
             (0..clusters).map(|_| (0..dim).map(|_| rng.random::<f32>() - 0.5).collect()).collect();
         let mut g = Gallery::new(dim);
-        for c in 0..clusters {
+        for (c, centre) in centres.iter().enumerate() {
             for i in 0..per {
-                let v: Vec<f32> = centres[c].iter().map(|x| x + noise * (rng.random::<f32>() - 0.5)).collect();
+                let v: Vec<f32> = centre.iter().map(|x| x + noise * (rng.random::<f32>() - 0.5)).collect();
                 g.push(&v, (c * per + i) as i64, Some(&format!("C{c}")), Part::Fluke, Side::Unknown, None).unwrap();
             }
         }
@@ -584,5 +574,21 @@ mod tests {
         assert!(map.points().iter().all(|p| *p == [0.5, 0.5]));
         assert_eq!(map.within_rect(0.4, 0.4, 0.6, 0.6).len(), 100);
         assert!(map.explained().iter().all(|v| v.is_finite()));
+    }
+
+    #[test]
+    fn jacobi_finds_the_eigenpairs_of_a_small_symmetric_matrix() {
+        let a = vec![vec![2.0, 1.0, 0.0], vec![1.0, 2.0, 0.5], vec![0.0, 0.5, 5.0]];
+        let (values, v) = jacobi_eigen(a.clone());
+        for k in 0..3 {
+            let column: Vec<f64> = v.iter().map(|row| row[k]).collect();
+            for (i, row) in a.iter().enumerate() {
+                let av = dot64(row, &column);
+                assert!((av - values[k] * column[i]).abs() < 1e-12, "A·v = λ·v fails for eigenvalue {}", values[k]);
+            }
+            assert!((dot64(&column, &column) - 1.0).abs() < 1e-12);
+        }
+        let trace: f64 = values.iter().sum();
+        assert!((trace - 9.0).abs() < 1e-12);
     }
 }
