@@ -13,6 +13,7 @@ pub mod embed;
 pub mod eval;
 pub mod export;
 pub mod import;
+pub mod map;
 pub mod metrics;
 pub mod model;
 pub mod models;
