@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 
 use crate::catalogue::Catalogue;
-use crate::embed::{DEFAULT_SIZE, DeviceChoice, Embedder, EmbedderSpec};
+use crate::embed::{DEFAULT_SIZE, DeviceChoice, Embedder};
 use crate::export::{ExportFormat, ExportOptions, Occasion};
 use crate::import::{ImportOptions, ImportReport};
 use crate::model::{BoxPx, Part, Side};
@@ -220,6 +220,10 @@ pub enum Command {
         /// Where the head and its card are written.
         #[arg(long, default_value = "models/trained")]
         out: PathBuf,
+        /// Make the trained head the catalogue's active model (with --catalog): later
+        /// `embed`, `search`, `eval`, `submit` and the app use it, and recompute embeddings.
+        #[arg(long, requires = "catalog")]
+        activate: bool,
         #[command(flatten)]
         model: ModelArgs,
         #[arg(long)]
@@ -274,19 +278,12 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    /// Loads the embedder, saying clearly what to do when the weights are missing and
-    /// telling the user when CUDA was asked for but the CPU is used.
-    pub fn load(&self) -> anyhow::Result<Embedder> {
-        let dir = crate::models::default_dir();
-        let weights = self.weights.clone().unwrap_or_else(|| crate::models::dinov2_safetensors_path(&dir));
-        if !weights.exists() {
-            anyhow::bail!(
-                "no backbone weights at {}: run `whaleid models fetch`\n{}",
-                weights.display(),
-                crate::models::manual_download_help(&dir)
-            );
-        }
-        let spec = EmbedderSpec { weights, neck: self.neck.clone(), device: self.device, size: self.size };
+    /// Loads the embedder for work on `cat` (whose active model is used unless `--neck` is
+    /// given), saying clearly what to do when the weights are missing and telling the user
+    /// when CUDA was asked for but the CPU is used.
+    pub fn load_for(&self, cat: Option<&Catalogue>) -> anyhow::Result<Embedder> {
+        let spec =
+            crate::embed::spec_for(cat, self.weights.clone(), self.neck.as_deref(), self.device, self.size)?;
         let embedder = Embedder::load(&spec)?;
         if let Some(notice) = embedder.notice() {
             eprintln!("notice: {notice}");
@@ -319,6 +316,17 @@ pub enum ModelsCommand {
         dir: PathBuf,
         #[arg(long)]
         json: bool,
+    },
+    /// Make a trained head the catalogue's model (`--none`: back to the untrained head).
+    /// Embeddings made with another model are recomputed by the next `embed`.
+    Activate {
+        #[arg(long = "catalog")]
+        catalog: PathBuf,
+        /// A head.safetensors written by `whaleid train`.
+        #[arg(required_unless_present = "none", conflicts_with = "none")]
+        head: Option<PathBuf>,
+        #[arg(long)]
+        none: bool,
     },
 }
 
@@ -455,7 +463,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Embed { catalog, model, batch, json } => {
             let mut cat = open(&catalog)?;
-            let embedder = model.load()?;
+            let embedder = model.load_for(Some(&cat))?;
             let console = Console::new(json);
             let report =
                 crate::embed::embed_catalogue(&mut cat, &embedder, &crate::embed::EmbedOptions { batch }, &console)?;
@@ -479,7 +487,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Search { catalog, photo, bbox, top, species, part, side, model, json } => {
             let cat = open(&catalog)?;
-            let embedder = model.load()?;
+            let embedder = model.load_for(Some(&cat))?;
             let img = crate::photo::decode_file(&photo).map_err(|e| anyhow::anyhow!("{}: {e}", photo.display()))?;
             let query = embedder.embed(&[crate::embed::prepare(&img, bbox, embedder.size())])?;
             let load = crate::search::Gallery::from_catalogue(&cat, embedder.key())?;
@@ -493,12 +501,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             emit(json, &result, |r| describe_search(r, &photo))
         }
         Command::Eval { datasets, catalog, save_threshold, open_set, seed, batch, model, json } => {
-            let embedder = model.load()?;
             let options = crate::eval::EvalOptions { batch, open_set_fraction: open_set, seed };
-            let console = Console::new(json);
             let report = match &catalog {
                 Some(path) => {
                     let mut cat = open(path)?;
+                    let embedder = model.load_for(Some(&cat))?;
+                    let console = Console::new(json);
                     let report = crate::eval::evaluate_catalogue(&mut cat, &embedder, &options, &console)?;
                     if save_threshold {
                         let Some(open) = &report.open_set else {
@@ -509,14 +517,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                     report
                 }
-                None => crate::eval::evaluate_datasets(&datasets, &embedder, &options, &console)?,
+                None => {
+                    let embedder = model.load_for(None)?;
+                    crate::eval::evaluate_datasets(&datasets, &embedder, &options, &Console::new(json))?
+                }
             };
-            drop(console);
             emit(json, &report, crate::eval::describe)
         }
         Command::Submit { catalog, queries, out, model, json } => {
             let cat = open(&catalog)?;
-            let embedder = model.load()?;
+            let embedder = model.load_for(Some(&cat))?;
             let console = Console::new(json);
             let report = crate::submit::submit(&cat, &embedder, &queries, &out, &console)?;
             drop(console);
@@ -533,7 +543,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 s
             })
         }
-        Command::Train { datasets, catalog, config, loss, epochs, seed, out, model, json } => {
+        Command::Train { datasets, catalog, config, loss, epochs, seed, out, activate, model, json } => {
             let mut settings: crate::train::TrainConfig = match &config {
                 Some(path) => {
                     let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
@@ -551,7 +561,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(s) = seed {
                 settings.seed = s;
             }
-            let embedder = model.load()?;
+            let embedder = model.load_for(None)?;
             let temp = tempfile::Builder::new().prefix("whaleid-train").tempdir()?;
             let console = Console::new(json);
             let cat = match &catalog {
@@ -576,6 +586,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let _ = printer.join();
             drop(console);
             let report = result?;
+            if activate && report.best_epoch > 0 {
+                let mut cat = cat;
+                crate::embed::set_active_head(&mut cat, Some(&report.checkpoint))?;
+                eprintln!("activated {} for {}", report.checkpoint.display(), cat.path().display());
+            }
             emit(json, &report, |r| {
                 format!(
                     "best epoch {} of {}: validation MAP@5 {:.3} (before training {:.3}), R@1 {:.3}\nwrote {} and {}\nuse it with --neck {}",
@@ -609,6 +624,20 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     c.weights_sha256
                 )
             })
+        }
+        Command::Models { which: ModelsCommand::Activate { catalog, head, none: _ } } => {
+            let mut cat = open(&catalog)?;
+            if let Some(path) = &head {
+                // Refuse a file that is not a head before it becomes the catalogue's model.
+                let spec = crate::embed::spec_for(None, None, Some(path), DeviceChoice::Cpu, DEFAULT_SIZE)?;
+                let embedder = Embedder::load(&spec)?;
+                crate::embed::set_active_head(&mut cat, Some(path))?;
+                println!("{}: active model {} (embeddings are recomputed by `whaleid embed`)", catalog.display(), embedder.key());
+            } else {
+                crate::embed::set_active_head(&mut cat, None)?;
+                println!("{}: back to the untrained head", catalog.display());
+            }
+            Ok(())
         }
         Command::Bench { which } => crate::bench::run(which),
     }

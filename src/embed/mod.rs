@@ -4,6 +4,7 @@
 //! Loaded from the safetensors file that [`crate::models::fetch_dinov2`] writes, or built on a
 //! `VarMap` for training. [`Kernels`] picks differentiable or fused (inference-only) kernels.
 
+mod active;
 mod config;
 mod cpu;
 mod dinov2;
@@ -14,6 +15,7 @@ mod position;
 mod preprocess;
 mod worker;
 
+pub use active::{ACTIVE_HEAD_SETTING, active_head, choose_head, set_active_head, spec_for};
 pub use config::Dinov2Config;
 pub use dinov2::{Dinov2, EmbedError};
 pub use embedder::{DEFAULT_SIZE, DeviceChoice, Embedder, EmbedderSpec, select_device};
