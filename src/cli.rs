@@ -592,17 +592,39 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 eprintln!("activated {} for {}", report.checkpoint.display(), cat.path().display());
             }
             emit(json, &report, |r| {
-                format!(
-                    "best epoch {} of {}: validation MAP@5 {:.3} (before training {:.3}), R@1 {:.3}\nwrote {} and {}\nuse it with --neck {}",
+                let open = |v: &crate::train::trainer::Validation| {
+                    v.open_set.as_ref().map_or("-".to_string(), |o| format!("{:.3}", o.map5))
+                };
+                let mut s = format!(
+                    "best epoch {} of {}, on individuals never trained on:\n  \
+                     trained head:      MAP@5 {:.3}, R@1 {:.3}, open-set MAP@5 {}\n  \
+                     untrained head:    MAP@5 {:.3}, open-set MAP@5 {}\n  \
+                     frozen CLS token:  MAP@5 {:.3}, open-set MAP@5 {}",
                     r.best_epoch,
                     r.epochs_run,
                     r.best.closed_set.map5,
-                    r.before.closed_set.map5,
                     r.best.closed_set.top1,
+                    open(&r.best),
+                    r.before.closed_set.map5,
+                    open(&r.before),
+                    r.baselines.frozen_cls.closed_set.map5,
+                    open(&r.baselines.frozen_cls),
+                );
+                if let Some(lda) = &r.baselines.lda {
+                    s.push_str(&format!(
+                        "\n  LDA of CLS ({}-d): MAP@5 {:.3}, open-set MAP@5 {}",
+                        r.baselines.lda_dim,
+                        lda.closed_set.map5,
+                        open(lda)
+                    ));
+                }
+                s.push_str(&format!(
+                    "\nwrote {} and {}\nuse it with --neck {} or `whaleid models activate`",
                     r.checkpoint.display(),
                     r.card.display(),
                     r.checkpoint.display()
-                )
+                ));
+                s
             })
         }
         Command::Models { which: ModelsCommand::Fetch { from, dir, json } } => {

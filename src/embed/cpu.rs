@@ -513,19 +513,26 @@ impl Backbone {
 
     /// `images` [B, C, H, W] (f32, CPU; H and W multiples of the patch size, checked by the
     /// caller) and the position embeddings for that grid [1, 1 + N, D] -> the final
-    /// LayerNorm's output [B, 1 + N, D].
-    pub fn forward(&self, images: &Tensor, position: &Tensor) -> Result<Tensor> {
+    /// LayerNorm applied to the output of the first `n` blocks, for each `n` in `taps`
+    /// (ascending, at most the block count), each [B, 1 + N, D].
+    pub fn forward_taps(&self, images: &Tensor, position: &Tensor, taps: &[usize]) -> Result<Vec<Tensor>> {
         let (count, _, height, width) = images.dims4()?;
         let (_, tokens, d) = position.dims3()?;
         let mut x = self.embedding.forward(&to_vec(images)?, height, width, &to_vec(position)?);
         let mut scratch = Scratch::new();
-        for block in &self.blocks {
-            block.forward(&mut x, count, tokens, &mut scratch);
+        let mut outputs = Vec::with_capacity(taps.len());
+        let last = taps.iter().copied().max().unwrap_or(0).min(self.blocks.len());
+        for done in 0..=last {
+            if done > 0 {
+                self.blocks[done - 1].forward(&mut x, count, tokens, &mut scratch);
+            }
+            if taps.contains(&done) {
+                let mut out = vec![0.0; x.len()];
+                layer_norm(&x, &mut out, &self.norm.0, &self.norm.1, self.eps);
+                outputs.push(Tensor::from_vec(out, (count, tokens, d), images.device())?);
+            }
         }
-        let mut out = scratch.normed;
-        out.resize(x.len(), 0.0);
-        layer_norm(&x, &mut out, &self.norm.0, &self.norm.1, self.eps);
-        Tensor::from_vec(out, (count, tokens, d), images.device())
+        Ok(outputs)
     }
 }
 

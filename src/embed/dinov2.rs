@@ -99,6 +99,17 @@ impl Dinov2 {
     /// tokens [B, 1 + (H/p)(W/p), hidden] after the final LayerNorm, CLS first, then
     /// patches row by row.
     pub fn forward(&self, images: &Tensor) -> Result<Tensor> {
+        let mut out = self.forward_taps(images, &[self.blocks.len()])?;
+        Ok(out.remove(0))
+    }
+
+    /// Like `forward`, for the output of the first `n` blocks for each `n` in `taps`
+    /// (ascending; `n` = the block count is the usual output), each through the final
+    /// LayerNorm as DINOv2's own intermediate-layer features are.
+    pub fn forward_taps(&self, images: &Tensor, taps: &[usize]) -> Result<Vec<Tensor>> {
+        if let Some(&bad) = taps.iter().find(|&&n| n > self.blocks.len()) {
+            candle_core::bail!("block {bad} asked for, the backbone has {}", self.blocks.len());
+        }
         if self.kernels == Kernels::Fused
             && images.device().is_cpu()
             && images.dtype() == DType::F32
@@ -106,13 +117,19 @@ impl Dinov2 {
         {
             let (rows, cols) = self.embeddings.patch_grid(images, &self.config)?;
             let position = self.embeddings.position_table(rows, cols, &self.config)?;
-            return backbone.forward(images, &position);
+            return backbone.forward_taps(images, &position, taps);
         }
         let mut x = self.embeddings.forward(images, &self.config)?;
-        for block in &self.blocks {
-            x = block.forward(&x, self.kernels)?;
+        let mut outputs = Vec::with_capacity(taps.len());
+        for done in 0..=taps.iter().copied().max().unwrap_or(0) {
+            if done > 0 {
+                x = self.blocks[done - 1].forward(&x, self.kernels)?;
+            }
+            if taps.contains(&done) {
+                outputs.push(self.layernorm.forward(&x, self.kernels)?);
+            }
         }
-        self.layernorm.forward(&x, self.kernels)
+        Ok(outputs)
     }
 }
 
@@ -432,5 +449,25 @@ mod tests {
         for dims in [(1, 3, 30, 42), (1, 4, 28, 28), (1, 3, 0, 28)] {
             assert!(model.forward(&Tensor::zeros(dims, DType::F32, &Device::Cpu).unwrap()).is_err(), "{dims:?}");
         }
+    }
+
+    #[test]
+    fn intermediate_blocks_agree_on_both_paths_and_the_last_is_the_output() {
+        let mut model = tiny_frozen_backbone();
+        let blocks = model.config().num_layers;
+        let images = Tensor::randn(0f32, 1.0, (2, 3, 28, 28), &Device::Cpu).unwrap();
+        let taps = [0, 1, blocks];
+        let max_diff = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        model.set_kernels(Kernels::Differentiable);
+        let differentiable = model.forward_taps(&images, &taps).unwrap();
+        model.set_kernels(Kernels::Fused);
+        let fused = model.forward_taps(&images, &taps).unwrap();
+        assert_eq!(fused.len(), 3);
+        for (f, d) in fused.iter().zip(&differentiable) {
+            assert!(max_diff(f, d) < 1e-4);
+        }
+        assert!(max_diff(&fused[2], &model.forward(&images).unwrap()) == 0.0);
+        assert!(max_diff(&fused[0], &fused[1]) > 1e-3, "a block changes the tokens");
+        assert!(model.forward_taps(&images, &[blocks + 1]).is_err());
     }
 }

@@ -1,5 +1,6 @@
 //! Fine-tuning the embedder on the biologist's own catalogue.
 
+pub mod baseline;
 pub mod cache;
 pub mod data;
 pub mod loss;

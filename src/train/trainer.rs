@@ -17,6 +17,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use super::baseline::Baselines;
 use super::cache::{DEFAULT_GRID, TokenCache};
 use super::data::Split;
 use super::loss::LossConfig;
@@ -113,6 +114,8 @@ pub enum TrainEvent {
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainReport {
     pub checkpoint: PathBuf,
+    /// The frozen CLS token and its LDA projection on the same split.
+    pub baselines: Baselines,
     pub card: PathBuf,
     pub best_epoch: usize,
     pub before: Validation,
@@ -131,6 +134,7 @@ pub struct ModelCard<'a> {
     pub epoch: usize,
     pub validation: &'a Validation,
     pub before_training: &'a Validation,
+    pub baselines: &'a Baselines,
     /// blake3 of the training crops and their individuals.
     pub data_fingerprint: String,
     pub classes: usize,
@@ -234,6 +238,7 @@ pub fn train_head(
     let validate =
         |head: &Head| -> Result<Validation, TrainError> { validation_metrics(head, cache, &validation, config) };
     let before = validate(&head)?;
+    let baselines = super::baseline::baselines(cache, &train, &validation, config)?;
     let mut best = before.clone();
     let mut best_epoch = 0;
     let mut since_best = 0;
@@ -303,6 +308,7 @@ pub fn train_head(
                 epoch,
                 validation: &best,
                 before_training: &before,
+                baselines: &baselines,
                 data_fingerprint: fingerprint.clone(),
                 classes: split.classes.len(),
                 validation_individuals: &split.validation_individuals,
@@ -335,6 +341,7 @@ pub fn train_head(
     });
     Ok(TrainReport {
         checkpoint,
+        baselines,
         card: card_path,
         best_epoch,
         before,
@@ -428,18 +435,26 @@ fn validation_metrics(
     validation: &[(usize, i64, &str)],
     config: &TrainConfig,
 ) -> Result<Validation, TrainError> {
-    let mut gallery = Gallery::new(0);
+    let mut embeddings = Vec::with_capacity(validation.len());
     for chunk in validation.chunks(256) {
         let rows: Vec<usize> = chunk.iter().map(|(r, _, _)| *r).collect();
-        let embeddings = head.forward(&cache.batch(&rows, &Device::Cpu)?)?.to_vec2::<f32>()?;
-        for ((_, annotation, individual), v) in chunk.iter().zip(embeddings) {
-            if gallery.is_empty() && gallery.dim() != v.len() {
-                gallery = Gallery::new(v.len());
-            }
-            gallery
-                .push(&v, *annotation, Some(individual), crate::model::Part::Body, crate::model::Side::Unknown, None)
-                .map_err(TrainError::Data)?;
-        }
+        embeddings.extend(head.forward(&cache.batch(&rows, &Device::Cpu)?)?.to_vec2::<f32>()?);
+    }
+    validation_of(&embeddings, validation, config)
+}
+
+/// Leave-one-out among the validation crops (never trained on), and the open-set figure
+/// with part of their individuals left out of the gallery; `embeddings` in `validation` order.
+pub(super) fn validation_of(
+    embeddings: &[Vec<f32>],
+    validation: &[(usize, i64, &str)],
+    config: &TrainConfig,
+) -> Result<Validation, TrainError> {
+    let mut gallery = Gallery::new(embeddings.first().map_or(1, Vec::len));
+    for ((_, annotation, individual), v) in validation.iter().zip(embeddings) {
+        gallery
+            .push(v, *annotation, Some(individual), crate::model::Part::Body, crate::model::Side::Unknown, None)
+            .map_err(TrainError::Data)?;
     }
     let (closed_set, open) =
         crate::eval::gallery_metrics(&gallery, &HashSet::new(), config.validation_fraction.min(0.5), config.seed);

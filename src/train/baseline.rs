@@ -1,0 +1,144 @@
+//! What training is measured against, on the same split: the frozen backbone's CLS token,
+//! and a linear projection (LDA) of it fitted on the training individuals. A trained head
+//! that does not beat the LDA line is not worth its training time; a biologist sees both
+//! beside the trained figures in the report and the model card.
+
+use nalgebra::{DMatrix, SymmetricEigen};
+use serde::Serialize;
+
+use super::cache::TokenCache;
+use super::trainer::{TrainConfig, TrainError, Validation, validation_of};
+
+/// Ridge added to the within-individual scatter, as a share of its mean variance: keeps the
+/// whitening finite when a direction barely varies within individuals.
+const LDA_RIDGE: f64 = 1e-2;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Baselines {
+    /// Cosine on the frozen backbone's CLS token.
+    pub frozen_cls: Validation,
+    /// The same tokens projected by LDA fitted on the training crops (absent when fewer
+    /// than two training individuals have two crops).
+    pub lda: Option<Validation>,
+    /// Dimensions the LDA projection keeps.
+    pub lda_dim: usize,
+}
+
+/// Fits and scores both baselines. `train` holds cache rows with class indices,
+/// `validation` cache rows of individuals never trained on.
+pub fn baselines(
+    cache: &TokenCache,
+    train: &[(usize, u32)],
+    validation: &[(usize, i64, &str)],
+    config: &TrainConfig,
+) -> Result<Baselines, TrainError> {
+    let cls = |rows: &[usize]| -> Result<Vec<Vec<f32>>, TrainError> {
+        let mut out = Vec::with_capacity(rows.len());
+        for chunk in rows.chunks(512) {
+            let batch = cache.batch(chunk, &candle_core::Device::Cpu)?;
+            out.extend(batch.narrow(1, 0, 1)?.squeeze(1)?.to_vec2::<f32>()?);
+        }
+        Ok(out)
+    };
+    let val_rows: Vec<usize> = validation.iter().map(|(r, _, _)| *r).collect();
+    let val_cls = cls(&val_rows)?;
+    let frozen_cls = validation_of(&val_cls, validation, config)?;
+    let train_rows: Vec<usize> = train.iter().map(|(r, _)| *r).collect();
+    let labels: Vec<u32> = train.iter().map(|(_, c)| *c).collect();
+    let (lda, lda_dim) = match Lda::fit(&cls(&train_rows)?, &labels) {
+        Some(lda) => {
+            let projected: Vec<Vec<f32>> = val_cls.iter().map(|v| lda.project(v)).collect();
+            (Some(validation_of(&projected, validation, config)?), lda.dim())
+        }
+        None => (None, 0),
+    };
+    Ok(Baselines { frozen_cls, lda, lda_dim })
+}
+
+/// Fisher's linear discriminant: directions that maximise between-individual over
+/// within-individual variance, found by whitening the within scatter and diagonalising the
+/// between scatter in the whitened space.
+pub struct Lda {
+    mean: Vec<f64>,
+    /// `[in_dim, out_dim]`.
+    projection: DMatrix<f64>,
+}
+
+impl Lda {
+    /// `None` when fewer than two classes have two or more samples.
+    pub fn fit(x: &[Vec<f32>], labels: &[u32]) -> Option<Lda> {
+        let d = x.first()?.len();
+        let classes = labels.iter().max().map_or(0, |m| *m as usize + 1);
+        let mut counts = vec![0usize; classes];
+        let mut sums = vec![vec![0f64; d]; classes];
+        for (v, &c) in x.iter().zip(labels) {
+            counts[c as usize] += 1;
+            for (s, &a) in sums[c as usize].iter_mut().zip(v) {
+                *s += a as f64;
+            }
+        }
+        if counts.iter().filter(|&&n| n >= 2).count() < 2 {
+            return None;
+        }
+        let n = x.len() as f64;
+        let mean: Vec<f64> = (0..d).map(|j| sums.iter().map(|s| s[j]).sum::<f64>() / n).collect();
+        let class_means: Vec<Vec<f64>> =
+            sums.iter().zip(&counts).map(|(s, &k)| s.iter().map(|v| v / k.max(1) as f64).collect()).collect();
+        // Within: rows minus their class mean. Between: class means minus the mean, weighted.
+        let within_rows = DMatrix::from_fn(x.len(), d, |i, j| x[i][j] as f64 - class_means[labels[i] as usize][j]);
+        let between_rows = DMatrix::from_fn(classes, d, |c, j| (class_means[c][j] - mean[j]) * (counts[c] as f64).sqrt());
+        let mut within = within_rows.transpose() * &within_rows;
+        let between = between_rows.transpose() * &between_rows;
+        let ridge = LDA_RIDGE * within.trace() / d as f64;
+        for i in 0..d {
+            within[(i, i)] += ridge.max(f64::MIN_POSITIVE);
+        }
+        let w = SymmetricEigen::new(within);
+        let whiten = DMatrix::from_fn(d, d, |i, j| w.eigenvectors[(i, j)] / w.eigenvalues[j].max(f64::MIN_POSITIVE).sqrt());
+        let b = SymmetricEigen::new(whiten.transpose() * between * &whiten);
+        let mut order: Vec<usize> = (0..d).collect();
+        order.sort_by(|&i, &j| b.eigenvalues[j].total_cmp(&b.eigenvalues[i]));
+        let nonzero_classes = counts.iter().filter(|&&k| k > 0).count();
+        let keep = (nonzero_classes - 1).min(d).max(1);
+        let projection = whiten * b.eigenvectors.select_columns(&order[..keep]);
+        Some(Lda { mean, projection })
+    }
+
+    pub fn dim(&self) -> usize {
+        self.projection.ncols()
+    }
+
+    pub fn project(&self, v: &[f32]) -> Vec<f32> {
+        let centred = DMatrix::from_fn(1, self.mean.len(), |_, j| v[j] as f64 - self.mean[j]);
+        (centred * &self.projection).iter().map(|&p| p as f32).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn lda_finds_the_direction_that_separates_individuals_under_louder_noise() {
+        // Two dimensions: the first carries loud noise shared by all, the second the class.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let (mut x, mut labels) = (Vec::new(), Vec::new());
+        for c in 0..3u32 {
+            for _ in 0..50 {
+                x.push(vec![rng.random_range(-10.0..10.0f32), c as f32 + rng.random_range(-0.2..0.2f32)]);
+                labels.push(c);
+            }
+        }
+        let lda = Lda::fit(&x, &labels).unwrap();
+        assert_eq!(lda.dim(), 2);
+        // The leading direction is (almost) the second axis.
+        let (a, b) = (lda.projection[(0, 0)].abs(), lda.projection[(1, 0)].abs());
+        assert!(b > 20.0 * a, "leading direction ({a}, {b})");
+        let p0 = lda.project(&[5.0, 0.0])[0];
+        let p2 = lda.project(&[-5.0, 2.0])[0];
+        let p0b = lda.project(&[-5.0, 0.0])[0];
+        assert!((p0 - p0b).abs() < 0.1 * (p0 - p2).abs(), "noise moves a point less than the class does");
+        assert!(Lda::fit(&x[..1], &labels[..1]).is_none());
+    }
+}
