@@ -13,6 +13,7 @@ use crate::import::ImportOptions;
 use crate::progress::{Console, Progress};
 
 mod embed;
+mod train;
 
 #[derive(Subcommand, Debug)]
 pub enum Bench {
@@ -40,6 +41,16 @@ pub enum Bench {
         /// Where `dinov2_vits14.safetensors` is; the reference ONNX is cached here too.
         #[arg(long, default_value = "models")]
         models_dir: std::path::PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One head-mode training epoch over N cached crops (random tokens of the real cache's
+    /// shape). Reference: PyTorch training the same head and loss (benches/train_reference.py).
+    Train {
+        #[arg(long, default_value_t = 10_000)]
+        crops: usize,
+        #[arg(long, default_value_t = 10)]
+        per_individual: usize,
         #[arg(long)]
         json: bool,
     },
@@ -77,6 +88,7 @@ pub fn run(which: Bench) -> anyhow::Result<()> {
         Bench::Embed { images, batch, size, models_dir, json } => {
             embed::bench_embed(images, batch, size, &models_dir, json)
         }
+        Bench::Train { crops, per_individual, json } => train::bench_train(crops, per_individual, json),
         Bench::Search { gallery, dim, queries, top, no_catalogue, json } => {
             bench_search(gallery, dim, queries, top, !no_catalogue, json)
         }
