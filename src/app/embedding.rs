@@ -95,6 +95,10 @@ pub struct GalleryData {
     row_of: HashMap<i64, usize>,
     /// The new-individual threshold tuned for this model (`whaleid eval --save-threshold`).
     pub tuned_threshold: Option<f32>,
+    /// Crops still to identify: unidentified first, then labels nobody confirmed (Identify's queue).
+    pub to_identify: Vec<i64>,
+    /// Each individual's crops, by annotation.
+    pub crops_of: HashMap<i64, Vec<i64>>,
 }
 
 impl GalleryData {
@@ -114,7 +118,33 @@ impl GalleryData {
     ) -> GalleryData {
         let crop_of = crops.iter().enumerate().map(|(i, c)| (c.annotation, i)).collect();
         let row_of = load.gallery.entries().iter().enumerate().map(|(row, e)| (e.annotation, row)).collect();
-        GalleryData { key, load, map, crops, crop_of, row_of, tuned_threshold }
+        let mut to_identify: Vec<(bool, i64)> =
+            crops.iter().filter(|c| c.needs_identification()).map(|c| (c.individual.is_some(), c.annotation)).collect();
+        to_identify.sort_unstable();
+        let mut crops_of: HashMap<i64, Vec<i64>> = HashMap::new();
+        for c in &crops {
+            if let Some(i) = c.individual {
+                crops_of.entry(i).or_default().push(c.annotation);
+            }
+        }
+        GalleryData {
+            key,
+            load,
+            map,
+            crops,
+            crop_of,
+            row_of,
+            tuned_threshold,
+            to_identify: to_identify.into_iter().map(|(_, a)| a).collect(),
+            crops_of,
+        }
+    }
+
+    /// Labelled crops, individuals, and individuals with two crops or more.
+    pub fn labelled(&self) -> (usize, usize, usize) {
+        let crops = self.crops_of.values().map(Vec::len).sum();
+        let repeat = self.crops_of.values().filter(|c| c.len() >= 2).count();
+        (crops, self.crops_of.len(), repeat)
     }
 
     pub fn crop(&self, annotation: i64) -> Option<&CropInfo> {
@@ -218,9 +248,11 @@ impl WhaleApp {
             self.model_jobs.embed_again = true;
             return;
         }
+        let events = self.events_tx.clone();
         let id = self.jobs.spawn(format!("Embedding crops ({})", embedder.device_label()), move |job| {
             let mut cat = Catalogue::open(&catalogue)?;
-            let report = crate::embed::embed_catalogue(&mut cat, &embedder, &EmbedOptions::default(), job)?;
+            let progress = GalleryRefresh { job, events, last: std::sync::Mutex::new(None) };
+            let report = crate::embed::embed_catalogue(&mut cat, &embedder, &EmbedOptions::default(), &progress)?;
             let problems = report.problems.len();
             let summary = format!(
                 "{} crop(s) embedded, {} already up to date{}",
@@ -271,9 +303,48 @@ impl WhaleApp {
     pub(super) fn gallery_loaded(&mut self, data: Arc<GalleryData>) {
         // A gallery of a model no longer in use (the head changed while it was read) is dropped.
         if self.state.model.key() == Some(data.key.as_str()) {
-            self.state.model.gallery = Some(data);
+            let old = self.state.model.gallery.replace(data);
             self.state.model.generation += 1;
+            // Freeing 100,000 crops takes longer than a frame: not on this thread.
+            if let Some(old) = old {
+                let _ = std::thread::Builder::new().name("freeing a gallery".into()).spawn(move || drop(old));
+            }
         }
+    }
+}
+
+/// How often a long embedding run lets the panels see what it has committed so far.
+const GALLERY_REFRESH: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// The embedding job's progress, which also asks for the gallery to be read again after the
+/// first committed batch and then every `GALLERY_REFRESH`: on a first run over a big
+/// catalogue, the map and Identify work with what is done instead of waiting for all of it.
+struct GalleryRefresh<'a> {
+    job: &'a super::jobs::JobProgress,
+    events: std::sync::mpsc::Sender<super::command::Event>,
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl crate::progress::Progress for GalleryRefresh<'_> {
+    fn stage(&self, name: &str, total: u64) {
+        self.job.stage(name, total);
+    }
+
+    fn advance(&self, n: u64) {
+        self.job.advance(n);
+    }
+
+    fn committed(&self, done: u64, total: u64) {
+        self.job.committed(done, total);
+        let Ok(mut last) = self.last.lock() else { return };
+        if last.is_none_or(|t| t.elapsed() >= GALLERY_REFRESH) && done < total {
+            *last = Some(std::time::Instant::now());
+            let _ = self.events.send(super::command::Event::Command(Command::LoadGallery));
+        }
+    }
+
+    fn cancelled(&self) -> bool {
+        self.job.cancelled()
     }
 }
 

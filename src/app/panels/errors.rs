@@ -262,3 +262,44 @@ impl Panel for ErrorsPanel {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::search::Match;
+
+    fn outcome(truth: &str, others: usize, ranking: &[(&str, f32)]) -> QueryOutcome {
+        QueryOutcome {
+            annotation: 1,
+            truth: truth.into(),
+            others,
+            ranking: ranking
+                .iter()
+                .enumerate()
+                .map(|(k, (i, s))| Match { individual: i.to_string(), score: *s, best_annotation: 100 + k as i64 })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn mistakes_are_sorted_into_closed_set_and_the_two_open_set_kinds() {
+        let m = Mistakes::classify(
+            vec![
+                outcome("A", 3, &[("A", 0.9), ("B", 0.5)]), // right and confident: no mistake
+                outcome("A", 3, &[("B", 0.8), ("A", 0.7)]), // wrong top match
+                outcome("C", 0, &[("B", 0.8)]),             // only crop of C, yet matched: new missed
+                outcome("D", 0, &[("B", 0.3)]),             // only crop of D, called new: right
+                outcome("A", 3, &[("A", 0.4)]),             // right individual under the threshold: false new
+                outcome("E", 2, &[("B", 0.2), ("E", 0.1)]), // wrong and under the threshold: both lists
+            ],
+            0.6,
+            7,
+            false,
+        );
+        assert_eq!(m.queries, 6);
+        assert_eq!(m.misidentified.iter().map(|q| q.truth.as_str()).collect::<Vec<_>>(), ["A", "E"]);
+        assert_eq!(m.new_missed.iter().map(|q| q.truth.as_str()).collect::<Vec<_>>(), ["C"]);
+        assert_eq!(m.false_new.iter().map(|q| q.truth.as_str()).collect::<Vec<_>>(), ["A", "E"]);
+        assert_eq!(m.misidentified[1].truth_match().map(|(rank, _)| rank), Some(1));
+    }
+}

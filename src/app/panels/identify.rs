@@ -153,7 +153,8 @@ pub struct IdentifyPanel {
     /// Crops confirmed, made new or skipped in this session, so the queue moves on at once.
     done: HashSet<i64>,
     skipped: usize,
-    queue: Vec<i64>,
+    /// Where in the gallery's `to_identify` the next crop is looked for.
+    queue_pos: usize,
     queue_for: Option<u64>,
     choice: FilterChoice,
     result: Option<Searched>,
@@ -172,23 +173,26 @@ impl IdentifyPanel {
         self.current
     }
 
-    fn requeue(&mut self, data: &GalleryData, generation: u64) {
+    fn requeue(&mut self, generation: u64) {
         if self.queue_for == Some(generation) {
             return;
         }
-        self.queue = data.crops.iter().filter(|c| c.needs_identification()).map(|c| c.annotation).collect();
-        // Unidentified crops first, then labels to confirm; each in annotation order.
-        self.queue.sort_by_key(|&a| (data.crop(a).is_some_and(|c| c.individual.is_some()), a));
         self.queue_for = Some(generation);
+        self.queue_pos = 0;
     }
 
-    fn remaining(&self) -> usize {
-        self.queue.iter().filter(|a| !self.done.contains(a)).count()
+    fn remaining(&self, data: &GalleryData) -> usize {
+        let done = self.done.iter().filter(|&&a| data.crop(a).is_some_and(CropInfo::needs_identification)).count();
+        data.to_identify.len().saturating_sub(done)
     }
 
-    fn next_crop(&mut self) {
+    fn next_crop(&mut self, data: &GalleryData) {
         self.pinned = false;
-        self.current = self.queue.iter().copied().find(|a| !self.done.contains(a));
+        // The queue only loses crops as they are done: the search goes on from the last place.
+        let skip = self.queue_pos.min(data.to_identify.len());
+        let next = data.to_identify[skip..].iter().position(|a| !self.done.contains(a));
+        self.queue_pos = skip + next.unwrap_or(data.to_identify.len() - skip);
+        self.current = next.map(|k| data.to_identify[skip + k]);
         self.compared = 0;
         self.compared_crop = None;
         self.zoom = CropZoom::default();
@@ -240,22 +244,22 @@ impl IdentifyPanel {
         let Some(individual) = data.crop(m.best_annotation).and_then(|c| c.individual) else { return };
         cx.send(Command::Edit(CatalogueEdit::Assign { annotations: vec![query], individual }));
         self.done.insert(query);
-        self.next_crop();
+        self.next_crop(data);
     }
 
-    fn new_individual(&mut self, cx: &mut PanelContext<'_>) {
+    fn new_individual(&mut self, cx: &mut PanelContext<'_>, data: &GalleryData) {
         let Some(query) = self.current else { return };
         let name = std::mem::take(&mut self.new_name);
         cx.send(Command::Edit(CatalogueEdit::NewIndividual { annotations: vec![query], name }));
         self.done.insert(query);
-        self.next_crop();
+        self.next_crop(data);
     }
 
-    fn skip(&mut self) {
+    fn skip(&mut self, data: &GalleryData) {
         if let Some(query) = self.current {
             self.done.insert(query);
             self.skipped += 1;
-            self.next_crop();
+            self.next_crop(data);
         }
     }
 
@@ -277,9 +281,9 @@ impl IdentifyPanel {
         if let Some(k) = confirm {
             self.confirm(k, cx, data);
         } else if new {
-            self.new_individual(cx);
+            self.new_individual(cx, data);
         } else if skip {
-            self.skip();
+            self.skip(data);
         } else if more {
             self.more = !self.more;
         }
@@ -294,7 +298,7 @@ impl IdentifyPanel {
             };
             ui.label(who);
             ui.separator();
-            ui.label(format!("{} crop(s) to identify, {} skipped", self.remaining(), self.skipped));
+            ui.label(format!("{} crop(s) to identify, {} skipped", self.remaining(data), self.skipped));
         });
         // The filter is always on screen, with what it left to search.
         ui.horizontal_wrapped(|ui| {
@@ -455,14 +459,14 @@ impl IdentifyPanel {
         }
     }
 
-    fn actions_ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelContext<'_>) {
+    fn actions_ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelContext<'_>, data: &GalleryData) {
         ui.horizontal(|ui| {
             labelled_text(ui, "Name for a new individual", &mut self.new_name, "optional", 160.0);
             if ui.button("New individual (N)").on_hover_text("A fresh unique code; Ctrl+Z undoes").clicked() {
-                self.new_individual(cx);
+                self.new_individual(cx, data);
             }
             if ui.button("Skip (S)").clicked() {
-                self.skip();
+                self.skip(data);
             }
             let more = if self.more { "Hide more (M)" } else { "More of this individual (M)" };
             if ui.button(more).clicked() {
@@ -557,11 +561,11 @@ impl Panel for IdentifyPanel {
 
     fn update(&mut self, cx: &mut PanelContext<'_>) {
         let Some(data) = cx.state.model.gallery.clone() else { return };
-        self.requeue(&data, cx.state.model.generation);
+        self.requeue(cx.state.model.generation);
         let current_gone = self.current.is_some_and(|a| data.crop(a).is_none());
         let current_done = self.current.is_some_and(|a| self.done.contains(&a)) && !self.pinned;
         if self.current.is_none() || current_gone || current_done {
-            self.next_crop();
+            self.next_crop(&data);
         }
     }
 
@@ -593,12 +597,57 @@ impl Panel for IdentifyPanel {
                 );
             }
             ui.separator();
-            self.actions_ui(ui, cx);
+            self.actions_ui(ui, cx, &data);
             self.compare_ui(ui, cx, &data, &crop);
             if self.more {
                 self.more_ui(ui, cx, &data);
             }
             self.candidates_ui(ui, cx, &data);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shared_zoom_shows_a_part_of_the_crop_that_stays_inside_it() {
+        let whole = CropZoom::default().region();
+        assert_eq!(whole, egui::Rect::from_min_max(egui::pos2(0.0, 0.0), egui::pos2(1.0, 1.0)));
+        // Panned past the edge at ×4: the region is a quarter wide and pushed back inside.
+        let z = CropZoom { center: egui::vec2(0.99, 0.1), zoom: 4.0 };
+        let r = z.region();
+        assert!((r.width() - 0.25).abs() < 1e-6 && (r.height() - 0.25).abs() < 1e-6);
+        assert!((r.max.x - 1.0).abs() < 1e-6 && (r.min.y - 0.0).abs() < 1e-6, "{r:?}");
+    }
+
+    #[test]
+    fn the_filter_restricts_to_the_query_s_species_and_part_and_its_side_only_when_known() {
+        let crop = CropInfo {
+            annotation: 1,
+            photo: 1,
+            hash: "00".into(),
+            file: "a.jpg".into(),
+            stored_path: "a.jpg".into(),
+            bbox: None,
+            photo_size: (10, 10),
+            part: crate::model::Part::DorsalFin,
+            side: crate::model::Side::Unknown,
+            species: Some("bottlenose_dolphin".into()),
+            status: crate::model::Status::Verified,
+            individual: None,
+            code: None,
+            how: None,
+        };
+        let all = FilterChoice { species: true, part: true, side: true };
+        let f = all.filter(&crop);
+        assert_eq!(f.species.as_deref(), Some("bottlenose_dolphin"));
+        assert_eq!(f.part, Some(crate::model::Part::DorsalFin));
+        assert_eq!(f.side, None, "an unknown side restricts nothing");
+        assert_eq!(f.describe(), "species bottlenose_dolphin, part dorsal_fin");
+        let left = CropInfo { side: crate::model::Side::Left, ..crop };
+        assert_eq!(all.filter(&left).side, Some(crate::model::Side::Left));
+        assert_eq!(FilterChoice::default().filter(&left).side, None);
     }
 }

@@ -152,6 +152,8 @@ pub struct MapPanel {
     raster: Option<(RasterKey, egui::TextureHandle)>,
     drawing: Option<(RasterKey, Receiver<egui::ColorImage>)>,
     assign_to: String,
+    /// ((selection version, gallery generation), crops, individuals) of the selection.
+    counted: Option<((u64, u64), usize, usize)>,
 }
 
 impl MapPanel {
@@ -357,36 +359,50 @@ impl MapPanel {
             self.view = MapView::default();
         }
         ui.separator();
-        let selected: Vec<&crate::app::records::CropInfo> =
-            self.selection.iter().filter_map(|&a| data.crop(a)).collect();
-        let individuals: HashSet<i64> = selected.iter().filter_map(|c| c.individual).collect();
-        ui.strong(format!("{} crop(s) selected, {} individual(s)", selected.len(), individuals.len()));
-        if selected.is_empty() {
+        // Counted once per change of the selection or the gallery, not every frame.
+        let key = (self.selection_version, cx.state.model.generation);
+        if self.counted.is_none_or(|(k, ..)| k != key) {
+            let selected: Vec<&crate::app::records::CropInfo> =
+                self.selection.iter().filter_map(|&a| data.crop(a)).collect();
+            let individuals: HashSet<i64> = selected.iter().filter_map(|c| c.individual).collect();
+            self.counted = Some((key, selected.len(), individuals.len()));
+        }
+        let (crops, individuals) = self.counted.map(|(_, c, i)| (c, i)).unwrap_or_default();
+        ui.strong(format!("{crops} crop(s) selected, {individuals} individual(s)"));
+        if crops == 0 {
             return;
         }
+        let selection = &self.selection;
+        let selected = || selection.iter().filter_map(|&a| data.crop(a));
+        let mut assigned = false;
         ui.horizontal(|ui| {
             let field = labelled_text(ui, "Assign to", &mut self.assign_to, "individual code or name", 130.0);
             if ui.button("Assign").clicked() || submitted(ui, &field) {
                 match cx.state.find_individual(&self.assign_to) {
                     Ok(ind) => {
-                        let annotations: Vec<i64> = selected.iter().map(|c| c.annotation).collect();
+                        let annotations: Vec<i64> = selected().map(|c| c.annotation).collect();
                         cx.send(Command::Edit(CatalogueEdit::Assign { annotations, individual: ind.individual.id }));
-                        self.assign_to.clear();
+                        assigned = true;
                     }
                     Err(e) => cx.send(Command::Notify(Notice::error(e))),
                 }
             }
         });
+        let mut clear = false;
         ui.horizontal(|ui| {
             if ui.button("Open in library").clicked() {
-                let photos: BTreeSet<i64> = selected.iter().map(|c| c.photo).collect();
+                let photos: BTreeSet<i64> = selected().map(|c| c.photo).collect();
                 cx.send(Command::ShowPhotosInLibrary(photos.into_iter().collect()));
             }
-            if ui.button("Clear selection").clicked() {
-                self.selection.clear();
-                self.selection_version += 1;
-            }
+            clear = ui.button("Clear selection").clicked();
         });
+        if assigned {
+            self.assign_to.clear();
+        }
+        if clear {
+            self.selection.clear();
+            self.selection_version += 1;
+        }
     }
 }
 
@@ -424,5 +440,24 @@ impl Panel for MapPanel {
         };
         egui::Panel::right("map_side").default_size(280.0).show(ui, |ui| self.side_ui(ui, cx, &data));
         egui::CentralPanel::default().frame(egui::Frame::NONE).show(ui, |ui| self.canvas_ui(ui, cx, &data));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn map_and_screen_transforms_are_inverse_and_zoom_keeps_the_centre() {
+        let canvas = egui::Rect::from_min_size(egui::pos2(100.0, 50.0), egui::vec2(800.0, 600.0));
+        let view = MapView { center: egui::vec2(0.3, 0.6), zoom: 4.0 };
+        let p = [0.35, 0.52];
+        let back = view.map_from_screen(canvas, view.screen_from_map(canvas, p));
+        assert!((back[0] - p[0]).abs() < 1e-5 && (back[1] - p[1]).abs() < 1e-5, "{back:?}");
+        assert_eq!(view.screen_from_map(canvas, [0.3, 0.6]), canvas.center());
+        // At zoom 1 the unit square fits the shorter side, with a margin.
+        let fit = MapView::default();
+        let corner = fit.screen_from_map(canvas, [0.0, 0.0]);
+        assert!(canvas.contains(corner) && canvas.contains(fit.screen_from_map(canvas, [1.0, 1.0])));
     }
 }

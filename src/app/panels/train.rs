@@ -178,18 +178,10 @@ impl TrainPanel {
         let running = self.running();
         ui.heading("Train");
         if let Some(data) = &cx.state.model.gallery {
-            let labelled: Vec<i64> = data.crops.iter().filter_map(|c| c.individual).collect();
-            let mut per: std::collections::HashMap<i64, usize> = std::collections::HashMap::new();
-            for i in &labelled {
-                *per.entry(*i).or_default() += 1;
-            }
-            let repeat = per.values().filter(|&&n| n >= 2).count();
+            let (crops, individuals, repeat) = data.labelled();
             ui.label(format!(
-                "{} labelled crop(s) of {} individual(s), {} of them seen more than once. A share of {:.0}% of the \
-                 individuals is held out to validate on (split by individual, done for you).",
-                labelled.len(),
-                per.len(),
-                repeat,
+                "{crops} labelled crop(s) of {individuals} individual(s), {repeat} of them seen more than once. \
+                 A share of {:.0}% of the individuals is held out to validate on (split by individual, done for you).",
                 self.config.validation_fraction * 100.0
             ));
         }
