@@ -62,7 +62,7 @@ wait_for_window() {
   return 1
 }
 
-shot() { # panel, file, [keys to press first], [seconds to wait]
+shot() { # panel, file, [keys to press first, or click:X,Y], [seconds to wait]
   local panel=$1 file=$2 keys=${3:-} wait=${4:-3}
   WHALEID_PANEL=$panel "$BIN" app --catalog "$DEMO" >"$WORK/app.log" 2>&1 &
   APP=$!
@@ -70,7 +70,12 @@ shot() { # panel, file, [keys to press first], [seconds to wait]
   win=$(wait_for_window)
   xdotool mousemove 1279 0 # no tooltip in the picture
   sleep "$wait" # thumbnails, photos, embeddings and searches are done on worker threads
-  if [ -n "$keys" ]; then
+  if [[ "$keys" == click:* ]]; then # click:X,Y in the window, then wait as long again
+    local xy=${keys#click:}
+    xdotool mousemove --window "$win" "${xy%,*}" "${xy#*,}" click 1
+    xdotool mousemove 1279 0
+    sleep "$wait"
+  elif [ -n "$keys" ]; then
     xdotool windowfocus --sync "$win" 2>/dev/null || true
     xdotool key --window "$win" "$keys"
     sleep 1
@@ -88,4 +93,4 @@ shot library shortcuts.png F1
 shot identify identify.png "" 12
 shot map map.png "" 12
 shot errors errors.png "" 15
-shot train train.png "" 10
+shot train train.png "click:53,228" 10 # Start training, then a moment of the run

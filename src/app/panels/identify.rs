@@ -477,7 +477,7 @@ impl IdentifyPanel {
 }
 
 /// What the identification side says when there is nothing to search with.
-pub fn model_status_ui(ui: &mut egui::Ui, cx: &PanelContext<'_>) -> bool {
+pub fn model_status_ui(ui: &mut egui::Ui, cx: &mut PanelContext<'_>) -> bool {
     match &cx.state.model.status {
         ModelStatus::Off => {
             ui.label("Identification is off in this window.");
@@ -485,7 +485,10 @@ pub fn model_status_ui(ui: &mut egui::Ui, cx: &PanelContext<'_>) -> bool {
         }
         ModelStatus::Failed(why) => {
             ui.colored_label(ui.visuals().error_fg_color, why);
-            ui.label("Everything else works; the status bar's notices say how to get the weights.");
+            ui.label("Everything else works meanwhile. The notice's details say how to get the weights by hand.");
+            if ui.button("Try again").clicked() {
+                cx.send(Command::LoadEmbedder);
+            }
             false
         }
         ModelStatus::Loading => {
