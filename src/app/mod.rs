@@ -1,6 +1,6 @@
 //! The desktop app. The UI never does the work: panels push `Command`s, the catalogue
 //! worker (edits and queries), the image pool (decoding, thumbnails) and background jobs
-//! (imports, exports, later embedding and training) run on their own threads and answer
+//! (imports, exports, embedding, searching and training) run on their own threads and answer
 //! with `Event`s, which each frame drains before it draws. No frame waits on the disk.
 //!
 //! - `command`: the messages (commands from panels, events from workers)
@@ -10,7 +10,8 @@
 //! - `embedding`: the embedder, the embeddings kept up to date, the gallery and its map
 //! - `records`: what the panels show, read from the catalogue
 //! - `state`: what the window knows; `settings`: what it remembers between runs
-//! - `panels`: library, annotate, individuals (each a `Panel`); `chrome`: menus, status bar, dialogs
+//! - `panels`: library, annotate, individuals, identify, map, errors, train (each a `Panel`);
+//!   `chrome`: menus, status bar, dialogs
 
 mod chrome;
 pub mod command;

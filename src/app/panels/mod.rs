@@ -1,5 +1,5 @@
-//! The panels of the window. Each is a struct implementing `Panel`; adding one (identify,
-//! map, errors, train) means writing the struct and listing it in `all()`. A panel reads the
+//! The panels of the window. Each is a struct implementing `Panel`; adding one means writing
+//! the struct and listing it in `all()`. A panel reads the
 //! shared `AppState`, asks `ImageCache` for pictures, and changes anything only by pushing
 //! `Command`s.
 
