@@ -336,12 +336,15 @@ fn an_unidentified_crop_is_confirmed_as_the_first_candidate_with_key_1_and_undo_
     let home = tempfile::tempdir().unwrap();
     let mut h = identifying_app(home.path(), &catalogue, "identify");
     // Unidentified crops come first; the candidates come from a search in the background.
+    // What was searched is on screen: the filter and the number of crops and individuals
+    // (every other crop, once all are embedded).
     run_until(&mut h, "the candidates of the unidentified crop", |h| {
-        settled(h) && shows(h, "whale_0003_05.jpg · fluke") && shows(h, "Candidate 1: ")
+        settled(h)
+            && shows(h, "whale_0003_05.jpg · fluke")
+            && shows(h, "Candidate 1: ")
+            && shows(h, "Searched 179 crop(s) of 30 individual(s) · filter: species humpback_whale, part fluke")
     });
     assert!(shows(&h, "unidentified"));
-    // What was searched is on screen: the filter and the number of crops and individuals.
-    assert!(shows(&h, "Searched 179 crop(s) of 30 individual(s) · filter: species humpback_whale, part fluke"));
     let first = label_of(&h, "Candidate 1: ");
     let code = first.trim_start_matches("Candidate 1: ").split(',').next().unwrap().to_string();
     assert!(code.starts_with("SYN-"), "{first}");

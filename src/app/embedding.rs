@@ -251,7 +251,7 @@ impl WhaleApp {
         let events = self.events_tx.clone();
         let id = self.jobs.spawn(format!("Embedding crops ({})", embedder.device_label()), move |job| {
             let mut cat = Catalogue::open(&catalogue)?;
-            let progress = GalleryRefresh { job, events, last: std::sync::Mutex::new(None) };
+            let progress = GalleryRefresh { job, events, last: std::sync::Mutex::new(std::time::Instant::now()) };
             let report = crate::embed::embed_catalogue(&mut cat, &embedder, &EmbedOptions::default(), &progress)?;
             let problems = report.problems.len();
             let summary = format!(
@@ -316,13 +316,13 @@ impl WhaleApp {
 /// How often a long embedding run lets the panels see what it has committed so far.
 const GALLERY_REFRESH: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// The embedding job's progress, which also asks for the gallery to be read again after the
-/// first committed batch and then every `GALLERY_REFRESH`: on a first run over a big
-/// catalogue, the map and Identify work with what is done instead of waiting for all of it.
+/// The embedding job's progress, which also asks for the gallery to be read again every
+/// `GALLERY_REFRESH` while it runs: on a first run over a big catalogue, the map and Identify
+/// work with what is done instead of waiting for all of it.
 struct GalleryRefresh<'a> {
     job: &'a super::jobs::JobProgress,
     events: std::sync::mpsc::Sender<super::command::Event>,
-    last: std::sync::Mutex<Option<std::time::Instant>>,
+    last: std::sync::Mutex<std::time::Instant>,
 }
 
 impl crate::progress::Progress for GalleryRefresh<'_> {
@@ -337,8 +337,8 @@ impl crate::progress::Progress for GalleryRefresh<'_> {
     fn committed(&self, done: u64, total: u64) {
         self.job.committed(done, total);
         let Ok(mut last) = self.last.lock() else { return };
-        if last.is_none_or(|t| t.elapsed() >= GALLERY_REFRESH) && done < total {
-            *last = Some(std::time::Instant::now());
+        if last.elapsed() >= GALLERY_REFRESH && done < total {
+            *last = std::time::Instant::now();
             let _ = self.events.send(super::command::Event::Command(Command::LoadGallery));
         }
     }
