@@ -5,7 +5,10 @@
 #   scripts/screenshot.sh [OUT_DIR]      (default: target/screenshots)
 #
 # The panel is chosen with WHALEID_PANEL; each shot is taken once the window title says the
-# catalogue is open and the thumbnails had a moment to decode.
+# catalogue is open and the thumbnails had a moment to decode (the identification panels wait
+# longer: the crops are embedded and searched in the background first).
+# Identification uses WHALEID_EMBEDDER=tiny-random unless told otherwise: an untrained tiny
+# model, so the shots need no weights (its scores and matches mean nothing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-target/screenshots}
@@ -42,6 +45,7 @@ cleanup() {
 trap cleanup EXIT
 export DISPLAY=":$DISPLAY_NUM"
 export LIBGL_ALWAYS_SOFTWARE=1
+export WHALEID_EMBEDDER=${WHALEID_EMBEDDER:-tiny-random}
 for _ in $(seq 1 50); do xdpyinfo >/dev/null 2>&1 && break; [ -e "/tmp/.X11-unix/X$DISPLAY_NUM" ] && break; sleep 0.1; done
 
 # Waits until the window's title says the catalogue is open; prints the window id.
@@ -58,15 +62,20 @@ wait_for_window() {
   return 1
 }
 
-shot() { # panel, file, [keys to press first]
-  local panel=$1 file=$2 keys=${3:-}
+shot() { # panel, file, [keys to press first, or click:X,Y], [seconds to wait]
+  local panel=$1 file=$2 keys=${3:-} wait=${4:-3}
   WHALEID_PANEL=$panel "$BIN" app --catalog "$DEMO" >"$WORK/app.log" 2>&1 &
   APP=$!
   local win
   win=$(wait_for_window)
   xdotool mousemove 1279 0 # no tooltip in the picture
-  sleep 3 # thumbnails and the photo decode on worker threads
-  if [ -n "$keys" ]; then
+  sleep "$wait" # thumbnails, photos, embeddings and searches are done on worker threads
+  if [[ "$keys" == click:* ]]; then # click:X,Y in the window, then wait as long again
+    local xy=${keys#click:}
+    xdotool mousemove --window "$win" "${xy%,*}" "${xy#*,}" click 1
+    xdotool mousemove 1279 0
+    sleep "$wait"
+  elif [ -n "$keys" ]; then
     xdotool windowfocus --sync "$win" 2>/dev/null || true
     xdotool key --window "$win" "$keys"
     sleep 1
@@ -81,3 +90,7 @@ shot library library.png
 shot annotate annotate.png
 shot individuals individuals.png
 shot library shortcuts.png F1
+shot identify identify.png "" 12
+shot map map.png "" 12
+shot errors errors.png "" 15
+shot train train.png "click:53,228" 10 # Start training, then a moment of the run

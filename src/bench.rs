@@ -14,6 +14,7 @@ use crate::progress::{Console, Progress};
 
 mod embed;
 mod train;
+mod ui;
 
 #[derive(Subcommand, Debug)]
 pub enum Bench {
@@ -79,6 +80,21 @@ pub enum Bench {
         #[arg(long)]
         json: bool,
     },
+    /// The window's frame time (headless: ui + tessellation on the CPU) and time to first frame
+    /// on a catalogue of N photos while crops are embedded in the background.
+    /// Reference: the same frames with identification off.
+    Ui {
+        #[arg(long, default_value_t = 100_000)]
+        photos: usize,
+        /// Crops left without an embedding, embedded while the frames are measured.
+        #[arg(long, default_value_t = 20_000)]
+        to_embed: usize,
+        /// Frames measured per run, shared among six panels.
+        #[arg(long, default_value_t = 600)]
+        frames: usize,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn run(which: Bench) -> anyhow::Result<()> {
@@ -92,6 +108,7 @@ pub fn run(which: Bench) -> anyhow::Result<()> {
         Bench::Search { gallery, dim, queries, top, no_catalogue, json } => {
             bench_search(gallery, dim, queries, top, !no_catalogue, json)
         }
+        Bench::Ui { photos, to_embed, frames, json } => ui::bench_ui(photos, to_embed, frames, json),
     }
 }
 

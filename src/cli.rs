@@ -282,8 +282,7 @@ impl ModelArgs {
     /// given), saying clearly what to do when the weights are missing and telling the user
     /// when CUDA was asked for but the CPU is used.
     pub fn load_for(&self, cat: Option<&Catalogue>) -> anyhow::Result<Embedder> {
-        let spec =
-            crate::embed::spec_for(cat, self.weights.clone(), self.neck.as_deref(), self.device, self.size)?;
+        let spec = crate::embed::spec_for(cat, self.weights.clone(), self.neck.as_deref(), self.device, self.size)?;
         let embedder = Embedder::load(&spec)?;
         if let Some(notice) = embedder.notice() {
             eprintln!("notice: {notice}");
@@ -654,7 +653,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 let spec = crate::embed::spec_for(None, None, Some(path), DeviceChoice::Cpu, DEFAULT_SIZE)?;
                 let embedder = Embedder::load(&spec)?;
                 crate::embed::set_active_head(&mut cat, Some(path))?;
-                println!("{}: active model {} (embeddings are recomputed by `whaleid embed`)", catalog.display(), embedder.key());
+                println!(
+                    "{}: active model {} (embeddings are recomputed by `whaleid embed`)",
+                    catalog.display(),
+                    embedder.key()
+                );
             } else {
                 crate::embed::set_active_head(&mut cat, None)?;
                 println!("{}: back to the untrained head", catalog.display());

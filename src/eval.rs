@@ -256,23 +256,64 @@ fn ranking(g: &Gallery, query: &[f32], exclude: Option<i64>) -> Vec<(String, f32
 }
 
 fn closed_set_results(g: &Gallery, queries: &HashSet<i64>) -> Vec<Ranked> {
+    query_outcomes(g, queries, &crate::progress::Silent)
+        .into_iter()
+        .filter(|q| q.others > 0)
+        .map(|q| Ranked {
+            truth: q.truth,
+            ranking: q.ranking.into_iter().map(|m| (m.individual, m.score)).collect(),
+            truth_is_new: false,
+        })
+        .collect()
+}
+
+/// One labelled crop searched against the gallery (all the others in leave-one-out): what
+/// the app's review of mistakes shows, and what the closed-set metrics are computed from.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueryOutcome {
+    pub annotation: i64,
+    pub truth: String,
+    /// Other gallery crops of the true individual: 0 means it should have been answered "new".
+    pub others: usize,
+    /// Individuals ranked by their best crop, at most `RANKS_KEPT`.
+    pub ranking: Vec<crate::search::Match>,
+}
+
+impl QueryOutcome {
+    pub fn top(&self) -> Option<&crate::search::Match> {
+        self.ranking.first()
+    }
+
+    /// The true individual's place (0-based) and best match, when it is ranked.
+    pub fn truth_match(&self) -> Option<(usize, &crate::search::Match)> {
+        self.ranking.iter().enumerate().find(|(_, m)| m.individual == self.truth)
+    }
+}
+
+/// Every labelled crop (or only the tagged `queries`) searched against the others, in
+/// gallery order; stops early when `progress` is cancelled.
+pub fn query_outcomes(g: &Gallery, queries: &HashSet<i64>, progress: &dyn Progress) -> Vec<QueryOutcome> {
     let gallery =
         if queries.is_empty() { g.clone() } else { without(g, |r| queries.contains(&g.entries()[r].annotation)) };
     let images_of = images_per_individual(&gallery);
     let rows: Vec<usize> = query_rows(g, queries).collect();
-    rows.par_iter()
-        .filter_map(|&row| {
+    progress.stage("searching labelled crops", rows.len() as u64);
+    let mut out = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(512) {
+        if progress.cancelled() {
+            break;
+        }
+        out.par_extend(chunk.par_iter().filter_map(|&row| {
             let truth = individual_of(g, row)?;
             let annotation = g.entries()[row].annotation;
             // In leave-one-out the query itself is in the gallery: it needs another image.
             let others = images_of.get(truth).copied().unwrap_or(0) - usize::from(queries.is_empty());
-            (others > 0).then(|| Ranked {
-                truth: truth.to_string(),
-                ranking: ranking(&gallery, g.vector(row), Some(annotation)),
-                truth_is_new: false,
-            })
-        })
-        .collect()
+            let ranking = gallery.search(g.vector(row), RANKS_KEPT, &Filter::default(), Some(annotation), None).matches;
+            Some(QueryOutcome { annotation, truth: truth.to_string(), others, ranking })
+        }));
+        progress.advance(chunk.len() as u64);
+    }
+    out
 }
 
 /// A seeded `fraction` of the individuals, at least one when there are two or more.

@@ -301,3 +301,157 @@ fn a_file_that_is_not_a_catalogue_is_refused_with_the_reason_and_left_untouched(
     assert!(shows(&h, "No catalogue is open"));
     h.check_accessibility();
 }
+
+// ---- Identification (a tiny random embedder stands in for the real weights) -------------
+
+/// The window with the tiny random embedder, on `panel`.
+fn identifying_app(home: &Path, catalogue: &Path, panel: &str) -> Harness<'static, WhaleApp> {
+    let mut options = AppOptions::new(home.to_path_buf(), Some(catalogue.to_path_buf()));
+    options.panel = Some(panel.into());
+    options.embedding = whaleid::app::Embedding::Given(whaleid::app::tiny_random_embedder().unwrap());
+    app(options)
+}
+
+/// Takes the label off one crop, as if it had come back from the field unidentified.
+fn unidentify(catalogue: &Path, photo: &str) -> i64 {
+    let mut cat = Catalogue::open(catalogue).unwrap();
+    let photo = cat.photo_id_by_path(&format!("photos/images/{photo}")).unwrap().unwrap();
+    let annotation = cat.annotations_of_photo(photo).unwrap()[0].id;
+    cat.edit("test: forget the label", |e| e.unidentify(annotation)).unwrap();
+    annotation
+}
+
+fn label_of(h: &Harness<'_, WhaleApp>, starting: &str) -> String {
+    use egui_kittest::kittest::NodeT;
+    let node = h.get_by_label_contains(starting).accesskit_node();
+    // A plain label keeps its text in the value.
+    node.label().or_else(|| node.value()).unwrap_or_default()
+}
+
+#[test]
+fn an_unidentified_crop_is_confirmed_as_the_first_candidate_with_key_1_and_undo_takes_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalogue = demo_copy(dir.path());
+    let crop = unidentify(&catalogue, "whale_0003_05.jpg");
+    let home = tempfile::tempdir().unwrap();
+    let mut h = identifying_app(home.path(), &catalogue, "identify");
+    // Unidentified crops come first; the candidates come from a search in the background.
+    // What was searched is on screen: the filter and the number of crops and individuals
+    // (every other crop, once all are embedded).
+    run_until(&mut h, "the candidates of the unidentified crop", |h| {
+        settled(h)
+            && shows(h, "whale_0003_05.jpg · fluke")
+            && shows(h, "Candidate 1: ")
+            && shows(h, "Searched 179 crop(s) of 30 individual(s) · filter: species humpback_whale, part fluke")
+    });
+    assert!(shows(&h, "unidentified"));
+    let first = label_of(&h, "Candidate 1: ");
+    let code = first.trim_start_matches("Candidate 1: ").split(',').next().unwrap().to_string();
+    assert!(code.starts_with("SYN-"), "{first}");
+
+    h.key_press(egui::Key::Num1);
+    run_until(&mut h, "the confirmation to be written", |h| settled(h) && !shows(h, "whale_0003_05.jpg · fluke"));
+    {
+        let cat = Catalogue::open(&catalogue).unwrap();
+        let ident = cat.identification(crop).unwrap().expect("the crop is identified");
+        assert_eq!(cat.individual(ident.individual_id).unwrap().unwrap().code, code);
+        assert_eq!(ident.how, whaleid::model::How::Confirmed);
+    }
+
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Z);
+    run_until(&mut h, "the undo", |h| settled(h) && shows(h, "Undid: assigned 1 box"));
+    assert!(Catalogue::open(&catalogue).unwrap().identification(crop).unwrap().is_none());
+    h.check_accessibility();
+}
+
+#[test]
+fn n_makes_a_new_individual_with_a_fresh_unique_code_and_the_name_typed() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalogue = demo_copy(dir.path());
+    let crop = unidentify(&catalogue, "whale_0007_02.jpg");
+    let home = tempfile::tempdir().unwrap();
+    let mut h = identifying_app(home.path(), &catalogue, "identify");
+    run_until(&mut h, "the unidentified crop's candidates", |h| {
+        settled(h) && shows(h, "whale_0007_02.jpg · fluke") && shows(h, "Candidate 1: ")
+    });
+    let name = h.get_by_role_and_label(Role::TextInput, "Name for a new individual");
+    name.click();
+    name.type_text("Notch");
+    h.step();
+    h.key_press(egui::Key::Enter); // leaves the field, so N is a shortcut again
+    h.step();
+    h.key_press(egui::Key::N);
+    run_until(&mut h, "the new individual", |h| settled(h) && h.state().state().individuals.len() == 31);
+    assert!(shows(&h, "31 individuals"));
+    let cat = Catalogue::open(&catalogue).unwrap();
+    let ident = cat.identification(crop).unwrap().expect("the crop has its new individual");
+    let made = cat.individual(ident.individual_id).unwrap().unwrap();
+    assert_eq!((made.code.as_str(), made.name.as_str()), ("WID-00001", "Notch"));
+    assert_eq!(made.species.as_deref(), Some("humpback_whale"));
+}
+
+#[test]
+fn training_started_in_the_train_panel_can_be_cancelled_and_leaves_the_model_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalogue = demo_copy(dir.path());
+    let home = tempfile::tempdir().unwrap();
+    let mut h = identifying_app(home.path(), &catalogue, "train");
+    run_until(&mut h, "the dataset summary", |h| settled(h) && shows(h, "180 labelled crop(s) of 30 individual(s)"));
+    assert!(shows(&h, "Model in use: untrained head"));
+    h.get_by_role_and_label(Role::Button, "Start training").click();
+    run_until(&mut h, "the first training steps", |h| {
+        shows(h, "Training · epoch") && !shows(h, "Training loss: 0 point(s)")
+    });
+    h.get_by_role_and_label(Role::Button, "Cancel training").click();
+    run_until(&mut h, "the run to stop", |h| settled(h) && shows(h, "cancelled after"));
+    assert!(shows(&h, "the model in use is unchanged"));
+    assert!(shows(&h, "Model in use: untrained head"));
+    let cat = Catalogue::open(&catalogue).unwrap();
+    assert_eq!(whaleid::embed::active_head(&cat).unwrap(), None, "a cancelled run activates nothing");
+}
+
+#[test]
+fn clicking_a_point_on_the_map_opens_that_crop_in_identify() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalogue = demo_copy(dir.path());
+    let home = tempfile::tempdir().unwrap();
+    let mut h = identifying_app(home.path(), &catalogue, "map");
+    run_until(&mut h, "the map", |h| settled(h) && shows(h, "Embedding map of 180 crops"));
+    let canvas = h.get_by_label_contains("Embedding map of").rect();
+    // Move the pointer outwards from the middle until it rests on a crop.
+    let mut found = None;
+    'search: for ring in 0..60 {
+        let r = ring as f32 * 6.0;
+        let steps = (ring * 8).max(1);
+        for k in 0..steps {
+            let a = k as f32 / steps as f32 * std::f32::consts::TAU;
+            let pos = canvas.center() + egui::vec2(a.cos(), a.sin()) * r;
+            h.hover_at(pos);
+            h.step();
+            if shows(&h, "Hovering ") {
+                found = Some(pos);
+                break 'search;
+            }
+        }
+    }
+    let pos = found.expect("a crop under the pointer somewhere on the map");
+    let hovered = label_of(&h, "Hovering ");
+    let file = hovered.split(" · ").nth(1).unwrap().to_string();
+    assert!(file.starts_with("whale_") && file.ends_with(".jpg"), "{hovered}");
+    h.event(egui::Event::PointerButton {
+        pos,
+        button: egui::PointerButton::Primary,
+        pressed: true,
+        modifiers: Default::default(),
+    });
+    h.step();
+    h.event(egui::Event::PointerButton {
+        pos,
+        button: egui::PointerButton::Primary,
+        pressed: false,
+        modifiers: Default::default(),
+    });
+    run_until(&mut h, "the crop in Identify", |h| shows(h, &format!("{file} · fluke")));
+    assert_eq!(h.state().active_panel().0, "identify");
+    run_until(&mut h, "its candidates", |h| settled(h) && shows(h, "Candidate 1: "));
+}

@@ -356,17 +356,62 @@ impl WhaleApp {
                 ui.add(egui::DragValue::new(&mut s.thumbnail_cache_mb).range(16..=100_000)).labelled_by(l.id);
             });
             ui.checkbox(&mut s.advance_after_review, "Go to the next box after verify or reject");
+            ui.separator();
+            ui.strong("Identification");
             ui.horizontal(|ui| {
-                labelled_text(ui, "Device", &mut s.device, "auto, cpu or cuda:0", 120.0);
+                let l = ui.label("Device");
+                egui::ComboBox::from_id_salt("device")
+                    .selected_text(s.device.as_str())
+                    .show_ui(ui, |ui| {
+                        for (value, words) in [
+                            ("auto", "auto (CUDA when built with it, else CPU)"),
+                            ("cpu", "cpu"),
+                            ("cuda", "cuda (falls back to the CPU, saying why)"),
+                        ] {
+                            ui.selectable_value(&mut s.device, value.to_string(), words);
+                        }
+                    })
+                    .response
+                    .labelled_by(l.id);
             });
-            ui.horizontal(|ui| {
-                labelled_text(ui, "Embedding model", &mut s.model, "model name", 200.0);
-            });
+            let model = &self.state.model;
+            if let Some(gallery) = &model.gallery
+                && let Some(t) = gallery.tuned_threshold
+            {
+                ui.weak(format!("This model has a tuned threshold, {t:.2}, which is used instead of the slider"));
+            }
+            if self.state.stats.is_some() && model.embedder.is_some() {
+                let active =
+                    model.head.as_ref().map(|h| h.display().to_string()).unwrap_or_else(|| "untrained head".into());
+                let mut chosen = model.head.clone();
+                ui.horizontal(|ui| {
+                    let l = ui.label("Model (this catalogue)");
+                    egui::ComboBox::from_id_salt("active_head")
+                        .selected_text(active)
+                        .width(360.0)
+                        .show_ui(ui, |ui| {
+                            ui.selectable_value(&mut chosen, None, "untrained head");
+                            for h in &model.heads {
+                                ui.selectable_value(&mut chosen, Some(h.clone()), h.display().to_string());
+                            }
+                        })
+                        .response
+                        .labelled_by(l.id);
+                });
+                if chosen != model.head {
+                    // An undoable edit of the catalogue; embeddings follow in the background.
+                    self.out.push(Command::Edit(super::command::CatalogueEdit::SetActiveHead(chosen)));
+                }
+                ui.weak(format!("Embeddings: {}", self.state.settings.model));
+            }
             ui.weak(format!("Saved in {}", super::settings::Settings::file(&self.state.home).display()));
         });
         self.chrome.settings = open;
         if self.state.settings != before {
             self.out.push(Command::SaveSettings);
+            if self.state.settings.device != before.device {
+                self.out.push(Command::LoadEmbedder);
+            }
         }
 
         if let Some((pick, mut text)) = self.chrome.path_prompt.take() {

@@ -9,6 +9,7 @@ use crate::export::ExportFormat;
 use crate::model::{BoxPx, Part, Side, Status};
 use crate::stats::Stats;
 
+use super::embedding::{GalleryData, Shared};
 use super::jobs::{JobFn, JobId, JobOutcome, JobProgress};
 use super::panels::PanelId;
 use super::records::{Gallery, IndividualRow, PhotoDetail, PhotoRow};
@@ -55,6 +56,29 @@ pub enum Command {
     SetDeviceLabel(Option<String>),
     Notify(Notice),
     SaveSettings,
+    /// (Re)load the embedder (the catalogue's active model) and bring the embeddings up to date.
+    LoadEmbedder,
+    /// The embedder is ready, with the active head it was built with.
+    EmbedderLoaded(Box<super::embedding::LoadedModel>),
+    /// No identification, and why (weights missing and not fetched, a broken head file).
+    EmbedderFailed(String),
+    /// Embed the crops whose embedding is missing or stale, then read the gallery again.
+    EmbedCatalogue,
+    LoadGallery,
+    GalleryLoaded(Shared<GalleryData>),
+    /// Show a crop in the identify panel, as the query.
+    OpenCrop(i64),
+    /// Show only these photos in the library (a selection made on the map).
+    ShowPhotosInLibrary(Vec<i64>),
+    /// A panel's background result (a search, a review of mistakes), handed to every panel.
+    Deliver(Delivery),
+}
+
+/// Results of background work that panels started, each tagged so its panel knows it.
+#[derive(Debug)]
+pub enum Delivery {
+    Searched(Box<super::panels::identify::Searched>),
+    Mistakes(Shared<super::panels::errors::Mistakes>),
 }
 
 /// A background job as a command: `Command::job("Embed crops", move |job| { ... })`.
@@ -118,9 +142,13 @@ pub enum CatalogueEdit {
         photos: Vec<i64>,
         individual: i64,
     },
+    /// A new individual with a fresh unique code (and this name, when not empty).
     NewIndividual {
         annotations: Vec<i64>,
+        name: String,
     },
+    /// Makes a trained head the catalogue's model (`None`: back to the untrained head).
+    SetActiveHead(Option<PathBuf>),
     Rename {
         individual: i64,
         name: String,

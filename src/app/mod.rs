@@ -1,18 +1,21 @@
 //! The desktop app. The UI never does the work: panels push `Command`s, the catalogue
 //! worker (edits and queries), the image pool (decoding, thumbnails) and background jobs
-//! (imports, exports, later embedding and training) run on their own threads and answer
+//! (imports, exports, embedding, searching and training) run on their own threads and answer
 //! with `Event`s, which each frame drains before it draws. No frame waits on the disk.
 //!
 //! - `command`: the messages (commands from panels, events from workers)
 //! - `worker`: the thread that owns the open catalogue; every edit is written at once
 //! - `jobs`: long work with progress and cancel, shown in the status bar
 //! - `images`: decoding off the UI thread, thumbnails cached on disk
+//! - `embedding`: the embedder, the embeddings kept up to date, the gallery and its map
 //! - `records`: what the panels show, read from the catalogue
 //! - `state`: what the window knows; `settings`: what it remembers between runs
-//! - `panels`: library, annotate, individuals (each a `Panel`); `chrome`: menus, status bar, dialogs
+//! - `panels`: library, annotate, individuals, identify, map, errors, train (each a `Panel`);
+//!   `chrome`: menus, status bar, dialogs
 
 mod chrome;
 pub mod command;
+pub mod embedding;
 pub mod images;
 pub mod jobs;
 pub mod panels;
@@ -32,7 +35,8 @@ use crate::import::ImportOptions;
 use crate::model::Part;
 use crate::progress::Progress;
 
-use command::{Command, EditFailure, Event, ImportKind, Level, Notice, Pick};
+use command::{CatalogueEdit, Command, EditFailure, Event, ImportKind, Level, Notice, Pick};
+pub use embedding::Embedding;
 use images::ImageCache;
 use jobs::{JobOutcome, Jobs};
 use panels::{Panel, PanelContext, PanelId};
@@ -94,19 +98,34 @@ pub struct AppOptions {
     pub home: PathBuf,
     /// The catalogue to open; else the last one used; else the demo catalogue (created on first run).
     pub catalogue: Option<PathBuf>,
-    /// The panel shown first (`WHALEID_PANEL`: library, annotate, individuals).
+    /// The panel shown first (`WHALEID_PANEL`: library, annotate, individuals, identify, map,
+    /// errors, train).
     pub panel: Option<String>,
+    /// Which embedder identifies crops: off unless asked for (the window's `run` uses the
+    /// real weights; tests give a tiny random one).
+    pub embedding: Embedding,
 }
 
 impl AppOptions {
     pub fn new(home: PathBuf, catalogue: Option<PathBuf>) -> Self {
-        AppOptions { home, catalogue, panel: None }
+        AppOptions { home, catalogue, panel: None, embedding: Embedding::Off }
     }
 
-    /// `data_dir()`, and the first panel from `WHALEID_PANEL` (screenshots use it).
+    /// `data_dir()`, the first panel from `WHALEID_PANEL` (screenshots use it), and the real
+    /// embedder, unless `WHALEID_EMBEDDER=tiny-random` asks for an untrained two-block model
+    /// (screenshots and demos on a machine without the weights: its matches mean nothing).
     pub fn from_env(catalogue: Option<PathBuf>) -> Self {
-        AppOptions { home: data_dir(), catalogue, panel: std::env::var("WHALEID_PANEL").ok() }
+        let embedding = match std::env::var("WHALEID_EMBEDDER").as_deref() {
+            Ok("tiny-random") => tiny_random_embedder().map(Embedding::Given).unwrap_or(Embedding::Weights),
+            _ => Embedding::Weights,
+        };
+        AppOptions { home: data_dir(), catalogue, panel: std::env::var("WHALEID_PANEL").ok(), embedding }
     }
+}
+
+/// An untrained two-block embedder at 56 px (tests, benchmarks, screenshots without weights).
+pub fn tiny_random_embedder() -> Option<std::sync::Arc<crate::embed::Embedder>> {
+    crate::embed::Embedder::random(&crate::embed::Dinov2Config::tiny(), 56).ok().map(std::sync::Arc::new)
 }
 
 /// The window: state, panels, and the threads doing the work.
@@ -122,6 +141,10 @@ pub struct WhaleApp {
     out: Vec<Command>,
     chrome: chrome::Chrome,
     title: String,
+    embedding: Embedding,
+    model_jobs: embedding::ModelJobs,
+    /// Per edit sent to the worker, in order: whether it changes the active model.
+    edits_in_flight: std::collections::VecDeque<bool>,
 }
 
 impl WhaleApp {
@@ -141,7 +164,13 @@ impl WhaleApp {
             out: Vec::new(),
             chrome: chrome::Chrome::default(),
             title: String::new(),
+            embedding: options.embedding.clone(),
+            model_jobs: Default::default(),
+            edits_in_flight: Default::default(),
         };
+        if !matches!(options.embedding, Embedding::Off) {
+            app.state.model.status = embedding::ModelStatus::Loading;
+        }
         if let Some(e) = settings_error {
             app.state.notices.push(Notice::error(e.to_string()));
         }
@@ -250,8 +279,10 @@ impl WhaleApp {
     fn run_command(&mut self, command: Command) {
         match command {
             Command::Edit(edit) => {
+                let changes_model = matches!(edit, CatalogueEdit::SetActiveHead(_));
                 if self.send_to_worker(Request::Edit(edit)) {
                     self.state.save.pending += 1;
+                    self.edits_in_flight.push_back(changes_model);
                 }
             }
             Command::Undo | Command::Redo => {
@@ -310,6 +341,24 @@ impl WhaleApp {
                     self.state.notices.push(Notice::error(e.to_string()));
                 }
             }
+            Command::LoadEmbedder => self.load_embedder(),
+            Command::EmbedderLoaded(loaded) => self.embedder_loaded(*loaded),
+            Command::EmbedderFailed(why) => {
+                self.state.model.status = embedding::ModelStatus::Failed(why);
+                self.state.device_label = Some("no identification".into());
+            }
+            Command::EmbedCatalogue => self.embed_catalogue(),
+            Command::LoadGallery => self.load_gallery(),
+            Command::GalleryLoaded(data) => self.gallery_loaded(data.0),
+            Command::OpenCrop(_) => {
+                self.broadcast_command(&command);
+                self.state.active = PanelId::IDENTIFY;
+            }
+            Command::ShowPhotosInLibrary(_) => {
+                self.broadcast_command(&command);
+                self.state.active = PanelId::LIBRARY;
+            }
+            Command::Deliver(_) => self.broadcast_command(&command),
         }
     }
 
@@ -396,7 +445,11 @@ impl WhaleApp {
 
     fn handle(&mut self, event: Event) {
         match event {
-            Event::Library(rows) => self.state.set_rows(rows),
+            Event::Library(rows) => {
+                self.state.set_rows(rows);
+                // A reload follows imports, undo and redo: embed what they brought.
+                self.out.push(Command::EmbedCatalogue);
+            }
             Event::PhotoRows { ids, rows } => self.state.patch_rows(&ids, rows),
             Event::Individuals(rows) => self.state.set_individuals(rows),
             Event::History(actions) => self.state.history = actions,
@@ -410,6 +463,7 @@ impl WhaleApp {
                 if let Event::Opened { stats, .. } = event {
                     self.state.stats = Some(*stats);
                 }
+                self.out.push(Command::LoadEmbedder);
             }
             Event::OpenFailed { path, error } => {
                 self.worker = None;
@@ -419,10 +473,13 @@ impl WhaleApp {
             }
             Event::Edited { label, result } => {
                 self.state.save.pending = self.state.save.pending.saturating_sub(1);
+                let changed_model = self.edits_in_flight.pop_front().unwrap_or(false);
                 match result {
                     Ok(()) => {
                         self.state.save.error = None;
                         self.state.save.last = Some(label);
+                        // A moved or new box needs its embedding; a new model needs them all.
+                        self.out.push(if changed_model { Command::LoadEmbedder } else { Command::EmbedCatalogue });
                     }
                     Err(EditFailure::Refused(why)) => {
                         self.state.notices.push(Notice::error(format!("Not done ({label}): {why}")));
@@ -435,6 +492,10 @@ impl WhaleApp {
             }
             Event::Stepped { undo, label } => {
                 self.state.save.pending = self.state.save.pending.saturating_sub(1);
+                if matches!(self.embedding, Embedding::Weights) && self.state.model.embedder.is_some() {
+                    // The step may have changed the active model: read it again.
+                    self.out.push(Command::LoadEmbedder);
+                }
                 let verb = if undo { "Undid" } else { "Redid" };
                 match label {
                     Ok(Some(l)) => {
@@ -450,6 +511,7 @@ impl WhaleApp {
             }
             Event::JobFinished { id, result, cancelled } => {
                 let name = self.jobs.finished(id).unwrap_or_else(|| "A job".into());
+                self.model_job_finished(id);
                 match result {
                     Ok(outcome) => {
                         let stopped = if cancelled { " (cancelled)" } else { "" };
@@ -493,7 +555,9 @@ impl WhaleApp {
             if i.consume_key(Modifiers::COMMAND, Key::O) {
                 commands.push(Command::Pick(Pick::OpenCatalogue));
             }
-            for (n, key) in [Key::Num1, Key::Num2, Key::Num3, Key::Num4, Key::Num5, Key::Num6].into_iter().enumerate() {
+            const DIGITS: [Key; 9] =
+                [Key::Num1, Key::Num2, Key::Num3, Key::Num4, Key::Num5, Key::Num6, Key::Num7, Key::Num8, Key::Num9];
+            for (n, key) in DIGITS.into_iter().enumerate() {
                 if i.consume_key(Modifiers::COMMAND, key)
                     && let Some(p) = self.panels.get(n)
                 {

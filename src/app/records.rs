@@ -243,3 +243,76 @@ pub fn annotations_of_photos(cat: &Catalogue, photos: &[i64]) -> Result<Vec<Anno
     }
     Ok(out)
 }
+
+/// One crop as the identification panels show it: where its pixels are, what it is, and who
+/// it shows. Rejected crops are left out (they are never searched).
+#[derive(Debug, Clone)]
+pub struct CropInfo {
+    pub annotation: i64,
+    pub photo: i64,
+    pub hash: String,
+    pub file: PathBuf,
+    pub stored_path: String,
+    pub bbox: Option<crate::model::BoxPx>,
+    pub photo_size: (u32, u32),
+    pub part: Part,
+    pub side: crate::model::Side,
+    pub species: Option<String>,
+    pub status: crate::model::Status,
+    pub individual: Option<i64>,
+    pub code: Option<String>,
+    pub how: Option<How>,
+}
+
+impl CropInfo {
+    pub fn file_name(&self) -> &str {
+        self.stored_path.rsplit('/').next().unwrap_or(&self.stored_path)
+    }
+
+    /// What identification still owes this crop: unidentified, or a label nobody confirmed.
+    pub fn needs_identification(&self) -> bool {
+        self.individual.is_none() || self.how != Some(How::Confirmed)
+    }
+}
+
+/// Every crop that is not rejected, in annotation order, in one query.
+pub fn crop_infos(cat: &Catalogue) -> Result<Vec<CropInfo>> {
+    let sql = "SELECT a.id, a.photo_id, p.hash, p.path, p.width, p.height, a.x, a.y, a.w, a.h, a.part, a.side,
+                      a.species, a.status, i.individual_id, v.code, i.how
+               FROM annotations a
+               JOIN photos p ON p.id = a.photo_id
+               LEFT JOIN identifications i ON i.annotation_id = a.id
+               LEFT JOIN individuals v ON v.id = i.individual_id
+               WHERE a.status != 'rejected'
+               ORDER BY a.id";
+    let mut stmt = cat.conn().prepare_cached(sql).map_err(|e| cat.sql_err(e))?;
+    let rows = stmt
+        .query_map([], |r| {
+            let stored_path: String = r.get(3)?;
+            let coords: [Option<f64>; 4] = [r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?];
+            let bbox = match coords {
+                [Some(x), Some(y), Some(w), Some(h)] => Some(crate::model::BoxPx { x, y, w, h }),
+                _ => None,
+            };
+            let how: Option<String> = r.get(16)?;
+            Ok(CropInfo {
+                annotation: r.get(0)?,
+                photo: r.get(1)?,
+                hash: r.get(2)?,
+                file: cat.photo_file(&stored_path),
+                stored_path,
+                bbox,
+                photo_size: (r.get(4)?, r.get(5)?),
+                part: r.get::<_, String>(10)?.parse().unwrap_or(Part::Body),
+                side: r.get::<_, String>(11)?.parse().unwrap_or(crate::model::Side::Unknown),
+                species: r.get(12)?,
+                status: r.get::<_, String>(13)?.parse().unwrap_or(crate::model::Status::Unreviewed),
+                individual: r.get(14)?,
+                code: r.get(15)?,
+                how: how.and_then(|h| h.parse().ok()),
+            })
+        })
+        .and_then(Iterator::collect)
+        .map_err(|e| cat.sql_err(e))?;
+    Ok(rows)
+}

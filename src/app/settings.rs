@@ -19,9 +19,11 @@ pub struct Settings {
     pub thumbnail_cache_mb: u64,
     /// After a box is verified or rejected, move on to the next box to review.
     pub advance_after_review: bool,
-    /// Where embeddings and training run ("auto", "cpu", "cuda:0"); wired by the embedding jobs.
+    /// Where embeddings run: "auto" (CUDA when built with it), "cpu" or "cuda". Training runs
+    /// on the CPU (on cached tokens).
     pub device: String,
-    /// The embedding model in use; wired by the embedding jobs.
+    /// The key of the embeddings last used (backbone, size, head), for the record; which head is
+    /// used is the catalogue's own setting (Settings > Model, or Train).
     pub model: String,
 }
 

@@ -55,6 +55,8 @@ pub struct AppState {
     /// Where models run, as the status bar says it; set by the embedding side.
     pub device_label: Option<String>,
     pub active: PanelId,
+    /// The embedder, the gallery and the map (see `embedding`).
+    pub model: super::embedding::ModelState,
 }
 
 impl AppState {
@@ -150,5 +152,7 @@ impl AppState {
         self.set_individuals(Vec::new());
         self.queue.clear();
         self.history.clear();
+        self.model.gallery = None;
+        self.model.generation += 1;
     }
 }

@@ -212,7 +212,14 @@ pub fn label(edit: &CatalogueEdit) -> String {
         CatalogueEdit::SetPartSide { part, side, .. } => format!("set part {part}, side {side}"),
         CatalogueEdit::Assign { annotations, .. } => format!("assigned {}", boxes(annotations.len())),
         CatalogueEdit::AssignPhotos { photos: p, .. } => format!("assigned {}", photos(p.len())),
-        CatalogueEdit::NewIndividual { annotations } => format!("new individual from {}", boxes(annotations.len())),
+        CatalogueEdit::NewIndividual { annotations, name } if name.trim().is_empty() => {
+            format!("new individual from {}", boxes(annotations.len()))
+        }
+        CatalogueEdit::NewIndividual { annotations, name } => {
+            format!("new individual \"{}\" from {}", name.trim(), boxes(annotations.len()))
+        }
+        CatalogueEdit::SetActiveHead(Some(head)) => format!("activated the model {}", head.display()),
+        CatalogueEdit::SetActiveHead(None) => "went back to the untrained model".into(),
         CatalogueEdit::Rename { name, .. } => format!("renamed an individual to \"{name}\""),
         CatalogueEdit::Merge { .. } => "merged two individuals".into(),
         CatalogueEdit::Split { annotations } => format!("split {} into a new individual", boxes(annotations.len())),
@@ -305,14 +312,33 @@ fn apply(cat: &mut Catalogue, edit: &CatalogueEdit) -> anyhow::Result<Touched> {
             })?;
             Touched::PhotosAndIndividuals(photos.iter().copied().collect())
         }
-        CatalogueEdit::NewIndividual { annotations } => {
+        CatalogueEdit::NewIndividual { annotations, name } => {
+            if annotations.is_empty() {
+                return Err(Refused("choose the crops of the new individual first".into()).into());
+            }
             let photos = records::photos_of_annotations(cat, annotations)?;
             let species = match annotations.first() {
                 Some(&a) => cat.annotation(a)?.and_then(|a| a.species),
                 None => None,
             };
-            cat.new_individual(annotations, species.as_deref())?;
+            // One action: the new individual (a fresh unique code), its name and its crops.
+            cat.edit(&label(edit), |e| {
+                let ind = e.create_individual(None, name.trim(), species.as_deref())?;
+                for &a in annotations {
+                    e.identify(a, ind.id, How::Confirmed, None)?;
+                }
+                Ok(())
+            })?;
             Touched::PhotosAndIndividuals(photos)
+        }
+        CatalogueEdit::SetActiveHead(head) => {
+            if let Some(h) = head
+                && !h.is_file()
+            {
+                return Err(Refused(format!("{}: no such model file", h.display())).into());
+            }
+            crate::embed::set_active_head(cat, head.as_deref())?;
+            Touched::PhotosAndIndividuals(BTreeSet::new())
         }
         CatalogueEdit::Rename { individual, name } => {
             cat.rename_individual(*individual, name.trim())?;

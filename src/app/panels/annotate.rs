@@ -339,7 +339,10 @@ impl AnnotatePanel {
                 }
             });
             if ui.button("New individual").on_hover_text("This box shows an animal not in the catalogue").clicked() {
-                cx.send(Command::Edit(CatalogueEdit::NewIndividual { annotations: vec![b.annotation.id] }));
+                cx.send(Command::Edit(CatalogueEdit::NewIndividual {
+                    annotations: vec![b.annotation.id],
+                    name: String::new(),
+                }));
             }
             if let Some(bb) = b.annotation.bbox {
                 ui.weak(format!("{bb} · {}", b.annotation.source));

@@ -93,6 +93,8 @@ pub struct Filter {
     pub tag: String,
     pub file: String,
     pub sort: SortBy,
+    /// Only these photos (a selection made on the map); shown above the filters while set.
+    pub only: Option<std::sync::Arc<BTreeSet<i64>>>,
 }
 
 impl Filter {
@@ -129,6 +131,7 @@ impl Filter {
                     && (to.is_empty() || r.date().is_some_and(|d| d.get(..to.len()).unwrap_or(d) <= to))
                     && (tag.is_empty() || r.tags.iter().any(|t| t.to_lowercase().contains(&tag)))
                     && (file.is_empty() || r.stored_path.to_lowercase().contains(&file))
+                    && self.only.as_ref().is_none_or(|only| only.contains(&r.id))
             })
             .map(|(i, _)| i)
             .collect();
@@ -187,6 +190,14 @@ impl LibraryPanel {
     fn filters_ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelContext<'_>) {
         let f = &mut self.filter;
         ui.heading("Filters");
+        if let Some(n) = f.only.as_ref().map(|only| only.len()) {
+            ui.horizontal_wrapped(|ui| {
+                ui.strong(format!("Only the {n} photo(s) chosen on the map"));
+                if ui.small_button("Show all").clicked() {
+                    f.only = None;
+                }
+            });
+        }
         egui::ComboBox::from_label("Review").selected_text(f.review.label()).show_ui(ui, |ui| {
             for r in ReviewFilter::ALL {
                 ui.selectable_value(&mut f.review, r, r.label());
@@ -477,6 +488,11 @@ impl Panel for LibraryPanel {
         // Keep the photo being annotated in view when coming back.
         if let Command::OpenPhoto(id) = command {
             self.scroll_to = self.visible.iter().position(|&i| cx.state.rows[i].id == *id);
+        }
+        if let Command::ShowPhotosInLibrary(photos) = command {
+            self.filter = Filter { sort: self.filter.sort, ..Filter::default() };
+            self.filter.only = Some(std::sync::Arc::new(photos.iter().copied().collect()));
+            self.selected = photos.iter().copied().collect();
         }
     }
 

@@ -1,11 +1,15 @@
-//! The panels of the window. Each is a struct implementing `Panel`; adding one (identify,
-//! map, errors, train) means writing the struct and listing it in `all()`. A panel reads the
+//! The panels of the window. Each is a struct implementing `Panel`; adding one means writing
+//! the struct and listing it in `all()`. A panel reads the
 //! shared `AppState`, asks `ImageCache` for pictures, and changes anything only by pushing
 //! `Command`s.
 
 pub mod annotate;
+pub mod errors;
+pub mod identify;
 pub mod individuals;
 pub mod library;
+pub mod map;
+pub mod train;
 pub mod view;
 
 use eframe::egui;
@@ -22,6 +26,10 @@ impl PanelId {
     pub const LIBRARY: PanelId = PanelId("library");
     pub const ANNOTATE: PanelId = PanelId("annotate");
     pub const INDIVIDUALS: PanelId = PanelId("individuals");
+    pub const IDENTIFY: PanelId = PanelId("identify");
+    pub const MAP: PanelId = PanelId("map");
+    pub const ERRORS: PanelId = PanelId("errors");
+    pub const TRAIN: PanelId = PanelId("train");
 }
 
 impl Default for PanelId {
@@ -68,6 +76,10 @@ pub fn all() -> Vec<Box<dyn Panel>> {
         Box::new(library::LibraryPanel::default()),
         Box::new(annotate::AnnotatePanel::default()),
         Box::new(individuals::IndividualsPanel::default()),
+        Box::new(identify::IdentifyPanel::default()),
+        Box::new(map::MapPanel::default()),
+        Box::new(errors::ErrorsPanel::default()),
+        Box::new(train::TrainPanel::default()),
     ]
 }
 

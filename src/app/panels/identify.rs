@@ -1,0 +1,656 @@
+//! Identify: one crop at a time (unidentified crops first, then labels nobody confirmed), its
+//! best candidates from the gallery ranked by individual, the chosen candidate's best crop
+//! beside the query with one zoom for both. Keys 1-9 confirm a candidate, N makes a new
+//! individual, S skips, M shows more of the candidate. The filter and the number of crops
+//! searched are always on screen, and a best score under the new-individual threshold is
+//! flagged. Searching runs as a background job, never in the frame.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use eframe::egui;
+
+use super::{Panel, PanelContext, PanelId, accessible_label, labelled_text, paint_picture};
+use crate::app::command::{CatalogueEdit, Command, Delivery, Notice};
+use crate::app::embedding::{GalleryData, ModelStatus};
+use crate::app::images::{ImageCache, ImageRequest, Picture};
+use crate::app::jobs::JobOutcome;
+use crate::app::records::CropInfo;
+use crate::search::{Filter, SearchResult};
+
+/// Candidates shown (keys 1-9).
+pub const CANDIDATES: usize = 9;
+const TILE: egui::Vec2 = egui::vec2(132.0, 132.0);
+const MORE: usize = 12;
+
+/// Which of the query's own attributes restrict the candidates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FilterChoice {
+    pub species: bool,
+    pub part: bool,
+    pub side: bool,
+}
+
+impl Default for FilterChoice {
+    fn default() -> Self {
+        FilterChoice { species: true, part: true, side: false }
+    }
+}
+
+impl FilterChoice {
+    fn filter(self, crop: &CropInfo) -> Filter {
+        Filter {
+            species: if self.species { crop.species.clone() } else { None },
+            part: self.part.then_some(crop.part),
+            side: (self.side && crop.side != crate::model::Side::Unknown).then_some(crop.side),
+        }
+    }
+}
+
+/// A finished search, tagged with what it was for.
+#[derive(Debug)]
+pub struct Searched {
+    pub annotation: i64,
+    pub generation: u64,
+    pub choice: FilterChoice,
+    pub result: SearchResult,
+    /// Where the threshold came from, in words.
+    pub threshold_source: &'static str,
+}
+
+/// Zoom shared by the query and the candidate: the centre of what is shown, in the crop's
+/// own 0..1 coordinates, and the magnification.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CropZoom {
+    pub center: egui::Vec2,
+    pub zoom: f32,
+}
+
+impl Default for CropZoom {
+    fn default() -> Self {
+        CropZoom { center: egui::vec2(0.5, 0.5), zoom: 1.0 }
+    }
+}
+
+impl CropZoom {
+    /// The part of the crop shown, in the crop's 0..1 coordinates.
+    fn region(&self) -> egui::Rect {
+        let half = 0.5 / self.zoom;
+        let c = egui::vec2(self.center.x.clamp(half, 1.0 - half), self.center.y.clamp(half, 1.0 - half));
+        egui::Rect::from_center_size(c.to_pos2(), egui::vec2(2.0 * half, 2.0 * half))
+    }
+
+    /// Wheel zoom and drag pan over a pane of `size` points.
+    fn interact(&mut self, ui: &egui::Ui, response: &egui::Response) {
+        if response.hovered() {
+            let scroll = ui.input(|i| i.smooth_scroll_delta.y);
+            if scroll != 0.0 {
+                self.zoom = (self.zoom * (scroll * 0.003).exp()).clamp(1.0, 12.0);
+            }
+        }
+        if response.dragged() {
+            let size = response.rect.size();
+            let d = response.drag_delta();
+            self.center -= egui::vec2(d.x / size.x, d.y / size.y) / self.zoom;
+        }
+        let half = 0.5 / self.zoom;
+        self.center = egui::vec2(self.center.x.clamp(half, 1.0 - half), self.center.y.clamp(half, 1.0 - half));
+    }
+}
+
+/// Paints the part `zoom` shows of a crop, from the full photo when it is decoded (sharp at
+/// any zoom), else from its thumbnail.
+pub fn paint_crop(ui: &egui::Ui, rect: egui::Rect, images: &mut ImageCache, crop: &CropInfo, zoom: CropZoom) {
+    let (pw, ph) = (crop.photo_size.0.max(1) as f32, crop.photo_size.1.max(1) as f32);
+    let b = crop.bbox.map(|b| (b.x as f32, b.y as f32, b.w as f32, b.h as f32)).unwrap_or((0.0, 0.0, pw, ph));
+    let (bw, bh) = (b.2.max(1.0), b.3.max(1.0));
+    let region = zoom.region();
+    let shown = egui::vec2(bw * region.width(), bh * region.height());
+    let scale = (rect.width() / shown.x).min(rect.height() / shown.y);
+    let target = egui::Rect::from_center_size(rect.center(), shown * scale);
+    let painter = ui.painter_at(rect);
+    let view = ImageRequest::view(&crop.hash, &crop.file);
+    let texture = match images.get(&view) {
+        Picture::Ready(t) => Some((t.id(), true)),
+        Picture::Failed(why) => {
+            let why = why.to_string();
+            super::placeholder(&painter, rect, crop.file_name(), &why, ui.visuals());
+            return;
+        }
+        Picture::Loading => None,
+    };
+    let texture = texture.or_else(|| {
+        let thumb = ImageRequest::thumbnail(&crop.hash, &crop.file, crop.bbox);
+        match images.get(&thumb) {
+            Picture::Ready(t) => Some((t.id(), false)),
+            _ => None,
+        }
+    });
+    match texture {
+        Some((id, whole_photo)) => {
+            let uv = if whole_photo {
+                egui::Rect::from_min_max(
+                    egui::pos2((b.0 + region.min.x * bw) / pw, (b.1 + region.min.y * bh) / ph),
+                    egui::pos2((b.0 + region.max.x * bw) / pw, (b.1 + region.max.y * bh) / ph),
+                )
+            } else {
+                region
+            };
+            painter.image(id, target, uv, egui::Color32::WHITE);
+        }
+        None => {
+            painter.rect_filled(target, 2.0, ui.visuals().extreme_bg_color);
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct IdentifyPanel {
+    /// The crop being identified.
+    current: Option<i64>,
+    /// Opened on purpose (from the map): stays until identified or skipped.
+    pinned: bool,
+    /// Crops confirmed, made new or skipped in this session, so the queue moves on at once.
+    done: HashSet<i64>,
+    skipped: usize,
+    /// Where in the gallery's `to_identify` the next crop is looked for.
+    queue_pos: usize,
+    queue_for: Option<u64>,
+    choice: FilterChoice,
+    result: Option<Searched>,
+    /// What the last search asked for: (annotation, gallery generation, filter, threshold bits).
+    asked: Option<(i64, u64, FilterChoice, u32)>,
+    /// The candidate compared with the query (0-based), and a crop of it chosen from "more".
+    compared: usize,
+    compared_crop: Option<i64>,
+    zoom: CropZoom,
+    new_name: String,
+    more: bool,
+}
+
+impl IdentifyPanel {
+    pub fn current(&self) -> Option<i64> {
+        self.current
+    }
+
+    fn requeue(&mut self, generation: u64) {
+        if self.queue_for == Some(generation) {
+            return;
+        }
+        self.queue_for = Some(generation);
+        self.queue_pos = 0;
+    }
+
+    fn remaining(&self, data: &GalleryData) -> usize {
+        let done = self.done.iter().filter(|&&a| data.crop(a).is_some_and(CropInfo::needs_identification)).count();
+        data.to_identify.len().saturating_sub(done)
+    }
+
+    fn next_crop(&mut self, data: &GalleryData) {
+        self.pinned = false;
+        // The queue only loses crops as they are done: the search goes on from the last place.
+        let skip = self.queue_pos.min(data.to_identify.len());
+        let next = data.to_identify[skip..].iter().position(|a| !self.done.contains(a));
+        self.queue_pos = skip + next.unwrap_or(data.to_identify.len() - skip);
+        self.current = next.map(|k| data.to_identify[skip + k]);
+        self.compared = 0;
+        self.compared_crop = None;
+        self.zoom = CropZoom::default();
+        self.more = false;
+    }
+
+    fn threshold(cx: &PanelContext<'_>, data: &GalleryData) -> (f32, &'static str) {
+        match data.tuned_threshold {
+            Some(t) => (t, "tuned for this model"),
+            None => (cx.state.settings.new_individual_threshold, "from Settings"),
+        }
+    }
+
+    /// Starts a search when the crop, the gallery, the filter or the threshold changed.
+    fn search(&mut self, cx: &mut PanelContext<'_>, data: &Arc<GalleryData>) {
+        let Some(annotation) = self.current else { return };
+        let Some(crop) = data.crop(annotation) else { return };
+        let Some(row) = data.row(annotation) else { return };
+        let generation = cx.state.model.generation;
+        let (threshold, source) = Self::threshold(cx, data);
+        let asked = (annotation, generation, self.choice, threshold.to_bits());
+        if self.asked == Some(asked) {
+            return;
+        }
+        self.asked = Some(asked);
+        let filter = self.choice.filter(crop);
+        let choice = self.choice;
+        let data = data.clone();
+        cx.send(Command::job("Searching the catalogue", move |_| {
+            let gallery = &data.load.gallery;
+            let query = gallery.vector(row).to_vec();
+            let result = gallery.search(&query, CANDIDATES, &filter, Some(annotation), Some(threshold));
+            let searched = Searched { annotation, generation, choice, result, threshold_source: source };
+            Ok(JobOutcome::done("").quietly().then(Command::Deliver(Delivery::Searched(Box::new(searched)))))
+        }));
+    }
+
+    /// The candidates of the current crop, when its search is in.
+    fn candidates(&self) -> Option<&Searched> {
+        self.result.as_ref().filter(|r| Some(r.annotation) == self.current && r.choice == self.choice)
+    }
+
+    fn confirm(&mut self, k: usize, cx: &mut PanelContext<'_>, data: &GalleryData) {
+        let (Some(query), Some(searched)) = (self.current, self.candidates()) else { return };
+        let Some(m) = searched.result.matches.get(k) else {
+            cx.send(Command::Notify(Notice::error(format!("There is no candidate {}", k + 1))));
+            return;
+        };
+        let Some(individual) = data.crop(m.best_annotation).and_then(|c| c.individual) else { return };
+        cx.send(Command::Edit(CatalogueEdit::Assign { annotations: vec![query], individual }));
+        self.done.insert(query);
+        self.next_crop(data);
+    }
+
+    fn new_individual(&mut self, cx: &mut PanelContext<'_>, data: &GalleryData) {
+        let Some(query) = self.current else { return };
+        let name = std::mem::take(&mut self.new_name);
+        cx.send(Command::Edit(CatalogueEdit::NewIndividual { annotations: vec![query], name }));
+        self.done.insert(query);
+        self.next_crop(data);
+    }
+
+    fn skip(&mut self, data: &GalleryData) {
+        if let Some(query) = self.current {
+            self.done.insert(query);
+            self.skipped += 1;
+            self.next_crop(data);
+        }
+    }
+
+    fn keys(&mut self, ui: &egui::Ui, cx: &mut PanelContext<'_>, data: &GalleryData) {
+        use egui::{Key, Modifiers};
+        const DIGITS: [Key; 9] =
+            [Key::Num1, Key::Num2, Key::Num3, Key::Num4, Key::Num5, Key::Num6, Key::Num7, Key::Num8, Key::Num9];
+        let (mut confirm, mut new, mut skip, mut more) = (None, false, false, false);
+        ui.input_mut(|i| {
+            for (k, key) in DIGITS.iter().enumerate() {
+                if i.consume_key(Modifiers::NONE, *key) {
+                    confirm = Some(k);
+                }
+            }
+            new = i.consume_key(Modifiers::NONE, Key::N);
+            skip = i.consume_key(Modifiers::NONE, Key::S);
+            more = i.consume_key(Modifiers::NONE, Key::M);
+        });
+        if let Some(k) = confirm {
+            self.confirm(k, cx, data);
+        } else if new {
+            self.new_individual(cx, data);
+        } else if skip {
+            self.skip(data);
+        } else if more {
+            self.more = !self.more;
+        }
+    }
+
+    fn header_ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelContext<'_>, data: &GalleryData, crop: &CropInfo) {
+        ui.horizontal_wrapped(|ui| {
+            ui.strong(format!("{} · {}", crop.file_name(), crop.part));
+            let who = match (&crop.code, crop.how) {
+                (Some(code), Some(how)) => format!("labelled {code} ({how})"),
+                _ => "unidentified".into(),
+            };
+            ui.label(who);
+            ui.separator();
+            ui.label(format!("{} crop(s) to identify, {} skipped", self.remaining(data), self.skipped));
+        });
+        // The filter is always on screen, with what it left to search.
+        ui.horizontal_wrapped(|ui| {
+            ui.label("Candidates restricted to the query's");
+            let species = crop.species.clone().unwrap_or_else(|| "(no species)".into());
+            ui.checkbox(&mut self.choice.species, format!("species ({species})"));
+            ui.checkbox(&mut self.choice.part, format!("part ({})", crop.part));
+            ui.add_enabled(
+                crop.side != crate::model::Side::Unknown,
+                egui::Checkbox::new(&mut self.choice.side, format!("side ({})", crop.side)),
+            );
+        });
+        match self.candidates() {
+            Some(s) => {
+                ui.label(format!(
+                    "Searched {} crop(s) of {} individual(s) · filter: {}",
+                    s.result.searched_images, s.result.searched_individuals, s.result.filter
+                ));
+            }
+            None => {
+                ui.horizontal(|ui| {
+                    ui.spinner();
+                    ui.label("Searching…");
+                });
+            }
+        }
+        let left_out = data.load.describe();
+        if !left_out.is_empty() {
+            ui.weak(format!("Not searched: {left_out}"));
+        }
+        if let Some(s) = self.candidates() {
+            let threshold = s.result.threshold.unwrap_or(0.0);
+            let best = s.result.matches.first().map(|m| m.score);
+            if s.result.new_individual {
+                let text = match best {
+                    Some(b) => format!(
+                        "Possibly a new individual: the best score {b:.3} is under the new-individual threshold \
+                         {threshold:.2} ({}). Press N to make one.",
+                        s.threshold_source
+                    ),
+                    None => "No candidate at all under this filter: press N to make a new individual.".into(),
+                };
+                ui.colored_label(ui.visuals().warn_fg_color, text);
+            } else {
+                ui.weak(format!("New-individual threshold {threshold:.2} ({})", s.threshold_source));
+            }
+        }
+        let _ = cx;
+    }
+
+    fn compare_ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelContext<'_>, data: &GalleryData, crop: &CropInfo) {
+        let compared: Option<(&CropInfo, String)> = self.candidates().and_then(|s| {
+            let m = s.result.matches.get(self.compared)?;
+            let shown = self.compared_crop.unwrap_or(m.best_annotation);
+            let c = data.crop(shown)?;
+            Some((c, format!("{} · {} · score {:.3}", self.compared + 1, m.individual, m.score)))
+        });
+        let height = (ui.available_height() - TILE.y - 90.0).max(160.0);
+        let width = (ui.available_width() - ui.spacing().item_spacing.x) / 2.0;
+        ui.horizontal(|ui| {
+            for (side, (shown, title)) in [
+                (0, (Some(crop), format!("Query: {}", crop.file_name()))),
+                (1, compared.map(|(c, t)| (Some(c), t)).unwrap_or((None, "No candidate".into()))),
+            ] {
+                ui.vertical(|ui| {
+                    ui.label(title);
+                    let (rect, response) =
+                        ui.allocate_exact_size(egui::vec2(width, height - 20.0), egui::Sense::click_and_drag());
+                    let name = if side == 0 { "Query crop" } else { "Compared crop" };
+                    response.widget_info(|| egui::WidgetInfo::labeled(egui::Role::Image, true, name));
+                    ui.painter().rect_filled(rect, 2.0, ui.visuals().faint_bg_color);
+                    if let Some(c) = shown {
+                        paint_crop(ui, rect, cx.images, c, self.zoom);
+                    }
+                    // One zoom for both: what is done to either is done to the other.
+                    self.zoom.interact(ui, &response);
+                    if response.double_clicked() {
+                        self.zoom = CropZoom::default();
+                    }
+                });
+            }
+        });
+        ui.weak(format!("Zoom ×{:.1} on both crops (wheel, drag to pan, double-click to reset)", self.zoom.zoom));
+    }
+
+    fn candidates_ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelContext<'_>, data: &GalleryData) {
+        let Some(s) = self.candidates() else { return };
+        let matches = s.result.matches.clone();
+        let mut compare = None;
+        let mut confirm = None;
+        egui::ScrollArea::horizontal().id_salt("candidates").show(ui, |ui| {
+            ui.horizontal(|ui| {
+                for (k, m) in matches.iter().enumerate() {
+                    let Some(c) = data.crop(m.best_annotation) else { continue };
+                    ui.vertical(|ui| {
+                        let (rect, response) = ui.allocate_exact_size(TILE, egui::Sense::click());
+                        let label = format!("Candidate {}: {}, score {:.3}", k + 1, m.individual, m.score);
+                        let picture = cx.images.get(&ImageRequest::thumbnail(&c.hash, &c.file, c.bbox));
+                        let name = accessible_label(&label, Some(&picture));
+                        response.widget_info(|| {
+                            egui::WidgetInfo::selected(egui::Role::Button, true, k == self.compared, &name)
+                        });
+                        if k == self.compared {
+                            ui.painter().rect_filled(rect, 4.0, ui.visuals().selection.bg_fill);
+                        }
+                        paint_picture(ui, rect.shrink(4.0), picture, c.file_name());
+                        if response.clicked() {
+                            compare = Some(k);
+                        }
+                        ui.label(format!("{} {} · {:.3}", k + 1, m.individual, m.score));
+                        if ui.small_button(format!("Confirm ({})", k + 1)).clicked() {
+                            confirm = Some(k);
+                        }
+                    });
+                }
+            });
+        });
+        if let Some(k) = compare {
+            self.compared = k;
+            self.compared_crop = None;
+        }
+        if let Some(k) = confirm {
+            self.confirm(k, cx, data);
+        }
+    }
+
+    fn more_ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelContext<'_>, data: &GalleryData) {
+        let Some(m) = self.candidates().and_then(|s| s.result.matches.get(self.compared)) else { return };
+        let Some(individual) = data.crop(m.best_annotation).and_then(|c| c.individual) else { return };
+        let code = m.individual.clone();
+        let others: Vec<&CropInfo> = data
+            .crops
+            .iter()
+            .filter(|c| c.individual == Some(individual) && Some(c.annotation) != self.current)
+            .collect();
+        ui.horizontal(|ui| {
+            ui.strong(format!("More of {code}: {} crop(s)", others.len()));
+            if ui.small_button("All of them in Individuals").clicked() {
+                cx.send(Command::OpenIndividual(individual));
+            }
+        });
+        let mut chosen = None;
+        ui.horizontal(|ui| {
+            for c in others.iter().take(MORE) {
+                let size = egui::vec2(96.0, 96.0);
+                let (rect, response) = ui.allocate_exact_size(size, egui::Sense::click());
+                let picture = cx.images.get(&ImageRequest::thumbnail(&c.hash, &c.file, c.bbox));
+                let name = accessible_label(&format!("{code} {}", c.file_name()), Some(&picture));
+                response.widget_info(|| egui::WidgetInfo::labeled(egui::Role::Button, true, &name));
+                paint_picture(ui, rect, picture, c.file_name());
+                if response.clicked() {
+                    chosen = Some(c.annotation);
+                }
+            }
+        });
+        if chosen.is_some() {
+            self.compared_crop = chosen;
+        }
+    }
+
+    fn actions_ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelContext<'_>, data: &GalleryData) {
+        ui.horizontal(|ui| {
+            labelled_text(ui, "Name for a new individual", &mut self.new_name, "optional", 160.0);
+            if ui.button("New individual (N)").on_hover_text("A fresh unique code; Ctrl+Z undoes").clicked() {
+                self.new_individual(cx, data);
+            }
+            if ui.button("Skip (S)").clicked() {
+                self.skip(data);
+            }
+            let more = if self.more { "Hide more (M)" } else { "More of this individual (M)" };
+            if ui.button(more).clicked() {
+                self.more = !self.more;
+            }
+        });
+    }
+}
+
+/// What the identification side says when there is nothing to search with.
+pub fn model_status_ui(ui: &mut egui::Ui, cx: &mut PanelContext<'_>) -> bool {
+    match &cx.state.model.status {
+        ModelStatus::Off => {
+            ui.label("Identification is off in this window.");
+            false
+        }
+        ModelStatus::Failed(why) => {
+            ui.colored_label(ui.visuals().error_fg_color, why);
+            ui.label("Everything else works meanwhile. The notice's details say how to get the weights by hand.");
+            if ui.button("Try again").clicked() {
+                cx.send(Command::LoadEmbedder);
+            }
+            false
+        }
+        ModelStatus::Loading => {
+            ui.horizontal(|ui| {
+                ui.spinner();
+                ui.label("Preparing identification (the status bar shows progress)…");
+            });
+            false
+        }
+        ModelStatus::Ready if cx.state.model.gallery.is_none() => {
+            ui.horizontal(|ui| {
+                ui.spinner();
+                ui.label("Embedding crops and reading the embeddings…");
+            });
+            false
+        }
+        ModelStatus::Ready => true,
+    }
+}
+
+impl Panel for IdentifyPanel {
+    fn id(&self) -> PanelId {
+        PanelId::IDENTIFY
+    }
+
+    fn title(&self) -> &'static str {
+        "Identify"
+    }
+
+    fn shortcuts(&self) -> &'static [(&'static str, &'static str)] {
+        &[
+            ("1 … 9", "confirm that candidate for the crop"),
+            ("N", "new individual (fresh unique code, the name typed if any)"),
+            ("S", "skip to the next crop"),
+            ("M", "more crops of the compared candidate"),
+            ("Wheel / drag on a crop", "zoom and pan both crops together"),
+        ]
+    }
+
+    fn on_event(&mut self, event: &crate::app::command::Event, _cx: &mut PanelContext<'_>) {
+        if let crate::app::command::Event::Opened { .. } = event {
+            *self = IdentifyPanel::default();
+        }
+    }
+
+    fn on_command(&mut self, command: &Command, cx: &mut PanelContext<'_>) {
+        match command {
+            Command::OpenCrop(a) => {
+                self.current = Some(*a);
+                self.pinned = true;
+                self.done.remove(a);
+                self.compared = 0;
+                self.compared_crop = None;
+                self.zoom = CropZoom::default();
+            }
+            Command::Deliver(Delivery::Searched(s)) if Some(s.annotation) == self.current => {
+                let fresh = s.generation == cx.state.model.generation;
+                if fresh || self.candidates().is_none() {
+                    self.compared = self.compared.min(s.result.matches.len().saturating_sub(1));
+                    // A search result is taken once: it is moved out of the command.
+                    self.result = Some(Searched {
+                        annotation: s.annotation,
+                        generation: s.generation,
+                        choice: s.choice,
+                        result: s.result.clone(),
+                        threshold_source: s.threshold_source,
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn update(&mut self, cx: &mut PanelContext<'_>) {
+        let Some(data) = cx.state.model.gallery.clone() else { return };
+        self.requeue(cx.state.model.generation);
+        let current_gone = self.current.is_some_and(|a| data.crop(a).is_none());
+        let current_done = self.current.is_some_and(|a| self.done.contains(&a)) && !self.pinned;
+        if self.current.is_none() || current_gone || current_done {
+            self.next_crop(&data);
+        }
+    }
+
+    fn ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelContext<'_>) {
+        egui::CentralPanel::default().show(ui, |ui| {
+            if !model_status_ui(ui, cx) {
+                return;
+            }
+            let Some(data) = cx.state.model.gallery.clone() else { return };
+            let Some(annotation) = self.current else {
+                ui.heading("Nothing left to identify");
+                ui.label(format!(
+                    "Every crop has a confirmed individual ({} skipped in this session). Click a point on the \
+                     Map to look at any crop again.",
+                    self.skipped
+                ));
+                return;
+            };
+            let Some(crop) = data.crop(annotation).cloned() else { return };
+            self.search(cx, &data);
+            if cx.keys {
+                self.keys(ui, cx, &data);
+            }
+            self.header_ui(ui, cx, &data, &crop);
+            if data.row(annotation).is_none() {
+                ui.colored_label(
+                    ui.visuals().warn_fg_color,
+                    "This crop has no embedding yet (it is computed in the background); N and S work meanwhile.",
+                );
+            }
+            ui.separator();
+            self.actions_ui(ui, cx, &data);
+            self.compare_ui(ui, cx, &data, &crop);
+            if self.more {
+                self.more_ui(ui, cx, &data);
+            }
+            self.candidates_ui(ui, cx, &data);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shared_zoom_shows_a_part_of_the_crop_that_stays_inside_it() {
+        let whole = CropZoom::default().region();
+        assert_eq!(whole, egui::Rect::from_min_max(egui::pos2(0.0, 0.0), egui::pos2(1.0, 1.0)));
+        // Panned past the edge at ×4: the region is a quarter wide and pushed back inside.
+        let z = CropZoom { center: egui::vec2(0.99, 0.1), zoom: 4.0 };
+        let r = z.region();
+        assert!((r.width() - 0.25).abs() < 1e-6 && (r.height() - 0.25).abs() < 1e-6);
+        assert!((r.max.x - 1.0).abs() < 1e-6 && (r.min.y - 0.0).abs() < 1e-6, "{r:?}");
+    }
+
+    #[test]
+    fn the_filter_restricts_to_the_query_s_species_and_part_and_its_side_only_when_known() {
+        let crop = CropInfo {
+            annotation: 1,
+            photo: 1,
+            hash: "00".into(),
+            file: "a.jpg".into(),
+            stored_path: "a.jpg".into(),
+            bbox: None,
+            photo_size: (10, 10),
+            part: crate::model::Part::DorsalFin,
+            side: crate::model::Side::Unknown,
+            species: Some("bottlenose_dolphin".into()),
+            status: crate::model::Status::Verified,
+            individual: None,
+            code: None,
+            how: None,
+        };
+        let all = FilterChoice { species: true, part: true, side: true };
+        let f = all.filter(&crop);
+        assert_eq!(f.species.as_deref(), Some("bottlenose_dolphin"));
+        assert_eq!(f.part, Some(crate::model::Part::DorsalFin));
+        assert_eq!(f.side, None, "an unknown side restricts nothing");
+        assert_eq!(f.describe(), "species bottlenose_dolphin, part dorsal_fin");
+        let left = CropInfo { side: crate::model::Side::Left, ..crop };
+        assert_eq!(all.filter(&left).side, Some(crate::model::Side::Left));
+        assert_eq!(FilterChoice::default().filter(&left).side, None);
+    }
+}
