@@ -597,7 +597,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 let mut s = format!(
                     "best epoch {} of {}, on individuals never trained on:\n  \
                      trained head:      MAP@5 {:.3}, R@1 {:.3}, open-set MAP@5 {}\n  \
-                     untrained head:    MAP@5 {:.3}, open-set MAP@5 {}\n  \
+                     before training:   MAP@5 {:.3}, open-set MAP@5 {}\n  \
                      frozen CLS token:  MAP@5 {:.3}, open-set MAP@5 {}",
                     r.best_epoch,
                     r.epochs_run,

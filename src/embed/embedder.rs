@@ -140,11 +140,24 @@ impl Embedder {
         self.head.forward(&self.tokens(inputs)?)?.to_vec2()
     }
 
-    /// The backbone's tokens for a batch, `[B, 1 + N, D]` (cached for training the head).
+    /// The tokens the head reads for a batch, `[B, 1 + N, D]`: the output of the blocks the
+    /// head was trained on (all of them for the untrained head).
     pub fn tokens(&self, inputs: &[Vec<f32>]) -> candle_core::Result<Tensor> {
+        self.tokens_at(inputs, self.head.blocks.unwrap_or(self.backbone.config().num_layers))
+    }
+
+    /// The tokens after the first `blocks` blocks (through the final LayerNorm), `[B, 1 + N, D]`
+    /// (cached for training a head).
+    pub fn tokens_at(&self, inputs: &[Vec<f32>], blocks: usize) -> candle_core::Result<Tensor> {
         let side = self.size as usize;
         let batch = Tensor::from_vec(inputs.concat(), (inputs.len(), 3, side, side), &self.device)?;
-        self.backbone.forward(&batch)
+        let mut out = self.backbone.forward_taps(&batch, &[blocks])?;
+        Ok(out.remove(0))
+    }
+
+    /// The backbone's block count.
+    pub fn blocks(&self) -> usize {
+        self.backbone.config().num_layers
     }
 }
 

@@ -131,12 +131,18 @@ impl Neck {
 pub struct Head {
     pub pooling: Pooling,
     pub neck: Neck,
+    /// The backbone blocks whose output the head reads (`None`: all of them). Stored in the
+    /// head's file as `backbone.blocks`.
+    pub blocks: Option<usize>,
 }
+
+/// The name under which a head file records the backbone depth it reads.
+pub const BLOCKS_TENSOR: &str = "backbone.blocks";
 
 impl Head {
     /// The untrained head: GeM with p = 3 and the identity neck.
     pub fn untrained(device: &Device) -> Result<Self> {
-        Ok(Self { pooling: Pooling { p: Tensor::new(&[GEM_P as f32], device)? }, neck: Neck::Identity })
+        Ok(Self { pooling: Pooling { p: Tensor::new(&[GEM_P as f32], device)? }, neck: Neck::Identity, blocks: None })
     }
 
     /// A trained head from a safetensors file: `pooling.gem_p`, `neck.bn.*`, `neck.linear.*`.
@@ -144,7 +150,17 @@ impl Head {
         let bytes = std::fs::read(path).map_err(|e| candle_core::Error::msg(format!("{}: {e}", path.display())))?;
         let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, device)?;
         let out_dim = vb.pp("neck.linear").get_unchecked("weight")?.dims().first().copied().unwrap_or(0);
-        Self::trainable(vb, in_dim, out_dim)
+        let blocks = match vb.contains_tensor(BLOCKS_TENSOR) {
+            true => {
+                let value = vb.get_unchecked(BLOCKS_TENSOR)?.flatten_all()?.to_vec1::<f32>()?;
+                match value.as_slice() {
+                    [n] if *n >= 1.0 && n.fract() == 0.0 => Some(*n as usize),
+                    _ => candle_core::bail!("{}: {BLOCKS_TENSOR} is not a block count: {value:?}", path.display()),
+                }
+            }
+            false => None,
+        };
+        Ok(Self { blocks, ..Self::trainable(vb, in_dim, out_dim)? })
     }
 
     pub fn out_dim(&self, token_dim: usize) -> usize {
@@ -156,6 +172,7 @@ impl Head {
         Ok(Self {
             pooling: Pooling::new(vb.pp("pooling"))?,
             neck: Neck::linear(vb.pp("neck"), 2 * token_dim, out_dim)?,
+            blocks: None,
         })
     }
 

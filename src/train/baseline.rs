@@ -108,6 +108,23 @@ impl Lda {
         self.projection.ncols()
     }
 
+    /// The projection as a linear layer with `out_dim` outputs, row-major `[out_dim, in]`
+    /// weights and a bias (outputs past [`Lda::dim`] are zero rows): `W x + b` is
+    /// `project(x)` padded with zeros.
+    pub fn linear(&self, out_dim: usize) -> (Vec<f32>, Vec<f32>) {
+        let d = self.mean.len();
+        let mut weight = vec![0f32; out_dim * d];
+        let mut bias = vec![0f32; out_dim];
+        for k in 0..self.dim().min(out_dim) {
+            let column = self.projection.column(k);
+            for (w, p) in weight[k * d..][..d].iter_mut().zip(column.iter()) {
+                *w = *p as f32;
+            }
+            bias[k] = -column.iter().zip(&self.mean).map(|(p, m)| p * m).sum::<f64>() as f32;
+        }
+        (weight, bias)
+    }
+
     pub fn project(&self, v: &[f32]) -> Vec<f32> {
         let centred = DMatrix::from_fn(1, self.mean.len(), |_, j| v[j] as f64 - self.mean[j]);
         (centred * &self.projection).iter().map(|&p| p as f32).collect()
@@ -140,5 +157,12 @@ mod tests {
         let p0b = lda.project(&[-5.0, 0.0])[0];
         assert!((p0 - p0b).abs() < 0.1 * (p0 - p2).abs(), "noise moves a point less than the class does");
         assert!(Lda::fit(&x[..1], &labels[..1]).is_none());
+        // As a linear layer: the same numbers, then zeros.
+        let (w, b) = lda.linear(3);
+        let v = [1.5f32, 0.7];
+        let layer: Vec<f32> = (0..3).map(|k| w[2 * k] * v[0] + w[2 * k + 1] * v[1] + b[k]).collect();
+        let projected = lda.project(&v);
+        assert!((layer[0] - projected[0]).abs() < 1e-4 && (layer[1] - projected[1]).abs() < 1e-4);
+        assert_eq!(layer[2], 0.0);
     }
 }

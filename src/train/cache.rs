@@ -1,6 +1,7 @@
 //! Backbone outputs cached once for training the head on a CPU.
 //!
-//! What is cached: the CLS token and the patch tokens after the final LayerNorm, the patch
+//! What is cached: the CLS token and the patch tokens after `blocks` blocks and the final
+//! LayerNorm (see `TrainConfig::blocks` for which depth and why), the patch
 //! grid average-pooled to `grid` x `grid` (16 x 16 -> 8 x 8 at 224 px), in f16. That keeps
 //! what a trainable GeM needs (per-position activations) at a quarter of the tokens and half
 //! the bytes: 10,000 crops take 0.5 GB instead of 4 GB, and an epoch over them is dominated
@@ -70,6 +71,7 @@ pub fn token_cache(
     embedder: &Embedder,
     annotations: &[i64],
     grid: usize,
+    blocks: usize,
     progress: &dyn Progress,
 ) -> Result<TokenCache, CacheError> {
     let states = cat.embedding_states(embedder.key())?;
@@ -78,7 +80,7 @@ pub fn token_cache(
     let mut crops = Vec::new();
     let mut problems = Vec::new();
     let mut fingerprint = blake3::Hasher::new();
-    fingerprint.update(format!("{}|{grid}|", embedder.key()).as_bytes());
+    fingerprint.update(format!("{}|{grid}|{blocks}|", embedder.key()).as_bytes());
     for id in annotations {
         match by_id.get(id) {
             Some(s) => {
@@ -111,7 +113,7 @@ pub fn token_cache(
         problems.extend(prepared.problems);
         if !prepared.inputs.is_empty() {
             let inputs: Vec<Vec<f32>> = prepared.inputs.iter().map(|(_, _, i)| i.clone()).collect();
-            let tokens = embedder.tokens(&inputs)?;
+            let tokens = embedder.tokens_at(&inputs, blocks)?;
             parts.push(pool_tokens(&tokens, side, side, grid)?.to_device(&Device::Cpu)?.to_dtype(DType::F16)?);
             kept.extend(prepared.inputs.iter().map(|(a, _, _)| *a));
         }

@@ -38,9 +38,10 @@ pub fn train_catalogue(
         .filter(|(a, _)| usable.contains(a))
         .map(|(annotation, individual)| data::Labelled { annotation, individual })
         .collect();
+    let config = &TrainConfig { blocks: config.blocks.clamp(1, embedder.blocks()), ..config.clone() };
     let split = data::split_by_individual(&labelled, config.validation_fraction, config.seed);
     let ids: Vec<i64> = labelled.iter().map(|l| l.annotation).collect();
-    let cache = cache::token_cache(cat, embedder, &ids, config.grid, progress)?;
+    let cache = cache::token_cache(cat, embedder, &ids, config.grid, config.blocks, progress)?;
     for p in &cache.problems {
         eprintln!("warning: {p}");
     }
