@@ -585,7 +585,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let _ = printer.join();
             drop(console);
             let report = result?;
-            if activate && report.best_epoch > 0 {
+            if activate {
                 let mut cat = cat;
                 crate::embed::set_active_head(&mut cat, Some(&report.checkpoint))?;
                 eprintln!("activated {} for {}", report.checkpoint.display(), cat.path().display());
