@@ -90,6 +90,11 @@ impl Embedder {
         Self { backbone, head, device, size, key, notice: None }
     }
 
+    /// The same backbone with another head (a freshly trained one), under `key`.
+    pub fn with_head(self, head: Head, key: String) -> Self {
+        Self { head, key, ..self }
+    }
+
     /// A small randomly initialised embedder (unit tests, benchmarks of the plumbing): the
     /// real architecture at `config`'s size, untrained head.
     pub fn random(config: &super::Dinov2Config, size: u32) -> candle_core::Result<Self> {
@@ -141,9 +146,17 @@ impl Embedder {
     }
 
     /// The tokens the head reads for a batch, `[B, 1 + N, D]`: the output of the blocks the
-    /// head was trained on (all of them for the untrained head).
+    /// head was trained on (all of them for the untrained head), the patch grid pooled as in
+    /// its training.
     pub fn tokens(&self, inputs: &[Vec<f32>]) -> candle_core::Result<Tensor> {
-        self.tokens_at(inputs, self.head.blocks.unwrap_or(self.backbone.config().num_layers))
+        let tokens = self.tokens_at(inputs, self.head.blocks.unwrap_or(self.backbone.config().num_layers))?;
+        match self.head.grid {
+            Some(grid) => {
+                let side = self.size as usize / self.backbone.config().patch_size;
+                super::pool_tokens(&tokens, side, side, grid)
+            }
+            None => Ok(tokens),
+        }
     }
 
     /// The tokens after the first `blocks` blocks (through the final LayerNorm), `[B, 1 + N, D]`

@@ -134,15 +134,20 @@ pub struct Head {
     /// The backbone blocks whose output the head reads (`None`: all of them). Stored in the
     /// head's file as `backbone.blocks`.
     pub blocks: Option<usize>,
+    /// The side of the grid the patch tokens are average-pooled to before the head, as the
+    /// training cache stored them (`None`: not pooled). Stored as `pooling.grid`.
+    pub grid: Option<usize>,
 }
 
 /// The name under which a head file records the backbone depth it reads.
 pub const BLOCKS_TENSOR: &str = "backbone.blocks";
+/// The name under which a head file records the patch grid it was trained on.
+pub const GRID_TENSOR: &str = "pooling.grid";
 
 impl Head {
     /// The untrained head: GeM with p = 3 and the identity neck.
     pub fn untrained(device: &Device) -> Result<Self> {
-        Ok(Self { pooling: Pooling { p: Tensor::new(&[GEM_P as f32], device)? }, neck: Neck::Identity, blocks: None })
+        Ok(Self { pooling: Pooling { p: Tensor::new(&[GEM_P as f32], device)? }, neck: Neck::Identity, blocks: None, grid: None })
     }
 
     /// A trained head from a safetensors file: `pooling.gem_p`, `neck.bn.*`, `neck.linear.*`.
@@ -150,17 +155,18 @@ impl Head {
         let bytes = std::fs::read(path).map_err(|e| candle_core::Error::msg(format!("{}: {e}", path.display())))?;
         let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, device)?;
         let out_dim = vb.pp("neck.linear").get_unchecked("weight")?.dims().first().copied().unwrap_or(0);
-        let blocks = match vb.contains_tensor(BLOCKS_TENSOR) {
-            true => {
-                let value = vb.get_unchecked(BLOCKS_TENSOR)?.flatten_all()?.to_vec1::<f32>()?;
-                match value.as_slice() {
-                    [n] if *n >= 1.0 && n.fract() == 0.0 => Some(*n as usize),
-                    _ => candle_core::bail!("{}: {BLOCKS_TENSOR} is not a block count: {value:?}", path.display()),
-                }
+        let count = |name: &str| -> Result<Option<usize>> {
+            if !vb.contains_tensor(name) {
+                return Ok(None);
             }
-            false => None,
+            let value = vb.get_unchecked(name)?.flatten_all()?.to_vec1::<f32>()?;
+            match value.as_slice() {
+                [n] if *n >= 1.0 && n.fract() == 0.0 => Ok(Some(*n as usize)),
+                _ => candle_core::bail!("{}: {name} is not a positive whole number: {value:?}", path.display()),
+            }
         };
-        Ok(Self { blocks, ..Self::trainable(vb, in_dim, out_dim)? })
+        let (blocks, grid) = (count(BLOCKS_TENSOR)?, count(GRID_TENSOR)?);
+        Ok(Self { blocks, grid, ..Self::trainable(vb, in_dim, out_dim)? })
     }
 
     pub fn out_dim(&self, token_dim: usize) -> usize {
@@ -173,6 +179,7 @@ impl Head {
             pooling: Pooling::new(vb.pp("pooling"))?,
             neck: Neck::linear(vb.pp("neck"), 2 * token_dim, out_dim)?,
             blocks: None,
+            grid: None,
         })
     }
 
@@ -189,6 +196,22 @@ impl Head {
     }
 }
 
+/// Average-pools the patch grid of `tokens` `[B, 1 + R*C, D]` to `grid` x `grid` where it
+/// divides evenly (else keeps it) and returns `[B, 1 + grid², D]`.
+pub fn pool_tokens(tokens: &Tensor, rows: usize, cols: usize, grid: usize) -> candle_core::Result<Tensor> {
+    let (b, n, d) = tokens.dims3()?;
+    if n != 1 + rows * cols {
+        candle_core::bail!("{n} tokens do not make a {rows} x {cols} grid and a CLS token");
+    }
+    if grid == 0 || !rows.is_multiple_of(grid) || !cols.is_multiple_of(grid) || (rows == grid && cols == grid) {
+        return Ok(tokens.clone());
+    }
+    let cls = tokens.narrow(1, 0, 1)?;
+    let patches = tokens.narrow(1, 1, rows * cols)?.reshape((b, grid, rows / grid, grid, cols / grid, d))?;
+    let pooled = patches.mean(4)?.mean(2)?.reshape((b, grid * grid, d))?;
+    Tensor::cat(&[&cls, &pooled], 1)
+}
+
 /// Rows of unit length (a zero row stays zero).
 pub fn l2_normalise(x: &Tensor) -> Result<Tensor> {
     let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
@@ -198,6 +221,19 @@ pub fn l2_normalise(x: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pooling_averages_each_block_of_the_patch_grid_and_keeps_cls() -> candle_core::Result<()> {
+        // 1 image, 4 x 4 patches, D = 1: patch value = its index.
+        let mut values = vec![-1f32];
+        values.extend((0..16).map(|i| i as f32));
+        let tokens = Tensor::from_vec(values, (1, 17, 1), &Device::Cpu)?;
+        let pooled = pool_tokens(&tokens, 4, 4, 2)?.flatten_all()?.to_vec1::<f32>()?;
+        // Top-left block: 0, 1, 4, 5 -> 2.5.
+        assert_eq!(pooled, vec![-1.0, 2.5, 4.5, 10.5, 12.5]);
+        assert_eq!(pool_tokens(&tokens, 4, 4, 3)?.dims(), &[1, 17, 1], "3 does not divide 4: unchanged");
+        Ok(())
+    }
 
     #[test]
     fn gem_of_equal_tokens_is_that_value_and_cls_passes_through() -> Result<()> {

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 
 use crate::catalogue::Catalogue;
-use crate::embed::{Crop, Embedder, prepare_batch};
+use crate::embed::{Crop, Embedder, pool_tokens, prepare_batch};
 use crate::progress::Progress;
 
 /// Default side of the pooled patch grid.
@@ -47,22 +47,6 @@ impl TokenCache {
         let index = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), &Device::Cpu)?;
         self.tokens.index_select(&index, 0)?.to_dtype(DType::F32)?.to_device(device)
     }
-}
-
-/// Average-pools the patch grid of `tokens` `[B, 1 + R*C, D]` to `grid` x `grid` where it
-/// divides evenly (else keeps it) and returns `[B, 1 + grid², D]`.
-pub fn pool_tokens(tokens: &Tensor, rows: usize, cols: usize, grid: usize) -> candle_core::Result<Tensor> {
-    let (b, n, d) = tokens.dims3()?;
-    if n != 1 + rows * cols {
-        candle_core::bail!("{n} tokens do not make a {rows} x {cols} grid and a CLS token");
-    }
-    if grid == 0 || !rows.is_multiple_of(grid) || !cols.is_multiple_of(grid) || (rows == grid && cols == grid) {
-        return Ok(tokens.clone());
-    }
-    let cls = tokens.narrow(1, 0, 1)?;
-    let patches = tokens.narrow(1, 1, rows * cols)?.reshape((b, grid, rows / grid, grid, cols / grid, d))?;
-    let pooled = patches.mean(4)?.mean(2)?.reshape((b, grid * grid, d))?;
-    Tensor::cat(&[&cls, &pooled], 1)
 }
 
 /// The cached tokens of `annotations` (computed with `embedder` where not on disk yet).
@@ -138,20 +122,3 @@ pub fn token_cache(
     Ok(TokenCache { annotations: kept, tokens, problems })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pooling_averages_each_block_of_the_patch_grid_and_keeps_cls() -> candle_core::Result<()> {
-        // 1 image, 4 x 4 patches, D = 1: patch value = its index.
-        let mut values = vec![-1f32];
-        values.extend((0..16).map(|i| i as f32));
-        let tokens = Tensor::from_vec(values, (1, 17, 1), &Device::Cpu)?;
-        let pooled = pool_tokens(&tokens, 4, 4, 2)?.flatten_all()?.to_vec1::<f32>()?;
-        // Top-left block: 0, 1, 4, 5 -> 2.5.
-        assert_eq!(pooled, vec![-1.0, 2.5, 4.5, 10.5, 12.5]);
-        assert_eq!(pool_tokens(&tokens, 4, 4, 3)?.dims(), &[1, 17, 1], "3 does not divide 4: unchanged");
-        Ok(())
-    }
-}

@@ -47,3 +47,46 @@ pub fn train_catalogue(
     }
     Ok(train_head(&cache, &split, embedder.key(), config, out, events, cancel)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use candle_core::{DType, Device};
+
+    use super::*;
+    use crate::embed::{Dinov2Config, Head, pool_tokens};
+
+    /// The embedder must feed a trained head what its training fed it: the tokens of the same
+    /// depth, pooled to the same grid. (A head trained on pooled tokens once saw full ones.)
+    #[test]
+    fn a_trained_head_sees_at_inference_what_it_saw_in_training() {
+        let size = 112; // 8 x 8 patches, pooled to 4 x 4
+        let embedder = Embedder::random(&Dinov2Config::tiny(), size).unwrap();
+        let inputs: Vec<Vec<f32>> =
+            (0..12).map(|i| (0..3 * 112 * 112).map(|j| ((i * 7 + j) % 23) as f32 / 11.0 - 1.0).collect()).collect();
+        let tokens = pool_tokens(&embedder.tokens_at(&inputs, 1).unwrap(), 8, 8, 4).unwrap();
+        let cache = cache::TokenCache {
+            annotations: (0..12).collect(),
+            tokens: tokens.to_dtype(DType::F16).unwrap(),
+            problems: Vec::new(),
+        };
+        let labelled: Vec<data::Labelled> =
+            (0..12).map(|i| data::Labelled { annotation: i, individual: format!("ind{}", i % 4) }).collect();
+        let split = data::split_by_individual(&labelled, 0.0, 0);
+        let config = TrainConfig { epochs: 1, blocks: 1, grid: 4, embedding_dim: 8, ..Default::default() };
+        let out = tempfile::tempdir().unwrap();
+        let (sender, _events) = std::sync::mpsc::channel();
+        let report = train_head(&cache, &split, "test", &config, out.path(), &sender, &AtomicBool::new(false)).unwrap();
+        let head = Head::load(&report.checkpoint, 32, &Device::Cpu).unwrap();
+        assert_eq!((head.blocks, head.grid), (Some(1), Some(4)));
+        let rows: Vec<usize> = (0..12).collect();
+        let trained_on = head.forward(&cache.batch(&rows, &Device::Cpu).unwrap()).unwrap().to_vec2::<f32>().unwrap();
+        let embedder = embedder.with_head(head, "trained".into());
+        let served = embedder.embed(&inputs).unwrap();
+        for (a, b) in served.iter().zip(&trained_on) {
+            let cosine: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+            assert!(cosine > 0.999, "cosine {cosine} between the served and the trained-on embedding");
+        }
+    }
+}
