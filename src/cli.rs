@@ -617,6 +617,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                         open(lda)
                     ));
                 }
+                let depths: Vec<String> = r.depth_scores.iter().map(|(d, m)| format!("block {d}: {m:.3}")).collect();
+                s.push_str(&format!(
+                    "\ntrained on the tokens of block {}{}",
+                    r.blocks,
+                    if depths.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (chosen by LDA validation MAP@5: {})", depths.join(", "))
+                    }
+                ));
                 s.push_str(&format!(
                     "\nwrote {} and {}\nuse it with --neck {} or `whaleid models activate`",
                     r.checkpoint.display(),

@@ -149,7 +149,8 @@ impl Embedder {
     /// head was trained on (all of them for the untrained head), the patch grid pooled as in
     /// its training.
     pub fn tokens(&self, inputs: &[Vec<f32>]) -> candle_core::Result<Tensor> {
-        let tokens = self.tokens_at(inputs, self.head.blocks.unwrap_or(self.backbone.config().num_layers))?;
+        let depth = self.head.blocks.unwrap_or(self.backbone.config().num_layers);
+        let tokens = self.tokens_at(inputs, &[depth])?.remove(0);
         match self.head.grid {
             Some(grid) => {
                 let side = self.size as usize / self.backbone.config().patch_size;
@@ -159,13 +160,12 @@ impl Embedder {
         }
     }
 
-    /// The tokens after the first `blocks` blocks (through the final LayerNorm), `[B, 1 + N, D]`
-    /// (cached for training a head).
-    pub fn tokens_at(&self, inputs: &[Vec<f32>], blocks: usize) -> candle_core::Result<Tensor> {
+    /// The tokens after the first `n` blocks (through the final LayerNorm) for each `n` in
+    /// `depths` (ascending), each `[B, 1 + N, D]` (cached for training a head).
+    pub fn tokens_at(&self, inputs: &[Vec<f32>], depths: &[usize]) -> candle_core::Result<Vec<Tensor>> {
         let side = self.size as usize;
         let batch = Tensor::from_vec(inputs.concat(), (inputs.len(), 3, side, side), &self.device)?;
-        let mut out = self.backbone.forward_taps(&batch, &[blocks])?;
-        Ok(out.remove(0))
+        self.backbone.forward_taps(&batch, depths)
     }
 
     /// The backbone's block count.

@@ -49,22 +49,23 @@ impl TokenCache {
     }
 }
 
-/// The cached tokens of `annotations` (computed with `embedder` where not on disk yet).
-pub fn token_cache(
+/// The cached tokens of `annotations` after each of `depths` blocks (one backbone pass gives
+/// them all), in `depths` order; computed with `embedder` where not on disk yet.
+pub fn token_caches(
     cat: &Catalogue,
     embedder: &Embedder,
     annotations: &[i64],
     grid: usize,
-    blocks: usize,
+    depths: &[usize],
     progress: &dyn Progress,
-) -> Result<TokenCache, CacheError> {
+) -> Result<Vec<TokenCache>, CacheError> {
     let states = cat.embedding_states(embedder.key())?;
     let by_id: std::collections::HashMap<i64, &crate::catalogue::EmbeddingState> =
         states.iter().map(|s| (s.annotation.id, s)).collect();
     let mut crops = Vec::new();
     let mut problems = Vec::new();
     let mut fingerprint = blake3::Hasher::new();
-    fingerprint.update(format!("{}|{grid}|{blocks}|", embedder.key()).as_bytes());
+    fingerprint.update(format!("{}|{grid}|{depths:?}|", embedder.key()).as_bytes());
     for id in annotations {
         match by_id.get(id) {
             Some(s) => {
@@ -78,17 +79,23 @@ pub fn token_cache(
     let path = crate::app::data_dir()
         .join("cache")
         .join(format!("tokens-{}.safetensors", &fingerprint.finalize().to_hex()[..24]));
+    let name = |depth: usize| format!("tokens.{depth}");
     if let Ok(tensors) = candle_core::safetensors::load(&path, &Device::Cpu)
-        && let (Some(tokens), Some(ids)) = (tensors.get("tokens"), tensors.get("annotations"))
+        && let Some(ids) = tensors.get("annotations")
         && let Ok(ids) = ids.to_vec1::<i64>()
+        && let Some(all) = depths.iter().map(|&d| tensors.get(&name(d)).cloned()).collect::<Option<Vec<_>>>()
     {
-        return Ok(TokenCache { annotations: ids, tokens: tokens.clone(), problems });
+        let caches = all
+            .into_iter()
+            .map(|tokens| TokenCache { annotations: ids.clone(), tokens, problems: problems.clone() })
+            .collect();
+        return Ok(caches);
     }
 
     progress.stage("caching backbone tokens", crops.len() as u64);
     let side = embedder.size() as usize / 14;
     let mut kept = Vec::new();
-    let mut parts = Vec::new();
+    let mut parts: Vec<Vec<Tensor>> = vec![Vec::new(); depths.len()];
     for chunk in crops.chunks(BATCH) {
         if progress.cancelled() {
             return Err(CacheError::Cancelled);
@@ -97,28 +104,30 @@ pub fn token_cache(
         problems.extend(prepared.problems);
         if !prepared.inputs.is_empty() {
             let inputs: Vec<Vec<f32>> = prepared.inputs.iter().map(|(_, _, i)| i.clone()).collect();
-            let tokens = embedder.tokens_at(&inputs, blocks)?;
-            parts.push(pool_tokens(&tokens, side, side, grid)?.to_device(&Device::Cpu)?.to_dtype(DType::F16)?);
+            for (part, tokens) in parts.iter_mut().zip(embedder.tokens_at(&inputs, depths)?) {
+                part.push(pool_tokens(&tokens, side, side, grid)?.to_device(&Device::Cpu)?.to_dtype(DType::F16)?);
+            }
             kept.extend(prepared.inputs.iter().map(|(a, _, _)| *a));
         }
         progress.advance(chunk.len() as u64);
     }
-    let tokens = if parts.is_empty() {
-        Tensor::zeros((0, 1 + grid * grid, 1), DType::F16, &Device::Cpu)?
-    } else {
-        Tensor::cat(&parts, 0)?
-    };
+    let mut all = Vec::new();
+    for part in &parts {
+        all.push(match part.is_empty() {
+            true => Tensor::zeros((0, 1 + grid * grid, 1), DType::F16, &Device::Cpu)?,
+            false => Tensor::cat(part, 0)?,
+        });
+    }
     let ids = Tensor::new(kept.as_slice(), &Device::Cpu)?;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|source| CacheError::Io { path: dir.to_path_buf(), source })?;
     }
     // Written beside and renamed: a crash never leaves a truncated cache that would be trusted.
     let partial = path.with_extension("partial");
-    candle_core::safetensors::save(
-        &[("tokens", tokens.clone()), ("annotations", ids)].into_iter().collect(),
-        &partial,
-    )?;
+    let mut tensors: std::collections::HashMap<String, Tensor> =
+        depths.iter().zip(&all).map(|(&d, t)| (name(d), t.clone())).collect();
+    tensors.insert("annotations".into(), ids);
+    candle_core::safetensors::save(&tensors, &partial)?;
     std::fs::rename(&partial, &path).map_err(|source| CacheError::Io { path: path.clone(), source })?;
-    Ok(TokenCache { annotations: kept, tokens, problems })
+    Ok(all.into_iter().map(|tokens| TokenCache { annotations: kept.clone(), tokens, problems: problems.clone() }).collect())
 }
-

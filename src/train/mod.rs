@@ -38,14 +38,39 @@ pub fn train_catalogue(
         .filter(|(a, _)| usable.contains(a))
         .map(|(annotation, individual)| data::Labelled { annotation, individual })
         .collect();
-    let config = &TrainConfig { blocks: config.blocks.clamp(1, embedder.blocks()), ..config.clone() };
     let split = data::split_by_individual(&labelled, config.validation_fraction, config.seed);
     let ids: Vec<i64> = labelled.iter().map(|l| l.annotation).collect();
-    let cache = cache::token_cache(cat, embedder, &ids, config.grid, config.blocks, progress)?;
-    for p in &cache.problems {
-        eprintln!("warning: {p}");
+    // The depths to try: the one asked for, or (0) the candidates, chosen on the validation
+    // individuals by the LDA baseline (cheap, and what the neck starts from).
+    let depths: Vec<usize> = match config.blocks {
+        0 => {
+            let mut d: Vec<usize> = trainer::CANDIDATE_BLOCKS.iter().map(|&b| b.clamp(1, embedder.blocks())).collect();
+            d.dedup();
+            d
+        }
+        n => vec![n.clamp(1, embedder.blocks())],
+    };
+    let mut caches = cache::token_caches(cat, embedder, &ids, config.grid, &depths, progress)?;
+    if let Some(problems) = caches.first().map(|c| &c.problems) {
+        for p in problems {
+            eprintln!("warning: {p}");
+        }
     }
-    Ok(train_head(&cache, &split, embedder.key(), config, out, events, cancel)?)
+    let mut choice = 0;
+    let mut scores = Vec::new();
+    if caches.len() > 1 {
+        for (depth, cache) in depths.iter().zip(&caches) {
+            let score = trainer::lda_score(cache, &split, config)?;
+            scores.push((*depth, score));
+        }
+        // Ties go to the deeper block (the later, in ascending order).
+        choice = (0..scores.len()).max_by(|&a, &b| scores[a].1.total_cmp(&scores[b].1)).unwrap_or(0);
+    }
+    let cache = caches.swap_remove(choice);
+    let config = &TrainConfig { blocks: depths[choice], ..config.clone() };
+    let mut report = train_head(&cache, &split, embedder.key(), config, out, events, cancel)?;
+    report.depth_scores = scores;
+    Ok(report)
 }
 
 #[cfg(test)]
@@ -65,7 +90,7 @@ mod tests {
         let embedder = Embedder::random(&Dinov2Config::tiny(), size).unwrap();
         let inputs: Vec<Vec<f32>> =
             (0..12).map(|i| (0..3 * 112 * 112).map(|j| ((i * 7 + j) % 23) as f32 / 11.0 - 1.0).collect()).collect();
-        let tokens = pool_tokens(&embedder.tokens_at(&inputs, 1).unwrap(), 8, 8, 4).unwrap();
+        let tokens = pool_tokens(&embedder.tokens_at(&inputs, &[1]).unwrap()[0], 8, 8, 4).unwrap();
         let cache = cache::TokenCache {
             annotations: (0..12).collect(),
             tokens: tokens.to_dtype(DType::F16).unwrap(),
