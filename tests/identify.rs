@@ -280,3 +280,72 @@ fn curvrank_f272_queries_rank_f272_near_the_top() {
     assert!(ranks.iter().all(|r| r.is_some_and(|r| r <= 2)), "{ranks:?}");
     assert!(ranks.contains(&Some(1)), "{ranks:?}");
 }
+
+/// Train on a catalogue, activate the head (one undoable edit), and every later command
+/// uses it: `embed` recomputes all crops under the new model key, `search` finds a crop's own
+/// individual through the trained head. (112 px inputs: a quarter of the work at 224.)
+#[test]
+fn a_trained_and_activated_head_is_used_by_embed_and_search_and_undo_takes_it_back() {
+    let Some(weights) = real_weights() else { return };
+    let weights = weights.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cat_path = dir.path().join("c.whaleid");
+    drop(synthetic_catalogue(dir.path(), 6, 4, 9));
+    let cat = cat_path.to_str().unwrap();
+    let out = dir.path().join("head");
+    let trained = common::whaleid_json(&[
+        "train",
+        "--catalog",
+        cat,
+        "--model",
+        weights,
+        "--epochs",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+        "--activate",
+        "--size",
+        "112",
+        "--json",
+    ]);
+    assert!([6, 9, 12].contains(&trained["blocks"].as_u64().unwrap()), "{trained}");
+    assert_eq!(trained["depth_scores"].as_array().unwrap().len(), 3);
+    let head = out.join("head.safetensors");
+    let active = whaleid::embed::active_head(&Catalogue::open(&cat_path).unwrap()).unwrap();
+    assert_eq!(active, Some(std::fs::canonicalize(&head).unwrap()));
+
+    let embedded = common::whaleid_json(&["embed", "--catalog", cat, "--model", weights, "--size", "112", "--json"]);
+    assert_eq!(embedded["embedded"], 24, "{embedded}");
+    assert_eq!(embedded["dim"], 512);
+    assert!(embedded["model"].as_str().unwrap().contains("/neck-"), "{embedded}");
+    let again = common::whaleid_json(&["embed", "--catalog", cat, "--model", weights, "--size", "112", "--json"]);
+    assert_eq!((again["embedded"].as_u64(), again["fresh"].as_u64()), (Some(0), Some(24)));
+
+    let (photo, bbox, individual) = {
+        let c = Catalogue::open(&cat_path).unwrap();
+        let p = c.photos().unwrap()[5].clone();
+        let a = c.annotations_of_photo(p.id).unwrap()[0].clone();
+        let ind = c.identification(a.id).unwrap().unwrap().individual_id;
+        (c.photo_file(&p.stored_path), a.bbox.unwrap(), c.individual(ind).unwrap().unwrap().code)
+    };
+    let bbox = format!("{},{},{},{}", bbox.x, bbox.y, bbox.w, bbox.h);
+    let hit = common::whaleid_json(&[
+        "search",
+        "--catalog",
+        cat,
+        photo.to_str().unwrap(),
+        "--box",
+        &bbox,
+        "--model",
+        weights,
+        "--size",
+        "112",
+        "--json",
+    ]);
+    assert_eq!(hit["searched_images"], 24, "{hit}");
+    assert_eq!(hit["matches"][0]["individual"], individual.as_str(), "{hit}");
+    assert!(hit["matches"][0]["score"].as_f64().unwrap() > 0.999);
+
+    common::whaleid_json(&["undo", "--catalog", cat, "--json"]);
+    assert_eq!(whaleid::embed::active_head(&Catalogue::open(&cat_path).unwrap()).unwrap(), None);
+}
