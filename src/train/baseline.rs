@@ -9,12 +9,12 @@ use serde::Serialize;
 use super::cache::TokenCache;
 use super::trainer::{TrainConfig, TrainError, Validation, validation_of};
 
-/// Ridge added to the within-individual scatter, as a share of its mean variance: keeps the
+/// Default ridge added to the within-individual scatter, as a share of its mean variance: keeps the
 /// whitening finite when a direction barely varies within individuals, and keeps the
 /// projection from fitting noise when individuals have few photos. 0.3 measured best of 0.01, 0.1,
 /// 0.3 and 1 on the right-whale heads (three splits by individual, standardised CLS + mean
 /// patch tokens of block 6: MAP@5 0.532, 0.566, 0.569, 0.562).
-const LDA_RIDGE: f64 = 0.3;
+pub const LDA_RIDGE: f64 = 0.3;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Baselines {
@@ -48,7 +48,7 @@ pub fn baselines(
     let frozen_cls = validation_of(&val_cls, validation, config)?;
     let train_rows: Vec<usize> = train.iter().map(|(r, _)| *r).collect();
     let labels: Vec<u32> = train.iter().map(|(_, c)| *c).collect();
-    let (lda, lda_dim) = match Lda::fit(&cls(&train_rows)?, &labels) {
+    let (lda, lda_dim) = match Lda::fit(&cls(&train_rows)?, &labels, config.lda_ridge) {
         Some(lda) => {
             let projected: Vec<Vec<f32>> = val_cls.iter().map(|v| lda.project(v)).collect();
             (Some(validation_of(&projected, validation, config)?), lda.dim())
@@ -69,7 +69,7 @@ pub struct Lda {
 
 impl Lda {
     /// `None` when fewer than two classes have two or more samples.
-    pub fn fit(x: &[Vec<f32>], labels: &[u32]) -> Option<Lda> {
+    pub fn fit(x: &[Vec<f32>], labels: &[u32], ridge: f64) -> Option<Lda> {
         let d = x.first()?.len();
         let classes = labels.iter().max().map_or(0, |m| *m as usize + 1);
         let mut counts = vec![0usize; classes];
@@ -92,7 +92,7 @@ impl Lda {
         let between_rows = DMatrix::from_fn(classes, d, |c, j| (class_means[c][j] - mean[j]) * (counts[c] as f64).sqrt());
         let mut within = within_rows.transpose() * &within_rows;
         let between = between_rows.transpose() * &between_rows;
-        let ridge = LDA_RIDGE * within.trace() / d as f64;
+        let ridge = ridge * within.trace() / d as f64;
         for i in 0..d {
             within[(i, i)] += ridge.max(f64::MIN_POSITIVE);
         }
@@ -150,12 +150,12 @@ mod tests {
                 labels.push(c);
             }
         }
-        let lda = Lda::fit(&x, &labels).unwrap();
+        let lda = Lda::fit(&x, &labels, LDA_RIDGE).unwrap();
         assert_eq!(lda.dim(), 2);
         // The leading direction is (almost) the second axis.
         let (a, b) = (lda.projection[(0, 0)].abs(), lda.projection[(1, 0)].abs());
         assert!(b > 5.0 * a, "leading direction ({a}, {b})");
-        assert!(Lda::fit(&x[..1], &labels[..1]).is_none());
+        assert!(Lda::fit(&x[..1], &labels[..1], LDA_RIDGE).is_none());
         // As a linear layer: the same numbers, then zeros.
         let (w, b) = lda.linear(3);
         let v = [1.5f32, 0.7];

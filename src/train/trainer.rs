@@ -55,6 +55,9 @@ pub struct TrainConfig {
     /// (closed form, no overfitting to few photos per individual) instead of at random; the
     /// loss then refines it.
     pub lda_init: bool,
+    /// LDA's ridge, as a share of the mean within-individual variance (see
+    /// `baseline::LDA_RIDGE`).
+    pub lda_ridge: f64,
     /// Share of patch tokens dropped per step (feature-level augmentation).
     pub token_dropout: f64,
     /// Standard deviation of Gaussian noise added to the tokens.
@@ -80,6 +83,7 @@ impl Default for TrainConfig {
             grid: DEFAULT_GRID,
             blocks: DEFAULT_BLOCKS,
             lda_init: true,
+            lda_ridge: super::baseline::LDA_RIDGE,
             token_dropout: 0.25,
             token_noise: 0.02,
         }
@@ -222,7 +226,7 @@ pub fn train_head(
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed);
     reseed(&vars, &mut rng)?;
     if config.lda_init {
-        init_neck_from_lda(&vars, &head, cache, &train, config.embedding_dim)?;
+        init_neck_from_lda(&vars, &head, cache, &train, config.embedding_dim, config.lda_ridge)?;
         imprint_class_weights(&vars, &head, cache, &train, split.classes.len())?;
     }
     let trainable: Vec<Var> = {
@@ -440,6 +444,7 @@ fn init_neck_from_lda(
     cache: &TokenCache,
     train: &[(usize, u32)],
     out_dim: usize,
+    lda_ridge: f64,
 ) -> Result<(), TrainError> {
     let mut pooled = Vec::with_capacity(train.len());
     for chunk in train.chunks(256) {
@@ -456,7 +461,7 @@ fn init_neck_from_lda(
         .map(|v| (0..dim).map(|j| ((v[j] as f64 - mean[j]) / (var[j] + 1e-5).sqrt()) as f32).collect())
         .collect();
     let labels: Vec<u32> = train.iter().map(|(_, c)| *c).collect();
-    let Some(lda) = super::baseline::Lda::fit(&standardised, &labels) else {
+    let Some(lda) = super::baseline::Lda::fit(&standardised, &labels, lda_ridge) else {
         return Ok(()); // too few individuals with two crops: keep the random start
     };
     let (weight, bias) = lda.linear(out_dim);
