@@ -224,6 +224,9 @@ pub enum Command {
         /// `embed`, `search`, `eval`, `submit` and the app use it, and recompute embeddings.
         #[arg(long, requires = "catalog")]
         activate: bool,
+        /// Continue the run written into this folder (same data; its settings; --epochs in all).
+        #[arg(long)]
+        resume: Option<PathBuf>,
         #[command(flatten)]
         model: ModelArgs,
         #[arg(long)]
@@ -542,7 +545,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 s
             })
         }
-        Command::Train { datasets, catalog, config, loss, epochs, seed, out, activate, model, json } => {
+        Command::Train { datasets, catalog, config, loss, epochs, seed, out, activate, resume, model, json } => {
             let mut settings: crate::train::TrainConfig = match &config {
                 Some(path) => {
                     let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
@@ -560,6 +563,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(s) = seed {
                 settings.seed = s;
             }
+            settings.resume = resume;
             let embedder = model.load_for(None)?;
             let temp = tempfile::Builder::new().prefix("whaleid-train").tempdir()?;
             let console = Console::new(json);

@@ -38,6 +38,22 @@ pub fn train_catalogue(
         .filter(|(a, _)| usable.contains(a))
         .map(|(annotation, individual)| data::Labelled { annotation, individual })
         .collect();
+    // A resumed run goes on with its own settings (depth, loss, split seed...); only the
+    // number of epochs is taken from this call.
+    let resumed;
+    let config = match &config.resume {
+        Some(dir) => {
+            let card = dir.join(trainer::CARD);
+            let text = std::fs::read(&card).map_err(|e| anyhow::anyhow!("{}: {e}", card.display()))?;
+            let value: serde_json::Value =
+                serde_json::from_slice(&text).map_err(|e| anyhow::anyhow!("{}: not a training card: {e}", card.display()))?;
+            let saved: TrainConfig = serde_json::from_value(value["config"].clone())
+                .map_err(|e| anyhow::anyhow!("{}: unreadable settings: {e}", card.display()))?;
+            resumed = TrainConfig { epochs: config.epochs, resume: config.resume.clone(), ..saved };
+            &resumed
+        }
+        None => config,
+    };
     let split = data::split_by_individual(&labelled, config.validation_fraction, config.seed);
     let ids: Vec<i64> = labelled.iter().map(|l| l.annotation).collect();
     // The depths to try: the one asked for, or (0) the candidates, chosen on the validation

@@ -58,6 +58,11 @@ pub struct TrainConfig {
     /// LDA's ridge, as a share of the mean within-individual variance (see
     /// `baseline::LDA_RIDGE`).
     pub lda_ridge: f64,
+    /// Continue the run whose output folder this is (its `train_state.safetensors` and card):
+    /// from the epoch after its best one, with its weights (incl. the loss's) and its place in
+    /// the learning-rate schedule. AdamW's moment estimates start afresh. Not part of the card.
+    #[serde(skip)]
+    pub resume: Option<PathBuf>,
     /// Share of patch tokens dropped per step (feature-level augmentation).
     pub token_dropout: f64,
     /// Standard deviation of Gaussian noise added to the tokens.
@@ -84,6 +89,7 @@ impl Default for TrainConfig {
             blocks: DEFAULT_BLOCKS,
             lda_init: true,
             lda_ridge: super::baseline::LDA_RIDGE,
+            resume: None,
             token_dropout: 0.25,
             token_noise: 0.02,
         }
@@ -187,6 +193,8 @@ pub enum TrainError {
 /// File names inside the output folder.
 pub const CHECKPOINT: &str = "head.safetensors";
 pub const CARD: &str = "head.json";
+/// Every trained variable (the loss's class weights too), for resuming.
+pub const STATE: &str = "train_state.safetensors";
 
 /// Trains a head on `cache` for `split`; writes the best one into `out`.
 pub fn train_head(
@@ -201,6 +209,13 @@ pub fn train_head(
     let started = Instant::now();
     let device = Device::Cpu;
     let (train, validation) = cache_rows(cache, split);
+    let fingerprint = {
+        let mut h = blake3::Hasher::new();
+        for (a, c) in &split.train {
+            h.update(format!("{a}:{}\n", split.classes[*c as usize]).as_bytes());
+        }
+        h.finalize().to_hex()[..16].to_string()
+    };
     if train.len() < 2 || split.classes.len() < 2 {
         return Err(TrainError::Data(format!(
             "{} labelled crop(s) of {} individual(s) to train on: at least two individuals are needed",
@@ -225,10 +240,16 @@ pub fn train_head(
     };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed);
     reseed(&vars, &mut rng)?;
-    if config.lda_init {
-        init_neck_from_lda(&vars, &head, cache, &train, config.embedding_dim, config.lda_ridge)?;
-        imprint_class_weights(&vars, &head, cache, &train, split.classes.len())?;
-    }
+    let resumed_epoch = match &config.resume {
+        Some(dir) => Some(load_state(&vars, dir, &fingerprint)?),
+        None => {
+            if config.lda_init {
+                init_neck_from_lda(&vars, &head, cache, &train, config.embedding_dim, config.lda_ridge)?;
+                imprint_class_weights(&vars, &head, cache, &train, split.classes.len())?;
+            }
+            None
+        }
+    };
     let trainable: Vec<Var> = {
         let data = vars.data().lock().unwrap_or_else(|p| p.into_inner());
         // In name order: the gradient norm sums over them, and float sums depend on order.
@@ -266,21 +287,14 @@ pub fn train_head(
     let before = validate(&head)?;
     let baselines = super::baseline::baselines(cache, &train, &validation, config)?;
     let mut best = before.clone();
-    let mut best_epoch = 0;
+    let mut best_epoch = resumed_epoch.unwrap_or(0);
     let mut since_best = 0;
-    let mut step = 0usize;
-    let mut epochs_run = 0;
+    let mut step = best_epoch * steps_per_epoch;
+    let mut epochs_run = best_epoch;
     let mut cancelled = false;
     let checkpoint = out.join(CHECKPOINT);
     let card_path = out.join(CARD);
     std::fs::create_dir_all(out).map_err(|source| TrainError::Io { path: out.to_path_buf(), source })?;
-    let fingerprint = {
-        let mut h = blake3::Hasher::new();
-        for (a, c) in &split.train {
-            h.update(format!("{a}:{}\n", split.classes[*c as usize]).as_bytes());
-        }
-        h.finalize().to_hex()[..16].to_string()
-    };
     // The start is saved as epoch 0: training hands back the best head it validated, which is
     // never worse than where it started.
     let save = |epoch: usize, validation: &Validation| -> Result<(), TrainError> {
@@ -301,9 +315,9 @@ pub fn train_head(
         let json = serde_json::to_vec_pretty(&card).map_err(|e| TrainError::Data(e.to_string()))?;
         write_atomically(&card_path, &json)
     };
-    save(0, &before)?;
+    save(best_epoch, &before)?;
     let epoch_started = Instant::now();
-    'epochs: for epoch in 1..=config.epochs {
+    'epochs: for epoch in best_epoch + 1..=config.epochs {
         let mut epoch_loss = 0.0;
         for (i, indices) in sampler.batches(epoch as u64).into_iter().enumerate() {
             let chunk: Vec<(usize, u32)> = indices.iter().filter_map(|&j| train.get(j).copied()).collect();
@@ -352,7 +366,7 @@ pub fn train_head(
         } else {
             since_best += 1;
         }
-        let per_epoch = epoch_started.elapsed().as_secs_f64() / epoch as f64;
+        let per_epoch = epoch_started.elapsed().as_secs_f64() / (epoch - resumed_epoch.unwrap_or(0)) as f64;
         let _ = events.send(TrainEvent::Epoch {
             epoch,
             epochs: config.epochs,
@@ -433,6 +447,36 @@ fn reseed(vars: &VarMap, rng: &mut impl Rng) -> candle_core::Result<()> {
         var.set(&Tensor::from_vec(redrawn, var.shape(), var.device())?.to_dtype(var.dtype())?)?;
     }
     Ok(())
+}
+
+/// Loads a run's saved variables into `vars` and returns the epoch they were saved at. The
+/// run must have been on the same training data (its card's fingerprint).
+fn load_state(vars: &VarMap, dir: &Path, fingerprint: &str) -> Result<usize, TrainError> {
+    let card_path = dir.join(CARD);
+    let text = std::fs::read(&card_path).map_err(|source| TrainError::Io { path: card_path.clone(), source })?;
+    let card: serde_json::Value = serde_json::from_slice(&text)
+        .map_err(|e| TrainError::Data(format!("{}: not a training card: {e}", card_path.display())))?;
+    let (Some(epoch), Some(saved)) = (card["epoch"].as_u64(), card["data_fingerprint"].as_str()) else {
+        return Err(TrainError::Data(format!("{}: no epoch or data fingerprint in it", card_path.display())));
+    };
+    if saved != fingerprint {
+        return Err(TrainError::Data(format!(
+            "{}: written for other training data (crops or labels changed since); start a new run",
+            card_path.display()
+        )));
+    }
+    let state_path = dir.join(STATE);
+    let bad = |e: String| TrainError::Data(format!("{}: {e}", state_path.display()));
+    let state = candle_core::safetensors::load(&state_path, &Device::Cpu).map_err(|e| bad(e.to_string()))?;
+    let data = vars.data().lock().unwrap_or_else(|p| p.into_inner());
+    for (name, var) in data.iter() {
+        let saved = state.get(name).ok_or_else(|| bad(format!("no {name} in it (other settings?)")))?;
+        if saved.shape() != var.shape() {
+            return Err(bad(format!("{name} is {:?}, this run's is {:?} (other settings?)", saved.dims(), var.dims())));
+        }
+        var.set(saved)?;
+    }
+    Ok(epoch as usize)
 }
 
 /// Sets the neck to LDA of the pooled training features: the BatchNorm standardises them
@@ -616,6 +660,14 @@ pub(super) fn validation_of(
 }
 
 fn save_checkpoint(vars: &VarMap, config: &TrainConfig, path: &Path) -> Result<(), TrainError> {
+    let state: HashMap<String, Tensor> = {
+        let data = vars.data().lock().unwrap_or_else(|p| p.into_inner());
+        data.iter().map(|(name, v)| (name.clone(), v.as_tensor().clone())).collect()
+    };
+    let state_path = path.with_file_name(STATE);
+    let partial = state_path.with_extension("partial");
+    candle_core::safetensors::save(&state, &partial)?;
+    std::fs::rename(&partial, &state_path).map_err(|source| TrainError::Io { path: state_path.clone(), source })?;
     let mut tensors: HashMap<String, Tensor> = {
         let data = vars.data().lock().unwrap_or_else(|p| p.into_inner());
         data.iter()
@@ -711,6 +763,35 @@ mod tests {
         let (lda, blocks) = run(true);
         assert!(lda > random + 0.1, "random start {random:.3}, LDA start {lda:.3}");
         assert_eq!(blocks, Some(7));
+    }
+
+    #[test]
+    fn a_run_resumes_after_its_best_epoch_with_its_weights_and_refuses_other_data() {
+        let (cache, labelled) = clustered_cache(24, 6, 1);
+        let split = split_by_individual(&labelled, 0.3, 2);
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let cancel = AtomicBool::new(false);
+        let out = tempfile::tempdir().unwrap();
+        let first = TrainConfig { epochs: 3, embedding_dim: 16, patience: 10, lda_init: false, ..Default::default() };
+        let a = train_head(&cache, &split, "test", &first, out.path(), &sender, &cancel).unwrap();
+        while receiver.try_recv().is_ok() {}
+        let resume = TrainConfig { epochs: 5, resume: Some(out.path().to_path_buf()), ..first.clone() };
+        let b = train_head(&cache, &split, "test", &resume, out.path(), &sender, &cancel).unwrap();
+        assert!((b.before.closed_set.map5 - a.best.closed_set.map5).abs() < 1e-9, "the saved head was loaded");
+        let epochs: Vec<usize> = receiver
+            .try_iter()
+            .filter_map(|e| match e {
+                TrainEvent::Epoch { epoch, .. } => Some(epoch),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(epochs.first(), Some(&(a.best_epoch + 1)));
+        assert_eq!(b.epochs_run, 5);
+        assert!(b.best.closed_set.map5 >= a.best.closed_set.map5);
+
+        let other = split_by_individual(&labelled, 0.3, 9);
+        let err = train_head(&cache, &other, "test", &resume, out.path(), &sender, &cancel).unwrap_err().to_string();
+        assert!(err.contains("other training data") && err.contains("head.json"), "{err}");
     }
 
     #[test]
