@@ -43,12 +43,8 @@ pub fn train_catalogue(
     let resumed;
     let config = match &config.resume {
         Some(dir) => {
-            let card = dir.join(trainer::CARD);
-            let text = std::fs::read(&card).map_err(|e| anyhow::anyhow!("{}: {e}", card.display()))?;
-            let value: serde_json::Value =
-                serde_json::from_slice(&text).map_err(|e| anyhow::anyhow!("{}: not a training card: {e}", card.display()))?;
-            let saved: TrainConfig = serde_json::from_value(value["config"].clone())
-                .map_err(|e| anyhow::anyhow!("{}: unreadable settings: {e}", card.display()))?;
+            let saved: TrainConfig = serde_json::from_value(trainer::read_card(dir)?["config"].clone())
+                .map_err(|e| anyhow::anyhow!("{}: unreadable settings: {e}", dir.join(trainer::CARD).display()))?;
             resumed = TrainConfig { epochs: config.epochs, resume: config.resume.clone(), ..saved };
             &resumed
         }

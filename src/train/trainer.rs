@@ -449,13 +449,18 @@ fn reseed(vars: &VarMap, rng: &mut impl Rng) -> candle_core::Result<()> {
     Ok(())
 }
 
+/// The card a run wrote into `dir`, as JSON.
+pub fn read_card(dir: &Path) -> Result<serde_json::Value, TrainError> {
+    let path = dir.join(CARD);
+    let text = std::fs::read(&path).map_err(|source| TrainError::Io { path: path.clone(), source })?;
+    serde_json::from_slice(&text).map_err(|e| TrainError::Data(format!("{}: not a training card: {e}", path.display())))
+}
+
 /// Loads a run's saved variables into `vars` and returns the epoch they were saved at. The
 /// run must have been on the same training data (its card's fingerprint).
 fn load_state(vars: &VarMap, dir: &Path, fingerprint: &str) -> Result<usize, TrainError> {
     let card_path = dir.join(CARD);
-    let text = std::fs::read(&card_path).map_err(|source| TrainError::Io { path: card_path.clone(), source })?;
-    let card: serde_json::Value = serde_json::from_slice(&text)
-        .map_err(|e| TrainError::Data(format!("{}: not a training card: {e}", card_path.display())))?;
+    let card = read_card(dir)?;
     let (Some(epoch), Some(saved)) = (card["epoch"].as_u64(), card["data_fingerprint"].as_str()) else {
         return Err(TrainError::Data(format!("{}: no epoch or data fingerprint in it", card_path.display())));
     };
