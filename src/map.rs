@@ -202,7 +202,7 @@ fn principal_plane(matrix: &[f32], dim: usize, n: usize) -> (Vec<[f32; 2]>, [f32
                         *c = x - m;
                     }
                     for (a, col) in acc.iter_mut().zip(&v32) {
-                        let y = dot8(&centred, col);
+                        let y = crate::search::dot(&centred, col);
                         for (a, &c) in a.iter_mut().zip(&centred) {
                             *a += c * y;
                         }
@@ -264,13 +264,13 @@ fn principal_plane(matrix: &[f32], dim: usize, n: usize) -> (Vec<[f32; 2]>, [f32
         axes.push(c.iter().map(|x| (x * sign) as f32).collect());
     }
     // (x - μ)·a = x·a - μ·a: the rows are read as they are.
-    let mean_along: Vec<f32> = axes.iter().map(|a| dot8(&mean, a)).collect();
+    let mean_along: Vec<f32> = axes.iter().map(|a| crate::search::dot(&mean, a)).collect();
     let points = (0..n)
         .into_par_iter()
         .map(|i| {
             let mut p = [0f32; 2];
             for (k, axis) in axes.iter().enumerate() {
-                p[k] = dot8(row(i), axis) - mean_along[k];
+                p[k] = crate::search::dot(row(i), axis) - mean_along[k];
             }
             p
         })
@@ -364,19 +364,6 @@ fn jacobi_eigen(mut a: Vec<Vec<f64>>) -> (Vec<f64>, Vec<Vec<f64>>) {
     ((0..n).map(|i| a[i][i]).collect(), v)
 }
 
-/// Eight independent sums, so that the compiler vectorises it (a plain `.sum()` is one
-/// serial chain); the map's passes are all dot products.
-fn dot8(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = a8.remainder().iter().zip(b8.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in a8.zip(b8) {
-        for j in 0..8 {
-            acc[j] += x[j] * y[j];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
 
 fn dot64(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()

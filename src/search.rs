@@ -157,7 +157,7 @@ fn score_rows(query: &[f32], rows: &[f32], out: &mut [f32]) {
 /// Portable dot product: eight independent sums let the compiler vectorise without
 /// reassociating (the default x86-64 target has SSE2 only, so this is the fallback).
 #[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = a8.remainder().iter().zip(b8.remainder()).map(|(x, y)| x * y).sum();
