@@ -347,6 +347,43 @@ fn tempdir(prefix: &str) -> anyhow::Result<tempfile::TempDir> {
     Ok(tempfile::Builder::new().prefix(prefix).tempdir()?)
 }
 
+/// Fills `cat` with `photos` photos (`photos/p000000.jpg`...; the files need not exist),
+/// `individuals` individuals, one `bbox` per photo (a third unreviewed, the rest verified),
+/// each identified: the large catalogues of `bench ui` and the library's scale test.
+pub fn fill_catalogue(
+    cat: &mut Catalogue,
+    photos: usize,
+    individuals: usize,
+    bbox: crate::model::BoxPx,
+) -> Result<(), crate::catalogue::CatalogueError> {
+    let fill = format!(
+        "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {last_individual})
+         INSERT INTO individuals (code, name, species, notes, created_at)
+             SELECT printf('IND-%05d', i), '', 'humpback_whale', '', '2024-01-01T00:00:00' FROM n;
+         WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {last_photo})
+         INSERT INTO photos (path, hash, width, height, orientation, taken_at, imported_at)
+             SELECT printf('photos/p%06d.jpg', i), printf('%064x', i), 512, 384, 1,
+                    printf('2024-%02d-%02dT10:00:00', 1 + i % 12, 1 + i % 28), '2024-01-01T00:00:00' FROM n;
+         INSERT INTO annotations (photo_id, x, y, w, h, part, side, source, status, species, created_at)
+             SELECT id, {x}, {y}, {w}, {h}, 'fluke', 'unknown', 'imported',
+                    CASE WHEN id % 3 = 0 THEN 'unreviewed' ELSE 'verified' END, 'humpback_whale', '2024-01-01T00:00:00'
+             FROM photos;
+         INSERT INTO identifications (annotation_id, individual_id, how, at)
+             SELECT id, 1 + id % {individuals}, 'imported', '2024-01-01T00:00:00' FROM annotations;",
+        last_individual = individuals.max(1) - 1,
+        last_photo = photos.max(1) - 1,
+        individuals = individuals.max(1),
+        x = bbox.x,
+        y = bbox.y,
+        w = bbox.w,
+        h = bbox.h,
+    );
+    cat.edit("fill", |e| {
+        e.conn().execute_batch(&fill).map_err(|e| crate::catalogue::CatalogueError::Invalid(e.to_string()))
+    })
+}
+
+
 /// A Python interpreter with `packages` installed from PyPI, for reference measurements
 /// (onnxruntime, numpy, torch). The virtual environment lives in the data folder
 /// (`bench-python/`) and is created on first use. `Err` says why none could be had, so that

@@ -7,7 +7,8 @@ use eframe::egui;
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
 use whaleid::app::{AppOptions, WhaleApp};
-use whaleid::catalogue::{Catalogue, CatalogueError};
+use whaleid::catalogue::Catalogue;
+use whaleid::model::BoxPx;
 
 const PHOTOS: usize = 100_000;
 
@@ -15,21 +16,7 @@ const PHOTOS: usize = 100_000;
 /// one box per photo, a third of them unreviewed.
 fn big_catalogue(path: &std::path::Path) {
     let mut cat = Catalogue::create(path).unwrap();
-    let fill = "
-        WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 1999)
-        INSERT INTO individuals (code, name, species, notes, created_at)
-            SELECT printf('IND-%05d', i), '', 'humpback_whale', '', '2024-01-01T00:00:00' FROM n;
-        WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 99999)
-        INSERT INTO photos (path, hash, width, height, orientation, taken_at, imported_at)
-            SELECT printf('photos/p%06d.jpg', i), printf('%064x', i), 512, 384, 1,
-                   printf('2024-%02d-%02dT10:00:00', 1 + i % 12, 1 + i % 28), '2024-01-01T00:00:00' FROM n;
-        INSERT INTO annotations (photo_id, x, y, w, h, part, side, source, status, species, created_at)
-            SELECT id, 10, 10, 100, 50, 'fluke', 'unknown', 'imported',
-                   CASE WHEN id % 3 = 0 THEN 'unreviewed' ELSE 'verified' END, 'humpback_whale', '2024-01-01T00:00:00'
-            FROM photos;
-        INSERT INTO identifications (annotation_id, individual_id, how, at)
-            SELECT id, 1 + id % 2000, 'imported', '2024-01-01T00:00:00' FROM annotations;";
-    cat.edit("fill", |e| e.conn().execute_batch(fill).map_err(|e| CatalogueError::Invalid(e.to_string()))).unwrap();
+    whaleid::bench::fill_catalogue(&mut cat, PHOTOS, 2000, BoxPx::new(10.0, 10.0, 100.0, 50.0)).unwrap();
 }
 
 fn median(mut times: Vec<Duration>) -> Duration {

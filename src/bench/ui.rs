@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use crate::app::panels::PanelId;
 use crate::app::{AppOptions, Embedding, WhaleApp};
-use crate::catalogue::{Catalogue, CatalogueError};
+use crate::catalogue::Catalogue;
 
 const SIZE: egui::Vec2 = egui::vec2(1280.0, 800.0);
 const FRAME: Duration = Duration::from_millis(16);
@@ -91,24 +91,7 @@ fn build(dir: &Path, photos: usize, to_embed: usize, embedder: &crate::embed::Em
     }
     let individuals = (photos / 50).max(2);
     let mut cat = Catalogue::create(&dir.join("bench.whaleid"))?;
-    let fill = format!(
-        "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {last_individual})
-         INSERT INTO individuals (code, name, species, notes, created_at)
-             SELECT printf('IND-%05d', i), '', 'humpback_whale', '', '2024-01-01T00:00:00' FROM n;
-         WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {last_photo})
-         INSERT INTO photos (path, hash, width, height, orientation, taken_at, imported_at)
-             SELECT printf('photos/p%06d.jpg', i), printf('%064x', i), 512, 384, 1,
-                    printf('2024-%02d-%02dT10:00:00', 1 + i % 12, 1 + i % 28), '2024-01-01T00:00:00' FROM n;
-         INSERT INTO annotations (photo_id, x, y, w, h, part, side, source, status, species, created_at)
-             SELECT id, 60, 80, 380, 200, 'fluke', 'unknown', 'imported',
-                    CASE WHEN id % 3 = 0 THEN 'unreviewed' ELSE 'verified' END, 'humpback_whale', '2024-01-01T00:00:00'
-             FROM photos;
-         INSERT INTO identifications (annotation_id, individual_id, how, at)
-             SELECT id, 1 + id % {individuals}, 'imported', '2024-01-01T00:00:00' FROM annotations;",
-        last_individual = individuals - 1,
-        last_photo = photos - 1,
-    );
-    cat.edit("fill", |e| e.conn().execute_batch(&fill).map_err(|e| CatalogueError::Invalid(e.to_string())))?;
+    super::fill_catalogue(&mut cat, photos, individuals, crate::model::BoxPx::new(60.0, 80.0, 380.0, 200.0))?;
     let states = cat.embedding_states(embedder.key())?;
     let dim = embedder.dim();
     let mut rng = rand::rng();
