@@ -231,8 +231,11 @@ pub enum Event {
         path: PathBuf,
         error: String,
     },
-    /// Every photo (after opening or a reload).
-    Library(Vec<PhotoRow>),
+    /// Every photo and every individual (after opening or a reload).
+    Library {
+        rows: Vec<PhotoRow>,
+        individuals: Vec<IndividualRow>,
+    },
     /// Fresh rows of the photos an edit touched; ids listed but absent were deleted.
     PhotoRows {
         ids: Vec<i64>,

@@ -445,8 +445,9 @@ impl WhaleApp {
 
     fn handle(&mut self, event: Event) {
         match event {
-            Event::Library(rows) => {
+            Event::Library { rows, individuals } => {
                 self.state.set_rows(rows);
+                self.state.set_individuals(individuals);
                 // A reload follows imports, undo and redo: embed what they brought.
                 self.out.push(Command::EmbedCatalogue);
             }

@@ -152,18 +152,28 @@ impl Worker {
     }
 
     fn refresh(&self, cat: &Catalogue, touched: Touched) {
+        // Everything is read before anything is sent, and a reload travels as one event, so
+        // no frame shows the new photos beside the old individuals.
         let result = (|| -> crate::catalogue::Result<()> {
-            match &touched {
-                Touched::Photos(ids) | Touched::PhotosAndIndividuals(ids) => {
-                    let rows = records::photo_rows_of(cat, ids)?;
-                    self.send(Event::PhotoRows { ids: ids.iter().copied().collect(), rows });
+            let individuals = match touched {
+                Touched::Photos(_) => None,
+                _ => Some(records::individual_rows(cat)?),
+            };
+            let history = cat.history(50)?;
+            match (touched, individuals) {
+                (Touched::Everything, individuals) => {
+                    let rows = records::photo_rows(cat)?;
+                    self.send(Event::Library { rows, individuals: individuals.unwrap_or_default() });
                 }
-                Touched::Everything => self.send(Event::Library(records::photo_rows(cat)?)),
+                (Touched::Photos(ids) | Touched::PhotosAndIndividuals(ids), individuals) => {
+                    let rows = records::photo_rows_of(cat, &ids)?;
+                    if let Some(individuals) = individuals {
+                        self.send(Event::Individuals(individuals));
+                    }
+                    self.send(Event::PhotoRows { ids: ids.into_iter().collect(), rows });
+                }
             }
-            if !matches!(touched, Touched::Photos(_)) {
-                self.send(Event::Individuals(records::individual_rows(cat)?));
-            }
-            self.send(Event::History(cat.history(50)?));
+            self.send(Event::History(history));
             Ok(())
         })();
         if let Err(e) = result {
