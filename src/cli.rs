@@ -200,8 +200,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Fine-tune the embedding head (pooling + neck) on labelled crops, on cached backbone
-    /// tokens; individuals held out for validation are never trained on.
+    /// Fine-tune the embedder on labelled crops: the head (pooling + neck) on cached backbone
+    /// tokens, or with the last blocks of the backbone, or all of it; individuals held out for
+    /// validation are never trained on.
     Train {
         /// Anything `import` accepts (imported into a temporary catalogue).
         #[arg(required_unless_present = "catalog")]
@@ -211,6 +212,11 @@ pub enum Command {
         /// A JSON file with training settings (any subset of the defaults).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// What is trained: `head` (cached tokens; the CPU default), `last-blocks=N` (also the
+        /// last N blocks, on cached inputs to them) or `full` (end to end from augmented images;
+        /// meant for a GPU, `--device cuda`).
+        #[arg(long)]
+        mode: Option<crate::train::Mode>,
         #[arg(long, value_enum)]
         loss: Option<LossName>,
         #[arg(long)]
@@ -545,7 +551,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 s
             })
         }
-        Command::Train { datasets, catalog, config, loss, epochs, seed, out, activate, resume, model, json } => {
+        Command::Train { datasets, catalog, config, mode, loss, epochs, seed, out, activate, resume, model, json } => {
             let mut settings: crate::train::TrainConfig = match &config {
                 Some(path) => {
                     let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
@@ -554,6 +560,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 None => Default::default(),
             };
+            if let Some(m) = mode {
+                settings.mode = m;
+            }
             if let Some(l) = loss {
                 settings.loss = l.config();
             }
@@ -600,7 +609,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 };
                 let mut s = format!(
                     "best epoch {} of {}, on individuals never trained on:\n  \
-                     trained head:      MAP@5 {:.3}, R@1 {:.3}, open-set MAP@5 {}\n  \
+                     trained model:     MAP@5 {:.3}, R@1 {:.3}, open-set MAP@5 {}\n  \
                      before training:   MAP@5 {:.3}, open-set MAP@5 {}\n  \
                      frozen CLS token:  MAP@5 {:.3}, open-set MAP@5 {}",
                     r.best_epoch,
@@ -623,7 +632,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 let depths: Vec<String> = r.depth_scores.iter().map(|(d, m)| format!("block {d}: {m:.3}")).collect();
                 s.push_str(&format!(
-                    "\ntrained on the tokens of block {}{}",
+                    "\n{} training on the tokens of block {}{}",
+                    r.mode,
                     r.blocks,
                     if depths.is_empty() {
                         String::new()

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::{peak_rss_mib, python_with, reset_peak_rss};
 use crate::train::cache::TokenCache;
 use crate::train::data::Split;
-use crate::train::{TrainConfig, TrainEvent, train_head};
+use crate::train::{Inputs, TrainConfig, TrainEvent, train_model};
 
 #[derive(Serialize)]
 struct Report {
@@ -58,7 +58,8 @@ pub fn bench_train(crops: usize, per_individual: usize, json: bool) -> anyhow::R
     let (mut started, mut last_step) = (None, None);
     let mut steps = 0;
     std::thread::scope(|s| -> anyhow::Result<()> {
-        let run = s.spawn(|| train_head(&cache, &split, "bench", &config, out.path(), &sender, &cancel));
+        let run =
+            s.spawn(|| train_model(&Inputs::head(&cache), &split, "bench", &config, out.path(), &sender, &cancel));
         // Timestamps as the events arrive: from the start of the first step to the end of
         // the last (the validation and checkpoint around them are not the epoch).
         for event in &receiver {
@@ -138,8 +139,8 @@ fn pytorch_epoch(crops: usize, classes: usize, dim: usize, threads: usize) -> Re
     if !output.status.success() {
         return Err(format!("{} failed: {}", script.display(), String::from_utf8_lossy(&output.stderr).trim()));
     }
-    let value: serde_json::Value = serde_json::from_slice(&output.stdout)
-        .map_err(|e| format!("{}: unreadable output ({e})", script.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&output.stdout).map_err(|e| format!("{}: unreadable output ({e})", script.display()))?;
     match (value["seconds"].as_f64(), value["version"].as_str()) {
         (Some(s), Some(v)) => Ok((s, v.to_string())),
         _ => Err(format!("{}: no timing in its output", script.display())),

@@ -20,6 +20,8 @@
 use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 
+use super::dinov2::Tap;
+
 /// Rows handed to one rayon task by the row-wise passes: enough work to amortise a task,
 /// small enough to balance the threads.
 const ROWS_PER_TASK: usize = 16;
@@ -512,23 +514,28 @@ impl Backbone {
     }
 
     /// `images` [B, C, H, W] (f32, CPU; H and W multiples of the patch size, checked by the
-    /// caller) and the position embeddings for that grid [1, 1 + N, D] -> the final
-    /// LayerNorm applied to the output of the first `n` blocks, for each `n` in `taps`
-    /// (ascending, at most the block count), each [B, 1 + N, D].
-    pub fn forward_taps(&self, images: &Tensor, position: &Tensor, taps: &[usize]) -> Result<Vec<Tensor>> {
+    /// caller) and the position embeddings for that grid [1, 1 + N, D] -> the tokens at
+    /// each of `taps` (ascending by depth, at most the block count), each [B, 1 + N, D].
+    pub fn forward_taps(&self, images: &Tensor, position: &Tensor, taps: &[Tap]) -> Result<Vec<Tensor>> {
         let (count, _, height, width) = images.dims4()?;
         let (_, tokens, d) = position.dims3()?;
         let mut x = self.embedding.forward(&to_vec(images)?, height, width, &to_vec(position)?);
         let mut scratch = Scratch::new();
         let mut outputs = Vec::with_capacity(taps.len());
-        let last = taps.iter().copied().max().unwrap_or(0).min(self.blocks.len());
+        let last = taps.iter().map(Tap::depth).max().unwrap_or(0).min(self.blocks.len());
         for done in 0..=last {
             if done > 0 {
                 self.blocks[done - 1].forward(&mut x, count, tokens, &mut scratch);
             }
-            if taps.contains(&done) {
-                let mut out = vec![0.0; x.len()];
-                layer_norm(&x, &mut out, &self.norm.0, &self.norm.1, self.eps);
+            for tap in taps.iter().filter(|t| t.depth() == done) {
+                let out = match tap {
+                    Tap::Output(_) => {
+                        let mut out = vec![0.0; x.len()];
+                        layer_norm(&x, &mut out, &self.norm.0, &self.norm.1, self.eps);
+                        out
+                    }
+                    Tap::Input(_) => x.clone(),
+                };
                 outputs.push(Tensor::from_vec(out, (count, tokens, d), images.device())?);
             }
         }

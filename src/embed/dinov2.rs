@@ -99,16 +99,15 @@ impl Dinov2 {
     /// tokens [B, 1 + (H/p)(W/p), hidden] after the final LayerNorm, CLS first, then
     /// patches row by row.
     pub fn forward(&self, images: &Tensor) -> Result<Tensor> {
-        let mut out = self.forward_taps(images, &[self.blocks.len()])?;
+        let mut out = self.forward_taps(images, &[Tap::Output(self.blocks.len())])?;
         Ok(out.remove(0))
     }
 
-    /// Like `forward`, for the output of the first `n` blocks for each `n` in `taps`
-    /// (ascending; `n` = the block count is the usual output), each through the final
-    /// LayerNorm as DINOv2's own intermediate-layer features are.
-    pub fn forward_taps(&self, images: &Tensor, taps: &[usize]) -> Result<Vec<Tensor>> {
-        if let Some(&bad) = taps.iter().find(|&&n| n > self.blocks.len()) {
-            candle_core::bail!("block {bad} asked for, the backbone has {}", self.blocks.len());
+    /// The tokens at each of `taps` (by ascending depth, at most the block count), each
+    /// [B, 1 + N, D], from one pass.
+    pub fn forward_taps(&self, images: &Tensor, taps: &[Tap]) -> Result<Vec<Tensor>> {
+        if let Some(bad) = taps.iter().find(|t| t.depth() > self.blocks.len()) {
+            candle_core::bail!("block {} asked for, the backbone has {}", bad.depth(), self.blocks.len());
         }
         if self.kernels == Kernels::Fused
             && images.device().is_cpu()
@@ -121,15 +120,104 @@ impl Dinov2 {
         }
         let mut x = self.embeddings.forward(images, &self.config)?;
         let mut outputs = Vec::with_capacity(taps.len());
-        for done in 0..=taps.iter().copied().max().unwrap_or(0) {
+        for done in 0..=taps.iter().map(Tap::depth).max().unwrap_or(0) {
             if done > 0 {
                 x = self.blocks[done - 1].forward(&x, self.kernels)?;
             }
-            if taps.contains(&done) {
-                outputs.push(self.layernorm.forward(&x, self.kernels)?);
+            for tap in taps.iter().filter(|t| t.depth() == done) {
+                outputs.push(match tap {
+                    Tap::Output(_) => self.layernorm.forward(&x, self.kernels)?,
+                    Tap::Input(_) => x.clone(),
+                });
             }
         }
         Ok(outputs)
+    }
+
+    /// Runs blocks `from..to` (0-based, `to` exclusive) on `x`, a [`Tap::Input`] at depth
+    /// `from`, and applies the final LayerNorm: what [`Tap::Output`]`(to)` would give.
+    /// The tail of the backbone that `last-blocks` training fine-tunes on cached inputs.
+    pub fn forward_tail(&self, x: &Tensor, from: usize, to: usize) -> Result<Tensor> {
+        if from > to || to > self.blocks.len() {
+            candle_core::bail!("blocks {from}..{to} asked for, the backbone has {}", self.blocks.len());
+        }
+        let mut x = x.clone();
+        for block in &self.blocks[from..to] {
+            x = block.forward(&x, self.kernels)?;
+        }
+        self.layernorm.forward(&x, self.kernels)
+    }
+
+    /// Every weight under its Hugging Face name (the names of `Dinov2Config::tensor_shapes`).
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let e = &self.embeddings;
+        let mut out = vec![
+            ("embeddings.cls_token".to_string(), e.cls_token.clone()),
+            ("embeddings.position_embeddings".to_string(), e.position_embeddings.clone()),
+            ("embeddings.patch_embeddings.projection.weight".to_string(), e.patch_weight.clone()),
+            ("embeddings.patch_embeddings.projection.bias".to_string(), e.patch_bias.clone()),
+        ];
+        for (i, b) in self.blocks.iter().enumerate() {
+            let a = &b.attention;
+            let linears = [
+                ("attention.attention.query", &a.query),
+                ("attention.attention.key", &a.key),
+                ("attention.attention.value", &a.value),
+                ("attention.output.dense", &a.output),
+                ("mlp.fc1", &b.fc1),
+                ("mlp.fc2", &b.fc2),
+            ];
+            let mut push = |name: &str, t: &Tensor| out.push((format!("encoder.layer.{i}.{name}"), t.clone()));
+            for (name, norm) in [("norm1", &b.norm1), ("norm2", &b.norm2)] {
+                push(&format!("{name}.weight"), &norm.weight);
+                push(&format!("{name}.bias"), &norm.bias);
+            }
+            for (name, l) in linears {
+                push(&format!("{name}.weight"), &l.weight);
+                push(&format!("{name}.bias"), &l.bias);
+            }
+            push("layer_scale1.lambda1", &b.layer_scale1);
+            push("layer_scale2.lambda1", &b.layer_scale2);
+        }
+        out.push(("layernorm.weight".to_string(), self.layernorm.weight.clone()));
+        out.push(("layernorm.bias".to_string(), self.layernorm.bias.clone()));
+        out
+    }
+
+    /// This backbone with some of its weights replaced (fine-tuned blocks), as frozen
+    /// weights with the same kernels. Every replacement must name a weight of the same shape.
+    pub fn with_weights(&self, replacements: &HashMap<String, Tensor>) -> Result<Self> {
+        let mut tensors: HashMap<String, Tensor> = self.named_tensors().into_iter().collect();
+        for (name, t) in replacements {
+            match tensors.get(name) {
+                Some(old) if old.shape() == t.shape() => {
+                    tensors.insert(name.clone(), t.to_device(self.device())?.to_dtype(DType::F32)?.detach());
+                }
+                Some(old) => candle_core::bail!("{name} is {:?}, the backbone's is {:?}", t.dims(), old.dims()),
+                None => candle_core::bail!("the backbone has no weight {name}"),
+            }
+        }
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, self.device());
+        Ok(Self::new(&self.config, vb)?.with_kernels(self.kernels))
+    }
+}
+
+/// A point in the backbone to read tokens at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tap {
+    /// The output of the first `n` blocks through the final LayerNorm (DINOv2's own
+    /// intermediate-layer features; `n` = the block count is the usual output).
+    Output(usize),
+    /// The residual stream after the first `n` blocks, before any LayerNorm: the input of
+    /// block `n` (0-based), which [`Dinov2::forward_tail`] continues from.
+    Input(usize),
+}
+
+impl Tap {
+    pub fn depth(&self) -> usize {
+        match *self {
+            Tap::Output(n) | Tap::Input(n) => n,
+        }
     }
 }
 
@@ -456,18 +544,56 @@ mod tests {
         let mut model = tiny_frozen_backbone();
         let blocks = model.config().num_layers;
         let images = Tensor::randn(0f32, 1.0, (2, 3, 28, 28), &Device::Cpu).unwrap();
-        let taps = [0, 1, blocks];
-        let max_diff = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let taps = [Tap::Output(0), Tap::Output(1), Tap::Input(1), Tap::Output(blocks)];
+        let max_diff =
+            |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         model.set_kernels(Kernels::Differentiable);
         let differentiable = model.forward_taps(&images, &taps).unwrap();
         model.set_kernels(Kernels::Fused);
         let fused = model.forward_taps(&images, &taps).unwrap();
-        assert_eq!(fused.len(), 3);
+        assert_eq!(fused.len(), 4);
         for (f, d) in fused.iter().zip(&differentiable) {
             assert!(max_diff(f, d) < 1e-4);
         }
-        assert!(max_diff(&fused[2], &model.forward(&images).unwrap()) == 0.0);
+        assert!(max_diff(&fused[3], &model.forward(&images).unwrap()) == 0.0);
         assert!(max_diff(&fused[0], &fused[1]) > 1e-3, "a block changes the tokens");
-        assert!(model.forward_taps(&images, &[blocks + 1]).is_err());
+        assert!(model.forward_taps(&images, &[Tap::Output(blocks + 1)]).is_err());
+        // The tail continues from a block's input to the same output.
+        model.set_kernels(Kernels::Differentiable);
+        let tail = model.forward_tail(&differentiable[2], 1, blocks).unwrap();
+        assert!(max_diff(&tail, &differentiable[3]) < 1e-5);
+    }
+
+    #[test]
+    fn named_weights_are_the_stored_layout_and_replacing_one_changes_only_it() {
+        let model = tiny_frozen_backbone();
+        let named = model.named_tensors();
+        let shapes: Vec<(String, Vec<usize>)> = named.iter().map(|(n, t)| (n.clone(), t.dims().to_vec())).collect();
+        let mut expected = model.config().tensor_shapes();
+        let mut got = shapes.clone();
+        expected.sort();
+        got.sort();
+        assert_eq!(got, expected);
+        let images = Tensor::randn(0f32, 1.0, (1, 3, 28, 28), &Device::Cpu).unwrap();
+        let same = model.with_weights(&HashMap::new()).unwrap();
+        assert_eq!(
+            same.forward(&images).unwrap().to_vec3::<f32>().unwrap(),
+            model.forward(&images).unwrap().to_vec3::<f32>().unwrap()
+        );
+        let name = "encoder.layer.1.mlp.fc2.bias".to_string();
+        let bias = named.iter().find(|(n, _)| *n == name).unwrap().1.ones_like().unwrap();
+        let changed = model.with_weights(&HashMap::from([(name.clone(), bias)])).unwrap();
+        let diff = (changed.forward(&images).unwrap() - model.forward(&images).unwrap()).unwrap().abs().unwrap();
+        assert!(diff.max_all().unwrap().to_scalar::<f32>().unwrap() > 1e-3);
+        let wrong = Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap();
+        assert!(model.with_weights(&HashMap::from([(name, wrong)])).is_err(), "a wrong shape is refused");
+        assert!(
+            model
+                .with_weights(&HashMap::from([(
+                    "nope".to_string(),
+                    Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap()
+                )]))
+                .is_err()
+        );
     }
 }

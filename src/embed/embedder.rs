@@ -1,12 +1,13 @@
 //! The embedder: backbone + head on a device, with the key under which its embeddings are
 //! cached in the catalogue.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
-use super::dinov2::{Dinov2, EmbedError};
-use super::head::Head;
+use super::dinov2::{Dinov2, EmbedError, Tap};
+use super::head::{Head, TUNED_PREFIX};
 
 /// Where the embedder runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
@@ -58,6 +59,8 @@ pub struct Embedder {
     head: Head,
     device: Device,
     size: u32,
+    /// The backbone and input size, e.g. `dinov2_vits14@224`.
+    backbone_key: String,
     key: String,
     notice: Option<String>,
 }
@@ -69,25 +72,41 @@ impl Embedder {
         }
         let (device, notice) = select_device(spec.device);
         let backbone = Dinov2::load(&spec.weights, &device)?;
-        let token_dim = backbone.config().hidden_size;
-        let (head, head_key) = match &spec.neck {
-            None => {
-                (Head::untrained(&device).map_err(|source| weights_error(&spec.weights, source))?, "cls+gem".into())
-            }
-            Some(path) => {
-                let bytes = std::fs::read(path).map_err(|source| EmbedError::Io { path: path.clone(), source })?;
-                let head = Head::load(path, token_dim, &device).map_err(|source| weights_error(path, source))?;
-                (head, format!("neck-{}", &blake3::hash(&bytes).to_hex()[..12]))
-            }
-        };
-        let key = format!("dinov2_vits14@{}/{head_key}", spec.size);
-        Ok(Self { backbone, head, device, size: spec.size, key, notice })
+        let head = Head::untrained(&device).map_err(|source| weights_error(&spec.weights, source))?;
+        let embedder =
+            Self { notice, ..Self::from_parts(backbone, head, spec.size, format!("dinov2_vits14@{}", spec.size)) };
+        match &spec.neck {
+            None => Ok(embedder),
+            Some(path) => embedder.with_trained(path),
+        }
     }
 
     /// An embedder from parts: a randomly initialised or freshly trained model.
-    pub fn from_parts(backbone: Dinov2, head: Head, size: u32, key: String) -> Self {
+    /// `backbone_key` names the backbone and input size; the head is told apart by itself.
+    pub fn from_parts(backbone: Dinov2, head: Head, size: u32, backbone_key: String) -> Self {
         let device = backbone.device().clone();
-        Self { backbone, head, device, size, key, notice: None }
+        let key = format!("{backbone_key}/cls+gem");
+        Self { backbone, head, device, size, backbone_key, key, notice: None }
+    }
+
+    /// This backbone with a trained head file (see `train`): its pooling and neck, and the
+    /// backbone blocks it fine-tuned where it carries any. Its embeddings are keyed by the
+    /// file's content, so another training run means recomputing them.
+    pub fn with_trained(self, path: &Path) -> Result<Self, EmbedError> {
+        let bytes = std::fs::read(path).map_err(|source| EmbedError::Io { path: path.to_path_buf(), source })?;
+        let token_dim = self.backbone.config().hidden_size;
+        let head = Head::load(path, token_dim, &self.device).map_err(|source| weights_error(path, source))?;
+        let tuned: HashMap<String, Tensor> = candle_core::safetensors::load_buffer(&bytes, &self.device)
+            .map_err(|source| weights_error(path, source))?
+            .into_iter()
+            .filter_map(|(name, t)| name.strip_prefix(TUNED_PREFIX).map(|n| (n.to_string(), t)))
+            .collect();
+        let backbone = match tuned.is_empty() {
+            true => self.backbone,
+            false => self.backbone.with_weights(&tuned).map_err(|source| weights_error(path, source))?,
+        };
+        let key = format!("{}/neck-{}", self.backbone_key, &blake3::hash(&bytes).to_hex()[..12]);
+        Ok(Self { backbone, head, key, ..self })
     }
 
     /// The same backbone with another head (a freshly trained one), under `key`.
@@ -104,6 +123,11 @@ impl Embedder {
         let backbone = Dinov2::new(config, vb)?.with_kernels(super::Kernels::Fused);
         let head = Head::untrained(&device)?;
         Ok(Self::from_parts(backbone, head, size, format!("random-{}d@{size}", config.hidden_size)))
+    }
+
+    /// The backbone (frozen; training builds its own trainable copy from its weights).
+    pub fn backbone(&self) -> &Dinov2 {
+        &self.backbone
     }
 
     /// Identifies the embeddings this embedder makes: backbone, input size and head. The
@@ -150,7 +174,7 @@ impl Embedder {
     /// its training.
     pub fn tokens(&self, inputs: &[Vec<f32>]) -> candle_core::Result<Tensor> {
         let depth = self.head.blocks.unwrap_or(self.backbone.config().num_layers);
-        let tokens = self.tokens_at(inputs, &[depth])?.remove(0);
+        let tokens = self.tokens_at(inputs, &[Tap::Output(depth)])?.remove(0);
         match self.head.grid {
             Some(grid) => {
                 let side = self.size as usize / self.backbone.config().patch_size;
@@ -160,12 +184,12 @@ impl Embedder {
         }
     }
 
-    /// The tokens after the first `n` blocks (through the final LayerNorm) for each `n` in
-    /// `depths` (ascending), each `[B, 1 + N, D]` (cached for training a head).
-    pub fn tokens_at(&self, inputs: &[Vec<f32>], depths: &[usize]) -> candle_core::Result<Vec<Tensor>> {
+    /// The backbone's tokens at each of `taps` (ascending by depth), each `[B, 1 + N, D]`
+    /// (cached for training).
+    pub fn tokens_at(&self, inputs: &[Vec<f32>], taps: &[Tap]) -> candle_core::Result<Vec<Tensor>> {
         let side = self.size as usize;
         let batch = Tensor::from_vec(inputs.concat(), (inputs.len(), 3, side, side), &self.device)?;
-        self.backbone.forward_taps(&batch, depths)
+        self.backbone.forward_taps(&batch, taps)
     }
 
     /// The backbone's block count.

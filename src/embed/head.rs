@@ -143,6 +143,9 @@ pub struct Head {
 pub const BLOCKS_TENSOR: &str = "backbone.blocks";
 /// The name under which a head file records the patch grid it was trained on.
 pub const GRID_TENSOR: &str = "pooling.grid";
+/// The prefix of the backbone weights a head file carries when training fine-tuned them
+/// (`backbone.weights.encoder.layer.11.mlp.fc1.weight`...); they replace the pretrained ones.
+pub const TUNED_PREFIX: &str = "backbone.weights.";
 
 impl Head {
     /// The untrained head: GeM with p = 3 and the identity neck.

@@ -17,9 +17,9 @@ mod worker;
 
 pub use active::{ACTIVE_HEAD_SETTING, active_head, choose_head, set_active_head, spec_for};
 pub use config::Dinov2Config;
-pub use dinov2::{Dinov2, EmbedError};
+pub use dinov2::{Dinov2, EmbedError, Tap};
 pub use embedder::{DEFAULT_SIZE, DeviceChoice, Embedder, EmbedderSpec, select_device};
-pub use head::{BLOCKS_TENSOR, BatchNorm, GEM_P, GRID_TENSOR, Head, Neck, Pooling, l2_normalise, pool_tokens};
+pub use head::{BLOCKS_TENSOR, BatchNorm, GEM_P, GRID_TENSOR, Head, TUNED_PREFIX, Neck, Pooling, l2_normalise, pool_tokens};
 pub use layers::Kernels;
 pub use position::bicubic_resize_matrix;
 pub use preprocess::{IMAGENET_MEAN, IMAGENET_STD, PIXEL_BASELINE_SIDE, letterbox, pixel_vector, prepare};

@@ -89,7 +89,8 @@ impl Lda {
             sums.iter().zip(&counts).map(|(s, &k)| s.iter().map(|v| v / k.max(1) as f64).collect()).collect();
         // Within: rows minus their class mean. Between: class means minus the mean, weighted.
         let within_rows = DMatrix::from_fn(x.len(), d, |i, j| x[i][j] as f64 - class_means[labels[i] as usize][j]);
-        let between_rows = DMatrix::from_fn(classes, d, |c, j| (class_means[c][j] - mean[j]) * (counts[c] as f64).sqrt());
+        let between_rows =
+            DMatrix::from_fn(classes, d, |c, j| (class_means[c][j] - mean[j]) * (counts[c] as f64).sqrt());
         let mut within = within_rows.transpose() * &within_rows;
         let between = between_rows.transpose() * &between_rows;
         let ridge = ridge * within.trace() / d as f64;
@@ -97,7 +98,8 @@ impl Lda {
             within[(i, i)] += ridge.max(f64::MIN_POSITIVE);
         }
         let w = SymmetricEigen::new(within);
-        let whiten = DMatrix::from_fn(d, d, |i, j| w.eigenvectors[(i, j)] / w.eigenvalues[j].max(f64::MIN_POSITIVE).sqrt());
+        let whiten =
+            DMatrix::from_fn(d, d, |i, j| w.eigenvectors[(i, j)] / w.eigenvalues[j].max(f64::MIN_POSITIVE).sqrt());
         let b = SymmetricEigen::new(whiten.transpose() * between * &whiten);
         let mut order: Vec<usize> = (0..d).collect();
         order.sort_by(|&i, &j| b.eigenvalues[j].total_cmp(&b.eigenvalues[i]));

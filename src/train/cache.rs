@@ -1,8 +1,9 @@
 //! Backbone outputs cached once for training the head on a CPU.
 //!
-//! What is cached: the CLS token and the patch tokens after `blocks` blocks and the final
-//! LayerNorm (see `TrainConfig::blocks` for which depth and why), the patch
-//! grid average-pooled to `grid` x `grid` (16 x 16 -> 8 x 8 at 224 px), in f16. That keeps
+//! What is cached for the head: the CLS token and the patch tokens after `blocks` blocks and
+//! the final LayerNorm (see `TrainConfig::blocks` for which depth and why), the patch
+//! grid average-pooled to `grid` x `grid` (16 x 16 -> 8 x 8 at 224 px), in f16. For
+//! `last-blocks` training, also the whole token sequence entering the first tuned block. That keeps
 //! what a trainable GeM needs (per-position activations) at a quarter of the tokens and half
 //! the bytes: 10,000 crops take 0.5 GB instead of 4 GB, and an epoch over them is dominated
 //! by the head, not by memory traffic. The cache is written to the data folder, keyed by the
@@ -13,7 +14,7 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 
 use crate::catalogue::Catalogue;
-use crate::embed::{Crop, Embedder, pool_tokens, prepare_batch};
+use crate::embed::{Crop, Embedder, Tap, pool_tokens, prepare_batch};
 use crate::progress::Progress;
 
 /// Default side of the pooled patch grid.
@@ -49,41 +50,57 @@ impl TokenCache {
     }
 }
 
-/// The cached tokens of `annotations` after each of `depths` blocks (one backbone pass gives
-/// them all), in `depths` order; computed with `embedder` where not on disk yet.
+/// The crops of `annotations` that `key`'s embeddings cover (not rejected, still there), in
+/// order, and a problem for each one left out.
+pub fn crops_of(cat: &Catalogue, key: &str, annotations: &[i64]) -> Result<(Vec<Crop>, Vec<String>), CacheError> {
+    let states = cat.embedding_states(key)?;
+    let by_id: std::collections::HashMap<i64, &crate::catalogue::EmbeddingState> =
+        states.iter().map(|s| (s.annotation.id, s)).collect();
+    let mut crops = Vec::new();
+    let mut problems = Vec::new();
+    for id in annotations {
+        match by_id.get(id) {
+            Some(s) => crops.push(Crop {
+                annotation: *id,
+                box_key: s.annotation.box_key(),
+                bbox: s.annotation.bbox,
+                photo: cat.photo_file(&s.photo_path),
+            }),
+            None => problems.push(format!("annotation {id}: rejected or gone; left out")),
+        }
+    }
+    Ok((crops, problems))
+}
+
+/// The backbone's tokens for `annotations` at each of `taps` (ascending by depth; one
+/// backbone pass gives them all), in `taps` order; computed with `embedder` where not on disk
+/// yet. [`Tap::Output`] tokens are pooled to `grid` (what a head reads); [`Tap::Input`]
+/// tokens are kept whole (what fine-tuned blocks read).
 pub fn token_caches(
     cat: &Catalogue,
     embedder: &Embedder,
     annotations: &[i64],
     grid: usize,
-    depths: &[usize],
+    taps: &[Tap],
     progress: &dyn Progress,
 ) -> Result<Vec<TokenCache>, CacheError> {
-    let states = cat.embedding_states(embedder.key())?;
-    let by_id: std::collections::HashMap<i64, &crate::catalogue::EmbeddingState> =
-        states.iter().map(|s| (s.annotation.id, s)).collect();
-    let mut crops = Vec::new();
-    let mut problems = Vec::new();
+    let (crops, mut problems) = crops_of(cat, embedder.key(), annotations)?;
     let mut fingerprint = blake3::Hasher::new();
-    fingerprint.update(format!("{}|{grid}|{depths:?}|", embedder.key()).as_bytes());
-    for id in annotations {
-        match by_id.get(id) {
-            Some(s) => {
-                let photo = cat.photo_file(&s.photo_path);
-                fingerprint.update(format!("{id}|{}|{}\n", s.annotation.box_key(), photo.display()).as_bytes());
-                crops.push(Crop { annotation: *id, box_key: s.annotation.box_key(), bbox: s.annotation.bbox, photo });
-            }
-            None => problems.push(format!("annotation {id}: rejected or gone; left out")),
-        }
+    fingerprint.update(format!("{}|{grid}|{taps:?}|", embedder.key()).as_bytes());
+    for c in &crops {
+        fingerprint.update(format!("{}|{}|{}\n", c.annotation, c.box_key, c.photo.display()).as_bytes());
     }
     let path = crate::app::data_dir()
         .join("cache")
         .join(format!("tokens-{}.safetensors", &fingerprint.finalize().to_hex()[..24]));
-    let name = |depth: usize| format!("tokens.{depth}");
+    let name = |tap: &Tap| match tap {
+        Tap::Output(d) => format!("tokens.{d}"),
+        Tap::Input(d) => format!("inputs.{d}"),
+    };
     if let Ok(tensors) = candle_core::safetensors::load(&path, &Device::Cpu)
         && let Some(ids) = tensors.get("annotations")
         && let Ok(ids) = ids.to_vec1::<i64>()
-        && let Some(all) = depths.iter().map(|&d| tensors.get(&name(d)).cloned()).collect::<Option<Vec<_>>>()
+        && let Some(all) = taps.iter().map(|t| tensors.get(&name(t)).cloned()).collect::<Option<Vec<_>>>()
     {
         let caches = all
             .into_iter()
@@ -95,7 +112,7 @@ pub fn token_caches(
     progress.stage("caching backbone tokens", crops.len() as u64);
     let side = embedder.size() as usize / 14;
     let mut kept = Vec::new();
-    let mut parts: Vec<Vec<Tensor>> = vec![Vec::new(); depths.len()];
+    let mut parts: Vec<Vec<Tensor>> = vec![Vec::new(); taps.len()];
     for chunk in crops.chunks(BATCH) {
         if progress.cancelled() {
             return Err(CacheError::Cancelled);
@@ -104,8 +121,12 @@ pub fn token_caches(
         problems.extend(prepared.problems);
         if !prepared.inputs.is_empty() {
             let inputs: Vec<Vec<f32>> = prepared.inputs.iter().map(|(_, _, i)| i.clone()).collect();
-            for (part, tokens) in parts.iter_mut().zip(embedder.tokens_at(&inputs, depths)?) {
-                part.push(pool_tokens(&tokens, side, side, grid)?.to_device(&Device::Cpu)?.to_dtype(DType::F16)?);
+            for ((part, tokens), tap) in parts.iter_mut().zip(embedder.tokens_at(&inputs, taps)?).zip(taps) {
+                let tokens = match tap {
+                    Tap::Output(_) => pool_tokens(&tokens, side, side, grid)?,
+                    Tap::Input(_) => tokens,
+                };
+                part.push(tokens.to_device(&Device::Cpu)?.to_dtype(DType::F16)?);
             }
             kept.extend(prepared.inputs.iter().map(|(a, _, _)| *a));
         }
@@ -125,9 +146,12 @@ pub fn token_caches(
     // Written beside and renamed: a crash never leaves a truncated cache that would be trusted.
     let partial = path.with_extension("partial");
     let mut tensors: std::collections::HashMap<String, Tensor> =
-        depths.iter().zip(&all).map(|(&d, t)| (name(d), t.clone())).collect();
+        taps.iter().zip(&all).map(|(t, tokens)| (name(t), tokens.clone())).collect();
     tensors.insert("annotations".into(), ids);
     candle_core::safetensors::save(&tensors, &partial)?;
     std::fs::rename(&partial, &path).map_err(|source| CacheError::Io { path: path.clone(), source })?;
-    Ok(all.into_iter().map(|tokens| TokenCache { annotations: kept.clone(), tokens, problems: problems.clone() }).collect())
+    Ok(all
+        .into_iter()
+        .map(|tokens| TokenCache { annotations: kept.clone(), tokens, problems: problems.clone() })
+        .collect())
 }

@@ -1,5 +1,6 @@
 //! Fine-tuning the embedder on the biologist's own catalogue.
 
+pub mod augment;
 pub mod baseline;
 pub mod cache;
 pub mod data;
@@ -9,18 +10,18 @@ pub mod trainer;
 
 pub use loss::{LossConfig, LossError, MetricLoss};
 pub use sampler::{BatchSampler, PkSampler, ShuffledSampler};
-pub use trainer::{TrainConfig, TrainEvent, TrainReport, train_head};
+pub use trainer::{Inputs, Mode, TrainConfig, TrainEvent, TrainReport, TunedInputs, TunedSource, train_model};
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::Sender;
 
 use crate::catalogue::Catalogue;
-use crate::embed::Embedder;
+use crate::embed::{Embedder, Tap};
 use crate::progress::Progress;
 
-/// Trains a head on `cat`'s labelled crops (split by individual), caching the backbone's
-/// tokens first; writes the best head and its card into `out`.
+/// Trains on `cat`'s labelled crops (split by individual) as `config.mode` says, caching the
+/// backbone's tokens first; writes the best model and its card into `out`.
 pub fn train_catalogue(
     cat: &Catalogue,
     embedder: &Embedder,
@@ -62,7 +63,8 @@ pub fn train_catalogue(
         }
         n => vec![n.clamp(1, embedder.blocks())],
     };
-    let mut caches = cache::token_caches(cat, embedder, &ids, config.grid, &depths, progress)?;
+    let taps: Vec<Tap> = depths.iter().map(|&d| Tap::Output(d)).collect();
+    let mut caches = cache::token_caches(cat, embedder, &ids, config.grid, &taps, progress)?;
     if let Some(problems) = caches.first().map(|c| &c.problems) {
         for p in problems {
             eprintln!("warning: {p}");
@@ -79,8 +81,35 @@ pub fn train_catalogue(
         choice = (0..scores.len()).max_by(|&a, &b| scores[a].1.total_cmp(&scores[b].1)).unwrap_or(0);
     }
     let cache = caches.swap_remove(choice);
-    let config = &TrainConfig { blocks: depths[choice], ..config.clone() };
-    let mut report = train_head(&cache, &split, embedder.key(), config, out, events, cancel)?;
+    let depth = depths[choice];
+    let config = &TrainConfig { blocks: depth, ..config.clone() };
+    let block_inputs;
+    let crops;
+    let source = match config.mode {
+        Mode::Head => None,
+        Mode::LastBlocks(n) => {
+            let from = depth.saturating_sub(n.max(1));
+            block_inputs =
+                cache::token_caches(cat, embedder, &cache.annotations, config.grid, &[Tap::Input(from)], progress)?
+                    .swap_remove(0);
+            if block_inputs.annotations != cache.annotations {
+                anyhow::bail!("the crops changed while their tokens were cached; start again");
+            }
+            Some(TunedSource::BlockInputs(&block_inputs))
+        }
+        Mode::Full => {
+            crops = cache::crops_of(cat, embedder.key(), &cache.annotations)?.0;
+            if crops.len() != cache.annotations.len() {
+                anyhow::bail!("the crops changed while their tokens were cached; start again");
+            }
+            Some(TunedSource::Images(&crops))
+        }
+    };
+    let inputs = Inputs {
+        pooled: &cache,
+        tuned: source.map(|source| TunedInputs { backbone: embedder.backbone(), size: embedder.size(), source }),
+    };
+    let mut report = train_model(&inputs, &split, embedder.key(), config, out, events, cancel)?;
     report.depth_scores = scores;
     Ok(report)
 }
@@ -102,7 +131,7 @@ mod tests {
         let embedder = Embedder::random(&Dinov2Config::tiny(), size).unwrap();
         let inputs: Vec<Vec<f32>> =
             (0..12).map(|i| (0..3 * 112 * 112).map(|j| ((i * 7 + j) % 23) as f32 / 11.0 - 1.0).collect()).collect();
-        let tokens = pool_tokens(&embedder.tokens_at(&inputs, &[1]).unwrap()[0], 8, 8, 4).unwrap();
+        let tokens = pool_tokens(&embedder.tokens_at(&inputs, &[Tap::Output(1)]).unwrap()[0], 8, 8, 4).unwrap();
         let cache = cache::TokenCache {
             annotations: (0..12).collect(),
             tokens: tokens.to_dtype(DType::F16).unwrap(),
@@ -114,7 +143,9 @@ mod tests {
         let config = TrainConfig { epochs: 1, blocks: 1, grid: 4, embedding_dim: 8, ..Default::default() };
         let out = tempfile::tempdir().unwrap();
         let (sender, _events) = std::sync::mpsc::channel();
-        let report = train_head(&cache, &split, "test", &config, out.path(), &sender, &AtomicBool::new(false)).unwrap();
+        let report =
+            train_model(&Inputs::head(&cache), &split, "test", &config, out.path(), &sender, &AtomicBool::new(false))
+                .unwrap();
         let head = Head::load(&report.checkpoint, 32, &Device::Cpu).unwrap();
         assert_eq!((head.blocks, head.grid), (Some(1), Some(4)));
         let rows: Vec<usize> = (0..12).collect();
@@ -125,5 +156,177 @@ mod tests {
             let cosine: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
             assert!(cosine > 0.999, "cosine {cosine} between the served and the trained-on embedding");
         }
+    }
+
+    /// Photos of `classes` x `per` made-up individuals: each a colour pattern on a 4 x 4 grid
+    /// of 14-pixel squares, with noise, written as PNGs into `dir`.
+    fn pattern_photos(
+        dir: &std::path::Path,
+        classes: usize,
+        per: usize,
+    ) -> (Vec<crate::embed::Crop>, Vec<data::Labelled>) {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let patterns: Vec<Vec<[u8; 3]>> =
+            (0..classes).map(|_| (0..16).map(|_| [rng.random(), rng.random(), rng.random()]).collect()).collect();
+        let (mut crops, mut labelled) = (Vec::new(), Vec::new());
+        for (c, pattern) in patterns.iter().enumerate() {
+            for k in 0..per {
+                let img = image::RgbImage::from_fn(56, 56, |x, y| {
+                    let base = pattern[(y / 14 * 4 + x / 14) as usize];
+                    image::Rgb(base.map(|v| (v as i32 + rng.random_range(-40..=40)).clamp(0, 255) as u8))
+                });
+                let photo = dir.join(format!("ind{c}_{k}.png"));
+                img.save(&photo).unwrap();
+                let annotation = crops.len() as i64;
+                crops.push(crate::embed::Crop { annotation, box_key: String::new(), bbox: None, photo });
+                labelled.push(data::Labelled { annotation, individual: format!("ind{c}") });
+            }
+        }
+        (crops, labelled)
+    }
+
+    fn inputs_of(crops: &[crate::embed::Crop], size: u32) -> Vec<Vec<f32>> {
+        crops
+            .iter()
+            .map(|c| crate::embed::prepare(&crate::photo::decode_file(&c.photo).unwrap(), c.bbox, size))
+            .collect()
+    }
+
+    fn tuned_weights(checkpoint: &std::path::Path) -> std::collections::HashMap<String, candle_core::Tensor> {
+        candle_core::safetensors::load(checkpoint, &Device::Cpu)
+            .unwrap()
+            .into_iter()
+            .filter_map(|(n, t)| n.strip_prefix(crate::embed::TUNED_PREFIX).map(|n| (n.to_string(), t)))
+            .collect()
+    }
+
+    fn max_change(tuned: &std::collections::HashMap<String, candle_core::Tensor>, embedder: &Embedder) -> f32 {
+        let pretrained: std::collections::HashMap<String, candle_core::Tensor> =
+            embedder.backbone().named_tensors().into_iter().collect();
+        tuned
+            .iter()
+            .map(|(n, t)| (t - &pretrained[n]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap())
+            .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn last_blocks_training_tunes_only_the_last_blocks_and_the_embedder_serves_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (crops, labelled) = pattern_photos(dir.path(), 6, 4);
+        let size = 56; // 4 x 4 patches, pooled to 2 x 2
+        let embedder = Embedder::random(&Dinov2Config::tiny(), size).unwrap();
+        let inputs = inputs_of(&crops, size);
+        let taps = embedder.tokens_at(&inputs, &[Tap::Input(1), Tap::Output(2)]).unwrap();
+        let cache = |tokens: &candle_core::Tensor| cache::TokenCache {
+            annotations: (0..crops.len() as i64).collect(),
+            tokens: tokens.to_dtype(DType::F16).unwrap(),
+            problems: Vec::new(),
+        };
+        let (block_inputs, pooled) = (cache(&taps[0]), cache(&pool_tokens(&taps[1], 4, 4, 2).unwrap()));
+        // No validation individuals: the last epoch is kept, so the weights must have moved.
+        let split = data::split_by_individual(&labelled, 0.0, 1);
+        let config = TrainConfig {
+            mode: Mode::LastBlocks(1),
+            epochs: 3,
+            batch: 8,
+            blocks: 2,
+            grid: 2,
+            embedding_dim: 8,
+            learning_rate: 1e-2,
+            ..Default::default()
+        };
+        let tuned =
+            TunedInputs { backbone: embedder.backbone(), size, source: TunedSource::BlockInputs(&block_inputs) };
+        let out = tempfile::tempdir().unwrap();
+        let (sender, _events) = std::sync::mpsc::channel();
+        let report = train_model(
+            &Inputs { pooled: &pooled, tuned: Some(tuned) },
+            &split,
+            "test",
+            &config,
+            out.path(),
+            &sender,
+            &AtomicBool::new(false),
+        )
+        .unwrap();
+        assert_eq!(report.mode, Mode::LastBlocks(1));
+        let weights = tuned_weights(&report.checkpoint);
+        assert!(!weights.is_empty(), "the model file carries the tuned blocks");
+        assert!(
+            weights.keys().all(|n| n.starts_with("encoder.layer.1.") || n.starts_with("layernorm.")),
+            "only the last block and the final LayerNorm: {:?}",
+            weights.keys().collect::<Vec<_>>()
+        );
+        assert!(max_change(&weights, &embedder) > 1e-4, "the last block was trained");
+
+        // What training computed from the cached block inputs, the embedder computes from photos.
+        let head = Head::load(&report.checkpoint, 32, &Device::Cpu).unwrap();
+        let tail =
+            embedder.backbone().with_weights(&weights).unwrap().with_kernels(crate::embed::Kernels::Differentiable);
+        let rows: Vec<usize> = (0..crops.len()).collect();
+        let trained_on = tail.forward_tail(&block_inputs.batch(&rows, &Device::Cpu).unwrap(), 1, 2).unwrap();
+        let trained_on = head.forward(&pool_tokens(&trained_on, 4, 4, 2).unwrap()).unwrap().to_vec2::<f32>().unwrap();
+        let served = embedder.with_trained(&report.checkpoint).unwrap().embed(&inputs).unwrap();
+        for (a, b) in served.iter().zip(&trained_on) {
+            let cosine: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+            assert!(cosine > 0.999, "cosine {cosine} between the served and the trained-on embedding");
+        }
+    }
+
+    #[test]
+    fn full_training_reads_augmented_photos_tunes_the_whole_backbone_and_survives_a_lost_photo() {
+        let dir = tempfile::tempdir().unwrap();
+        let (crops, labelled) = pattern_photos(dir.path(), 6, 4);
+        let size = 56;
+        let embedder = Embedder::random(&Dinov2Config::tiny(), size).unwrap();
+        let tokens = embedder.tokens_at(&inputs_of(&crops, size), &[Tap::Output(2)]).unwrap().remove(0);
+        let pooled = cache::TokenCache {
+            annotations: (0..crops.len() as i64).collect(),
+            tokens: pool_tokens(&tokens, 4, 4, 2).unwrap().to_dtype(DType::F16).unwrap(),
+            problems: Vec::new(),
+        };
+        // A photo that goes missing after caching is left out of its batches, nothing more.
+        std::fs::remove_file(&crops[0].photo).unwrap();
+        // No validation individuals: the last epoch is kept, so the weights must have moved.
+        let split = data::split_by_individual(&labelled, 0.0, 1);
+        let config = TrainConfig {
+            mode: Mode::Full,
+            epochs: 2,
+            batch: 8,
+            blocks: 2,
+            grid: 2,
+            embedding_dim: 8,
+            learning_rate: 1e-2,
+            accumulate: 2,
+            ..Default::default()
+        };
+        let tuned = TunedInputs { backbone: embedder.backbone(), size, source: TunedSource::Images(&crops) };
+        let out = tempfile::tempdir().unwrap();
+        let (sender, events) = std::sync::mpsc::channel();
+        let report = train_model(
+            &Inputs { pooled: &pooled, tuned: Some(tuned) },
+            &split,
+            "test",
+            &config,
+            out.path(),
+            &sender,
+            &AtomicBool::new(false),
+        )
+        .unwrap();
+        drop(sender);
+        assert_eq!(report.epochs_run, 2);
+        assert!(events.iter().any(|e| matches!(e, TrainEvent::Step { .. })));
+        let weights = tuned_weights(&report.checkpoint);
+        for name in
+            ["embeddings.patch_embeddings.projection.weight", "encoder.layer.0.mlp.fc1.weight", "layernorm.weight"]
+        {
+            assert!(weights.contains_key(name), "{name} is saved");
+        }
+        assert!(max_change(&weights, &embedder) > 1e-4, "the backbone was trained");
+        let served = embedder.with_trained(&report.checkpoint).unwrap();
+        assert_ne!(served.key(), "random-32d@56/cls+gem");
+        let e = served.embed(&inputs_of(&crops[1..3], size)).unwrap();
+        assert_eq!((e.len(), e[0].len()), (2, 8));
     }
 }

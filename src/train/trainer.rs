@@ -1,9 +1,12 @@
-//! Training the head (pooling + neck + the loss's class weights) on cached backbone tokens:
-//! the CPU default. AdamW with weight decay, linear warm-up then cosine decay, gradient
-//! clipping by global norm, feature-level augmentation (patch-token dropout and noise),
-//! validation on individuals never trained on after every epoch, early stopping, and the
-//! best head written atomically with a JSON card. Events go over a channel to the CLI or
-//! the app; a cancel flag is honoured between steps and leaves the last good checkpoint.
+//! Training the embedder on the catalogue's own individuals, in one of three [`Mode`]s: the
+//! head (pooling + neck + the loss's class weights) on cached backbone tokens, the CPU
+//! default; the head and the last N blocks on cached inputs to them; or everything end to
+//! end from augmented images (a GPU's work). AdamW with weight decay (the backbone at a
+//! tenth of the head's learning rate), linear warm-up then cosine decay, gradient
+//! accumulation and clipping by global norm, feature-level augmentation (patch-token dropout
+//! and noise), validation on individuals never trained on after every epoch, early stopping,
+//! and the best model written atomically with a JSON card. Events go over a channel to the
+//! CLI or the app; a cancel flag is honoured between steps and leaves the last good checkpoint.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -17,12 +20,13 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use super::augment::ImageAugmentation;
 use super::baseline::Baselines;
 use super::cache::{DEFAULT_GRID, TokenCache};
 use super::data::Split;
 use super::loss::LossConfig;
 use super::sampler::{BatchSampler, PkSampler, ShuffledSampler};
-use crate::embed::Head;
+use crate::embed::{Crop, Dinov2, Head, TUNED_PREFIX, Tap, pool_tokens};
 use crate::metrics::{ClosedSet, OpenSet};
 use crate::search::Gallery;
 
@@ -30,10 +34,18 @@ use crate::search::Gallery;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct TrainConfig {
+    pub mode: Mode,
     pub loss: LossConfig,
     pub epochs: usize,
     pub batch: usize,
+    /// The head's learning rate.
     pub learning_rate: f64,
+    /// The fine-tuned backbone's learning rate as a share of the head's: pretrained weights
+    /// move less than fresh ones.
+    pub backbone_lr_ratio: f64,
+    /// Batches whose gradients are summed before each optimiser step (a larger effective
+    /// batch than memory allows).
+    pub accumulate: usize,
     pub weight_decay: f64,
     pub warmup_epochs: f64,
     /// Gradients are scaled down when their global norm exceeds this.
@@ -67,17 +79,22 @@ pub struct TrainConfig {
     pub token_dropout: f64,
     /// Standard deviation of Gaussian noise added to the tokens.
     pub token_noise: f64,
+    /// Image augmentation of `full` training.
+    pub augmentation: ImageAugmentation,
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
+            mode: Mode::Head,
             loss: LossConfig::default(),
             epochs: 30,
             batch: 32,
             // Refining an LDA start (right-whale heads, unseen individuals): the best fine-tuned
             // epoch reached validation MAP@5 0.545 at 5e-4 and 0.562 at 1e-4.
             learning_rate: 1e-4,
+            backbone_lr_ratio: 0.1,
+            accumulate: 1,
             weight_decay: 1e-4,
             warmup_epochs: 1.0,
             clip_norm: 5.0,
@@ -92,8 +109,105 @@ impl Default for TrainConfig {
             resume: None,
             token_dropout: 0.25,
             token_noise: 0.02,
+            augmentation: ImageAugmentation::default(),
         }
     }
+}
+
+/// How much of the model a run trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Pooling + neck on cached tokens of the frozen backbone: minutes on a laptop CPU.
+    #[default]
+    Head,
+    /// Also the last N blocks before the head's depth (and the final LayerNorm), on cached
+    /// inputs to them: the frozen blocks below are run once, not at every step.
+    LastBlocks(usize),
+    /// Everything, end to end from augmented images: meant for a GPU.
+    Full,
+}
+
+impl Mode {
+    /// The backbone weights trained besides the head (Hugging Face name prefixes) when the
+    /// head reads the output of `depth` blocks.
+    pub fn tuned_prefixes(&self, depth: usize) -> Vec<String> {
+        let blocks = |from: usize| (from..depth).map(|i| format!("encoder.layer.{i}.")).collect::<Vec<_>>();
+        let mut prefixes = match *self {
+            Mode::Head => return Vec::new(),
+            Mode::LastBlocks(n) => blocks(depth.saturating_sub(n.max(1))),
+            Mode::Full => {
+                let mut p = vec!["embeddings.".to_string()];
+                p.extend(blocks(0));
+                p
+            }
+        };
+        prefixes.push("layernorm.".into());
+        prefixes
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+
+    /// `head`, `full`, or `last-blocks N` (also written `last-blocks=N`).
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim().to_lowercase();
+        match text.as_str() {
+            "head" => return Ok(Mode::Head),
+            "full" => return Ok(Mode::Full),
+            _ => {}
+        }
+        let n = text
+            .strip_prefix("last-blocks")
+            .map(|rest| rest.trim_start_matches([' ', '=', ':']))
+            .ok_or_else(|| format!("unknown mode {text:?}: head, last-blocks N or full"))?;
+        match n.parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(Mode::LastBlocks(n)),
+            _ => Err(format!("last-blocks needs a number of blocks of at least 1 (last-blocks=2), not {n:?}")),
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Mode::Head => write!(f, "head"),
+            Mode::LastBlocks(n) => write!(f, "last-blocks {n}"),
+            Mode::Full => write!(f, "full"),
+        }
+    }
+}
+
+/// What a run trains on.
+pub struct Inputs<'a> {
+    /// The frozen backbone's tokens at the trained depth, pooled: all that `head` training
+    /// reads, and what every mode's LDA start, baselines and first validation are made of.
+    pub pooled: &'a TokenCache,
+    /// For `last-blocks` and `full`: the backbone to fine-tune and what feeds it.
+    pub tuned: Option<TunedInputs<'a>>,
+}
+
+impl<'a> Inputs<'a> {
+    pub fn head(pooled: &'a TokenCache) -> Self {
+        Self { pooled, tuned: None }
+    }
+}
+
+pub struct TunedInputs<'a> {
+    /// The weights fine-tuning starts from (not changed itself).
+    pub backbone: &'a Dinov2,
+    /// The input side in pixels.
+    pub size: u32,
+    pub source: TunedSource<'a>,
+}
+
+pub enum TunedSource<'a> {
+    /// `last-blocks`: the tokens entering the first tuned block (a [`Tap::Input`] cache),
+    /// row for row as `Inputs::pooled`.
+    BlockInputs(&'a TokenCache),
+    /// `full`: the crops, row for row as `Inputs::pooled`, decoded and augmented every step.
+    Images(&'a [Crop]),
 }
 
 /// See [`TrainConfig::blocks`]: 0 = choose by measurement.
@@ -146,6 +260,7 @@ pub struct TrainReport {
     pub checkpoint: PathBuf,
     /// The frozen CLS token and its LDA projection on the same split.
     pub baselines: Baselines,
+    pub mode: Mode,
     /// The backbone depth trained on.
     pub blocks: usize,
     /// When the depth was chosen: each candidate's LDA validation MAP@5.
@@ -162,7 +277,7 @@ pub struct TrainReport {
 /// The JSON card written beside a checkpoint.
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelCard<'a> {
-    pub kind: &'static str,
+    pub kind: &'a str,
     pub backbone: &'a str,
     pub config: &'a TrainConfig,
     pub epoch: usize,
@@ -196,9 +311,9 @@ pub const CARD: &str = "head.json";
 /// Every trained variable (the loss's class weights too), for resuming.
 pub const STATE: &str = "train_state.safetensors";
 
-/// Trains a head on `cache` for `split`; writes the best one into `out`.
-pub fn train_head(
-    cache: &TokenCache,
+/// Trains on `inputs` for `split` as `config.mode` says; writes the best model into `out`.
+pub fn train_model(
+    inputs: &Inputs,
     split: &Split,
     backbone_key: &str,
     config: &TrainConfig,
@@ -207,7 +322,8 @@ pub fn train_head(
     cancel: &AtomicBool,
 ) -> Result<TrainReport, TrainError> {
     let started = Instant::now();
-    let device = Device::Cpu;
+    let cache = inputs.pooled;
+    let device = inputs.tuned.as_ref().map_or(Device::Cpu, |t| t.backbone.device().clone());
     let (train, validation) = cache_rows(cache, split);
     let fingerprint = {
         let mut h = blake3::Hasher::new();
@@ -223,9 +339,24 @@ pub fn train_head(
             split.classes.len()
         )));
     }
+    let tuned_prefixes: Vec<String> = match &inputs.tuned {
+        Some(_) => config.mode.tuned_prefixes(config.blocks).iter().map(|p| format!("{TUNED_PREFIX}{p}")).collect(),
+        None => Vec::new(),
+    };
     let (_, tokens_per_crop, token_dim) = cache.tokens.dims3()?;
     let vars = VarMap::new();
-    let vb = VarBuilder::from_varmap(&vars, DType::F32, &device);
+    if let Some(tuned) = &inputs.tuned {
+        // Fine-tuning starts from (a copy of) the pretrained weights.
+        let mut data = vars.data().lock().unwrap_or_else(|p| p.into_inner());
+        for (name, pretrained) in tuned.backbone.named_tensors() {
+            data.insert(format!("{TUNED_PREFIX}{name}"), Var::from_tensor(&pretrained.detach().to_device(&device)?)?);
+        }
+    }
+    let seeded = SeededVars {
+        vars: vars.clone(),
+        rng: std::sync::Mutex::new(rand_chacha::ChaCha8Rng::seed_from_u64(config.seed ^ 0x5eed)),
+    };
+    let vb = VarBuilder::from_backend(Box::new(seeded), DType::F32, device.clone());
     let head = Head::trainable(vb.clone(), token_dim, config.embedding_dim)?;
     let loss = super::loss::build(
         &config.loss,
@@ -234,33 +365,61 @@ pub fn train_head(
         split.classes.len(),
         &split.class_counts(),
     )?;
+    let feeder = match &inputs.tuned {
+        None => Feeder { cache, tuning: None, augmentation: &config.augmentation },
+        Some(tuned) => {
+            let model = Dinov2::new(tuned.backbone.config(), vb.pp(TUNED_PREFIX.trim_end_matches('.')))?;
+            let side = tuned.size as usize / tuned.backbone.config().patch_size;
+            let from = match tuned.source {
+                TunedSource::BlockInputs(_) => match config.mode {
+                    Mode::LastBlocks(n) => config.blocks.saturating_sub(n.max(1)),
+                    other => return Err(TrainError::Data(format!("cached block inputs given for {other} training"))),
+                },
+                TunedSource::Images(_) => 0,
+            };
+            Feeder {
+                cache,
+                tuning: Some(Tuning { model, inputs: tuned, from, depth: config.blocks, side, grid: config.grid }),
+                augmentation: &config.augmentation,
+            }
+        }
+    };
     let (running_mean, running_var) = {
         let data = vars.data().lock().unwrap_or_else(|p| p.into_inner());
         (data.get("neck.bn.running_mean").cloned(), data.get("neck.bn.running_var").cloned())
     };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed);
-    reseed(&vars, &mut rng)?;
     let resumed_epoch = match &config.resume {
         Some(dir) => Some(load_state(&vars, dir, &fingerprint)?),
         None => {
             if config.lda_init {
-                init_neck_from_lda(&vars, &head, cache, &train, config.embedding_dim, config.lda_ridge)?;
-                imprint_class_weights(&vars, &head, cache, &train, split.classes.len())?;
+                init_neck_from_lda(&vars, &head, cache, &train, config.embedding_dim, config.lda_ridge, &device)?;
+                imprint_class_weights(&vars, &head, cache, &train, split.classes.len(), &device)?;
             }
             None
         }
     };
-    let trainable: Vec<Var> = {
+    // In name order: the gradient norm sums over them, and float sums depend on order. The
+    // backbone's frozen weights are not trained (and below its tuned blocks not even run).
+    let (head_vars, backbone_vars): (Vec<Var>, Vec<Var>) = {
         let data = vars.data().lock().unwrap_or_else(|p| p.into_inner());
-        // In name order: the gradient norm sums over them, and float sums depend on order.
-        let mut named: Vec<(&String, &Var)> = data.iter().filter(|(name, _)| !name.contains("running_")).collect();
+        let mut named: Vec<(&String, &Var)> = data
+            .iter()
+            .filter(|(name, _)| !name.contains("running_"))
+            .filter(|(name, _)| !name.starts_with(TUNED_PREFIX) || tuned_prefixes.iter().any(|p| name.starts_with(p)))
+            .collect();
         named.sort_by(|a, b| a.0.cmp(b.0));
-        named.into_iter().map(|(_, v)| v.clone()).collect()
+        let (backbone, head): (Vec<_>, Vec<_>) =
+            named.into_iter().partition(|(name, _)| name.starts_with(TUNED_PREFIX));
+        (head.into_iter().map(|(_, v)| v.clone()).collect(), backbone.into_iter().map(|(_, v)| v.clone()).collect())
     };
-    let mut optimizer = AdamW::new(
-        trainable.clone(),
-        ParamsAdamW { lr: config.learning_rate, weight_decay: config.weight_decay, ..Default::default() },
-    )?;
+    let trainable: Vec<Var> = head_vars.iter().chain(&backbone_vars).cloned().collect();
+    let params = |lr: f64| ParamsAdamW { lr, weight_decay: config.weight_decay, ..Default::default() };
+    let mut optimizer = AdamW::new(head_vars, params(config.learning_rate))?;
+    let mut backbone_optimizer = match backbone_vars.is_empty() {
+        true => None,
+        false => Some(AdamW::new(backbone_vars, params(config.learning_rate * config.backbone_lr_ratio))?),
+    };
 
     let batch = config.batch.max(2).min(train.len());
     // Batch-hard triplets need several crops of each individual in a batch: P x K sampling.
@@ -273,6 +432,7 @@ pub fn train_head(
         _ => Box::new(ShuffledSampler::new(train.len(), batch, train.len() > batch, config.seed)?),
     };
     let steps_per_epoch = sampler.batches_per_epoch().max(1);
+    let accumulate = config.accumulate.max(1);
     let total_steps = steps_per_epoch * config.epochs.max(1);
     let warmup = (config.warmup_epochs * steps_per_epoch as f64).round() as usize;
     let _ = events.send(TrainEvent::Started {
@@ -283,7 +443,7 @@ pub fn train_head(
         steps_per_epoch,
     });
     let validate =
-        |head: &Head| -> Result<Validation, TrainError> { validation_metrics(head, cache, &validation, config) };
+        |head: &Head| -> Result<Validation, TrainError> { validation_metrics(head, &feeder, &validation, config) };
     let before = validate(&head)?;
     let baselines = super::baseline::baselines(cache, &train, &validation, config)?;
     let mut best = before.clone();
@@ -295,12 +455,20 @@ pub fn train_head(
     let checkpoint = out.join(CHECKPOINT);
     let card_path = out.join(CARD);
     std::fs::create_dir_all(out).map_err(|source| TrainError::Io { path: out.to_path_buf(), source })?;
-    // The start is saved as epoch 0: training hands back the best head it validated, which is
-    // never worse than where it started.
+    let kind = format!(
+        "whaleid {} training on DINOv2 ViT-S/14 (pooling + neck{})",
+        config.mode,
+        match &inputs.tuned {
+            Some(_) => " + fine-tuned backbone weights",
+            None => "",
+        }
+    );
+    // The start is saved as epoch 0: training hands back the best model it validated, which
+    // is never worse than where it started.
     let save = |epoch: usize, validation: &Validation| -> Result<(), TrainError> {
-        save_checkpoint(&vars, config, &checkpoint)?;
+        save_checkpoint(&vars, config, &tuned_prefixes, &checkpoint)?;
         let card = ModelCard {
-            kind: "whaleid head (pooling + neck) on DINOv2 ViT-S/14 tokens",
+            kind: &kind,
             backbone: backbone_key,
             config,
             epoch,
@@ -319,40 +487,53 @@ pub fn train_head(
     let epoch_started = Instant::now();
     'epochs: for epoch in best_epoch + 1..=config.epochs {
         let mut epoch_loss = 0.0;
-        for (i, indices) in sampler.batches(epoch as u64).into_iter().enumerate() {
+        let batches = sampler.batches(epoch as u64);
+        let mut pending: Option<(candle_core::backprop::GradStore, usize)> = None;
+        for (i, indices) in batches.iter().enumerate() {
             let chunk: Vec<(usize, u32)> = indices.iter().filter_map(|&j| train.get(j).copied()).collect();
             if cancel.load(Ordering::SeqCst) {
                 cancelled = true;
                 break 'epochs;
             }
-            if chunk.len() < 2 {
-                continue;
-            }
             let rows: Vec<usize> = chunk.iter().map(|(r, _)| *r).collect();
-            let labels = Tensor::new(chunk.iter().map(|(_, c)| *c).collect::<Vec<u32>>(), &device)?;
-            let tokens = augment(&cache.batch(&rows, &device)?, tokens_per_crop, config, &mut rng)?;
-            let (embeddings, stats) = head.forward_train(&tokens)?;
-            let value = loss.forward(&embeddings, &labels)?;
-            let mut grads = value.backward()?;
-            clip_gradients(&mut grads, &trainable, config.clip_norm)?;
-            let lr = learning_rate(config.learning_rate, step, warmup, total_steps);
-            optimizer.set_learning_rate(lr);
-            optimizer.step(&grads)?;
-            if let (Some((mean, var)), Some(rm), Some(rv)) = (stats, &running_mean, &running_var) {
-                // Running averages with PyTorch's momentum 0.1.
-                rm.set(&((rm.as_tensor() * 0.9)? + (mean * 0.1)?)?)?;
-                rv.set(&((rv.as_tensor() * 0.9)? + (var * 0.1)?)?)?;
+            let (tokens, kept) = feeder.tokens(&rows, config, tokens_per_crop, Some(&mut rng))?;
+            if kept.len() >= 2 {
+                let labels = Tensor::new(kept.iter().map(|&k| chunk[k].1).collect::<Vec<u32>>(), &device)?;
+                let (embeddings, stats) = head.forward_train(&tokens)?;
+                let value = loss.forward(&embeddings, &labels)?;
+                let grads = value.backward()?;
+                pending = Some(match pending.take() {
+                    None => (grads, 1),
+                    Some((sum, n)) => (add_gradients(sum, grads, &trainable)?, n + 1),
+                });
+                if let (Some((mean, var)), Some(rm), Some(rv)) = (stats, &running_mean, &running_var) {
+                    // Running averages with PyTorch's momentum 0.1.
+                    rm.set(&((rm.as_tensor() * 0.9)? + (mean * 0.1)?)?)?;
+                    rv.set(&((rv.as_tensor() * 0.9)? + (var * 0.1)?)?)?;
+                }
+                let l = value.to_scalar::<f32>()? as f64;
+                epoch_loss += l;
+                let _ = events.send(TrainEvent::Step {
+                    epoch,
+                    step: i + 1,
+                    steps: steps_per_epoch,
+                    loss: l,
+                    learning_rate: learning_rate(config.learning_rate, step, warmup, total_steps),
+                });
             }
-            let l = value.to_scalar::<f32>()? as f64;
-            epoch_loss += l;
+            // A step of the optimiser every `accumulate` batches, and at the end of the epoch.
+            if let Some((mut grads, n)) = pending.take_if(|(_, n)| *n == accumulate || i + 1 == batches.len()) {
+                scale_gradients(&mut grads, &trainable, 1.0 / n as f64)?;
+                clip_gradients(&mut grads, &trainable, config.clip_norm)?;
+                let lr = learning_rate(config.learning_rate, step, warmup, total_steps);
+                optimizer.set_learning_rate(lr);
+                optimizer.step(&grads)?;
+                if let Some(o) = &mut backbone_optimizer {
+                    o.set_learning_rate(lr * config.backbone_lr_ratio);
+                    o.step(&grads)?;
+                }
+            }
             step += 1;
-            let _ = events.send(TrainEvent::Step {
-                epoch,
-                step: i + 1,
-                steps: steps_per_epoch,
-                loss: l,
-                learning_rate: lr,
-            });
         }
         epochs_run = epoch;
         let validation_now = validate(&head)?;
@@ -389,6 +570,7 @@ pub fn train_head(
     Ok(TrainReport {
         checkpoint,
         baselines,
+        mode: config.mode,
         blocks: config.blocks,
         depth_scores: Vec::new(),
         card: card_path,
@@ -426,27 +608,68 @@ pub fn lda_score(cache: &TokenCache, split: &Split, config: &TrainConfig) -> Res
     Ok(b.lda.map_or(b.frozen_cls.closed_set.map5, |l| l.closed_set.map5))
 }
 
-/// Redraws every variable from `rng` with the mean and spread candle's initialisation gave
-/// it (constants stay constant), in name order: candle's own CPU random numbers cannot be
-/// seeded, and a run must be repeatable from its seed.
-fn reseed(vars: &VarMap, rng: &mut impl Rng) -> candle_core::Result<()> {
-    let data = vars.data().lock().unwrap_or_else(|p| p.into_inner());
-    let mut names: Vec<&String> = data.keys().collect();
-    names.sort();
-    for name in names {
-        let var = &data[name];
-        let values = var.as_tensor().flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-        let n = values.len().max(1) as f32;
-        let mean = values.iter().sum::<f32>() / n;
-        let std = (values.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n).sqrt();
-        if std == 0.0 {
-            continue;
+/// Variables on a `VarMap` whose fresh values are drawn from a seeded generator as their
+/// `Init` asks (candle's own CPU random numbers cannot be seeded, and a run must be
+/// repeatable from its seed); variables already in the map are handed out as they are.
+struct SeededVars {
+    vars: VarMap,
+    rng: std::sync::Mutex<rand_chacha::ChaCha8Rng>,
+}
+
+impl candle_nn::var_builder::SimpleBackend for SeededVars {
+    fn get(
+        &self,
+        shape: candle_core::Shape,
+        name: &str,
+        init: candle_nn::Init,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        use candle_nn::init::NormalOrUniform;
+        let mut data = self.vars.data().lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(var) = data.get(name) {
+            if var.shape() != &shape {
+                candle_core::bail!("{name} is {:?}, {:?} was asked for", var.dims(), shape.dims());
+            }
+            return Ok(var.as_tensor().clone());
         }
-        let normal = rand_distr::Normal::new(mean, std).map_err(|e| candle_core::Error::msg(format!("{name}: {e}")))?;
-        let redrawn: Vec<f32> = (0..values.len()).map(|_| rng.sample(normal)).collect();
-        var.set(&Tensor::from_vec(redrawn, var.shape(), var.device())?.to_dtype(var.dtype())?)?;
+        let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+        let n = shape.elem_count();
+        let normal = |rng: &mut rand_chacha::ChaCha8Rng, mean: f64, std: f64| -> candle_core::Result<Vec<f32>> {
+            let d = rand_distr::Normal::new(mean, std).map_err(|e| candle_core::Error::msg(format!("{name}: {e}")))?;
+            Ok((0..n).map(|_| rng.sample(d) as f32).collect())
+        };
+        let uniform = |rng: &mut rand_chacha::ChaCha8Rng, lo: f64, up: f64| -> Vec<f32> {
+            (0..n).map(|_| if up > lo { rng.random_range(lo..up) as f32 } else { lo as f32 }).collect()
+        };
+        let values = match init {
+            candle_nn::Init::Const(c) => vec![c as f32; n],
+            candle_nn::Init::Uniform { lo, up } => uniform(&mut rng, lo, up),
+            candle_nn::Init::Randn { mean, stdev } => normal(&mut rng, mean, stdev)?,
+            candle_nn::Init::Kaiming { dist, fan, non_linearity } => {
+                let std = non_linearity.gain() / (fan.for_shape(&shape).max(1) as f64).sqrt();
+                match dist {
+                    NormalOrUniform::Normal => normal(&mut rng, 0.0, std)?,
+                    NormalOrUniform::Uniform => uniform(&mut rng, -(3f64.sqrt()) * std, 3f64.sqrt() * std),
+                }
+            }
+        };
+        let var = Var::from_tensor(&Tensor::from_vec(values, shape, device)?.to_dtype(dtype)?)?;
+        data.insert(name.to_string(), var.clone());
+        Ok(var.as_tensor().clone())
     }
-    Ok(())
+
+    fn get_unchecked(&self, name: &str, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+        let data = self.vars.data().lock().unwrap_or_else(|p| p.into_inner());
+        match data.get(name) {
+            Some(var) => var.as_tensor().to_dtype(dtype)?.to_device(device),
+            None => candle_core::bail!("no variable {name}"),
+        }
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.vars.data().lock().unwrap_or_else(|p| p.into_inner()).contains_key(name)
+    }
 }
 
 /// The card a run wrote into `dir`, as JSON.
@@ -479,7 +702,7 @@ fn load_state(vars: &VarMap, dir: &Path, fingerprint: &str) -> Result<usize, Tra
         if saved.shape() != var.shape() {
             return Err(bad(format!("{name} is {:?}, this run's is {:?} (other settings?)", saved.dims(), var.dims())));
         }
-        var.set(saved)?;
+        var.set(&saved.to_device(var.device())?)?;
     }
     Ok(epoch as usize)
 }
@@ -494,11 +717,12 @@ fn init_neck_from_lda(
     train: &[(usize, u32)],
     out_dim: usize,
     lda_ridge: f64,
+    device: &Device,
 ) -> Result<(), TrainError> {
     let mut pooled = Vec::with_capacity(train.len());
     for chunk in train.chunks(256) {
         let rows: Vec<usize> = chunk.iter().map(|(r, _)| *r).collect();
-        pooled.extend(head.pooling.forward(&cache.batch(&rows, &Device::Cpu)?)?.to_vec2::<f32>()?);
+        pooled.extend(head.pooling.forward(&cache.batch(&rows, device)?)?.to_vec2::<f32>()?);
     }
     let dim = pooled.first().map_or(0, Vec::len);
     let n = pooled.len().max(1) as f64;
@@ -517,7 +741,7 @@ fn init_neck_from_lda(
     let data = vars.data().lock().unwrap_or_else(|p| p.into_inner());
     let set = |name: &str, values: Vec<f32>| -> Result<(), TrainError> {
         let var = data.get(name).ok_or_else(|| TrainError::Data(format!("no variable {name}")))?;
-        var.set(&Tensor::from_vec(values, var.shape(), &Device::Cpu)?)?;
+        var.set(&Tensor::from_vec(values, var.shape(), device)?)?;
         Ok(())
     };
     set("neck.bn.running_mean", mean.iter().map(|&m| m as f32).collect())?;
@@ -539,11 +763,12 @@ fn imprint_class_weights(
     cache: &TokenCache,
     train: &[(usize, u32)],
     classes: usize,
+    device: &Device,
 ) -> Result<(), TrainError> {
     let mut sums: Vec<Vec<f32>> = Vec::new();
     for chunk in train.chunks(256) {
         let rows: Vec<usize> = chunk.iter().map(|(r, _)| *r).collect();
-        let embeddings = head.forward(&cache.batch(&rows, &Device::Cpu)?)?.to_vec2::<f32>()?;
+        let embeddings = head.forward(&cache.batch(&rows, device)?)?.to_vec2::<f32>()?;
         for ((_, class), e) in chunk.iter().zip(embeddings) {
             if sums.is_empty() {
                 sums = vec![vec![0.0; e.len()]; classes];
@@ -572,7 +797,7 @@ fn imprint_class_weights(
                 mean.iter().zip(row).map(|(m, x)| m + 0.05 * x).collect::<Vec<_>>()
             })
             .collect();
-        var.set(&Tensor::from_vec(imprinted, (rows, dim), &Device::Cpu)?)
+        var.set(&Tensor::from_vec(imprinted, (rows, dim), device)?)
             .map_err(|e| TrainError::Data(format!("{name}: {e}")))?;
     }
     Ok(())
@@ -585,6 +810,36 @@ pub fn learning_rate(base: f64, step: usize, warmup: usize, total: usize) -> f64
     }
     let progress = (step - warmup) as f64 / (total.saturating_sub(warmup)).max(1) as f64;
     base * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos())
+}
+
+/// `sum` plus `more`, variable by variable (gradient accumulation).
+fn add_gradients(
+    mut sum: candle_core::backprop::GradStore,
+    more: candle_core::backprop::GradStore,
+    vars: &[Var],
+) -> candle_core::Result<candle_core::backprop::GradStore> {
+    for v in vars {
+        let total = match (sum.remove(v.as_tensor()), more.get(v.as_tensor())) {
+            (Some(a), Some(b)) => (a + b)?,
+            (Some(a), None) => a,
+            (None, Some(b)) => b.clone(),
+            (None, None) => continue,
+        };
+        sum.insert(v.as_tensor(), total);
+    }
+    Ok(sum)
+}
+
+fn scale_gradients(grads: &mut candle_core::backprop::GradStore, vars: &[Var], factor: f64) -> candle_core::Result<()> {
+    if factor == 1.0 {
+        return Ok(());
+    }
+    for v in vars {
+        if let Some(g) = grads.remove(v.as_tensor()) {
+            grads.insert(v.as_tensor(), (g * factor)?);
+        }
+    }
+    Ok(())
 }
 
 /// Scales all gradients down together when their global L2 norm exceeds `max_norm`.
@@ -601,12 +856,7 @@ fn clip_gradients(
     }
     let norm = total.sqrt();
     if max_norm > 0.0 && norm > max_norm {
-        let scale = max_norm / norm;
-        for v in vars {
-            if let Some(g) = grads.remove(v.as_tensor()) {
-                grads.insert(v.as_tensor(), (g * scale)?);
-            }
-        }
+        scale_gradients(grads, vars, max_norm / norm)?;
     }
     Ok(())
 }
@@ -634,16 +884,120 @@ fn augment(tokens: &Tensor, n: usize, config: &TrainConfig, rng: &mut impl Rng) 
 
 fn validation_metrics(
     head: &Head,
-    cache: &TokenCache,
+    feeder: &Feeder,
     validation: &[(usize, i64, &str)],
     config: &TrainConfig,
 ) -> Result<Validation, TrainError> {
+    let (_, tokens_per_crop, _) = feeder.cache.tokens.dims3()?;
     let mut embeddings = Vec::with_capacity(validation.len());
-    for chunk in validation.chunks(256) {
+    let mut seen = Vec::with_capacity(validation.len());
+    for chunk in validation.chunks(64) {
         let rows: Vec<usize> = chunk.iter().map(|(r, _, _)| *r).collect();
-        embeddings.extend(head.forward(&cache.batch(&rows, &Device::Cpu)?)?.to_vec2::<f32>()?);
+        let (tokens, kept) = feeder.tokens(&rows, config, tokens_per_crop, None)?;
+        if kept.is_empty() {
+            continue;
+        }
+        embeddings.extend(head.forward(&tokens)?.detach().to_device(&Device::Cpu)?.to_vec2::<f32>()?);
+        seen.extend(kept.iter().map(|&k| chunk[k]));
     }
-    validation_of(&embeddings, validation, config)
+    validation_of(&embeddings, &seen, config)
+}
+
+/// The trainable backbone of a `last-blocks` or `full` run, and how it is fed.
+struct Tuning<'a> {
+    /// On the run's variables (differentiable kernels).
+    model: Dinov2,
+    inputs: &'a TunedInputs<'a>,
+    /// The tuned blocks are `from..depth`.
+    from: usize,
+    depth: usize,
+    /// The patch grid's side at the input size.
+    side: usize,
+    grid: usize,
+}
+
+/// Makes the head's input, `[B, 1 + grid², D]`, for rows of the pooled cache: straight from
+/// the cache, or through the tuned blocks from their cached inputs, or through the whole
+/// backbone from the photos.
+struct Feeder<'a> {
+    cache: &'a TokenCache,
+    tuning: Option<Tuning<'a>>,
+    augmentation: &'a ImageAugmentation,
+}
+
+impl Feeder<'_> {
+    /// The tokens of `rows` and the positions in `rows` they are of (a photo that can no
+    /// longer be read is left out). With `rng` (training) the inputs are augmented.
+    fn tokens(
+        &self,
+        rows: &[usize],
+        config: &TrainConfig,
+        tokens_per_crop: usize,
+        mut rng: Option<&mut rand_chacha::ChaCha8Rng>,
+    ) -> Result<(Tensor, Vec<usize>), TrainError> {
+        let mut kept: Vec<usize> = (0..rows.len()).collect();
+        let tokens = match &self.tuning {
+            None => self.cache.batch(rows, &Device::Cpu)?, // head training runs on the CPU
+            Some(t) => {
+                let device = t.model.device().clone();
+                let output = match t.inputs.source {
+                    TunedSource::BlockInputs(inputs) => {
+                        t.model.forward_tail(&inputs.batch(rows, &device)?, t.from, t.depth)?
+                    }
+                    TunedSource::Images(crops) => {
+                        let seeds: Vec<Option<u64>> = match rng.as_deref_mut() {
+                            Some(r) => rows.iter().map(|_| Some(r.random())).collect(),
+                            None => vec![None; rows.len()],
+                        };
+                        let (images, ok) = self.images(crops, rows, &seeds, t.inputs.size);
+                        kept = ok;
+                        if kept.is_empty() {
+                            return Ok((Tensor::zeros((0, tokens_per_crop, 1), DType::F32, &device)?, kept));
+                        }
+                        let side = t.inputs.size as usize;
+                        let batch = Tensor::from_vec(images.concat(), (images.len(), 3, side, side), &device)?;
+                        t.model.forward_taps(&batch, &[Tap::Output(t.depth)])?.remove(0)
+                    }
+                };
+                pool_tokens(&output, t.side, t.side, t.grid)?
+            }
+        };
+        let tokens = match rng {
+            Some(r) => augment(&tokens, tokens_per_crop, config, r)?,
+            None => tokens,
+        };
+        Ok((tokens, kept))
+    }
+
+    /// Decodes the crops of `rows` in parallel: augmented where a seed is given, else as for
+    /// inference. Returns the inputs and the positions in `rows` they are of.
+    fn images(&self, crops: &[Crop], rows: &[usize], seeds: &[Option<u64>], size: u32) -> (Vec<Vec<f32>>, Vec<usize>) {
+        use rayon::prelude::*;
+        let augmentation = self.augmentation;
+        let prepared: Vec<Option<Vec<f32>>> = rows
+            .par_iter()
+            .zip(seeds)
+            .map(|(&row, seed)| {
+                let crop = crops.get(row)?;
+                let img = crate::photo::decode_file(&crop.photo).ok()?;
+                Some(match seed {
+                    Some(seed) => {
+                        augmentation.prepare(&img, crop.bbox, size, &mut rand_chacha::ChaCha8Rng::seed_from_u64(*seed))
+                    }
+                    None => crate::embed::prepare(&img, crop.bbox, size),
+                })
+            })
+            .collect();
+        let mut inputs = Vec::with_capacity(rows.len());
+        let mut kept = Vec::with_capacity(rows.len());
+        for (i, p) in prepared.into_iter().enumerate() {
+            if let Some(p) = p {
+                inputs.push(p);
+                kept.push(i);
+            }
+        }
+        (inputs, kept)
+    }
 }
 
 /// Leave-one-out among the validation crops (never trained on), and the open-set figure
@@ -664,7 +1018,10 @@ pub(super) fn validation_of(
     Ok(Validation { closed_set, open_set: open.map(|o| o.tuned) })
 }
 
-fn save_checkpoint(vars: &VarMap, config: &TrainConfig, path: &Path) -> Result<(), TrainError> {
+/// Writes every variable into the state file (for resuming), and into the model file at
+/// `path` what the embedder needs: pooling, neck, the tuned backbone weights (names starting
+/// with one of `tuned`), and the depth and grid the head reads.
+fn save_checkpoint(vars: &VarMap, config: &TrainConfig, tuned: &[String], path: &Path) -> Result<(), TrainError> {
     let state: HashMap<String, Tensor> = {
         let data = vars.data().lock().unwrap_or_else(|p| p.into_inner());
         data.iter().map(|(name, v)| (name.clone(), v.as_tensor().clone())).collect()
@@ -676,7 +1033,9 @@ fn save_checkpoint(vars: &VarMap, config: &TrainConfig, path: &Path) -> Result<(
     let mut tensors: HashMap<String, Tensor> = {
         let data = vars.data().lock().unwrap_or_else(|p| p.into_inner());
         data.iter()
-            .filter(|(name, _)| name.starts_with("pooling.") || name.starts_with("neck."))
+            .filter(|(name, _)| {
+                name.starts_with("pooling.") || name.starts_with("neck.") || tuned.iter().any(|p| name.starts_with(p))
+            })
             .map(|(name, v)| (name.clone(), v.as_tensor().clone()))
             .collect()
     };
@@ -727,12 +1086,18 @@ mod tests {
     fn training_improves_validation_on_unseen_individuals_and_writes_a_loadable_head() {
         let (cache, labelled) = clustered_cache(24, 6, 1);
         let split = split_by_individual(&labelled, 0.3, 2);
-        let config =
-            TrainConfig { epochs: 40, batch: 32, embedding_dim: 16, patience: 40, lda_init: false, ..Default::default() };
+        let config = TrainConfig {
+            epochs: 40,
+            batch: 32,
+            embedding_dim: 16,
+            patience: 40,
+            lda_init: false,
+            ..Default::default()
+        };
         let out = tempfile::tempdir().unwrap();
         let (sender, receiver) = std::sync::mpsc::channel();
         let cancel = AtomicBool::new(false);
-        let report = train_head(&cache, &split, "test", &config, out.path(), &sender, &cancel).unwrap();
+        let report = train_model(&Inputs::head(&cache), &split, "test", &config, out.path(), &sender, &cancel).unwrap();
         drop(sender);
         assert!(
             report.best.closed_set.map5 > report.before.closed_set.map5 + 0.1,
@@ -760,7 +1125,8 @@ mod tests {
         let run = |lda_init| {
             let config = TrainConfig { epochs: 1, embedding_dim: 16, lda_init, blocks: 7, ..Default::default() };
             let out = tempfile::tempdir().unwrap();
-            let report = train_head(&cache, &split, "test", &config, out.path(), &sender, &cancel).unwrap();
+            let report =
+                train_model(&Inputs::head(&cache), &split, "test", &config, out.path(), &sender, &cancel).unwrap();
             let head = Head::load(&report.checkpoint, 24, &Device::Cpu).unwrap();
             (report.before.closed_set.map5, head.blocks)
         };
@@ -778,10 +1144,10 @@ mod tests {
         let cancel = AtomicBool::new(false);
         let out = tempfile::tempdir().unwrap();
         let first = TrainConfig { epochs: 3, embedding_dim: 16, patience: 10, lda_init: false, ..Default::default() };
-        let a = train_head(&cache, &split, "test", &first, out.path(), &sender, &cancel).unwrap();
+        let a = train_model(&Inputs::head(&cache), &split, "test", &first, out.path(), &sender, &cancel).unwrap();
         while receiver.try_recv().is_ok() {}
         let resume = TrainConfig { epochs: 5, resume: Some(out.path().to_path_buf()), ..first.clone() };
-        let b = train_head(&cache, &split, "test", &resume, out.path(), &sender, &cancel).unwrap();
+        let b = train_model(&Inputs::head(&cache), &split, "test", &resume, out.path(), &sender, &cancel).unwrap();
         assert!((b.before.closed_set.map5 - a.best.closed_set.map5).abs() < 1e-9, "the saved head was loaded");
         let epochs: Vec<usize> = receiver
             .try_iter()
@@ -795,7 +1161,9 @@ mod tests {
         assert!(b.best.closed_set.map5 >= a.best.closed_set.map5);
 
         let other = split_by_individual(&labelled, 0.3, 9);
-        let err = train_head(&cache, &other, "test", &resume, out.path(), &sender, &cancel).unwrap_err().to_string();
+        let err = train_model(&Inputs::head(&cache), &other, "test", &resume, out.path(), &sender, &cancel)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("other training data") && err.contains("head.json"), "{err}");
     }
 
@@ -808,7 +1176,8 @@ mod tests {
         let (sender, receiver) = std::sync::mpsc::channel();
         let cancel = AtomicBool::new(false);
         std::thread::scope(|s| {
-            let report = s.spawn(|| train_head(&cache, &split, "test", &config, out.path(), &sender, &cancel));
+            let report =
+                s.spawn(|| train_model(&Inputs::head(&cache), &split, "test", &config, out.path(), &sender, &cancel));
             // Cancel once the first epoch is done (a checkpoint exists by then).
             for event in &receiver {
                 if matches!(event, TrainEvent::Epoch { .. }) {
@@ -829,5 +1198,71 @@ mod tests {
         assert!((learning_rate(1.0, 10, 10, 100) - 1.0).abs() < 1e-12);
         assert!((learning_rate(1.0, 55, 10, 100) - 0.5).abs() < 1e-12);
         assert!(learning_rate(1.0, 100, 10, 100).abs() < 1e-12);
+    }
+
+    #[test]
+    fn accumulated_gradients_are_those_of_the_whole_batch() {
+        let w = Var::new(&[0.5f32, -1.0, 2.0], &Device::Cpu).unwrap();
+        let x = Tensor::new(&[[1f32, 2., 3.], [0.5, -1., 1.], [2., 0., -1.], [1., 1., 1.]], &Device::Cpu).unwrap();
+        // The loss of a batch is a mean over its rows, as every loss here is.
+        let loss = |rows: &Tensor| {
+            rows.broadcast_mul(w.as_tensor()).unwrap().sum(1).unwrap().sqr().unwrap().mean_all().unwrap()
+        };
+        let vars = [w.clone()];
+        let whole = loss(&x).backward().unwrap();
+        let halves = add_gradients(
+            loss(&x.narrow(0, 0, 2).unwrap()).backward().unwrap(),
+            loss(&x.narrow(0, 2, 2).unwrap()).backward().unwrap(),
+            &vars,
+        )
+        .unwrap();
+        let mut halves = halves;
+        scale_gradients(&mut halves, &vars, 0.5).unwrap();
+        let a = whole.get(w.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+        let b = halves.get(w.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+        for (a, b) in a.iter().zip(&b) {
+            assert!((a - b).abs() < 1e-5, "{a:?} vs {b:?}");
+        }
+    }
+
+    #[test]
+    fn a_run_is_repeatable_from_its_seed() {
+        let (cache, labelled) = clustered_cache(12, 5, 4);
+        let split = split_by_individual(&labelled, 0.3, 2);
+        let (sender, _receiver) = std::sync::mpsc::channel();
+        let cancel = AtomicBool::new(false);
+        let run = |seed| {
+            let config =
+                TrainConfig { epochs: 3, batch: 8, embedding_dim: 8, seed, patience: 10, ..Default::default() };
+            let out = tempfile::tempdir().unwrap();
+            let report =
+                train_model(&Inputs::head(&cache), &split, "test", &config, out.path(), &sender, &cancel).unwrap();
+            let state = candle_core::safetensors::load(out.path().join(STATE), &Device::Cpu).unwrap();
+            let mut weights: Vec<(String, Vec<f32>)> =
+                state.into_iter().map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1::<f32>().unwrap())).collect();
+            weights.sort_by(|a, b| a.0.cmp(&b.0));
+            (report.best.closed_set.map5, weights)
+        };
+        let (a, b, c) = (run(7), run(7), run(8));
+        assert!(a.1 == b.1, "the same seed gives the same weights");
+        assert_eq!(a.0, b.0);
+        assert!(a.1 != c.1, "another seed gives other weights");
+    }
+
+    #[test]
+    fn modes_read_as_written() {
+        assert_eq!("head".parse::<Mode>(), Ok(Mode::Head));
+        assert_eq!("full".parse::<Mode>(), Ok(Mode::Full));
+        assert_eq!("last-blocks=2".parse::<Mode>(), Ok(Mode::LastBlocks(2)));
+        assert_eq!("last-blocks 3".parse::<Mode>(), Ok(Mode::LastBlocks(3)));
+        assert!("last-blocks".parse::<Mode>().is_err());
+        assert!("last-blocks=0".parse::<Mode>().is_err());
+        assert!("everything".parse::<Mode>().unwrap_err().contains("head, last-blocks N or full"));
+        assert_eq!(Mode::LastBlocks(2).to_string(), "last-blocks 2");
+        assert_eq!(Mode::LastBlocks(2).tuned_prefixes(6), ["encoder.layer.4.", "encoder.layer.5.", "layernorm."]);
+        assert!(Mode::Head.tuned_prefixes(12).is_empty());
+        assert_eq!(Mode::Full.tuned_prefixes(2), ["embeddings.", "encoder.layer.0.", "encoder.layer.1.", "layernorm."]);
+        let json = serde_json::to_string(&Mode::LastBlocks(2)).unwrap();
+        assert_eq!(serde_json::from_str::<Mode>(&json).unwrap(), Mode::LastBlocks(2));
     }
 }
