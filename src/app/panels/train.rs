@@ -1,6 +1,6 @@
 //! Train: a guided run of `train::train_catalogue` on the catalogue's own labelled crops (the
-//! split by individual is done for the user). What will be trained on, the mode (a head on
-//! the frozen backbone), loss, epochs and learning rate; Start and Cancel; the loss and the
+//! split by individual is done for the user). What will be trained on, the mode (the head on
+//! the frozen backbone, or with its last blocks, or all of it), loss, epochs and learning rate; Start and Cancel; the loss and the
 //! validation MAP@5 drawn live with the time left. A run that ends is activated as the
 //! catalogue's model (one undoable edit), and the embeddings are recomputed in the background.
 
@@ -17,7 +17,7 @@ use super::{Panel, PanelContext, PanelId};
 use crate::app::command::{CatalogueEdit, Command};
 use crate::app::jobs::JobOutcome;
 use crate::catalogue::Catalogue;
-use crate::train::{LossConfig, TrainConfig, TrainEvent};
+use crate::train::{LossConfig, Mode, TrainConfig, TrainEvent};
 
 const LOSSES: [(&str, &str); 4] = [
     ("ArcFace", "additive angular margin; the seed pipelines' classifier loss"),
@@ -124,7 +124,7 @@ impl TrainPanel {
         let flag = cancel.clone();
         let ctx = ui.ctx().clone();
         let job_out = out.clone();
-        cx.send(Command::job("Training a head", move |job| {
+        cx.send(Command::job("Training", move |job| {
             use crate::progress::Progress as _;
             let (inner_tx, inner_rx) = channel();
             let result = std::thread::scope(|s| {
@@ -193,7 +193,29 @@ impl TrainPanel {
         ui.add_enabled_ui(!running, |ui| {
             egui::Grid::new("train_settings").num_columns(2).show(ui, |ui| {
                 ui.label("Mode");
-                ui.label("head (pooling + neck) on the frozen DINOv2 backbone");
+                ui.horizontal(|ui| {
+                    let mode = &mut self.config.mode;
+                    let blocks = match *mode {
+                        Mode::LastBlocks(n) => n,
+                        _ => 2,
+                    };
+                    egui::ComboBox::from_id_salt("mode").selected_text(mode_name(mode)).show_ui(ui, |ui| {
+                        for (choice, why) in [
+                            (Mode::Head, "pooling + neck on cached tokens of the frozen backbone: minutes on a laptop"),
+                            (Mode::LastBlocks(blocks), "also the last blocks of the backbone, on cached inputs to them"),
+                            (Mode::Full, "everything, end to end from augmented photos: meant for a GPU"),
+                        ] {
+                            ui.selectable_value(mode, choice, mode_name(&choice)).on_hover_text(why);
+                        }
+                    });
+                    if let Mode::LastBlocks(n) = mode {
+                        ui.add(egui::DragValue::new(n).range(1..=12).suffix(" block(s)"));
+                    }
+                    let on_cpu = cx.state.model.embedder.as_ref().is_none_or(|e| !e.device().is_cuda());
+                    if *mode == Mode::Full && on_cpu {
+                        ui.colored_label(ui.visuals().warn_fg_color, "on this CPU an epoch takes long");
+                    }
+                });
                 ui.end_row();
                 ui.label("Loss");
                 let mut index = loss_index(&self.config.loss);
@@ -253,6 +275,14 @@ impl TrainPanel {
         line_chart(ui, "Training loss", &c.loss, height, egui::Color32::from_rgb(240, 170, 60));
         ui.label("Validation MAP@5 (each epoch; 0 is before training)");
         line_chart(ui, "Validation MAP@5", &c.map5, height, egui::Color32::from_rgb(90, 190, 110));
+    }
+}
+
+fn mode_name(mode: &Mode) -> &'static str {
+    match mode {
+        Mode::Head => "Head",
+        Mode::LastBlocks(_) => "Last blocks",
+        Mode::Full => "Full (GPU)",
     }
 }
 
