@@ -195,24 +195,26 @@ impl TrainPanel {
                 ui.label("Mode");
                 ui.label("head (pooling + neck) on the frozen DINOv2 backbone");
                 ui.end_row();
-                ui.label("Loss");
+                let label = ui.label("Loss");
                 let mut index = loss_index(&self.config.loss);
-                egui::ComboBox::from_id_salt("loss").selected_text(LOSSES[index].0).show_ui(ui, |ui| {
+                let combo = egui::ComboBox::from_id_salt("loss").selected_text(LOSSES[index].0).show_ui(ui, |ui| {
                     for (k, (name, why)) in LOSSES.iter().enumerate() {
                         ui.selectable_value(&mut index, k, *name).on_hover_text(*why);
                     }
                 });
+                combo.response.labelled_by(label.id);
                 if index != loss_index(&self.config.loss) {
                     self.config.loss = loss_of(index);
                 }
                 ui.end_row();
-                ui.label("Epochs");
-                ui.add(egui::DragValue::new(&mut self.config.epochs).range(1..=500));
+                let label = ui.label("Epochs");
+                ui.add(egui::DragValue::new(&mut self.config.epochs).range(1..=500)).labelled_by(label.id);
                 ui.end_row();
-                ui.label("Learning rate");
+                let label = ui.label("Learning rate");
                 ui.add(
                     egui::DragValue::new(&mut self.config.learning_rate).range(1e-6..=1.0).speed(1e-4).max_decimals(6),
-                );
+                )
+                .labelled_by(label.id);
                 ui.end_row();
             });
         });
