@@ -2,6 +2,7 @@
 //! cached in the catalogue.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 
@@ -54,7 +55,11 @@ impl EmbedderSpec {
 pub const DEFAULT_SIZE: u32 = 224;
 
 pub struct Embedder {
-    backbone: Dinov2,
+    /// Shared by the embedders that differ only in their head (see [`Embedder::with_head_file`]).
+    backbone: Arc<Dinov2>,
+    /// The backbone and input size part of the key (`dinov2_vits14@224`); a trained head's key
+    /// is this, `/`, and the head's.
+    backbone_key: String,
     head: Head,
     device: Device,
     size: u32,
@@ -68,26 +73,41 @@ impl Embedder {
             return Err(EmbedError::Config(format!("input size {} is not a positive multiple of 14", spec.size)));
         }
         let (device, notice) = select_device(spec.device);
-        let backbone = Dinov2::load(&spec.weights, &device)?;
-        let token_dim = backbone.config().hidden_size;
-        let (head, head_key) = match &spec.neck {
-            None => {
-                (Head::untrained(&device).map_err(|source| weights_error(&spec.weights, source))?, "cls+gem".into())
-            }
-            Some(path) => {
-                let bytes = std::fs::read(path).map_err(|source| EmbedError::Io { path: path.clone(), source })?;
-                let head = Head::load(path, token_dim, &device).map_err(|source| weights_error(path, source))?;
-                (head, format!("neck-{}", &blake3::hash(&bytes).to_hex()[..12]))
-            }
-        };
-        let key = format!("dinov2_vits14@{}/{head_key}", spec.size);
-        Ok(Self { backbone, head, device, size: spec.size, key, notice })
+        let backbone = Arc::new(Dinov2::load(&spec.weights, &device)?);
+        let head = Head::untrained(&device).map_err(|source| weights_error(&spec.weights, source))?;
+        let backbone_key = format!("dinov2_vits14@{}", spec.size);
+        let key = format!("{backbone_key}/cls+gem");
+        let untrained = Self { backbone, backbone_key, head, device, size: spec.size, key, notice };
+        match &spec.neck {
+            None => Ok(untrained),
+            Some(path) => untrained.with_head_file(path),
+        }
     }
 
-    /// An embedder from parts: a randomly initialised or freshly trained model.
+    /// The same backbone (shared, not copied) with the trained head in `path` (a
+    /// `head.safetensors` written by training), under the key that head gets wherever it is
+    /// used: the backbone's, then `neck-` and a hash of the file.
+    pub fn with_head_file(&self, path: &Path) -> Result<Self, EmbedError> {
+        let bytes = std::fs::read(path).map_err(|source| EmbedError::Io { path: path.to_path_buf(), source })?;
+        let head = Head::load(path, self.backbone.config().hidden_size, &self.device)
+            .map_err(|source| weights_error(path, source))?;
+        let key = format!("{}/neck-{}", self.backbone_key, &blake3::hash(&bytes).to_hex()[..12]);
+        Ok(Self {
+            backbone: self.backbone.clone(),
+            backbone_key: self.backbone_key.clone(),
+            head,
+            device: self.device.clone(),
+            size: self.size,
+            key,
+            notice: self.notice.clone(),
+        })
+    }
+
+    /// An embedder from parts: a randomly initialised or freshly trained model. `key` is also
+    /// the backbone part of the keys of the heads put on it with [`Embedder::with_head_file`].
     pub fn from_parts(backbone: Dinov2, head: Head, size: u32, key: String) -> Self {
         let device = backbone.device().clone();
-        Self { backbone, head, device, size, key, notice: None }
+        Self { backbone: Arc::new(backbone), backbone_key: key.clone(), head, device, size, key, notice: None }
     }
 
     /// The same backbone with another head (a freshly trained one), under `key`.
