@@ -43,6 +43,11 @@ fn shows(h: &Harness<'_, WhaleApp>, text: &str) -> bool {
     h.query_all_by_label_contains(text).next().is_some()
 }
 
+/// Whether a notice containing `text` was shown, even if a later one has replaced it.
+fn noticed(h: &Harness<'_, WhaleApp>, text: &str) -> bool {
+    h.state().state().notices.iter().any(|n| n.text.contains(text))
+}
+
 /// The demo catalogue, made once for the tests that need one, copied for each so none sees
 /// another's edits.
 fn demo_copy(into: &Path) -> PathBuf {
@@ -408,6 +413,75 @@ fn training_started_in_the_train_panel_can_be_cancelled_and_leaves_the_model_in_
     assert!(shows(&h, "Model in use: untrained head"));
     let cat = Catalogue::open(&catalogue).unwrap();
     assert_eq!(whaleid::embed::active_head(&cat).unwrap(), None, "a cancelled run activates nothing");
+}
+
+#[test]
+fn training_run_to_its_end_activates_the_new_model_re_embeds_the_crops_and_undo_goes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalogue = demo_copy(dir.path());
+    let home = tempfile::tempdir().unwrap();
+    let mut h = identifying_app(home.path(), &catalogue, "train");
+    run_until(&mut h, "the dataset summary", |h| settled(h) && shows(h, "180 labelled crop(s) of 30 individual(s)"));
+    assert!(shows(&h, "Model in use: untrained head"));
+    let untrained = h.state().state().model.key().unwrap().to_string();
+
+    // A short run: 2 typed into the Epochs field.
+    h.get_by_role_and_label(Role::SpinButton, "Epochs").click();
+    h.step();
+    h.get_by_role_and_label(Role::SpinButton, "Epochs").type_text("2");
+    h.step();
+    h.key_press(egui::Key::Enter);
+    h.step();
+    assert_eq!(h.get_by_role_and_label(Role::SpinButton, "Epochs").value().as_deref(), Some("2"));
+    // The head and the backbone's last blocks.
+    h.get_by_role_and_label(Role::ComboBox, "Mode").click();
+    run_until(&mut h, "the list of modes", |h| h.query_by_label("Last blocks").is_some());
+    h.get_by_label("Last blocks").click();
+    h.step();
+    assert!(h.query_by_role_and_label(Role::SpinButton, "Mode").is_some(), "the number of blocks to tune");
+
+    h.get_by_role_and_label(Role::Button, "Start training").click();
+    run_until(&mut h, "the run to end and its head to be activated", |h| {
+        settled(h) && shows(h, "best validation MAP@5") && !shows(h, "Model in use: untrained head")
+    });
+    assert!(noticed(&h, "now the catalogue's model, embeddings are recomputed in the background"));
+    let head = whaleid::embed::active_head(&Catalogue::open(&catalogue).unwrap())
+        .unwrap()
+        .expect("the finished run's head is the catalogue's model");
+    let models = dir.path().canonicalize().unwrap().join("models");
+    assert!(head.starts_with(&models) && head.ends_with("head.safetensors"), "{}", head.display());
+    assert_eq!(label_of(&h, "Model in use: "), format!("Model in use: {}", head.display()));
+    let tuned = candle_core::safetensors::load(&head, &candle_core::Device::Cpu).unwrap();
+    assert!(
+        tuned.keys().any(|k| k.starts_with(whaleid::embed::TUNED_PREFIX)),
+        "the model carries its fine-tuned blocks"
+    );
+
+    // Every crop is embedded again, under the key the new head gives the backbone.
+    let trained = whaleid::app::tiny_random_embedder().unwrap().with_head_file(&head).unwrap().key().to_string();
+    assert_ne!(trained, untrained);
+    run_until(&mut h, "the crops re-embedded with the new head", |h| {
+        let model = &h.state().state().model;
+        settled(h) && model.gallery.as_ref().is_some_and(|g| g.key == trained && g.load.gallery.len() == 180)
+    });
+    assert_eq!(h.state().state().model.key(), Some(trained.as_str()));
+    let fresh = |key: &str| {
+        let states = Catalogue::open(&catalogue).unwrap().embedding_states(key).unwrap();
+        (states.len(), states.iter().filter(|s| !s.is_stale()).count())
+    };
+    assert_eq!(fresh(&trained), (180, 180));
+    assert!(noticed(&h, "180 crop(s) embedded, 0 already up to date"));
+
+    // Ctrl+Z takes the activation back: the untrained head and its embeddings (kept) again.
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Z);
+    run_until(&mut h, "the undo", |h| settled(h) && shows(h, "Model in use: untrained head"));
+    assert!(noticed(&h, "Undid: "));
+    assert_eq!(whaleid::embed::active_head(&Catalogue::open(&catalogue).unwrap()).unwrap(), None);
+    run_until(&mut h, "the untrained head's gallery", |h| {
+        settled(h) && h.state().state().model.gallery.as_ref().is_some_and(|g| g.key == untrained)
+    });
+    assert_eq!(fresh(&untrained), (180, 180));
+    h.check_accessibility();
 }
 
 #[test]

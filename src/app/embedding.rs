@@ -27,7 +27,8 @@ pub enum Embedding {
     /// The DINOv2 backbone from `models::default_dir()` (fetched on first run) with the
     /// catalogue's active head.
     Weights,
-    /// This embedder whatever the catalogue's active head (tests, benchmarks, screenshots).
+    /// This backbone instead of DINOv2 (tests, benchmarks, screenshots), with the catalogue's
+    /// active head put on it as with `Weights`.
     Given(Arc<Embedder>),
 }
 
@@ -200,17 +201,18 @@ impl WhaleApp {
             let cat = Catalogue::open(&catalogue)?;
             let heads = trained_heads(&catalogue);
             let head = crate::embed::active_head(&cat)?;
-            let embedder = match given {
-                Some(e) => e,
-                None => match load_weights(&cat, device, job) {
-                    Ok(e) => e,
-                    Err((why, details)) => {
-                        return Ok(JobOutcome::done(why.clone())
-                            .with_details(details)
-                            .with_problems(1)
-                            .then(Command::EmbedderFailed(why)));
-                    }
-                },
+            let loaded = match given {
+                Some(backbone) => with_active_head(&backbone, &cat),
+                None => load_weights(&cat, device, job),
+            };
+            let embedder = match loaded {
+                Ok(e) => e,
+                Err((why, details)) => {
+                    return Ok(JobOutcome::done(why.clone())
+                        .with_details(details)
+                        .with_problems(1)
+                        .then(Command::EmbedderFailed(why)));
+                }
             };
             let notice = embedder.notice().map(str::to_string);
             let mut outcome = JobOutcome::done(format!("{} on {}", embedder.key(), embedder.device_label()))
@@ -379,6 +381,16 @@ pub fn trained_heads(catalogue: &std::path::Path) -> Vec<PathBuf> {
     heads.sort();
     heads.reverse();
     heads
+}
+
+/// The given backbone with the catalogue's active head on it (the backbone itself for the
+/// untrained head). The error says why, as `load_weights`'s does.
+fn with_active_head(backbone: &Arc<Embedder>, cat: &Catalogue) -> Result<Arc<Embedder>, (String, Vec<String>)> {
+    let off = |e: anyhow::Error| (format!("Identification is off: {e:#}"), Vec::new());
+    match crate::embed::choose_head(None, Some(cat)).map_err(off)? {
+        None => Ok(backbone.clone()),
+        Some(path) => Ok(Arc::new(backbone.with_head_file(&path).map_err(|e| off(e.into()))?)),
+    }
 }
 
 /// The DINOv2 backbone with the catalogue's active head; on first run the weights are fetched

@@ -493,7 +493,7 @@ impl WhaleApp {
             }
             Event::Stepped { undo, label } => {
                 self.state.save.pending = self.state.save.pending.saturating_sub(1);
-                if matches!(self.embedding, Embedding::Weights) && self.state.model.embedder.is_some() {
+                if self.state.model.embedder.is_some() {
                     // The step may have changed the active model: read it again.
                     self.out.push(Command::LoadEmbedder);
                 }

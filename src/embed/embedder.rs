@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 
@@ -55,12 +56,14 @@ impl EmbedderSpec {
 pub const DEFAULT_SIZE: u32 = 224;
 
 pub struct Embedder {
-    backbone: Dinov2,
+    /// Shared by the embedders that differ only in their head (see [`Embedder::with_head_file`]).
+    backbone: Arc<Dinov2>,
+    /// The backbone and input size part of the key (`dinov2_vits14@224`); a trained head's key
+    /// is this, `/`, and the head's.
+    backbone_key: String,
     head: Head,
     device: Device,
     size: u32,
-    /// The backbone and input size, e.g. `dinov2_vits14@224`.
-    backbone_key: String,
     key: String,
     notice: Option<String>,
 }
@@ -71,42 +74,51 @@ impl Embedder {
             return Err(EmbedError::Config(format!("input size {} is not a positive multiple of 14", spec.size)));
         }
         let (device, notice) = select_device(spec.device);
-        let backbone = Dinov2::load(&spec.weights, &device)?;
+        let backbone = Arc::new(Dinov2::load(&spec.weights, &device)?);
         let head = Head::untrained(&device).map_err(|source| weights_error(&spec.weights, source))?;
-        let embedder =
-            Self { notice, ..Self::from_parts(backbone, head, spec.size, format!("dinov2_vits14@{}", spec.size)) };
+        let backbone_key = format!("dinov2_vits14@{}", spec.size);
+        let key = format!("{backbone_key}/cls+gem");
+        let untrained = Self { backbone, backbone_key, head, device, size: spec.size, key, notice };
         match &spec.neck {
-            None => Ok(embedder),
-            Some(path) => embedder.with_trained(path),
+            None => Ok(untrained),
+            Some(path) => untrained.with_head_file(path),
         }
     }
 
-    /// An embedder from parts: a randomly initialised or freshly trained model.
-    /// `backbone_key` names the backbone and input size; the head is told apart by itself.
-    pub fn from_parts(backbone: Dinov2, head: Head, size: u32, backbone_key: String) -> Self {
-        let device = backbone.device().clone();
-        let key = format!("{backbone_key}/cls+gem");
-        Self { backbone, head, device, size, backbone_key, key, notice: None }
-    }
-
-    /// This backbone with a trained head file (see `train`): its pooling and neck, and the
-    /// backbone blocks it fine-tuned where it carries any. Its embeddings are keyed by the
-    /// file's content, so another training run means recomputing them.
-    pub fn with_trained(self, path: &Path) -> Result<Self, EmbedError> {
+    /// This backbone with the trained model in `path` (a `head.safetensors` written by
+    /// training): its pooling and neck, and the backbone blocks it fine-tuned where it carries
+    /// any (else the backbone is shared, not copied). Its key, wherever it is used: the
+    /// backbone's, then `neck-` and a hash of the file, so another run means recomputing.
+    pub fn with_head_file(&self, path: &Path) -> Result<Self, EmbedError> {
         let bytes = std::fs::read(path).map_err(|source| EmbedError::Io { path: path.to_path_buf(), source })?;
-        let token_dim = self.backbone.config().hidden_size;
-        let head = Head::load(path, token_dim, &self.device).map_err(|source| weights_error(path, source))?;
+        let head = Head::load(path, self.backbone.config().hidden_size, &self.device)
+            .map_err(|source| weights_error(path, source))?;
         let tuned: HashMap<String, Tensor> = candle_core::safetensors::load_buffer(&bytes, &self.device)
             .map_err(|source| weights_error(path, source))?
             .into_iter()
             .filter_map(|(name, t)| name.strip_prefix(TUNED_PREFIX).map(|n| (n.to_string(), t)))
             .collect();
         let backbone = match tuned.is_empty() {
-            true => self.backbone,
-            false => self.backbone.with_weights(&tuned).map_err(|source| weights_error(path, source))?,
+            true => self.backbone.clone(),
+            false => Arc::new(self.backbone.with_weights(&tuned).map_err(|source| weights_error(path, source))?),
         };
         let key = format!("{}/neck-{}", self.backbone_key, &blake3::hash(&bytes).to_hex()[..12]);
-        Ok(Self { backbone, head, key, ..self })
+        Ok(Self {
+            backbone,
+            backbone_key: self.backbone_key.clone(),
+            head,
+            device: self.device.clone(),
+            size: self.size,
+            key,
+            notice: self.notice.clone(),
+        })
+    }
+
+    /// An embedder from parts: a randomly initialised or freshly trained model. `key` is also
+    /// the backbone part of the keys of the heads put on it with [`Embedder::with_head_file`].
+    pub fn from_parts(backbone: Dinov2, head: Head, size: u32, key: String) -> Self {
+        let device = backbone.device().clone();
+        Self { backbone: Arc::new(backbone), backbone_key: key.clone(), head, device, size, key, notice: None }
     }
 
     /// The same backbone with another head (a freshly trained one), under `key`.
@@ -123,11 +135,6 @@ impl Embedder {
         let backbone = Dinov2::new(config, vb)?.with_kernels(super::Kernels::Fused);
         let head = Head::untrained(&device)?;
         Ok(Self::from_parts(backbone, head, size, format!("random-{}d@{size}", config.hidden_size)))
-    }
-
-    /// The backbone (frozen; training builds its own trainable copy from its weights).
-    pub fn backbone(&self) -> &Dinov2 {
-        &self.backbone
     }
 
     /// Identifies the embeddings this embedder makes: backbone, input size and head. The
@@ -190,6 +197,11 @@ impl Embedder {
         let side = self.size as usize;
         let batch = Tensor::from_vec(inputs.concat(), (inputs.len(), 3, side, side), &self.device)?;
         self.backbone.forward_taps(&batch, taps)
+    }
+
+    /// The backbone (frozen; training builds its own trainable copy from its weights).
+    pub fn backbone(&self) -> &Dinov2 {
+        &self.backbone
     }
 
     /// The backbone's block count.

@@ -267,7 +267,7 @@ mod tests {
         let rows: Vec<usize> = (0..crops.len()).collect();
         let trained_on = tail.forward_tail(&block_inputs.batch(&rows, &Device::Cpu).unwrap(), 1, 2).unwrap();
         let trained_on = head.forward(&pool_tokens(&trained_on, 4, 4, 2).unwrap()).unwrap().to_vec2::<f32>().unwrap();
-        let served = embedder.with_trained(&report.checkpoint).unwrap().embed(&inputs).unwrap();
+        let served = embedder.with_head_file(&report.checkpoint).unwrap().embed(&inputs).unwrap();
         for (a, b) in served.iter().zip(&trained_on) {
             let cosine: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
             assert!(cosine > 0.999, "cosine {cosine} between the served and the trained-on embedding");
@@ -324,8 +324,8 @@ mod tests {
             assert!(weights.contains_key(name), "{name} is saved");
         }
         assert!(max_change(&weights, &embedder) > 1e-4, "the backbone was trained");
-        let served = embedder.with_trained(&report.checkpoint).unwrap();
-        assert_ne!(served.key(), "random-32d@56/cls+gem");
+        let served = embedder.with_head_file(&report.checkpoint).unwrap();
+        assert_ne!(served.key(), embedder.key());
         let e = served.embed(&inputs_of(&crops[1..3], size)).unwrap();
         assert_eq!((e.len(), e[0].len()), (2, 8));
     }

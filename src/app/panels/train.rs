@@ -192,24 +192,28 @@ impl TrainPanel {
         ui.separator();
         ui.add_enabled_ui(!running, |ui| {
             egui::Grid::new("train_settings").num_columns(2).show(ui, |ui| {
-                ui.label("Mode");
+                let label = ui.label("Mode");
                 ui.horizontal(|ui| {
                     let mode = &mut self.config.mode;
                     let blocks = match *mode {
                         Mode::LastBlocks(n) => n,
                         _ => 2,
                     };
-                    egui::ComboBox::from_id_salt("mode").selected_text(mode_name(mode)).show_ui(ui, |ui| {
+                    let combo = egui::ComboBox::from_id_salt("mode").selected_text(mode_name(mode)).show_ui(ui, |ui| {
                         for (choice, why) in [
                             (Mode::Head, "pooling + neck on cached tokens of the frozen backbone: minutes on a laptop"),
-                            (Mode::LastBlocks(blocks), "also the last blocks of the backbone, on cached inputs to them"),
+                            (
+                                Mode::LastBlocks(blocks),
+                                "also the last blocks of the backbone, on cached inputs to them",
+                            ),
                             (Mode::Full, "everything, end to end from augmented photos: meant for a GPU"),
                         ] {
                             ui.selectable_value(mode, choice, mode_name(&choice)).on_hover_text(why);
                         }
                     });
+                    combo.response.labelled_by(label.id);
                     if let Mode::LastBlocks(n) = mode {
-                        ui.add(egui::DragValue::new(n).range(1..=12).suffix(" block(s)"));
+                        ui.add(egui::DragValue::new(n).range(1..=12).suffix(" block(s)")).labelled_by(label.id);
                     }
                     let on_cpu = cx.state.model.embedder.as_ref().is_none_or(|e| !e.device().is_cuda());
                     if *mode == Mode::Full && on_cpu {
@@ -217,24 +221,26 @@ impl TrainPanel {
                     }
                 });
                 ui.end_row();
-                ui.label("Loss");
+                let label = ui.label("Loss");
                 let mut index = loss_index(&self.config.loss);
-                egui::ComboBox::from_id_salt("loss").selected_text(LOSSES[index].0).show_ui(ui, |ui| {
+                let combo = egui::ComboBox::from_id_salt("loss").selected_text(LOSSES[index].0).show_ui(ui, |ui| {
                     for (k, (name, why)) in LOSSES.iter().enumerate() {
                         ui.selectable_value(&mut index, k, *name).on_hover_text(*why);
                     }
                 });
+                combo.response.labelled_by(label.id);
                 if index != loss_index(&self.config.loss) {
                     self.config.loss = loss_of(index);
                 }
                 ui.end_row();
-                ui.label("Epochs");
-                ui.add(egui::DragValue::new(&mut self.config.epochs).range(1..=500));
+                let label = ui.label("Epochs");
+                ui.add(egui::DragValue::new(&mut self.config.epochs).range(1..=500)).labelled_by(label.id);
                 ui.end_row();
-                ui.label("Learning rate");
+                let label = ui.label("Learning rate");
                 ui.add(
                     egui::DragValue::new(&mut self.config.learning_rate).range(1e-6..=1.0).speed(1e-4).max_decimals(6),
-                );
+                )
+                .labelled_by(label.id);
                 ui.end_row();
             });
         });
