@@ -210,6 +210,24 @@ mod tests {
             .fold(0.0, f32::max)
     }
 
+    /// A run fine-tuning `embedder`'s backbone fed by `source`: its report, its events, and
+    /// the folder it wrote into.
+    fn tune(
+        embedder: &Embedder,
+        pooled: &cache::TokenCache,
+        source: TunedSource,
+        split: &data::Split,
+        config: &TrainConfig,
+    ) -> (TrainReport, Vec<TrainEvent>, tempfile::TempDir) {
+        let tuned = TunedInputs { backbone: embedder.backbone(), size: embedder.size(), source };
+        let out = tempfile::tempdir().unwrap();
+        let (sender, events) = std::sync::mpsc::channel();
+        let inputs = Inputs { pooled, tuned: Some(tuned) };
+        let report = train_model(&inputs, split, "test", config, out.path(), &sender, &AtomicBool::new(false)).unwrap();
+        drop(sender);
+        (report, events.into_iter().collect(), out)
+    }
+
     #[test]
     fn last_blocks_training_tunes_only_the_last_blocks_and_the_embedder_serves_them() {
         let dir = tempfile::tempdir().unwrap();
@@ -236,20 +254,8 @@ mod tests {
             learning_rate: 1e-2,
             ..Default::default()
         };
-        let tuned =
-            TunedInputs { backbone: embedder.backbone(), size, source: TunedSource::BlockInputs(&block_inputs) };
-        let out = tempfile::tempdir().unwrap();
-        let (sender, _events) = std::sync::mpsc::channel();
-        let report = train_model(
-            &Inputs { pooled: &pooled, tuned: Some(tuned) },
-            &split,
-            "test",
-            &config,
-            out.path(),
-            &sender,
-            &AtomicBool::new(false),
-        )
-        .unwrap();
+        let (report, _events, _out) =
+            tune(&embedder, &pooled, TunedSource::BlockInputs(&block_inputs), &split, &config);
         assert_eq!(report.mode, Mode::LastBlocks(1));
         let weights = tuned_weights(&report.checkpoint);
         assert!(!weights.is_empty(), "the model file carries the tuned blocks");
@@ -301,20 +307,7 @@ mod tests {
             accumulate: 2,
             ..Default::default()
         };
-        let tuned = TunedInputs { backbone: embedder.backbone(), size, source: TunedSource::Images(&crops) };
-        let out = tempfile::tempdir().unwrap();
-        let (sender, events) = std::sync::mpsc::channel();
-        let report = train_model(
-            &Inputs { pooled: &pooled, tuned: Some(tuned) },
-            &split,
-            "test",
-            &config,
-            out.path(),
-            &sender,
-            &AtomicBool::new(false),
-        )
-        .unwrap();
-        drop(sender);
+        let (report, events, _out) = tune(&embedder, &pooled, TunedSource::Images(&crops), &split, &config);
         assert_eq!(report.epochs_run, 2);
         assert!(events.iter().any(|e| matches!(e, TrainEvent::Step { .. })));
         let weights = tuned_weights(&report.checkpoint);
