@@ -121,11 +121,6 @@ impl Embedder {
         Self { backbone: Arc::new(backbone), backbone_key: key.clone(), head, device, size, key, notice: None }
     }
 
-    /// The same backbone with another head (a freshly trained one), under `key`.
-    pub fn with_head(self, head: Head, key: String) -> Self {
-        Self { head, key, ..self }
-    }
-
     /// A small randomly initialised embedder (unit tests, benchmarks of the plumbing): the
     /// real architecture at `config`'s size, untrained head.
     pub fn random(config: &super::Dinov2Config, size: u32) -> candle_core::Result<Self> {

@@ -150,8 +150,7 @@ mod tests {
         assert_eq!((head.blocks, head.grid), (Some(1), Some(4)));
         let rows: Vec<usize> = (0..12).collect();
         let trained_on = head.forward(&cache.batch(&rows, &Device::Cpu).unwrap()).unwrap().to_vec2::<f32>().unwrap();
-        let embedder = embedder.with_head(head, "trained".into());
-        let served = embedder.embed(&inputs).unwrap();
+        let served = embedder.with_head_file(&report.checkpoint).unwrap().embed(&inputs).unwrap();
         for (a, b) in served.iter().zip(&trained_on) {
             let cosine: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
             assert!(cosine > 0.999, "cosine {cosine} between the served and the trained-on embedding");
