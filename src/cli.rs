@@ -209,7 +209,8 @@ pub enum Command {
         datasets: Vec<PathBuf>,
         #[arg(long = "catalog", conflicts_with = "datasets")]
         catalog: Option<PathBuf>,
-        /// A JSON file with training settings (any subset of the defaults).
+        /// A settings file, TOML (`train.toml`) or JSON: any subset of the defaults (see the
+        /// README's training section).
         #[arg(long)]
         config: Option<PathBuf>,
         /// What is trained: `head` (cached tokens; the CPU default), `last-blocks=N` (also the
@@ -221,6 +222,10 @@ pub enum Command {
         loss: Option<LossName>,
         #[arg(long)]
         epochs: Option<usize>,
+        /// Views cached per crop for `head` and `last-blocks` training: the crop and N - 1
+        /// augmented copies (random crop, rotation, colour jitter), one backbone pass each.
+        #[arg(long)]
+        views: Option<usize>,
         #[arg(long)]
         seed: Option<u64>,
         /// Where the head and its card are written.
@@ -551,15 +556,28 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 s
             })
         }
-        Command::Train { datasets, catalog, config, mode, loss, epochs, seed, out, activate, resume, model, json } => {
-            let mut settings: crate::train::TrainConfig = match &config {
-                Some(path) => {
-                    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-                    serde_json::from_str(&text)
-                        .map_err(|e| anyhow::anyhow!("{}: not valid training settings: {e}", path.display()))?
-                }
+        Command::Train {
+            datasets,
+            catalog,
+            config,
+            mode,
+            loss,
+            epochs,
+            views,
+            seed,
+            out,
+            activate,
+            resume,
+            model,
+            json,
+        } => {
+            let mut settings = match &config {
+                Some(path) => crate::train::TrainConfig::from_file(path)?,
                 None => Default::default(),
             };
+            if let Some(v) = views {
+                settings.views = v;
+            }
             if let Some(m) = mode {
                 settings.mode = m;
             }
@@ -641,6 +659,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                         format!(" (chosen by LDA validation MAP@5: {})", depths.join(", "))
                     }
                 ));
+                if let Some(refit) = &r.refit {
+                    s.push_str(&format!(
+                        "\nthe model written was then trained on all {} individuals ({} crops) for {} epoch(s); \
+                         the figures above are the validated run's",
+                        refit.individuals, refit.crops, refit.epochs
+                    ));
+                }
                 s.push_str(&format!(
                     "\nwrote {} and {}\nuse it with --neck {} or `whaleid models activate`",
                     r.checkpoint.display(),
@@ -702,10 +727,21 @@ fn print_train_event(event: &crate::train::TrainEvent, json: bool) {
         return;
     }
     match event {
-        TrainEvent::Started { train_crops, classes, validation_crops, validation_individuals, steps_per_epoch } => {
+        TrainEvent::Started {
+            train_crops,
+            views,
+            classes,
+            validation_crops,
+            validation_individuals,
+            steps_per_epoch,
+        } => {
+            let views = match views {
+                1 => String::new(),
+                n => format!(" ({n} views each)"),
+            };
             eprintln!(
-                "training on {train_crops} crops of {classes} individuals; validating on {validation_crops} crops of \
-             {validation_individuals} others; {steps_per_epoch} steps per epoch"
+                "training on {train_crops} crops{views} of {classes} individuals; validating on {validation_crops} crops \
+                 of {validation_individuals} others; {steps_per_epoch} steps per epoch"
             )
         }
         TrainEvent::Step { .. } => {}
@@ -720,6 +756,10 @@ fn print_train_event(event: &crate::train::TrainEvent, json: bool) {
         TrainEvent::Finished { best_epoch, best_map5, stopped_early, .. } => eprintln!(
             "finished: best epoch {best_epoch}, MAP@5 {best_map5:.3}{}",
             if *stopped_early { " (stopped early: no better validation)" } else { "" }
+        ),
+        TrainEvent::Refitting(r) => eprintln!(
+            "training the model to keep on all {} individuals ({} crops) for {} epoch(s), as validation chose",
+            r.individuals, r.crops, r.epochs
         ),
     }
 }

@@ -349,3 +349,67 @@ fn a_trained_and_activated_head_is_used_by_embed_and_search_and_undo_takes_it_ba
     common::whaleid_json(&["undo", "--catalog", cat, "--json"]);
     assert_eq!(whaleid::embed::active_head(&Catalogue::open(&cat_path).unwrap()).unwrap(), None);
 }
+
+/// Augmented views are cached beside each crop and trained on; validation reads only the
+/// crops as the embedder sees them; the model kept is then trained on every individual.
+#[test]
+fn training_with_augmented_views_validates_on_plain_crops_and_keeps_a_model_refit_on_everyone() {
+    use whaleid::train::{TrainConfig, TrainEvent, train_catalogue};
+    let dir = tempfile::tempdir().unwrap();
+    let cat = synthetic_catalogue(dir.path(), 6, 4, 3);
+    let embedder = tiny();
+    let cache_dir = dir.path().join("cache");
+    let config = TrainConfig {
+        views: 3,
+        epochs: 2,
+        batch: 8,
+        blocks: 2,
+        grid: 2,
+        embedding_dim: 8,
+        validation_fraction: 0.34,
+        cache_dir: Some(cache_dir.clone()),
+        ..Default::default()
+    };
+    let run = |config: &TrainConfig, out: &Path| {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let report = train_catalogue(&cat, &embedder, config, out, &sender, &AtomicBool::new(false), &Silent).unwrap();
+        drop(sender);
+        (report, receiver.into_iter().collect::<Vec<TrainEvent>>())
+    };
+    let out = dir.path().join("head");
+    let (report, events) = run(&config, &out);
+
+    let Some(TrainEvent::Started { train_crops, views, validation_crops, validation_individuals, .. }) =
+        events.first().cloned()
+    else {
+        panic!("no Started event first: {events:?}")
+    };
+    assert_eq!((validation_individuals, validation_crops), (2, 8), "validation reads each crop once");
+    assert_eq!((train_crops, views), (16, 3));
+
+    let files: Vec<PathBuf> = std::fs::read_dir(&cache_dir).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let cached = candle_core::safetensors::load(&files[0], &candle_core::Device::Cpu).unwrap();
+    let (ids, row_views) = (cached["annotations"].to_vec1::<i64>().unwrap(), cached["views"].to_vec1::<u8>().unwrap());
+    assert_eq!(ids.len(), 24 * 3);
+    assert_eq!(&row_views[..6], &[0, 1, 2, 0, 1, 2]);
+    assert_eq!(ids[0], ids[2], "a crop's views lie together");
+    let tokens = cached["tokens.2"].to_dtype(candle_core::DType::F32).unwrap();
+    let row = |r: usize| tokens.get(r).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_ne!(row(0), row(1), "an augmented view is not the crop itself");
+
+    let refit = report.refit.clone().expect("the model kept was refit on every individual");
+    assert_eq!((refit.individuals, refit.crops, refit.epochs), (6, 24, report.best_epoch));
+    assert!(matches!(events.last(), Some(TrainEvent::Refitting(_))), "{:?}", events.last());
+    let card: serde_json::Value = serde_json::from_slice(&std::fs::read(&report.card).unwrap()).unwrap();
+    assert_eq!(card["refit"]["individuals"], 6);
+    assert!(!out.join("refit").exists(), "the refit's own folder is cleared away");
+    let served = embedder.with_head_file(&report.checkpoint).unwrap();
+    assert_ne!(served.key(), embedder.key());
+
+    // Again, without refitting: the cached views are read back, nothing is recomputed, and the
+    // validated model is the one kept.
+    let (again, _) = run(&TrainConfig { refit: false, ..config.clone() }, &dir.path().join("head2"));
+    assert!(again.refit.is_none());
+    assert_eq!(std::fs::read_dir(&cache_dir).unwrap().count(), 1);
+}

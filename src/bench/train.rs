@@ -43,7 +43,7 @@ pub fn bench_train(crops: usize, per_individual: usize, json: bool) -> anyhow::R
         eprintln!("generating {crops} cached crops of {individuals} individuals");
     }
     let tokens = Tensor::randn(0f32, 1.0, (crops, TOKENS_PER_CROP, WIDTH), &Device::Cpu)?.to_dtype(DType::F16)?;
-    let cache = TokenCache { annotations: (0..crops as i64).collect(), tokens, problems: Vec::new() };
+    let cache = TokenCache::plain((0..crops as i64).collect(), tokens);
     let split = Split {
         train: (0..crops).map(|i| (i as i64, (i % individuals) as u32)).collect(),
         classes: (0..individuals).map(|i| format!("ind{i}")).collect(),
@@ -69,7 +69,7 @@ pub fn bench_train(crops: usize, per_individual: usize, json: bool) -> anyhow::R
                     steps += 1;
                     last_step = Some(Instant::now());
                 }
-                TrainEvent::Epoch { .. } | TrainEvent::Finished { .. } => break,
+                TrainEvent::Epoch { .. } | TrainEvent::Finished { .. } | TrainEvent::Refitting(_) => break,
             }
         }
         run.join().map_err(|_| anyhow::anyhow!("the training thread panicked"))??;

@@ -11,7 +11,7 @@ use candle_nn::{Init, VarBuilder, init};
 
 use super::config::Dinov2Config;
 use super::cpu;
-use super::layers::{Kernels, LayerNorm, Linear, gelu_erf, softmax_last_dim};
+use super::layers::{Kernels, LayerNorm, Linear, gelu_erf, product, softmax_last_dim};
 use super::position::bicubic_resize_matrix;
 
 /// Why a backbone could not be loaded.
@@ -118,7 +118,7 @@ impl Dinov2 {
             let position = self.embeddings.position_table(rows, cols, &self.config)?;
             return backbone.forward_taps(images, &position, taps);
         }
-        let mut x = self.embeddings.forward(images, &self.config)?;
+        let mut x = self.embeddings.forward(images, &self.config, self.kernels)?;
         let mut outputs = Vec::with_capacity(taps.len());
         for done in 0..=taps.iter().map(Tap::depth).max().unwrap_or(0) {
             if done > 0 {
@@ -312,7 +312,7 @@ impl Embeddings {
         }
     }
 
-    fn forward(&self, images: &Tensor, config: &Dinov2Config) -> Result<Tensor> {
+    fn forward(&self, images: &Tensor, config: &Dinov2Config, kernels: Kernels) -> Result<Tensor> {
         let (rows, cols) = self.patch_grid(images, config)?;
         let (b, c, _, _) = images.dims4()?;
         let p = config.patch_size;
@@ -324,7 +324,7 @@ impl Embeddings {
             c * p * p,
         ))?;
         let projection = self.patch_weight.reshape((d, c * p * p))?;
-        let patches = patches.broadcast_matmul(&projection.t()?)?.broadcast_add(&self.patch_bias)?;
+        let patches = product(&patches, &projection.t()?, kernels)?.broadcast_add(&self.patch_bias)?;
         let cls = self.cls_token.broadcast_as((b, 1, d))?.contiguous()?;
         let tokens = Tensor::cat(&[&cls, &patches], 1)?;
         tokens.broadcast_add(&self.position_table(rows, cols, config)?)
@@ -420,8 +420,7 @@ impl Attention {
             None => self.stacked_qkv()?,
         };
         // [B, T, 3D] -> [3, B, H, T, hd], one copy for all three.
-        let qkv = x
-            .broadcast_matmul(&weight.t()?)?
+        let qkv = product(x, &weight.t()?, kernels)?
             .broadcast_add(&bias)?
             .reshape((b, t, 3, h, hd))?
             .permute((2, 0, 3, 1, 4))?
@@ -429,10 +428,10 @@ impl Attention {
         let q = qkv.i(0)?.reshape((b * h, t, hd))?;
         let k = qkv.i(1)?.reshape((b * h, t, hd))?;
         let v = qkv.i(2)?.reshape((b * h, t, hd))?;
-        let scores = q.matmul(&k.t()?)?;
+        let scores = product(&q, &k.t()?, kernels)?;
         let weights = softmax_last_dim(&scores, kernels)?;
-        let context = weights.matmul(&v)?.reshape((b, h, t, hd))?.transpose(1, 2)?.reshape((b, t, d))?;
-        self.output.forward(&context)
+        let context = product(&weights, &v, kernels)?.reshape((b, h, t, hd))?.transpose(1, 2)?.reshape((b, t, d))?;
+        self.output.forward(&context, kernels)
     }
 }
 
@@ -494,8 +493,8 @@ impl Block {
     fn forward(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
         let attended = self.attention.forward(&self.norm1.forward(x, kernels)?, kernels)?;
         let x = (x + attended.broadcast_mul(&self.layer_scale1)?)?;
-        let hidden = gelu_erf(&self.fc1.forward(&self.norm2.forward(&x, kernels)?)?, kernels)?;
-        let x = (&x + self.fc2.forward(&hidden)?.broadcast_mul(&self.layer_scale2)?)?;
+        let hidden = gelu_erf(&self.fc1.forward(&self.norm2.forward(&x, kernels)?, kernels)?, kernels)?;
+        let x = (&x + self.fc2.forward(&hidden, kernels)?.broadcast_mul(&self.layer_scale2)?)?;
         Ok(x)
     }
 }
@@ -505,6 +504,11 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
+    use candle_core::D;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    }
 
     /// A tiny backbone with random frozen weights (LayerScale included, so that folding it
     /// into the projections is checked).
@@ -517,6 +521,38 @@ mod tests {
             .map(|(name, shape)| (name, (Tensor::randn(0f32, 1.0, shape, &device).unwrap() * 0.3).unwrap()))
             .collect();
         Dinov2::new(&config, VarBuilder::from_tensors(tensors, DType::F32, &device)).unwrap()
+    }
+
+    /// Mixed precision: the bf16 products stay close to f32, and gradients still reach every
+    /// weight, in f32.
+    #[test]
+    fn bf16_products_stay_close_to_f32_and_every_weight_still_gets_an_f32_gradient() {
+        let config = Dinov2Config::tiny();
+        let vars = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu);
+        let model = Dinov2::new(&config, vb).unwrap();
+        let images = Tensor::randn(0f32, 1.0, (2, 3, 28, 42), &Device::Cpu).unwrap();
+        let exact = model.forward(&images).unwrap();
+        let model = model.with_kernels(Kernels::Bf16);
+        let mixed = model.forward(&images).unwrap();
+        assert_eq!(mixed.dtype(), DType::F32);
+        let cosine = (&exact * &mixed).unwrap().sum(D::Minus1).unwrap()
+            / (exact.sqr().unwrap().sum(D::Minus1).unwrap() * mixed.sqr().unwrap().sum(D::Minus1).unwrap())
+                .unwrap()
+                .sqrt()
+                .unwrap();
+        let worst = cosine.unwrap().flatten_all().unwrap().min(0).unwrap().to_scalar::<f32>().unwrap();
+        assert!(worst > 0.99, "per-token cosine {worst}");
+        assert!(max_diff(&exact, &mixed) > 0.0, "the products really ran in bf16");
+
+        let grads = mixed.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let data = vars.data().lock().unwrap();
+        for (name, var) in data.iter().filter(|(n, _)| *n != "mask_token") {
+            let grad = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
+            assert_eq!(grad.dtype(), DType::F32, "{name}");
+            let size = grad.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(size > 0.0 && size.is_finite(), "{name}: gradient {size}");
+        }
     }
 
     #[test]
@@ -545,8 +581,6 @@ mod tests {
         let blocks = model.config().num_layers;
         let images = Tensor::randn(0f32, 1.0, (2, 3, 28, 28), &Device::Cpu).unwrap();
         let taps = [Tap::Output(0), Tap::Output(1), Tap::Input(1), Tap::Output(blocks)];
-        let max_diff =
-            |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         model.set_kernels(Kernels::Differentiable);
         let differentiable = model.forward_taps(&images, &taps).unwrap();
         model.set_kernels(Kernels::Fused);

@@ -1,7 +1,7 @@
 //! The two building blocks of the transformer that need care: a linear layer and a
 //! LayerNorm, each with a differentiable form and (for LayerNorm) a fused inference form.
 
-use candle_core::{D, Result, Tensor};
+use candle_core::{D, DType, Result, Tensor};
 use candle_nn::{Init, VarBuilder, init};
 
 /// Which kernels the forward pass uses.
@@ -13,8 +13,24 @@ pub enum Kernels {
     /// LayerNorm composed from basic ops, `candle_nn::ops::softmax`: gradients flow.
     #[default]
     Differentiable,
+    /// As `Differentiable`, with the matrix products in bf16 (mixed precision, for training
+    /// on a GPU's tensor cores): their operands are rounded to bf16 at every forward pass and
+    /// their results widened back, so weights, gradients, the residual stream, LayerNorm,
+    /// softmax and the loss all stay f32.
+    Bf16,
     /// candle's fused LayerNorm and last-dim softmax: inference only.
     Fused,
+}
+
+/// `a` times `b` (broadcast over leading dimensions), in bf16 under [`Kernels::Bf16`].
+pub(crate) fn product(a: &Tensor, b: &Tensor, kernels: Kernels) -> Result<Tensor> {
+    match kernels {
+        Kernels::Bf16 => {
+            let dtype = a.dtype();
+            a.to_dtype(DType::BF16)?.broadcast_matmul(&b.to_dtype(DType::BF16)?)?.to_dtype(dtype)
+        }
+        _ => a.broadcast_matmul(b),
+    }
 }
 
 /// `y = x Wᵀ + b` with W stored as [out, in] (PyTorch layout).
@@ -34,8 +50,8 @@ impl Linear {
 
     /// `x`: [..., in] -> [..., out]. A batched `x` meets the weight broadcast with stride 0,
     /// which candle runs as one matrix product over all rows.
-    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.broadcast_matmul(&self.weight.t()?)?.broadcast_add(&self.bias)
+    pub(crate) fn forward(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
+        product(x, &self.weight.t()?, kernels)?.broadcast_add(&self.bias)
     }
 }
 
@@ -59,7 +75,7 @@ impl LayerNorm {
     pub(crate) fn forward(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
         match kernels {
             Kernels::Fused => candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32),
-            Kernels::Differentiable => {
+            Kernels::Differentiable | Kernels::Bf16 => {
                 let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
                 let variance = centred.sqr()?.mean_keepdim(D::Minus1)?;
                 centred
@@ -78,7 +94,7 @@ pub(crate) fn gelu_erf(x: &Tensor, kernels: Kernels) -> Result<Tensor> {
     let threads = rayon::current_num_threads();
     let width = x.dim(D::Minus1)?;
     let rows = x.elem_count() / width.max(1);
-    if kernels == Kernels::Differentiable
+    if kernels != Kernels::Fused
         || !x.device().is_cpu()
         || threads < 2
         || rows < 2 * threads
@@ -95,6 +111,6 @@ pub(crate) fn gelu_erf(x: &Tensor, kernels: Kernels) -> Result<Tensor> {
 pub(crate) fn softmax_last_dim(x: &Tensor, kernels: Kernels) -> Result<Tensor> {
     match kernels {
         Kernels::Fused => candle_nn::ops::softmax_last_dim(x),
-        Kernels::Differentiable => candle_nn::ops::softmax(x, D::Minus1),
+        Kernels::Differentiable | Kernels::Bf16 => candle_nn::ops::softmax(x, D::Minus1),
     }
 }

@@ -23,4 +23,4 @@ pub use head::{BLOCKS_TENSOR, BatchNorm, GEM_P, GRID_TENSOR, Head, TUNED_PREFIX,
 pub use layers::Kernels;
 pub use position::bicubic_resize_matrix;
 pub use preprocess::{IMAGENET_MEAN, IMAGENET_STD, PIXEL_BASELINE_SIDE, letterbox, pixel_vector, prepare};
-pub use worker::{Crop, EmbedOptions, EmbedReport, Prepared, embed_catalogue, prepare_batch};
+pub use worker::{Crop, EmbedOptions, EmbedReport, Prepared, embed_catalogue, prepare_batch, prepare_each};

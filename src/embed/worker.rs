@@ -56,9 +56,9 @@ pub struct Crop {
 }
 
 /// A batch ready for the model: `(annotation, box key, input)` and one problem per crop that
-/// could not be prepared, naming its photo.
-pub struct Prepared {
-    pub inputs: Vec<(i64, String, Vec<f32>)>,
+/// could not be prepared, naming its photo. (`T` is one input, or several views of the crop.)
+pub struct Prepared<T = Vec<f32>> {
+    pub inputs: Vec<(i64, String, T)>,
     pub problems: Vec<String>,
 }
 
@@ -136,6 +136,12 @@ pub fn embed_catalogue(
 /// Decodes the batch's photos (in parallel, each once: keep a photo's crops together) and
 /// prepares every crop at `size`.
 pub fn prepare_batch(chunk: &[Crop], size: u32) -> Prepared {
+    prepare_each(chunk, |img, crop| prepare(img, crop.bbox, size))
+}
+
+/// Decodes the batch's photos (in parallel, each once) and makes each crop's input(s) with
+/// `make` from its decoded photo.
+pub fn prepare_each<T: Send>(chunk: &[Crop], make: impl Fn(&image::DynamicImage, &Crop) -> T + Sync) -> Prepared<T> {
     use rayon::prelude::*;
     let mut by_photo: Vec<(&PathBuf, Vec<&Crop>)> = Vec::new();
     for w in chunk {
@@ -144,12 +150,10 @@ pub fn prepare_batch(chunk: &[Crop], size: u32) -> Prepared {
             _ => by_photo.push((&w.photo, vec![w])),
         }
     }
-    let results: Vec<Result<Vec<(i64, String, Vec<f32>)>, (String, usize)>> = by_photo
+    let results: Vec<Result<Vec<(i64, String, T)>, (String, usize)>> = by_photo
         .par_iter()
         .map(|(photo, items)| match crate::photo::decode_file(photo) {
-            Ok(img) => {
-                Ok(items.iter().map(|w| (w.annotation, w.box_key.clone(), prepare(&img, w.bbox, size))).collect())
-            }
+            Ok(img) => Ok(items.iter().map(|w| (w.annotation, w.box_key.clone(), make(&img, w))).collect()),
             Err(e) => Err((format!("{}: {e}", photo.display()), items.len())),
         })
         .collect();

@@ -46,17 +46,15 @@ impl Default for ImageAugmentation {
 
 impl ImageAugmentation {
     /// No change at all: `prepare` then gives exactly `embed::prepare`'s input.
-    pub fn none() -> Self {
-        Self {
-            min_area: 1.0,
-            max_aspect: 1.0,
-            max_rotation_degrees: 0.0,
-            brightness: 0.0,
-            contrast: 0.0,
-            saturation: 0.0,
-            flip: false,
-        }
-    }
+    pub const NONE: Self = Self {
+        min_area: 1.0,
+        max_aspect: 1.0,
+        max_rotation_degrees: 0.0,
+        brightness: 0.0,
+        contrast: 0.0,
+        saturation: 0.0,
+        flip: false,
+    };
 
     /// The embedder's input for one crop, augmented: `[3, side, side]`, normalised.
     pub fn prepare(&self, img: &DynamicImage, bbox: Option<BoxPx>, side: u32, rng: &mut impl Rng) -> Vec<f32> {
@@ -174,7 +172,7 @@ mod tests {
     fn no_augmentation_is_exactly_the_inference_input() {
         let img = left_white(90, 60);
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-        assert_eq!(ImageAugmentation::none().prepare(&img, None, 28, &mut rng), crate::embed::prepare(&img, None, 28));
+        assert_eq!(ImageAugmentation::NONE.prepare(&img, None, 28, &mut rng), crate::embed::prepare(&img, None, 28));
     }
 
     #[test]
@@ -206,7 +204,7 @@ mod tests {
     #[test]
     fn colour_jitter_changes_brightness_within_its_range() {
         let grey = DynamicImage::ImageRgb8(RgbImage::from_pixel(28, 28, image::Rgb([128; 3])));
-        let only_brightness = ImageAugmentation { brightness: 0.2, ..ImageAugmentation::none() };
+        let only_brightness = ImageAugmentation { brightness: 0.2, ..ImageAugmentation::NONE };
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
         let mut levels = Vec::new();
         for _ in 0..30 {

@@ -9,12 +9,15 @@
 //! by the head, not by memory traffic. The cache is written to the data folder, keyed by the
 //! model and the exact crops, so a second run starts training at once.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
 use crate::catalogue::Catalogue;
-use crate::embed::{Crop, Embedder, Tap, pool_tokens, prepare_batch};
+use rand::SeedableRng;
+
+use super::augment::ImageAugmentation;
+use crate::embed::{Crop, Embedder, Tap, pool_tokens};
 use crate::progress::Progress;
 
 /// Default side of the pooled patch grid.
@@ -33,20 +36,58 @@ pub enum CacheError {
     Cancelled,
 }
 
-/// Tokens of the crops the cache could read, in `annotations` order.
+/// Tokens of the crops the cache could read, one row per crop and view, in `annotations`
+/// order with a crop's views together.
 pub struct TokenCache {
+    /// The crop of each row.
     pub annotations: Vec<i64>,
-    /// `[N, 1 + grid², D]`, f16, on the CPU.
+    /// The view of each row: 0 is the crop as the embedder sees it, 1.. augmented copies
+    /// (see [`Views`]), which only training reads.
+    pub views: Vec<u8>,
+    /// `[rows, 1 + grid², D]`, f16, on the CPU.
     pub tokens: Tensor,
     /// Crops that could not be read, naming their photo.
     pub problems: Vec<String>,
 }
 
 impl TokenCache {
+    /// One row per crop, each as the embedder sees it.
+    pub fn plain(annotations: Vec<i64>, tokens: Tensor) -> Self {
+        Self { views: vec![0; annotations.len()], annotations, tokens, problems: Vec::new() }
+    }
+
     /// Rows `rows` as f32 on `device`.
     pub fn batch(&self, rows: &[usize], device: &Device) -> candle_core::Result<Tensor> {
         let index = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), &Device::Cpu)?;
         self.tokens.index_select(&index, 0)?.to_dtype(DType::F32)?.to_device(device)
+    }
+}
+
+/// Augmented copies of each crop cached beside it (image augmentation at the cost of one
+/// backbone pass per copy, once, instead of one per step): head training then learns what a
+/// crop's individual keeps under another framing, rotation and light.
+#[derive(Debug, Clone, Copy)]
+pub struct Views<'a> {
+    /// Views per crop, the plain one included (1 = no copies).
+    pub count: usize,
+    pub augmentation: &'a ImageAugmentation,
+    /// Copy `v` of a crop is drawn from this seed, its annotation and `v`: the same run caches
+    /// the same copies at every depth.
+    pub seed: u64,
+}
+
+impl Views<'_> {
+    pub const PLAIN: Views<'static> = Views { count: 1, augmentation: &ImageAugmentation::NONE, seed: 0 };
+
+    /// The crop's inputs at `size`: plain, then the augmented copies.
+    fn inputs(&self, img: &image::DynamicImage, crop: &Crop, size: u32) -> Vec<Vec<f32>> {
+        let mut out = vec![crate::embed::prepare(img, crop.bbox, size)];
+        for v in 1..self.count.max(1) {
+            let seed = self.seed ^ (crop.annotation as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ ((v as u64) << 48);
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            out.push(self.augmentation.prepare(img, crop.bbox, size, &mut rng));
+        }
+        out
     }
 }
 
@@ -72,27 +113,41 @@ pub fn crops_of(cat: &Catalogue, key: &str, annotations: &[i64]) -> Result<(Vec<
     Ok((crops, problems))
 }
 
-/// The backbone's tokens for `annotations` at each of `taps` (ascending by depth; one
-/// backbone pass gives them all), in `taps` order; computed with `embedder` where not on disk
-/// yet. [`Tap::Output`] tokens are pooled to `grid` (what a head reads); [`Tap::Input`]
-/// tokens are kept whole (what fine-tuned blocks read).
+/// What to cache, and where.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheSpec<'a> {
+    /// The depths, ascending (one backbone pass gives them all). [`Tap::Output`] tokens are
+    /// pooled to `grid` (what a head reads); [`Tap::Input`] tokens are kept whole (what
+    /// fine-tuned blocks read).
+    pub taps: &'a [Tap],
+    /// Side of the pooled patch grid.
+    pub grid: usize,
+    pub views: Views<'a>,
+    /// The folder of cache files.
+    pub dir: &'a Path,
+}
+
+/// The backbone's tokens for `annotations` (each with its views) at each of `spec.taps`, in
+/// that order; computed with `embedder` where not on disk yet.
 pub fn token_caches(
     cat: &Catalogue,
     embedder: &Embedder,
     annotations: &[i64],
-    grid: usize,
-    taps: &[Tap],
+    spec: &CacheSpec,
     progress: &dyn Progress,
 ) -> Result<Vec<TokenCache>, CacheError> {
+    let CacheSpec { taps, grid, views, dir } = *spec;
     let (crops, mut problems) = crops_of(cat, embedder.key(), annotations)?;
+    let count = views.count.clamp(1, u8::MAX as usize);
     let mut fingerprint = blake3::Hasher::new();
     fingerprint.update(format!("{}|{grid}|{taps:?}|", embedder.key()).as_bytes());
+    if count > 1 {
+        fingerprint.update(format!("{count}|{:?}|{}|", views.augmentation, views.seed).as_bytes());
+    }
     for c in &crops {
         fingerprint.update(format!("{}|{}|{}\n", c.annotation, c.box_key, c.photo.display()).as_bytes());
     }
-    let path = crate::app::data_dir()
-        .join("cache")
-        .join(format!("tokens-{}.safetensors", &fingerprint.finalize().to_hex()[..24]));
+    let path = dir.join(format!("tokens-{}.safetensors", &fingerprint.finalize().to_hex()[..24]));
     let name = |tap: &Tap| match tap {
         Tap::Output(d) => format!("tokens.{d}"),
         Tap::Input(d) => format!("inputs.{d}"),
@@ -102,25 +157,36 @@ pub fn token_caches(
         && let Ok(ids) = ids.to_vec1::<i64>()
         && let Some(all) = taps.iter().map(|t| tensors.get(&name(t)).cloned()).collect::<Option<Vec<_>>>()
     {
+        let row_views = match tensors.get("views").map(|v| v.to_vec1::<u8>()) {
+            Some(Ok(v)) if v.len() == ids.len() => v,
+            _ => vec![0; ids.len()],
+        };
         let caches = all
             .into_iter()
-            .map(|tokens| TokenCache { annotations: ids.clone(), tokens, problems: problems.clone() })
+            .map(|tokens| TokenCache {
+                annotations: ids.clone(),
+                views: row_views.clone(),
+                tokens,
+                problems: problems.clone(),
+            })
             .collect();
         return Ok(caches);
     }
 
     progress.stage("caching backbone tokens", crops.len() as u64);
     let side = embedder.size() as usize / 14;
+    let size = embedder.size();
     let mut kept = Vec::new();
+    let mut row_views = Vec::new();
     let mut parts: Vec<Vec<Tensor>> = vec![Vec::new(); taps.len()];
-    for chunk in crops.chunks(BATCH) {
+    for chunk in crops.chunks(BATCH.div_ceil(count)) {
         if progress.cancelled() {
             return Err(CacheError::Cancelled);
         }
-        let prepared = prepare_batch(chunk, embedder.size());
+        let prepared = crate::embed::prepare_each(chunk, |img, crop| views.inputs(img, crop, size));
         problems.extend(prepared.problems);
         if !prepared.inputs.is_empty() {
-            let inputs: Vec<Vec<f32>> = prepared.inputs.iter().map(|(_, _, i)| i.clone()).collect();
+            let inputs: Vec<Vec<f32>> = prepared.inputs.iter().flat_map(|(_, _, v)| v.iter().cloned()).collect();
             for ((part, tokens), tap) in parts.iter_mut().zip(embedder.tokens_at(&inputs, taps)?).zip(taps) {
                 let tokens = match tap {
                     Tap::Output(_) => pool_tokens(&tokens, side, side, grid)?,
@@ -128,7 +194,10 @@ pub fn token_caches(
                 };
                 part.push(tokens.to_device(&Device::Cpu)?.to_dtype(DType::F16)?);
             }
-            kept.extend(prepared.inputs.iter().map(|(a, _, _)| *a));
+            for (a, _, v) in &prepared.inputs {
+                kept.extend(std::iter::repeat_n(*a, v.len()));
+                row_views.extend(0..v.len() as u8);
+            }
         }
         progress.advance(chunk.len() as u64);
     }
@@ -139,7 +208,6 @@ pub fn token_caches(
             false => Tensor::cat(part, 0)?,
         });
     }
-    let ids = Tensor::new(kept.as_slice(), &Device::Cpu)?;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|source| CacheError::Io { path: dir.to_path_buf(), source })?;
     }
@@ -147,11 +215,17 @@ pub fn token_caches(
     let partial = path.with_extension("partial");
     let mut tensors: std::collections::HashMap<String, Tensor> =
         taps.iter().zip(&all).map(|(t, tokens)| (name(t), tokens.clone())).collect();
-    tensors.insert("annotations".into(), ids);
+    tensors.insert("annotations".into(), Tensor::new(kept.as_slice(), &Device::Cpu)?);
+    tensors.insert("views".into(), Tensor::new(row_views.as_slice(), &Device::Cpu)?);
     candle_core::safetensors::save(&tensors, &partial)?;
     std::fs::rename(&partial, &path).map_err(|source| CacheError::Io { path: path.clone(), source })?;
     Ok(all
         .into_iter()
-        .map(|tokens| TokenCache { annotations: kept.clone(), tokens, problems: problems.clone() })
+        .map(|tokens| TokenCache {
+            annotations: kept.clone(),
+            views: row_views.clone(),
+            tokens,
+            problems: problems.clone(),
+        })
         .collect())
 }

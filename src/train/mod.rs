@@ -10,7 +10,9 @@ pub mod trainer;
 
 pub use loss::{LossConfig, LossError, MetricLoss};
 pub use sampler::{BatchSampler, PkSampler, ShuffledSampler};
-pub use trainer::{Inputs, Mode, TrainConfig, TrainEvent, TrainReport, TunedInputs, TunedSource, train_model};
+pub use trainer::{
+    Inputs, Mode, Precision, Refit, TrainConfig, TrainEvent, TrainReport, TunedInputs, TunedSource, train_model,
+};
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -64,7 +66,18 @@ pub fn train_catalogue(
         n => vec![n.clamp(1, embedder.blocks())],
     };
     let taps: Vec<Tap> = depths.iter().map(|&d| Tap::Output(d)).collect();
-    let mut caches = cache::token_caches(cat, embedder, &ids, config.grid, &taps, progress)?;
+    let cache_dir = config.cache_dir.clone().unwrap_or_else(|| crate::app::data_dir().join("cache"));
+    let spec = cache::CacheSpec {
+        taps: &taps,
+        grid: config.grid,
+        views: cache::Views {
+            count: if config.mode == Mode::Full { 1 } else { config.views },
+            augmentation: &config.augmentation,
+            seed: config.seed,
+        },
+        dir: &cache_dir,
+    };
+    let mut caches = cache::token_caches(cat, embedder, &ids, &spec, progress)?;
     if let Some(problems) = caches.first().map(|c| &c.problems) {
         for p in problems {
             eprintln!("warning: {p}");
@@ -89,9 +102,14 @@ pub fn train_catalogue(
         Mode::Head => None,
         Mode::LastBlocks(n) => {
             let from = depth.saturating_sub(n.max(1));
-            block_inputs =
-                cache::token_caches(cat, embedder, &cache.annotations, config.grid, &[Tap::Input(from)], progress)?
-                    .swap_remove(0);
+            block_inputs = cache::token_caches(
+                cat,
+                embedder,
+                &ids,
+                &cache::CacheSpec { taps: &[Tap::Input(from)], ..spec },
+                progress,
+            )?
+            .swap_remove(0);
             if block_inputs.annotations != cache.annotations {
                 anyhow::bail!("the crops changed while their tokens were cached; start again");
             }
@@ -111,6 +129,8 @@ pub fn train_catalogue(
     };
     let mut report = train_model(&inputs, &split, embedder.key(), config, out, events, cancel)?;
     report.depth_scores = scores;
+    let all = data::split_by_individual(&labelled, 0.0, config.seed);
+    trainer::refit(&inputs, &mut report, &all, embedder.key(), config, out, events, cancel)?;
     Ok(report)
 }
 
@@ -132,11 +152,7 @@ mod tests {
         let inputs: Vec<Vec<f32>> =
             (0..12).map(|i| (0..3 * 112 * 112).map(|j| ((i * 7 + j) % 23) as f32 / 11.0 - 1.0).collect()).collect();
         let tokens = pool_tokens(&embedder.tokens_at(&inputs, &[Tap::Output(1)]).unwrap()[0], 8, 8, 4).unwrap();
-        let cache = cache::TokenCache {
-            annotations: (0..12).collect(),
-            tokens: tokens.to_dtype(DType::F16).unwrap(),
-            problems: Vec::new(),
-        };
+        let cache = cache::TokenCache::plain((0..12).collect(), tokens.to_dtype(DType::F16).unwrap());
         let labelled: Vec<data::Labelled> =
             (0..12).map(|i| data::Labelled { annotation: i, individual: format!("ind{}", i % 4) }).collect();
         let split = data::split_by_individual(&labelled, 0.0, 0);
@@ -235,10 +251,8 @@ mod tests {
         let embedder = Embedder::random(&Dinov2Config::tiny(), size).unwrap();
         let inputs = inputs_of(&crops, size);
         let taps = embedder.tokens_at(&inputs, &[Tap::Input(1), Tap::Output(2)]).unwrap();
-        let cache = |tokens: &candle_core::Tensor| cache::TokenCache {
-            annotations: (0..crops.len() as i64).collect(),
-            tokens: tokens.to_dtype(DType::F16).unwrap(),
-            problems: Vec::new(),
+        let cache = |tokens: &candle_core::Tensor| {
+            cache::TokenCache::plain((0..crops.len() as i64).collect(), tokens.to_dtype(DType::F16).unwrap())
         };
         let (block_inputs, pooled) = (cache(&taps[0]), cache(&pool_tokens(&taps[1], 4, 4, 2).unwrap()));
         // No validation individuals: the last epoch is kept, so the weights must have moved.
@@ -280,17 +294,16 @@ mod tests {
     }
 
     #[test]
-    fn full_training_reads_augmented_photos_tunes_the_whole_backbone_and_survives_a_lost_photo() {
+    fn full_training_in_bf16_reads_augmented_photos_tunes_the_whole_backbone_and_survives_a_lost_photo() {
         let dir = tempfile::tempdir().unwrap();
         let (crops, labelled) = pattern_photos(dir.path(), 6, 4);
         let size = 56;
         let embedder = Embedder::random(&Dinov2Config::tiny(), size).unwrap();
         let tokens = embedder.tokens_at(&inputs_of(&crops, size), &[Tap::Output(2)]).unwrap().remove(0);
-        let pooled = cache::TokenCache {
-            annotations: (0..crops.len() as i64).collect(),
-            tokens: pool_tokens(&tokens, 4, 4, 2).unwrap().to_dtype(DType::F16).unwrap(),
-            problems: Vec::new(),
-        };
+        let pooled = cache::TokenCache::plain(
+            (0..crops.len() as i64).collect(),
+            pool_tokens(&tokens, 4, 4, 2).unwrap().to_dtype(DType::F16).unwrap(),
+        );
         // A photo that goes missing after caching is left out of its batches, nothing more.
         std::fs::remove_file(&crops[0].photo).unwrap();
         // No validation individuals: the last epoch is kept, so the weights must have moved.
@@ -304,6 +317,8 @@ mod tests {
             embedding_dim: 8,
             learning_rate: 1e-2,
             accumulate: 2,
+            // Mixed precision runs on a CPU too (slowly): the GPU's path, checked here.
+            precision: Precision::Bf16,
             ..Default::default()
         };
         let (report, events, _out) = tune(&embedder, &pooled, TunedSource::Images(&crops), &split, &config);

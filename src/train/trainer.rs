@@ -26,7 +26,7 @@ use super::cache::{DEFAULT_GRID, TokenCache};
 use super::data::Split;
 use super::loss::LossConfig;
 use super::sampler::{BatchSampler, PkSampler, ShuffledSampler};
-use crate::embed::{Crop, Dinov2, Head, TUNED_PREFIX, Tap, pool_tokens};
+use crate::embed::{Crop, Dinov2, Head, Kernels, TUNED_PREFIX, Tap, pool_tokens};
 use crate::metrics::{ClosedSet, OpenSet};
 use crate::search::Gallery;
 
@@ -75,12 +75,42 @@ pub struct TrainConfig {
     /// the learning-rate schedule. AdamW's moment estimates start afresh. Not part of the card.
     #[serde(skip)]
     pub resume: Option<PathBuf>,
+    /// Where backbone tokens are cached (default: `cache` in the data folder). Not part of
+    /// the card.
+    #[serde(skip)]
+    pub cache_dir: Option<PathBuf>,
     /// Share of patch tokens dropped per step (feature-level augmentation).
     pub token_dropout: f64,
     /// Standard deviation of Gaussian noise added to the tokens.
     pub token_noise: f64,
+    /// After validation has chosen the number of epochs, train once more on every
+    /// individual, validation ones included, for that many epochs, and keep that model: the
+    /// biologist's whole catalogue teaches the model in use. The card's figures stay those of
+    /// the validated run (how this recipe does on individuals it never saw).
+    pub refit: bool,
+    /// `head` and `last-blocks` training: views cached per crop, the crop itself and
+    /// `views - 1` copies made with `augmentation` (1 = none). Each costs a backbone pass
+    /// once, when caching. (`full` training augments every step instead.)
+    pub views: usize,
+    /// Arithmetic of the fine-tuned backbone (`last-blocks`, `full`): `auto` is bf16 matrix
+    /// products on a GPU and f32 on a CPU.
+    pub precision: Precision,
     /// Image augmentation of `full` training.
     pub augmentation: ImageAugmentation,
+}
+
+impl TrainConfig {
+    /// Settings from a TOML file (`.toml`) or JSON (anything else); what the file leaves out
+    /// keeps its default.
+    pub fn from_file(path: &Path) -> Result<TrainConfig, TrainError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| TrainError::Io { path: path.to_path_buf(), source })?;
+        let bad = |e: String| TrainError::Data(format!("{}: not valid training settings: {e}", path.display()));
+        match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+            Some("toml") => toml::from_str(&text).map_err(|e| bad(e.to_string())),
+            _ => serde_json::from_str(&text).map_err(|e| bad(e.to_string())),
+        }
+    }
 }
 
 impl Default for TrainConfig {
@@ -107,16 +137,41 @@ impl Default for TrainConfig {
             lda_init: true,
             lda_ridge: super::baseline::LDA_RIDGE,
             resume: None,
+            cache_dir: None,
             token_dropout: 0.25,
             token_noise: 0.02,
+            refit: true,
+            views: 1,
+            precision: Precision::Auto,
             augmentation: ImageAugmentation::default(),
         }
     }
 }
 
-/// How much of the model a run trains.
+/// The arithmetic of a fine-tuned backbone's matrix products (see [`Kernels::Bf16`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// bf16 on a GPU, f32 on a CPU (whose bf16 products are no faster).
+    #[default]
+    Auto,
+    F32,
+    Bf16,
+}
+
+impl Precision {
+    pub fn kernels(self, device: &Device) -> Kernels {
+        match self {
+            Precision::Bf16 => Kernels::Bf16,
+            Precision::Auto if device.is_cuda() => Kernels::Bf16,
+            _ => Kernels::Differentiable,
+        }
+    }
+}
+
+/// How much of the model a run trains. Written in settings files and cards as `"head"`,
+/// `"last-blocks=N"` or `"full"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {
     /// Pooling + neck on cached tokens of the frozen backbone: minutes on a laptop CPU.
     #[default]
@@ -165,6 +220,34 @@ impl std::str::FromStr for Mode {
         match n.parse::<usize>() {
             Ok(n) if n >= 1 => Ok(Mode::LastBlocks(n)),
             _ => Err(format!("last-blocks needs a number of blocks of at least 1 (last-blocks=2), not {n:?}")),
+        }
+    }
+}
+
+impl Serialize for Mode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Mode::LastBlocks(n) => serializer.collect_str(&format_args!("last-blocks={n}")),
+            other => serializer.collect_str(other),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Mode {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// Cards written before modes were strings hold `{"last-blocks": N}`.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Text(String),
+            Table {
+                #[serde(rename = "last-blocks")]
+                last_blocks: usize,
+            },
+        }
+        match Written::deserialize(deserializer)? {
+            Written::Text(text) => text.parse().map_err(serde::de::Error::custom),
+            Written::Table { last_blocks } => Ok(Mode::LastBlocks(last_blocks.max(1))),
         }
     }
 }
@@ -227,6 +310,8 @@ pub struct Validation {
 pub enum TrainEvent {
     Started {
         train_crops: usize,
+        /// Cached views trained on per crop (the crop and its augmented copies).
+        views: usize,
         classes: usize,
         validation_crops: usize,
         validation_individuals: usize,
@@ -253,6 +338,17 @@ pub enum TrainEvent {
         stopped_early: bool,
         checkpoint: PathBuf,
     },
+    /// The validated run is over; the model kept is being trained again on every individual
+    /// (see [`TrainConfig::refit`]).
+    Refitting(Refit),
+}
+
+/// A model trained again on every individual after validation chose its epochs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Refit {
+    pub individuals: usize,
+    pub crops: usize,
+    pub epochs: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -271,6 +367,8 @@ pub struct TrainReport {
     pub best: Validation,
     pub epochs_run: usize,
     pub cancelled: bool,
+    /// Set when the model kept was trained again on every individual.
+    pub refit: Option<Refit>,
     pub seconds: f64,
 }
 
@@ -368,7 +466,8 @@ pub fn train_model(
     let feeder = match &inputs.tuned {
         None => Feeder { cache, tuning: None, augmentation: &config.augmentation },
         Some(tuned) => {
-            let model = Dinov2::new(tuned.backbone.config(), vb.pp(TUNED_PREFIX.trim_end_matches('.')))?;
+            let model = Dinov2::new(tuned.backbone.config(), vb.pp(TUNED_PREFIX.trim_end_matches('.')))?
+                .with_kernels(config.precision.kernels(&device));
             let side = tuned.size as usize / tuned.backbone.config().patch_size;
             let from = match tuned.source {
                 TunedSource::BlockInputs(_) => match config.mode {
@@ -435,8 +534,11 @@ pub fn train_model(
     let accumulate = config.accumulate.max(1);
     let total_steps = steps_per_epoch * config.epochs.max(1);
     let warmup = (config.warmup_epochs * steps_per_epoch as f64).round() as usize;
+    let plain = |r: usize| cache.views.get(r).copied().unwrap_or(0) == 0;
+    let train_crops = train.iter().filter(|(r, _)| plain(*r)).count();
     let _ = events.send(TrainEvent::Started {
-        train_crops: train.len(),
+        train_crops,
+        views: train.len().div_ceil(train_crops.max(1)),
         classes: split.classes.len(),
         validation_crops: validation.len(),
         validation_individuals: split.validation_individuals.len(),
@@ -579,20 +681,81 @@ pub fn train_model(
         best,
         epochs_run,
         cancelled,
+        refit: None,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
 
-/// The split's crops as cache rows: training rows with their class, validation rows with
-/// their annotation and individual.
+/// Trains again on `all` (every individual: no validation) for the validated run's best
+/// number of epochs, then puts that model in place of the validated one in `out` and notes
+/// it in the card. Nothing changes when the validated run had no validation individuals (it
+/// trained on all of them already), was cancelled, or when this run is cancelled.
+#[allow(clippy::too_many_arguments)]
+pub fn refit(
+    inputs: &Inputs,
+    validated: &mut TrainReport,
+    all: &Split,
+    backbone_key: &str,
+    config: &TrainConfig,
+    out: &Path,
+    events: &Sender<TrainEvent>,
+    cancel: &AtomicBool,
+) -> Result<(), TrainError> {
+    if !config.refit || validated.cancelled || validated.best.closed_set.queries == 0 {
+        return Ok(());
+    }
+    let what = Refit { individuals: all.classes.len(), crops: all.train.len(), epochs: validated.best_epoch };
+    let _ = events.send(TrainEvent::Refitting(what.clone()));
+    let dir = out.join("refit");
+    let config = TrainConfig { epochs: what.epochs, resume: None, refit: false, ..config.clone() };
+    // The refit's own events would read as a second run: only its steps are passed on.
+    let (inner, receiver) = std::sync::mpsc::channel();
+    let forward = {
+        let events = events.clone();
+        std::thread::spawn(move || {
+            for e in receiver {
+                if matches!(e, TrainEvent::Step { .. }) {
+                    let _ = events.send(e);
+                }
+            }
+        })
+    };
+    let result = train_model(inputs, all, backbone_key, &config, &dir, &inner, cancel);
+    drop(inner);
+    let _ = forward.join();
+    let report = result?;
+    if !report.cancelled {
+        let mut card = read_card(out)?;
+        card["refit"] = serde_json::to_value(&what).map_err(|e| TrainError::Data(e.to_string()))?;
+        let json = serde_json::to_vec_pretty(&card).map_err(|e| TrainError::Data(e.to_string()))?;
+        std::fs::rename(&report.checkpoint, &validated.checkpoint)
+            .map_err(|source| TrainError::Io { path: validated.checkpoint.clone(), source })?;
+        write_atomically(&validated.card, &json)?;
+        validated.refit = Some(what);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// The split's crops as cache rows: training rows (every view) with their class, validation
+/// rows (the plain view: what the embedder will see) with their annotation and individual.
 #[allow(clippy::type_complexity)]
 fn cache_rows<'a>(cache: &TokenCache, split: &'a Split) -> (Vec<(usize, u32)>, Vec<(usize, i64, &'a str)>) {
-    let row_of: HashMap<i64, usize> = cache.annotations.iter().enumerate().map(|(r, &a)| (a, r)).collect();
-    let train = split.train.iter().filter_map(|(a, c)| row_of.get(a).map(|&r| (r, *c))).collect();
+    let mut rows_of: HashMap<i64, Vec<usize>> = HashMap::new();
+    for (r, &a) in cache.annotations.iter().enumerate() {
+        rows_of.entry(a).or_default().push(r);
+    }
+    let rows = |a: &i64| rows_of.get(a).map_or(&[][..], Vec::as_slice);
+    let train = split.train.iter().flat_map(|(a, c)| rows(a).iter().map(|&r| (r, *c))).collect();
     let validation = split
         .validation
         .iter()
-        .filter_map(|l| row_of.get(&l.annotation).map(|&r| (r, l.annotation, l.individual.as_str())))
+        .flat_map(|l| {
+            rows(&l.annotation)
+                .iter()
+                .filter(|&&r| cache.views.get(r).copied().unwrap_or(0) == 0)
+                .map(|&r| (r, l.annotation, l.individual.as_str()))
+        })
         .collect();
     (train, validation)
 }
@@ -1079,7 +1242,7 @@ mod tests {
         }
         let n = classes * per;
         let tokens = Tensor::from_vec(values, (n, n_tokens, dim), &Device::Cpu).unwrap().to_dtype(DType::F16).unwrap();
-        (TokenCache { annotations: (0..n as i64).collect(), tokens, problems: vec![] }, labelled)
+        (TokenCache::plain((0..n as i64).collect(), tokens), labelled)
     }
 
     #[test]
@@ -1263,6 +1426,44 @@ mod tests {
         assert!(Mode::Head.tuned_prefixes(12).is_empty());
         assert_eq!(Mode::Full.tuned_prefixes(2), ["embeddings.", "encoder.layer.0.", "encoder.layer.1.", "layernorm."]);
         let json = serde_json::to_string(&Mode::LastBlocks(2)).unwrap();
+        assert_eq!(json, r#""last-blocks=2""#);
         assert_eq!(serde_json::from_str::<Mode>(&json).unwrap(), Mode::LastBlocks(2));
+        assert_eq!(serde_json::from_str::<Mode>(r#"{"last-blocks": 3}"#).unwrap(), Mode::LastBlocks(3));
+        assert!(serde_json::from_str::<Mode>(r#""sideways""#).is_err());
+    }
+
+    #[test]
+    fn settings_files_are_read_as_toml_or_json_and_name_their_file_when_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = dir.path().join("train.toml");
+        std::fs::write(
+            &toml,
+            "mode = \"last-blocks=2\"\nepochs = 12\nviews = 4\n\n[loss]\nkind = \"proxy_anchor\"\n\n[augmentation]\nflip = true\n",
+        )
+        .unwrap();
+        let config = TrainConfig::from_file(&toml).unwrap();
+        assert_eq!((config.mode, config.epochs, config.views), (Mode::LastBlocks(2), 12, 4));
+        assert!(matches!(config.loss, LossConfig::ProxyAnchor(_)), "{:?}", config.loss);
+        assert!(config.augmentation.flip);
+        assert_eq!(config.batch, TrainConfig::default().batch, "what is not given keeps its default");
+
+        let json = dir.path().join("train.json");
+        std::fs::write(&json, serde_json::to_vec(&config).unwrap()).unwrap();
+        let again = TrainConfig::from_file(&json).unwrap();
+        assert_eq!(serde_json::to_value(&again).unwrap(), serde_json::to_value(&config).unwrap());
+
+        std::fs::write(&toml, "epochs = \"many\"\n").unwrap();
+        let err = TrainConfig::from_file(&toml).unwrap_err().to_string();
+        assert!(err.contains("train.toml") && err.contains("epochs"), "{err}");
+        let err = TrainConfig::from_file(&dir.path().join("absent.toml")).unwrap_err().to_string();
+        assert!(err.contains("absent.toml"), "{err}");
+
+        // The README's example reads as it says.
+        let readme = include_str!("../../README.md");
+        let example = readme.split("```toml\n").nth(1).and_then(|s| s.split("```").next()).unwrap();
+        std::fs::write(&toml, example).unwrap();
+        let config = TrainConfig::from_file(&toml).unwrap();
+        assert_eq!((config.mode, config.views), (Mode::LastBlocks(2), 4));
+        assert!(matches!(config.loss, LossConfig::SubCenterArcFace(_)), "{:?}", config.loss);
     }
 }

@@ -57,18 +57,29 @@ pub struct Curves {
     pub eta_seconds: Option<f64>,
     pub started: Option<String>,
     pub finished: Option<String>,
+    /// The validated run is over and the model is being trained again on every individual.
+    refitting: bool,
 }
 
 impl Curves {
     fn take(&mut self, event: TrainEvent) {
         match event {
-            TrainEvent::Started { train_crops, classes, validation_crops, validation_individuals, steps_per_epoch } => {
+            TrainEvent::Started {
+                train_crops,
+                classes,
+                validation_crops,
+                validation_individuals,
+                steps_per_epoch,
+                ..
+            } => {
                 self.steps_per_epoch = steps_per_epoch;
                 self.started = Some(format!(
                     "training on {train_crops} crop(s) of {classes} individual(s); validating on \
                      {validation_crops} crop(s) of {validation_individuals} individual(s) never trained on"
                 ));
             }
+            // A refit's steps would draw over the validated run's curve.
+            TrainEvent::Step { .. } if self.refitting => {}
             TrainEvent::Step { epoch, step, steps, loss, .. } => {
                 self.steps_per_epoch = steps;
                 let x = epoch.saturating_sub(1) * steps + step;
@@ -86,6 +97,15 @@ impl Curves {
                     if stopped_early { " (stopped early: no better for a while)" } else { "" }
                 ));
                 self.eta_seconds = None;
+            }
+            TrainEvent::Refitting(refit) => {
+                self.refitting = true;
+                if let Some(finished) = &mut self.finished {
+                    finished.push_str(&format!(
+                        "; the model kept is trained again on all {} individuals for {} epoch(s)",
+                        refit.individuals, refit.epochs
+                    ));
+                }
             }
         }
     }
@@ -120,7 +140,7 @@ impl TrainPanel {
         let out = crate::app::embedding::heads_dir(&catalogue).join(format!("head-{stamp}"));
         let (tx, rx) = channel();
         let cancel = Arc::new(AtomicBool::new(false));
-        let config = self.config.clone();
+        let config = TrainConfig { cache_dir: Some(cx.state.home.join("cache")), ..self.config.clone() };
         let flag = cancel.clone();
         let ctx = ui.ctx().clone();
         let job_out = out.clone();
@@ -241,6 +261,17 @@ impl TrainPanel {
                     egui::DragValue::new(&mut self.config.learning_rate).range(1e-6..=1.0).speed(1e-4).max_decimals(6),
                 )
                 .labelled_by(label.id);
+                ui.end_row();
+                let label = ui.label("Views per crop");
+                ui.add_enabled_ui(self.config.mode != Mode::Full, |ui| {
+                    ui.add(egui::DragValue::new(&mut self.config.views).range(1..=16))
+                        .labelled_by(label.id)
+                        .on_hover_text(
+                            "the crop and augmented copies of it (reframed, turned, relit), cached once: \
+                             more views teach what stays the same of an individual, at one backbone pass each",
+                        )
+                        .on_disabled_hover_text("full training augments every step");
+                });
                 ui.end_row();
             });
         });
