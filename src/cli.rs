@@ -648,15 +648,23 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                         open(lda)
                     ));
                 }
-                let depths: Vec<String> = r.depth_scores.iter().map(|(d, m)| format!("block {d}: {m:.3}")).collect();
+                let name = |d: &[usize]| match d {
+                    [one] => format!("block {one}"),
+                    many => format!("blocks {}", crate::train::trainer::depths_name(many)),
+                };
+                let depths: Vec<String> = r.depth_scores.iter().map(|(d, m)| format!("{}: {m:.3}", name(d))).collect();
                 s.push_str(&format!(
-                    "\n{} training on the tokens of block {}{}",
+                    "\n{} training on the tokens of {}{}",
                     r.mode,
-                    r.blocks,
+                    name(&r.blocks),
                     if depths.is_empty() {
                         String::new()
                     } else {
-                        format!(" (chosen by LDA validation MAP@5: {})", depths.join(", "))
+                        format!(
+                            " (chosen by LDA MAP@5 over {} folds of individuals: {})",
+                            crate::train::DEPTH_FOLDS,
+                            depths.join(", ")
+                        )
                     }
                 ));
                 if let Some(refit) = &r.refit {

@@ -171,18 +171,26 @@ impl Embedder {
         self.head.forward(&self.tokens(inputs)?)?.to_vec2()
     }
 
-    /// The tokens the head reads for a batch, `[B, 1 + N, D]`: the output of the blocks the
-    /// head was trained on (all of them for the untrained head), the patch grid pooled as in
-    /// its training.
+    /// The tokens the head reads for a batch, `[B, 1 + N, D x depths]`: the outputs of the
+    /// blocks the head was trained on (the last for the untrained head), the patch grid pooled
+    /// as in its training, several depths concatenated feature by feature.
     pub fn tokens(&self, inputs: &[Vec<f32>]) -> candle_core::Result<Tensor> {
-        let depth = self.head.blocks.unwrap_or(self.backbone.config().num_layers);
-        let tokens = self.tokens_at(inputs, &[Tap::Output(depth)])?.remove(0);
-        match self.head.grid {
-            Some(grid) => {
-                let side = self.size as usize / self.backbone.config().patch_size;
-                super::pool_tokens(&tokens, side, side, grid)
-            }
-            None => Ok(tokens),
+        let taps: Vec<Tap> = match self.head.blocks.as_slice() {
+            [] => vec![Tap::Output(self.backbone.config().num_layers)],
+            depths => depths.iter().map(|&d| Tap::Output(d)).collect(),
+        };
+        let side = self.size as usize / self.backbone.config().patch_size;
+        let pooled = self
+            .tokens_at(inputs, &taps)?
+            .into_iter()
+            .map(|tokens| match self.head.grid {
+                Some(grid) => super::pool_tokens(&tokens, side, side, grid),
+                None => Ok(tokens),
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        match pooled.as_slice() {
+            [one] => Ok(one.clone()),
+            many => Tensor::cat(many, 2),
         }
     }
 

@@ -131,9 +131,9 @@ impl Neck {
 pub struct Head {
     pub pooling: Pooling,
     pub neck: Neck,
-    /// The backbone blocks whose output the head reads (`None`: all of them). Stored in the
-    /// head's file as `backbone.blocks`.
-    pub blocks: Option<usize>,
+    /// The backbone depths whose outputs the head reads, ascending, concatenated feature by
+    /// feature (empty: the last block's). Stored in the head's file as `backbone.blocks`.
+    pub blocks: Vec<usize>,
     /// The side of the grid the patch tokens are average-pooled to before the head, as the
     /// training cache stored them (`None`: not pooled). Stored as `pooling.grid`.
     pub grid: Option<usize>,
@@ -150,30 +150,42 @@ pub const TUNED_PREFIX: &str = "backbone.weights.";
 impl Head {
     /// The untrained head: GeM with p = 3 and the identity neck.
     pub fn untrained(device: &Device) -> Result<Self> {
-        Ok(Self { pooling: Pooling { p: Tensor::new(&[GEM_P as f32], device)? }, neck: Neck::Identity, blocks: None, grid: None })
+        Ok(Self {
+            pooling: Pooling { p: Tensor::new(&[GEM_P as f32], device)? },
+            neck: Neck::Identity,
+            blocks: Vec::new(),
+            grid: None,
+        })
     }
 
-    /// A trained head from a safetensors file: `pooling.gem_p`, `neck.bn.*`, `neck.linear.*`.
-    pub fn load(path: &Path, in_dim: usize, device: &Device) -> Result<Self> {
+    /// A trained head from a safetensors file: `pooling.gem_p`, `neck.bn.*`, `neck.linear.*`,
+    /// for a backbone of `token_dim` features per token.
+    pub fn load(path: &Path, token_dim: usize, device: &Device) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| candle_core::Error::msg(format!("{}: {e}", path.display())))?;
         let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, device)?;
         let out_dim = vb.pp("neck.linear").get_unchecked("weight")?.dims().first().copied().unwrap_or(0);
-        let count = |name: &str| -> Result<Option<usize>> {
+        let counts = |name: &str| -> Result<Vec<usize>> {
             if !vb.contains_tensor(name) {
-                return Ok(None);
+                return Ok(Vec::new());
             }
-            let value = vb.get_unchecked(name)?.flatten_all()?.to_vec1::<f32>()?;
-            match value.as_slice() {
-                [n] if *n >= 1.0 && n.fract() == 0.0 => Ok(Some(*n as usize)),
-                _ => candle_core::bail!("{}: {name} is not a positive whole number: {value:?}", path.display()),
+            let values = vb.get_unchecked(name)?.flatten_all()?.to_vec1::<f32>()?;
+            if values.is_empty() || values.iter().any(|n| *n < 1.0 || n.fract() != 0.0) {
+                candle_core::bail!("{}: {name} is not a list of positive whole numbers: {values:?}", path.display());
             }
+            Ok(values.iter().map(|n| *n as usize).collect())
         };
-        let (blocks, grid) = (count(BLOCKS_TENSOR)?, count(GRID_TENSOR)?);
-        Ok(Self { blocks, grid, ..Self::trainable(vb, in_dim, out_dim)? })
+        let blocks = counts(BLOCKS_TENSOR)?;
+        let grid = match counts(GRID_TENSOR)?.as_slice() {
+            [] => None,
+            [g] => Some(*g),
+            more => candle_core::bail!("{}: {GRID_TENSOR} holds {} values, not one", path.display(), more.len()),
+        };
+        let head = Self::trainable(vb, token_dim * blocks.len().max(1), out_dim)?;
+        Ok(Self { blocks, grid, ..head })
     }
 
     pub fn out_dim(&self, token_dim: usize) -> usize {
-        self.neck.out_dim(2 * token_dim)
+        self.neck.out_dim(2 * token_dim * self.blocks.len().max(1))
     }
 
     /// A trainable head on `vb` (`pooling.*`, `neck.*`), the layout [`Head::load`] reads.
@@ -181,7 +193,7 @@ impl Head {
         Ok(Self {
             pooling: Pooling::new(vb.pp("pooling"))?,
             neck: Neck::linear(vb.pp("neck"), 2 * token_dim, out_dim)?,
-            blocks: None,
+            blocks: Vec::new(),
             grid: None,
         })
     }

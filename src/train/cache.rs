@@ -56,6 +56,24 @@ impl TokenCache {
         Self { views: vec![0; annotations.len()], annotations, tokens, problems: Vec::new() }
     }
 
+    /// Caches of the same rows side by side, feature by feature (several depths read as one).
+    pub fn concatenated(parts: &[&TokenCache]) -> candle_core::Result<TokenCache> {
+        let Some(first) = parts.first() else { candle_core::bail!("no token cache to concatenate") };
+        if parts.iter().any(|p| p.annotations != first.annotations || p.views != first.views) {
+            candle_core::bail!("token caches of different crops cannot be concatenated");
+        }
+        let tokens = match parts {
+            [one] => one.tokens.clone(),
+            many => Tensor::cat(&many.iter().map(|p| &p.tokens).collect::<Vec<_>>(), 2)?,
+        };
+        Ok(TokenCache {
+            annotations: first.annotations.clone(),
+            views: first.views.clone(),
+            tokens,
+            problems: first.problems.clone(),
+        })
+    }
+
     /// Rows `rows` as f32 on `device`.
     pub fn batch(&self, rows: &[usize], device: &Device) -> candle_core::Result<Tensor> {
         let index = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), &Device::Cpu)?;

@@ -64,6 +64,43 @@ pub fn split_by_individual(labelled: &[Labelled], validation_fraction: f64, seed
     split
 }
 
+/// `k` splits whose validation individuals partition those with at least two crops (each
+/// validated once, in one fold, never trained on there); singletons always train.
+pub fn folds_by_individual(labelled: &[Labelled], k: usize, seed: u64) -> Vec<Split> {
+    let mut eligible: Vec<&str> = {
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for l in labelled {
+            *counts.entry(l.individual.as_str()).or_default() += 1;
+        }
+        counts.into_iter().filter(|(_, n)| *n >= 2).map(|(i, _)| i).collect()
+    };
+    eligible.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+    let k = k.min(eligible.len());
+    (0..k)
+        .map(|fold| {
+            let held: std::collections::BTreeSet<&str> = eligible.iter().skip(fold).step_by(k).copied().collect();
+            let mut split = Split::default();
+            let mut by_individual: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+            for l in labelled {
+                by_individual.entry(l.individual.as_str()).or_default().push(l.annotation);
+            }
+            for (individual, annotations) in by_individual {
+                if held.contains(individual) {
+                    split.validation_individuals.push(individual.to_string());
+                    split.validation.extend(
+                        annotations.iter().map(|&a| Labelled { annotation: a, individual: individual.to_string() }),
+                    );
+                } else {
+                    let class = split.classes.len() as u32;
+                    split.classes.push(individual.to_string());
+                    split.train.extend(annotations.iter().map(|&a| (a, class)));
+                }
+            }
+            split
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,5 +127,22 @@ mod tests {
         assert_eq!(split.train.len() + split.validation.len(), data.len());
         assert_eq!(split.class_counts().iter().sum::<usize>(), split.train.len());
         assert_eq!(split_by_individual(&data, 0.5, 7).validation_individuals, split.validation_individuals);
+    }
+
+    #[test]
+    fn folds_validate_each_individual_once_and_never_train_on_it_there() {
+        let data = labelled(&[("A", 3), ("B", 2), ("C", 1), ("D", 4), ("E", 2), ("F", 2), ("G", 5)]);
+        let folds = folds_by_individual(&data, 3, 1);
+        assert_eq!(folds.len(), 3);
+        let mut validated: Vec<String> = folds.iter().flat_map(|f| f.validation_individuals.clone()).collect();
+        validated.sort();
+        assert_eq!(validated, ["A", "B", "D", "E", "F", "G"], "all but the singleton, once each");
+        for f in &folds {
+            assert!(!f.validation_individuals.is_empty());
+            assert!(f.validation_individuals.iter().all(|v| !f.classes.contains(v)));
+            assert!(f.classes.contains(&"C".to_string()));
+            assert_eq!(f.train.len() + f.validation.len(), data.len());
+        }
+        assert_eq!(folds_by_individual(&data, 10, 1).len(), 6, "no more folds than individuals to hold out");
     }
 }

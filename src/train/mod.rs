@@ -22,6 +22,9 @@ use crate::catalogue::Catalogue;
 use crate::embed::{Embedder, Tap};
 use crate::progress::Progress;
 
+/// Folds of individuals over which the LDA baseline chooses the backbone depth.
+pub const DEPTH_FOLDS: usize = 5;
+
 /// Trains on `cat`'s labelled crops (split by individual) as `config.mode` says, caching the
 /// backbone's tokens first; writes the best model and its card into `out`.
 pub fn train_catalogue(
@@ -55,47 +58,75 @@ pub fn train_catalogue(
     };
     let split = data::split_by_individual(&labelled, config.validation_fraction, config.seed);
     let ids: Vec<i64> = labelled.iter().map(|l| l.annotation).collect();
-    // The depths to try: the one asked for, or (0) the candidates, chosen on the validation
-    // individuals by the LDA baseline (cheap, and what the neck starts from).
-    let depths: Vec<usize> = match config.blocks {
-        0 => {
-            let mut d: Vec<usize> = trainer::CANDIDATE_BLOCKS.iter().map(|&b| b.clamp(1, embedder.blocks())).collect();
-            d.dedup();
-            d
-        }
-        n => vec![n.clamp(1, embedder.blocks())],
+    // The depths to try: those asked for, or the candidates, chosen on the validation
+    // individuals by the LDA baseline (cheap, and what the neck starts from). Fine-tuned
+    // blocks feed one depth.
+    let candidates: Vec<Vec<usize>> = match config.blocks.as_slice() {
+        [] => trainer::CANDIDATE_BLOCKS
+            .iter()
+            .map(|c| c.iter().map(|&d| d.clamp(1, embedder.blocks())).collect::<Vec<_>>())
+            .filter(|c| config.mode == Mode::Head || c.len() == 1)
+            .fold(Vec::new(), |mut all, c| {
+                if !all.contains(&c) {
+                    all.push(c);
+                }
+                all
+            }),
+        given => vec![given.iter().map(|&d| d.clamp(1, embedder.blocks())).collect()],
     };
+    let mut depths: Vec<usize> = candidates.iter().flatten().copied().collect();
+    depths.sort_unstable();
+    depths.dedup();
     let taps: Vec<Tap> = depths.iter().map(|&d| Tap::Output(d)).collect();
     let cache_dir = config.cache_dir.clone().unwrap_or_else(|| crate::app::data_dir().join("cache"));
     let spec = cache::CacheSpec {
         taps: &taps,
         grid: config.grid,
         views: cache::Views {
-            count: if config.mode == Mode::Full { 1 } else { config.views },
+            count: config.views_for(ids.len()),
             augmentation: &config.augmentation,
             seed: config.seed,
         },
         dir: &cache_dir,
     };
-    let mut caches = cache::token_caches(cat, embedder, &ids, &spec, progress)?;
+    let caches = cache::token_caches(cat, embedder, &ids, &spec, progress)?;
     if let Some(problems) = caches.first().map(|c| &c.problems) {
         for p in problems {
             eprintln!("warning: {p}");
         }
     }
+    let cache_of = |chosen: &[usize]| -> anyhow::Result<cache::TokenCache> {
+        let parts: Vec<&cache::TokenCache> =
+            chosen.iter().filter_map(|d| depths.iter().position(|x| x == d).map(|i| &caches[i])).collect();
+        cache::TokenCache::concatenated(&parts).map_err(Into::into)
+    };
     let mut choice = 0;
     let mut scores = Vec::new();
-    if caches.len() > 1 {
-        for (depth, cache) in depths.iter().zip(&caches) {
-            let score = trainer::lda_score(cache, &split, config)?;
-            scores.push((*depth, score));
+    if candidates.len() > 1 {
+        // Every individual validated once over the folds: a few validation individuals alone
+        // told close candidates apart by chance (the synthetic flukes' six scored block 12
+        // above 9 + 12, which identified 20 new individuals 0.02-0.03 better).
+        progress.stage("choosing the backbone depth", candidates.len() as u64);
+        let folds = data::folds_by_individual(&labelled, DEPTH_FOLDS, config.seed);
+        for candidate in &candidates {
+            if progress.cancelled() || cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                anyhow::bail!("cancelled while choosing the backbone depth");
+            }
+            let cache = cache_of(candidate)?;
+            let mut sum = 0.0;
+            for fold in &folds {
+                sum += trainer::lda_score(&cache, fold, config)?;
+            }
+            scores.push((candidate.clone(), sum / folds.len().max(1) as f64));
+            progress.advance(1);
         }
-        // Ties go to the deeper block (the later, in ascending order).
+        // Ties go to the later candidate (the deeper).
         choice = (0..scores.len()).max_by(|&a, &b| scores[a].1.total_cmp(&scores[b].1)).unwrap_or(0);
     }
-    let cache = caches.swap_remove(choice);
-    let depth = depths[choice];
-    let config = &TrainConfig { blocks: depth, ..config.clone() };
+    let cache = cache_of(&candidates[choice])?;
+    drop(caches);
+    let depth = candidates[choice].last().copied().unwrap_or(embedder.blocks());
+    let config = &TrainConfig { blocks: candidates[choice].clone(), views: spec.views.count, ..config.clone() };
     let block_inputs;
     let crops;
     let source = match config.mode {
@@ -144,32 +175,58 @@ mod tests {
     use crate::embed::{Dinov2Config, Head, pool_tokens};
 
     /// The embedder must feed a trained head what its training fed it: the tokens of the same
-    /// depth, pooled to the same grid. (A head trained on pooled tokens once saw full ones.)
+    /// depths, pooled to the same grid. (A head trained on pooled tokens once saw full ones.)
     #[test]
     fn a_trained_head_sees_at_inference_what_it_saw_in_training() {
         let size = 112; // 8 x 8 patches, pooled to 4 x 4
         let embedder = Embedder::random(&Dinov2Config::tiny(), size).unwrap();
         let inputs: Vec<Vec<f32>> =
             (0..12).map(|i| (0..3 * 112 * 112).map(|j| ((i * 7 + j) % 23) as f32 / 11.0 - 1.0).collect()).collect();
-        let tokens = pool_tokens(&embedder.tokens_at(&inputs, &[Tap::Output(1)]).unwrap()[0], 8, 8, 4).unwrap();
-        let cache = cache::TokenCache::plain((0..12).collect(), tokens.to_dtype(DType::F16).unwrap());
+        let taps = embedder.tokens_at(&inputs, &[Tap::Output(1), Tap::Output(2)]).unwrap();
+        let pooled: Vec<cache::TokenCache> = taps
+            .iter()
+            .map(|t| {
+                cache::TokenCache::plain(
+                    (0..12).collect(),
+                    pool_tokens(t, 8, 8, 4).unwrap().to_dtype(DType::F16).unwrap(),
+                )
+            })
+            .collect();
         let labelled: Vec<data::Labelled> =
             (0..12).map(|i| data::Labelled { annotation: i, individual: format!("ind{}", i % 4) }).collect();
         let split = data::split_by_individual(&labelled, 0.0, 0);
-        let config = TrainConfig { epochs: 1, blocks: 1, grid: 4, embedding_dim: 8, ..Default::default() };
-        let out = tempfile::tempdir().unwrap();
-        let (sender, _events) = std::sync::mpsc::channel();
-        let report =
-            train_model(&Inputs::head(&cache), &split, "test", &config, out.path(), &sender, &AtomicBool::new(false))
-                .unwrap();
-        let head = Head::load(&report.checkpoint, 32, &Device::Cpu).unwrap();
-        assert_eq!((head.blocks, head.grid), (Some(1), Some(4)));
-        let rows: Vec<usize> = (0..12).collect();
-        let trained_on = head.forward(&cache.batch(&rows, &Device::Cpu).unwrap()).unwrap().to_vec2::<f32>().unwrap();
-        let served = embedder.with_head_file(&report.checkpoint).unwrap().embed(&inputs).unwrap();
-        for (a, b) in served.iter().zip(&trained_on) {
-            let cosine: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-            assert!(cosine > 0.999, "cosine {cosine} between the served and the trained-on embedding");
+        // One depth, and two read side by side.
+        for (blocks, cache) in [
+            (vec![1], cache::TokenCache::concatenated(&[&pooled[0]]).unwrap()),
+            (vec![1, 2], cache::TokenCache::concatenated(&[&pooled[0], &pooled[1]]).unwrap()),
+        ] {
+            let config =
+                TrainConfig { epochs: 1, blocks: blocks.clone(), grid: 4, embedding_dim: 8, ..Default::default() };
+            let out = tempfile::tempdir().unwrap();
+            let (sender, _events) = std::sync::mpsc::channel();
+            let report = train_model(
+                &Inputs::head(&cache),
+                &split,
+                "test",
+                &config,
+                out.path(),
+                &sender,
+                &AtomicBool::new(false),
+            )
+            .unwrap();
+            let head = Head::load(&report.checkpoint, 32, &Device::Cpu).unwrap();
+            assert_eq!((&head.blocks, head.grid), (&blocks, Some(4)));
+            let rows: Vec<usize> = (0..12).collect();
+            let trained_on =
+                head.forward(&cache.batch(&rows, &Device::Cpu).unwrap()).unwrap().to_vec2::<f32>().unwrap();
+            let served = embedder.with_head_file(&report.checkpoint).unwrap().embed(&inputs).unwrap();
+            for (a, b) in served.iter().zip(&trained_on) {
+                let cosine: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+                assert!(
+                    cosine > 0.999,
+                    "blocks {blocks:?}: cosine {cosine} between the served and the trained-on embedding"
+                );
+            }
         }
     }
 
@@ -261,7 +318,7 @@ mod tests {
             mode: Mode::LastBlocks(1),
             epochs: 3,
             batch: 8,
-            blocks: 2,
+            blocks: vec![2],
             grid: 2,
             embedding_dim: 8,
             learning_rate: 1e-2,
@@ -312,7 +369,7 @@ mod tests {
             mode: Mode::Full,
             epochs: 2,
             batch: 8,
-            blocks: 2,
+            blocks: vec![2],
             grid: 2,
             embedding_dim: 8,
             learning_rate: 1e-2,
