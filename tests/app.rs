@@ -439,15 +439,25 @@ fn training_run_to_its_end_activates_the_new_model_re_embeds_the_crops_and_undo_
     h.get_by_label("Last blocks").click();
     h.step();
     assert!(h.query_by_role_and_label(Role::SpinButton, "Mode").is_some(), "the number of blocks to tune");
+    assert_eq!(h.get_by_role_and_label(Role::SpinButton, "Views per crop").value().as_deref(), Some("auto"));
 
     h.get_by_role_and_label(Role::Button, "Start training").click();
     run_until(&mut h, "the run to end and its head to be activated", |h| {
         settled(h) && shows(h, "best validation MAP@5") && !shows(h, "Model in use: untrained head")
     });
     assert!(noticed(&h, "now the catalogue's model, embeddings are recomputed in the background"));
+    assert!(
+        shows(&h, "the model kept is trained again on all 30 individuals"),
+        "validation chose, then every individual"
+    );
     let head = whaleid::embed::active_head(&Catalogue::open(&catalogue).unwrap())
         .unwrap()
         .expect("the finished run's head is the catalogue's model");
+    let card: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(head.with_file_name("head.json")).unwrap()).unwrap();
+    assert_eq!(card["config"]["views"], 4, "180 crops get four views each");
+    assert_eq!(card["refit"]["individuals"], 30);
+    assert_eq!(std::fs::read_dir(home.path().join("cache")).unwrap().count(), 2, "tokens, then block inputs");
     let models = dir.path().canonicalize().unwrap().join("models");
     assert!(head.starts_with(&models) && head.ends_with("head.safetensors"), "{}", head.display());
     assert_eq!(label_of(&h, "Model in use: "), format!("Model in use: {}", head.display()));

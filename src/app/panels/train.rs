@@ -264,11 +264,19 @@ impl TrainPanel {
                 ui.end_row();
                 let label = ui.label("Views per crop");
                 ui.add_enabled_ui(self.config.mode != Mode::Full, |ui| {
-                    ui.add(egui::DragValue::new(&mut self.config.views).range(1..=16))
+                    let views = egui::DragValue::new(&mut self.config.views)
+                        .range(0..=16)
+                        .custom_formatter(|v, _| if v == 0.0 { "auto".into() } else { format!("{v}") })
+                        .custom_parser(|text| match text.trim() {
+                            "auto" => Some(0.0),
+                            other => other.parse().ok(),
+                        });
+                    ui.add(views)
                         .labelled_by(label.id)
                         .on_hover_text(
                             "the crop and augmented copies of it (reframed, turned, relit), cached once: \
-                             more views teach what stays the same of an individual, at one backbone pass each",
+                             more views teach what stays the same of an individual, at one backbone pass each; \
+                             auto: as many as fit 4,000 cached views, at most 4",
                         )
                         .on_disabled_hover_text("full training augments every step");
                 });
