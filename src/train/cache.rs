@@ -95,8 +95,6 @@ pub struct Views<'a> {
 }
 
 impl Views<'_> {
-    pub const PLAIN: Views<'static> = Views { count: 1, augmentation: &ImageAugmentation::NONE, seed: 0 };
-
     /// The crop's inputs at `size`: plain, then the augmented copies.
     fn inputs(&self, img: &image::DynamicImage, crop: &Crop, size: u32) -> Vec<Vec<f32>> {
         let mut out = vec![crate::embed::prepare(img, crop.bbox, size)];
