@@ -74,6 +74,11 @@ impl TokenCache {
         })
     }
 
+    /// Whether `row` is a crop as the embedder sees it (not an augmented copy).
+    pub fn is_plain(&self, row: usize) -> bool {
+        self.views.get(row).is_none_or(|&v| v == 0)
+    }
+
     /// Rows `rows` as f32 on `device`.
     pub fn batch(&self, rows: &[usize], device: &Device) -> candle_core::Result<Tensor> {
         let index = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), &Device::Cpu)?;
@@ -154,7 +159,9 @@ pub fn token_caches(
 ) -> Result<Vec<TokenCache>, CacheError> {
     let CacheSpec { taps, grid, views, dir } = *spec;
     let (crops, mut problems) = crops_of(cat, embedder.key(), annotations)?;
+    // Views are numbered in a byte.
     let count = views.count.clamp(1, u8::MAX as usize);
+    let views = Views { count, ..views };
     let mut fingerprint = blake3::Hasher::new();
     fingerprint.update(format!("{}|{grid}|{taps:?}|", embedder.key()).as_bytes());
     if count > 1 {

@@ -2,7 +2,7 @@
 //! individuals are never seen in training. Unlabelled crops are never a class; individuals
 //! with one crop stay in training (they cannot be validated on their own).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -40,17 +40,36 @@ impl Split {
 /// Splits by individual: a seeded `validation_fraction` of the individuals that have at
 /// least two crops goes to validation, everything else trains.
 pub fn split_by_individual(labelled: &[Labelled], validation_fraction: f64, seed: u64) -> Split {
+    let (by_individual, eligible) = grouped(labelled, seed);
+    let n_val = (eligible.len() as f64 * validation_fraction.clamp(0.0, 1.0)).round() as usize;
+    holding(&by_individual, &eligible.into_iter().take(n_val).collect())
+}
+
+/// `k` splits whose validation individuals partition those with at least two crops (each
+/// validated once, in one fold, never trained on there); singletons always train.
+pub fn folds_by_individual(labelled: &[Labelled], k: usize, seed: u64) -> Vec<Split> {
+    let (by_individual, eligible) = grouped(labelled, seed);
+    let k = k.min(eligible.len());
+    (0..k).map(|fold| holding(&by_individual, &eligible.iter().skip(fold).step_by(k).copied().collect())).collect()
+}
+
+/// The crops of each individual (in name order), and the individuals with at least two crops
+/// (those that can be validated on), shuffled by `seed`.
+fn grouped(labelled: &[Labelled], seed: u64) -> (BTreeMap<&str, Vec<i64>>, Vec<&str>) {
     let mut by_individual: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
     for l in labelled {
         by_individual.entry(l.individual.as_str()).or_default().push(l.annotation);
     }
     let mut eligible: Vec<&str> = by_individual.iter().filter(|(_, a)| a.len() >= 2).map(|(i, _)| *i).collect();
     eligible.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
-    let n_val = (eligible.len() as f64 * validation_fraction.clamp(0.0, 1.0)).round() as usize;
-    let validation: std::collections::BTreeSet<&str> = eligible.into_iter().take(n_val).collect();
+    (by_individual, eligible)
+}
+
+/// The split that validates on the individuals in `held` and trains on all the others.
+fn holding(by_individual: &BTreeMap<&str, Vec<i64>>, held: &BTreeSet<&str>) -> Split {
     let mut split = Split::default();
-    for (individual, annotations) in &by_individual {
-        if validation.contains(individual) {
+    for (individual, annotations) in by_individual {
+        if held.contains(individual) {
             split.validation_individuals.push(individual.to_string());
             split
                 .validation
@@ -62,43 +81,6 @@ pub fn split_by_individual(labelled: &[Labelled], validation_fraction: f64, seed
         }
     }
     split
-}
-
-/// `k` splits whose validation individuals partition those with at least two crops (each
-/// validated once, in one fold, never trained on there); singletons always train.
-pub fn folds_by_individual(labelled: &[Labelled], k: usize, seed: u64) -> Vec<Split> {
-    let mut eligible: Vec<&str> = {
-        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-        for l in labelled {
-            *counts.entry(l.individual.as_str()).or_default() += 1;
-        }
-        counts.into_iter().filter(|(_, n)| *n >= 2).map(|(i, _)| i).collect()
-    };
-    eligible.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
-    let k = k.min(eligible.len());
-    (0..k)
-        .map(|fold| {
-            let held: std::collections::BTreeSet<&str> = eligible.iter().skip(fold).step_by(k).copied().collect();
-            let mut split = Split::default();
-            let mut by_individual: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
-            for l in labelled {
-                by_individual.entry(l.individual.as_str()).or_default().push(l.annotation);
-            }
-            for (individual, annotations) in by_individual {
-                if held.contains(individual) {
-                    split.validation_individuals.push(individual.to_string());
-                    split.validation.extend(
-                        annotations.iter().map(|&a| Labelled { annotation: a, individual: individual.to_string() }),
-                    );
-                } else {
-                    let class = split.classes.len() as u32;
-                    split.classes.push(individual.to_string());
-                    split.train.extend(annotations.iter().map(|&a| (a, class)));
-                }
-            }
-            split
-        })
-        .collect()
 }
 
 #[cfg(test)]

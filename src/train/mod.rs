@@ -58,9 +58,9 @@ pub fn train_catalogue(
     };
     let split = data::split_by_individual(&labelled, config.validation_fraction, config.seed);
     let ids: Vec<i64> = labelled.iter().map(|l| l.annotation).collect();
-    // The depths to try: those asked for, or the candidates, chosen on the validation
-    // individuals by the LDA baseline (cheap, and what the neck starts from). Fine-tuned
-    // blocks feed one depth.
+    // The depths to try: those asked for, or the candidates, chosen by the LDA baseline over
+    // folds of individuals (cheap, and what the neck starts from). Fine-tuned blocks feed one
+    // depth.
     let candidates: Vec<Vec<usize>> = match config.blocks.as_slice() {
         [] => trainer::CANDIDATE_BLOCKS
             .iter()

@@ -117,6 +117,15 @@ impl TrainConfig {
             _ => serde_json::from_str(&text).map_err(|e| bad(e.to_string())),
         }
     }
+
+    /// Views per crop for `crops` crops (see [`TrainConfig::views`]).
+    pub fn views_for(&self, crops: usize) -> usize {
+        match (self.mode, self.views) {
+            (Mode::Full, _) => 1,
+            (_, 0) => (VIEW_BUDGET / crops.max(1)).clamp(1, 4),
+            (_, n) => n,
+        }
+    }
 }
 
 impl Default for TrainConfig {
@@ -302,17 +311,6 @@ pub enum TunedSource<'a> {
 /// Cached views (crops x views per crop) that `views = 0` allows: a few minutes of caching
 /// on a laptop's CPU.
 pub const VIEW_BUDGET: usize = 4000;
-
-impl TrainConfig {
-    /// Views per crop for `crops` crops (see [`TrainConfig::views`]).
-    pub fn views_for(&self, crops: usize) -> usize {
-        match (self.mode, self.views) {
-            (Mode::Full, _) => 1,
-            (_, 0) => (VIEW_BUDGET / crops.max(1)).clamp(1, 4),
-            (_, n) => n,
-        }
-    }
-}
 
 /// The depths tried when choosing (one backbone pass caches them all); on equal scores the
 /// later one is taken.
@@ -593,8 +591,7 @@ pub fn train_model(
     let accumulate = config.accumulate.max(1);
     let total_steps = steps_per_epoch * config.epochs.max(1);
     let warmup = (config.warmup_epochs * steps_per_epoch as f64).round() as usize;
-    let plain = |r: usize| cache.views.get(r).copied().unwrap_or(0) == 0;
-    let train_crops = train.iter().filter(|(r, _)| plain(*r)).count();
+    let train_crops = train.iter().filter(|(r, _)| cache.is_plain(*r)).count();
     let _ = events.send(TrainEvent::Started {
         train_crops,
         views: train.len().div_ceil(train_crops.max(1)),
@@ -812,7 +809,7 @@ fn cache_rows<'a>(cache: &TokenCache, split: &'a Split) -> (Vec<(usize, u32)>, V
         .flat_map(|l| {
             rows(&l.annotation)
                 .iter()
-                .filter(|&&r| cache.views.get(r).copied().unwrap_or(0) == 0)
+                .filter(|&&r| cache.is_plain(r))
                 .map(|&r| (r, l.annotation, l.individual.as_str()))
         })
         .collect();
