@@ -1,26 +1,13 @@
 //! whaleid: offline photo-identification of individual whales and dolphins.
 //!
-//! The library holds everything the app and the command line share: the catalogue
-//! (one SQLite file per project), importers and exporters, synthetic whales, and
-//! (later) the embedder, search and training.
+//! The modules are floors (the README's Layout; `tests/architecture.rs` keeps every import
+//! pointing down): `base` (vocabulary and infrastructure), `catalogue` (the one file, the only
+//! SQL), `models` (weights, backbones, heads, the embedder), `jobs` (what whaleid does), and on
+//! top the two faces, `cli` and `app`.
 
 pub mod app;
-pub mod bench;
+pub mod base;
 pub mod catalogue;
 pub mod cli;
-pub mod crop;
-pub mod embed;
-pub mod eval;
-pub mod export;
-pub mod import;
-pub mod map;
-pub mod metrics;
-pub mod model;
+pub mod jobs;
 pub mod models;
-pub mod photo;
-pub mod progress;
-pub mod search;
-pub mod stats;
-pub mod submit;
-pub mod synth;
-pub mod train;

@@ -12,8 +12,8 @@ use eframe::egui::accesskit::Role;
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
 use whaleid::app::{AppOptions, WhaleApp};
+use whaleid::base::vocabulary::{BoxPx, Part, Side, Source, Status};
 use whaleid::catalogue::{Catalogue, NewAnnotation};
-use whaleid::model::{BoxPx, Part, Side, Source, Status};
 
 const DEADLINE: Duration = Duration::from_secs(180);
 
@@ -55,7 +55,7 @@ fn demo_copy(into: &Path) -> PathBuf {
     let demo = DEMO.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap().keep();
         let path = dir.join("demo").join("demo.whaleid");
-        whaleid::app::ensure_demo(&path, &whaleid::progress::Silent).unwrap();
+        whaleid::jobs::demo::ensure_demo(&path, &whaleid::base::progress::Silent).unwrap();
         path
     });
     let from = demo.parent().unwrap();
@@ -259,9 +259,9 @@ fn a_folder_imported_from_the_file_menu_runs_in_the_background_and_lands_in_the_
     let dir = tempfile::tempdir().unwrap();
     let catalogue = demo_copy(dir.path());
     let field_trip = dir.path().join("field_trip");
-    let mut synth = whaleid::synth::SynthOptions::new(&field_trip, 2, 3, 7);
+    let mut synth = whaleid::jobs::synth::SynthOptions::new(&field_trip, 2, 3, 7);
     synth.first_individual = 100;
-    whaleid::synth::generate(&synth, &|| {}).unwrap();
+    whaleid::jobs::synth::generate(&synth, &|| {}).unwrap();
     let home = tempfile::tempdir().unwrap();
     let mut h = app(AppOptions::new(home.path().to_path_buf(), Some(catalogue)));
     run_until(&mut h, "the catalogue to open", |h| settled(h) && h.state().state().rows.len() == 180);
@@ -360,7 +360,7 @@ fn an_unidentified_crop_is_confirmed_as_the_first_candidate_with_key_1_and_undo_
         let cat = Catalogue::open(&catalogue).unwrap();
         let ident = cat.identification(crop).unwrap().expect("the crop is identified");
         assert_eq!(cat.individual(ident.individual_id).unwrap().unwrap().code, code);
-        assert_eq!(ident.how, whaleid::model::How::Confirmed);
+        assert_eq!(ident.how, whaleid::base::vocabulary::How::Confirmed);
     }
 
     h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Z);
@@ -412,7 +412,7 @@ fn training_started_in_the_train_panel_can_be_cancelled_and_leaves_the_model_in_
     assert!(shows(&h, "the model in use is unchanged"));
     assert!(shows(&h, "Model in use: untrained head"));
     let cat = Catalogue::open(&catalogue).unwrap();
-    assert_eq!(whaleid::embed::active_head(&cat).unwrap(), None, "a cancelled run activates nothing");
+    assert_eq!(whaleid::jobs::embed::active_head(&cat).unwrap(), None, "a cancelled run activates nothing");
 }
 
 #[test]
@@ -450,7 +450,7 @@ fn training_run_to_its_end_activates_the_new_model_re_embeds_the_crops_and_undo_
         shows(&h, "the model kept is trained again on all 30 individuals"),
         "validation chose, then every individual"
     );
-    let head = whaleid::embed::active_head(&Catalogue::open(&catalogue).unwrap())
+    let head = whaleid::jobs::embed::active_head(&Catalogue::open(&catalogue).unwrap())
         .unwrap()
         .expect("the finished run's head is the catalogue's model");
     let card: serde_json::Value =
@@ -463,7 +463,7 @@ fn training_run_to_its_end_activates_the_new_model_re_embeds_the_crops_and_undo_
     assert_eq!(label_of(&h, "Model in use: "), format!("Model in use: {}", head.display()));
     let tuned = candle_core::safetensors::load(&head, &candle_core::Device::Cpu).unwrap();
     assert!(
-        tuned.keys().any(|k| k.starts_with(whaleid::embed::TUNED_PREFIX)),
+        tuned.keys().any(|k| k.starts_with(whaleid::models::TUNED_PREFIX)),
         "the model carries its fine-tuned blocks"
     );
 
@@ -486,7 +486,7 @@ fn training_run_to_its_end_activates_the_new_model_re_embeds_the_crops_and_undo_
     h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Z);
     run_until(&mut h, "the undo", |h| settled(h) && shows(h, "Model in use: untrained head"));
     assert!(noticed(&h, "Undid: "));
-    assert_eq!(whaleid::embed::active_head(&Catalogue::open(&catalogue).unwrap()).unwrap(), None);
+    assert_eq!(whaleid::jobs::embed::active_head(&Catalogue::open(&catalogue).unwrap()).unwrap(), None);
     run_until(&mut h, "the untrained head's gallery", |h| {
         settled(h) && h.state().state().model.gallery.as_ref().is_some_and(|g| g.key == untrained)
     });

@@ -7,8 +7,8 @@ use eframe::egui;
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
 use whaleid::app::{AppOptions, WhaleApp};
+use whaleid::base::vocabulary::BoxPx;
 use whaleid::catalogue::Catalogue;
-use whaleid::model::BoxPx;
 
 const PHOTOS: usize = 100_000;
 
@@ -16,7 +16,7 @@ const PHOTOS: usize = 100_000;
 /// one box per photo, a third of them unreviewed.
 fn big_catalogue(path: &std::path::Path) {
     let mut cat = Catalogue::create(path).unwrap();
-    whaleid::bench::fill_catalogue(&mut cat, PHOTOS, 2000, BoxPx::new(10.0, 10.0, 100.0, 50.0)).unwrap();
+    whaleid::cli::bench::fill_catalogue(&mut cat, PHOTOS, 2000, BoxPx::new(10.0, 10.0, 100.0, 50.0)).unwrap();
 }
 
 fn median(mut times: Vec<Duration>) -> Duration {

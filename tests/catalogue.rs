@@ -3,8 +3,8 @@
 
 mod common;
 
+use whaleid::base::vocabulary::{BoxPx, How, Part, Side, Source, Status};
 use whaleid::catalogue::{Catalogue, CatalogueError, NewAnnotation, NewPhoto};
-use whaleid::model::{BoxPx, How, Part, Side, Source, Status};
 
 fn catalogue_with_two_sightings(dir: &std::path::Path) -> (Catalogue, i64, i64) {
     let mut cat = Catalogue::create(&dir.join("c.whaleid")).unwrap();

@@ -52,7 +52,7 @@ fn synth_import_stats_export_and_undo_from_the_command_line() {
     assert_eq!(export["items"], 12);
     // EXIF GPS is read, with the hemisphere: the synthetic survey is on Stellwagen Bank (42 N, 70 W).
     let text = std::fs::read_to_string(&csv).unwrap();
-    let table = whaleid::import::labels::parse_labels(text.as_bytes()).unwrap();
+    let table = whaleid::jobs::import::labels::parse_labels(text.as_bytes()).unwrap();
     assert_eq!(table.rows.len(), 12);
     let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
     let (lat_col, lon_col) =

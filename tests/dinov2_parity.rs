@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{D, DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use whaleid::embed::{Dinov2, Dinov2Config, Kernels};
+use whaleid::models::{Dinov2, Dinov2Config, Kernels};
 
 fn weights_path() -> PathBuf {
     whaleid::models::dinov2_safetensors_path(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models"))

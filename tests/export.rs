@@ -4,11 +4,11 @@ mod common;
 
 use std::path::Path;
 
+use whaleid::base::progress::Silent;
+use whaleid::base::vocabulary::Status;
 use whaleid::catalogue::Catalogue;
-use whaleid::export::{ExportFormat, ExportOptions, Occasion, export};
-use whaleid::import::{ImportOptions, import};
-use whaleid::model::Status;
-use whaleid::progress::Silent;
+use whaleid::jobs::export::{ExportFormat, ExportOptions, Occasion, export};
+use whaleid::jobs::import::{ImportOptions, import};
 
 /// Four photos: two of W1 (one with a box), one of W2, one unlabelled without a box.
 fn survey(dir: &Path) -> Catalogue {
@@ -25,7 +25,7 @@ fn survey(dir: &Path) -> Catalogue {
     cat
 }
 
-fn run(cat: &Catalogue, format: ExportFormat, out: &Path) -> whaleid::export::ExportReport {
+fn run(cat: &Catalogue, format: ExportFormat, out: &Path) -> whaleid::jobs::export::ExportReport {
     export(cat, format, out, &ExportOptions::default(), &Silent).unwrap()
 }
 
@@ -41,7 +41,7 @@ fn the_catalogue_csv_has_one_row_per_annotation_and_reimports_as_labels() {
     assert!(rows.iter().any(|r| r.contains("survey/images/p000.jpg")
         && r.contains(",50.00,25.00,100.00,50.00,fluke,")
         && r.contains(",W1,")));
-    let table = whaleid::import::labels::parse_labels(text.as_bytes()).unwrap();
+    let table = whaleid::jobs::import::labels::parse_labels(text.as_bytes()).unwrap();
     assert_eq!(table.rows.len(), 3);
     assert_eq!(table.rows[2].individual.as_deref(), Some("W2"));
 }

@@ -7,12 +7,13 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use whaleid::base::progress::{Progress, Silent};
+use whaleid::base::vocabulary::BoxPx;
 use whaleid::catalogue::Catalogue;
-use whaleid::embed::{Dinov2Config, EmbedOptions, Embedder, embed_catalogue};
-use whaleid::import::{ImportOptions, import};
-use whaleid::model::BoxPx;
-use whaleid::progress::{Progress, Silent};
-use whaleid::search::Gallery;
+use whaleid::jobs::embed::{EmbedOptions, embed_catalogue};
+use whaleid::jobs::import::{ImportOptions, import};
+use whaleid::jobs::search::Gallery;
+use whaleid::models::{Dinov2Config, Embedder};
 
 fn tiny() -> Embedder {
     Embedder::random(&Dinov2Config::tiny(), 56).unwrap()
@@ -31,10 +32,10 @@ fn real_weights() -> Option<PathBuf> {
 /// A catalogue of `individuals` x `per` synthetic flukes with labels and boxes.
 fn synthetic_catalogue(dir: &Path, individuals: usize, per: usize, seed: u64) -> Catalogue {
     let data = dir.join("data");
-    let mut opts = whaleid::synth::SynthOptions::new(&data, individuals, per, seed);
+    let mut opts = whaleid::jobs::synth::SynthOptions::new(&data, individuals, per, seed);
     opts.width = 256;
     opts.height = 192;
-    whaleid::synth::generate(&opts, &|| {}).unwrap();
+    whaleid::jobs::synth::generate(&opts, &|| {}).unwrap();
     let mut cat = Catalogue::create(&dir.join("c.whaleid")).unwrap();
     import(&mut cat, &data, &ImportOptions::default(), &Silent).unwrap();
     cat
@@ -112,8 +113,8 @@ fn a_cancelled_run_keeps_finished_batches_and_the_next_run_goes_on() {
 fn evaluation_reports_closed_and_open_set_metrics_beside_the_pixel_baseline() {
     let dir = tempfile::tempdir().unwrap();
     let mut cat = synthetic_catalogue(dir.path(), 6, 3, 4);
-    let options = whaleid::eval::EvalOptions { batch: 8, open_set_fraction: 0.34, seed: 1 };
-    let r = whaleid::eval::evaluate_catalogue(&mut cat, &tiny(), &options, &Silent).unwrap();
+    let options = whaleid::jobs::eval::EvalOptions { batch: 8, open_set_fraction: 0.34, seed: 1 };
+    let r = whaleid::jobs::eval::evaluate_catalogue(&mut cat, &tiny(), &options, &Silent).unwrap();
     assert_eq!((r.labelled, r.individuals), (18, 6));
     for m in [&r.closed_set, &r.pixel_baseline] {
         assert_eq!(m.queries, 18, "every crop has two others of its individual");
@@ -264,15 +265,15 @@ fn curvrank_f272_queries_rank_f272_near_the_top() {
         import(&mut cat, &data.join("images").join(image), &ImportOptions::default(), &Silent).unwrap();
     }
     import(&mut cat, &labels_path, &ImportOptions::default(), &Silent).unwrap();
-    let spec = whaleid::embed::EmbedderSpec::new(weights);
+    let spec = whaleid::models::EmbedderSpec::new(weights);
     let embedder = Embedder::load(&spec).unwrap();
     embed_catalogue(&mut cat, &embedder, &EmbedOptions::default(), &Silent).unwrap();
     let gallery = Gallery::from_catalogue(&cat, embedder.key()).unwrap().gallery;
     assert_eq!(gallery.len(), 25);
     let mut ranks = Vec::new();
     for query in ["23441.jpg", "23442.jpg"] {
-        let img = whaleid::photo::decode_file(&data.join("images").join(query)).unwrap();
-        let v = embedder.embed(&[whaleid::embed::prepare(&img, None, embedder.size())]).unwrap();
+        let img = whaleid::base::photo::decode_file(&data.join("images").join(query)).unwrap();
+        let v = embedder.embed(&[whaleid::models::prepare(&img, None, embedder.size())]).unwrap();
         let r = gallery.search(&v[0], 22, &Default::default(), None, None);
         ranks.push(r.matches.iter().position(|m| m.individual == "F272").map(|p| p + 1));
     }
@@ -313,7 +314,7 @@ fn a_trained_and_activated_head_is_used_by_embed_and_search_and_undo_takes_it_ba
     assert!(candidates.contains(&blocks), "{trained}");
     assert_eq!(trained["depth_scores"].as_array().unwrap().len(), candidates.len());
     let head = out.join("head.safetensors");
-    let active = whaleid::embed::active_head(&Catalogue::open(&cat_path).unwrap()).unwrap();
+    let active = whaleid::jobs::embed::active_head(&Catalogue::open(&cat_path).unwrap()).unwrap();
     assert_eq!(active, Some(std::fs::canonicalize(&head).unwrap()));
 
     let embedded = common::whaleid_json(&["embed", "--catalog", cat, "--model", weights, "--size", "112", "--json"]);
@@ -349,14 +350,14 @@ fn a_trained_and_activated_head_is_used_by_embed_and_search_and_undo_takes_it_ba
     assert!(hit["matches"][0]["score"].as_f64().unwrap() > 0.999);
 
     common::whaleid_json(&["undo", "--catalog", cat, "--json"]);
-    assert_eq!(whaleid::embed::active_head(&Catalogue::open(&cat_path).unwrap()).unwrap(), None);
+    assert_eq!(whaleid::jobs::embed::active_head(&Catalogue::open(&cat_path).unwrap()).unwrap(), None);
 }
 
 /// Augmented views are cached beside each crop and trained on; validation reads only the
 /// crops as the embedder sees them; the model kept is then trained on every individual.
 #[test]
 fn training_with_augmented_views_validates_on_plain_crops_and_keeps_a_model_refit_on_everyone() {
-    use whaleid::train::{TrainConfig, TrainEvent, train_catalogue};
+    use whaleid::jobs::train::{TrainConfig, TrainEvent, train_catalogue};
     let dir = tempfile::tempdir().unwrap();
     let cat = synthetic_catalogue(dir.path(), 6, 4, 3);
     let embedder = tiny();

@@ -6,10 +6,10 @@ mod common;
 use std::path::Path;
 
 use common::{jpeg_bytes, photo, photos, png_claiming, write};
+use whaleid::base::progress::Silent;
+use whaleid::base::vocabulary::{BoxPx, Part, Status};
 use whaleid::catalogue::Catalogue;
-use whaleid::import::{ImportOptions, ImportReport, import};
-use whaleid::model::{BoxPx, Part, Status};
-use whaleid::progress::Silent;
+use whaleid::jobs::import::{ImportOptions, ImportReport, import};
 
 fn run(cat: &mut Catalogue, dataset: &Path) -> ImportReport {
     import(cat, dataset, &ImportOptions::default(), &Silent).unwrap()
@@ -68,7 +68,7 @@ fn importing_the_same_folder_again_adds_nothing_twice() {
     assert_eq!(second.photos.already_present, 4);
     assert_eq!((second.boxes.added, second.boxes.already_present), (0, 1));
     assert_eq!((second.labels.applied, second.labels.already_present), (0, 3));
-    let stats = whaleid::stats::stats(&cat).unwrap();
+    let stats = whaleid::catalogue::stats::stats(&cat).unwrap();
     assert_eq!((stats.photos, stats.annotations, stats.individuals, stats.identified_annotations), (4, 3, 2, 3));
     // The Kaggle humpback format implies the species and the part.
     assert_eq!(stats.species.get("humpback_whale"), Some(&2));
@@ -135,7 +135,7 @@ fn a_csv_with_bom_crlf_duplicates_and_bad_bytes_imports_its_good_rows() {
     assert!(problems[0].1.contains("UTF-8"));
     assert_eq!(problems[1].0, Some(6));
     assert_eq!(report.files[0].kind, "labels, NOAA right whale (Image,whaleID)");
-    let stats = whaleid::stats::stats(&cat).unwrap();
+    let stats = whaleid::catalogue::stats::stats(&cat).unwrap();
     assert_eq!(stats.annotations_by_part.get("head"), Some(&2), "right whales are identified by their heads");
 }
 
@@ -175,7 +175,7 @@ fn a_moved_photo_folder_is_recognised_by_content_and_relinked() {
     let moved = dir.path().join("archive/season1");
     std::fs::create_dir_all(moved.parent().unwrap()).unwrap();
     std::fs::rename(&data, &moved).unwrap();
-    let report = whaleid::import::relink(&mut cat, &moved, &Silent).unwrap();
+    let report = whaleid::jobs::import::relink(&mut cat, &moved, &Silent).unwrap();
     assert_eq!((report.missing_before, report.relinked, report.still_missing), (3, 3, 0));
     for p in cat.photos().unwrap() {
         assert!(cat.photo_file(&p.stored_path).exists(), "{} relinked", p.stored_path);
@@ -217,9 +217,14 @@ fn exported_coco_imports_back_into_a_new_catalogue_with_identities() {
     cat.new_individual(&[first], Some("humpback_whale")).unwrap();
 
     let coco = data.join("export/coco.json");
-    let report =
-        whaleid::export::export(&cat, whaleid::export::ExportFormat::Coco, &coco, &Default::default(), &Silent)
-            .unwrap();
+    let report = whaleid::jobs::export::export(
+        &cat,
+        whaleid::jobs::export::ExportFormat::Coco,
+        &coco,
+        &Default::default(),
+        &Silent,
+    )
+    .unwrap();
     assert_eq!(report.items, 3);
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&coco).unwrap()).unwrap();
     assert_eq!(doc["images"].as_array().unwrap().len(), 3, "photos without boxes are kept");
@@ -264,6 +269,6 @@ fn a_photo_taken_upright_is_catalogued_upright_and_its_boxes_are_in_upright_pixe
     let p = &cat.photos().unwrap()[0];
     assert_eq!((p.width, p.height, p.orientation), (40, 80, 6));
     assert_eq!(cat.annotations_of_photo(p.id).unwrap()[0].bbox, Some(BoxPx::new(10.0, 10.0, 20.0, 20.0)));
-    let shown = whaleid::photo::decode_file(&cat.photo_file(&p.stored_path)).unwrap();
+    let shown = whaleid::base::photo::decode_file(&cat.photo_file(&p.stored_path)).unwrap();
     assert_eq!((shown.width(), shown.height()), (40, 80), "decoding applies the orientation too");
 }

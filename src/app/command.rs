@@ -4,10 +4,10 @@
 
 use std::path::PathBuf;
 
+use crate::base::vocabulary::{BoxPx, Part, Side, Status};
 use crate::catalogue::Action;
-use crate::export::ExportFormat;
-use crate::model::{BoxPx, Part, Side, Status};
-use crate::stats::Stats;
+use crate::catalogue::stats::Stats;
+use crate::jobs::export::ExportFormat;
 
 use super::embedding::{GalleryData, Shared};
 use super::jobs::{JobFn, JobId, JobOutcome, JobProgress};

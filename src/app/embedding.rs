@@ -9,9 +9,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::catalogue::Catalogue;
-use crate::embed::{DEFAULT_SIZE, DeviceChoice, EmbedOptions, Embedder};
-use crate::map::EmbeddingMap;
-use crate::search::GalleryLoad;
+use crate::jobs::embed::EmbedOptions;
+use crate::jobs::map::EmbeddingMap;
+use crate::jobs::search::GalleryLoad;
+use crate::models::{DEFAULT_SIZE, DeviceChoice, Embedder};
 
 use super::WhaleApp;
 use super::command::{Command, Notice};
@@ -104,10 +105,10 @@ pub struct GalleryData {
 
 impl GalleryData {
     pub fn read(cat: &Catalogue, key: &str) -> anyhow::Result<GalleryData> {
-        let load = crate::search::Gallery::from_catalogue(cat, key)?;
+        let load = crate::jobs::search::Gallery::from_catalogue(cat, key)?;
         let crops = crop_infos(cat)?;
         let map = EmbeddingMap::new(&load.gallery);
-        Ok(GalleryData::new(key.to_string(), load, map, crops, crate::eval::stored_threshold(cat, key)))
+        Ok(GalleryData::new(key.to_string(), load, map, crops, crate::jobs::eval::stored_threshold(cat, key)))
     }
 
     pub fn new(
@@ -200,7 +201,7 @@ impl WhaleApp {
         self.jobs.spawn("Preparing identification", move |job| {
             let cat = Catalogue::open(&catalogue)?;
             let heads = trained_heads(&catalogue);
-            let head = crate::embed::active_head(&cat)?;
+            let head = crate::jobs::embed::active_head(&cat)?;
             let loaded = match given {
                 Some(backbone) => with_active_head(&backbone, &cat),
                 None => load_weights(&cat, device, job),
@@ -254,7 +255,7 @@ impl WhaleApp {
         let id = self.jobs.spawn(format!("Embedding crops ({})", embedder.device_label()), move |job| {
             let mut cat = Catalogue::open(&catalogue)?;
             let progress = GalleryRefresh { job, events, last: std::sync::Mutex::new(std::time::Instant::now()) };
-            let report = crate::embed::embed_catalogue(&mut cat, &embedder, &EmbedOptions::default(), &progress)?;
+            let report = crate::jobs::embed::embed_catalogue(&mut cat, &embedder, &EmbedOptions::default(), &progress)?;
             let problems = report.problems.len();
             let summary = format!(
                 "{} crop(s) embedded, {} already up to date{}",
@@ -327,7 +328,7 @@ struct GalleryRefresh<'a> {
     last: std::sync::Mutex<std::time::Instant>,
 }
 
-impl crate::progress::Progress for GalleryRefresh<'_> {
+impl crate::base::progress::Progress for GalleryRefresh<'_> {
     fn stage(&self, name: &str, total: u64) {
         self.job.stage(name, total);
     }
@@ -373,7 +374,7 @@ pub fn trained_heads(catalogue: &std::path::Path) -> Vec<PathBuf> {
     let mut heads: Vec<PathBuf> = std::fs::read_dir(heads_dir(catalogue))
         .map(|dir| {
             dir.filter_map(Result::ok)
-                .map(|e| e.path().join(crate::train::trainer::CHECKPOINT))
+                .map(|e| e.path().join(crate::jobs::train::trainer::CHECKPOINT))
                 .filter(|p| p.is_file())
                 .collect()
         })
@@ -387,7 +388,7 @@ pub fn trained_heads(catalogue: &std::path::Path) -> Vec<PathBuf> {
 /// untrained head). The error says why, as `load_weights`'s does.
 fn with_active_head(backbone: &Arc<Embedder>, cat: &Catalogue) -> Result<Arc<Embedder>, (String, Vec<String>)> {
     let off = |e: anyhow::Error| (format!("Identification is off: {e:#}"), Vec::new());
-    match crate::embed::choose_head(None, Some(cat)).map_err(off)? {
+    match crate::jobs::embed::choose_head(None, Some(cat)).map_err(off)? {
         None => Ok(backbone.clone()),
         Some(path) => Ok(Arc::new(backbone.with_head_file(&path).map_err(|e| off(e.into()))?)),
     }
@@ -400,7 +401,7 @@ fn load_weights(
     device: DeviceChoice,
     job: &super::jobs::JobProgress,
 ) -> Result<Arc<Embedder>, (String, Vec<String>)> {
-    use crate::progress::Progress as _;
+    use crate::base::progress::Progress as _;
     let dir = crate::models::default_dir();
     let help = || crate::models::manual_download_help(&dir).lines().map(String::from).collect::<Vec<_>>();
     if !crate::models::dinov2_safetensors_path(&dir).exists() {
@@ -412,8 +413,8 @@ fn load_weights(
         }
     }
     job.stage("loading the model", 0);
-    let loaded =
-        crate::embed::spec_for(Some(cat), None, None, device, DEFAULT_SIZE).and_then(|spec| Ok(Embedder::load(&spec)?));
+    let loaded = crate::jobs::embed::spec_for(Some(cat), None, None, device, DEFAULT_SIZE)
+        .and_then(|spec| Ok(Embedder::load(&spec)?));
     loaded.map(Arc::new).map_err(|e| (format!("Identification is off: {e:#}"), help()))
 }
 

@@ -16,8 +16,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use eframe::egui;
 use image::DynamicImage;
 
+use crate::base::vocabulary::BoxPx;
 use crate::catalogue::box_key;
-use crate::model::BoxPx;
 
 /// The longest side of a thumbnail, in pixels.
 pub const THUMBNAIL_SIDE: u32 = 192;
@@ -297,14 +297,14 @@ fn load(request: &ImageRequest, cache_dir: &Path) -> Result<egui::ColorImage, St
             if let Ok(img) = image::open(&cached) {
                 return Ok(to_color_image(&img));
             }
-            let photo = crate::photo::decode_file(&request.file)?;
-            let crop = crate::crop::crop(&photo, request.bbox);
+            let photo = crate::base::photo::decode_file(&request.file)?;
+            let crop = crate::base::crop::crop(&photo, request.bbox);
             let thumb = crop.thumbnail(THUMBNAIL_SIDE, THUMBNAIL_SIDE);
             store_thumbnail(&thumb, &cached);
             Ok(to_color_image(&thumb))
         }
         Size::View => {
-            let photo = crate::photo::decode_file(&request.file)?;
+            let photo = crate::base::photo::decode_file(&request.file)?;
             let photo = if photo.width().max(photo.height()) > VIEW_SIDE {
                 photo.resize(VIEW_SIDE, VIEW_SIDE, image::imageops::FilterType::Triangle)
             } else {

@@ -1,6 +1,6 @@
 //! Background jobs: long work (creating the demo, imports, exports, and later embedding
 //! and training) on its own thread, with a name, progress 0..1 and a cancel flag that the
-//! status bar shows. A job reports through `crate::progress::Progress`, so library code
+//! status bar shows. A job reports through `crate::base::progress::Progress`, so library code
 //! that already reports progress plugs in unchanged.
 //!
 //! ```ignore
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use eframe::egui;
 
 use super::command::{Command, Event};
-use crate::progress::Progress;
+use crate::base::progress::Progress;
 
 pub type JobId = u64;
 

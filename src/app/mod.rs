@@ -30,10 +30,12 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use anyhow::Context as _;
 use eframe::egui;
 
+use crate::base::paths::data_dir;
+use crate::base::progress::Progress;
+use crate::base::vocabulary::Part;
 use crate::catalogue::Catalogue;
-use crate::import::ImportOptions;
-use crate::model::Part;
-use crate::progress::Progress;
+use crate::jobs::demo::{demo_catalogue_path, ensure_demo};
+use crate::jobs::import::ImportOptions;
 
 use command::{CatalogueEdit, Command, EditFailure, Event, ImportKind, Level, Notice, Pick};
 pub use embedding::Embedding;
@@ -43,53 +45,6 @@ use panels::{Panel, PanelContext, PanelId};
 use settings::Settings;
 use state::AppState;
 use worker::{CatalogueWorker, Request};
-
-/// The demo catalogue's size and seed: small enough to create in seconds.
-pub const DEMO_INDIVIDUALS: usize = 30;
-pub const DEMO_PHOTOS_PER_INDIVIDUAL: usize = 6;
-pub const DEMO_SEED: u64 = 2026;
-
-/// Where whaleid keeps its own files: `$WHALEID_HOME`, else the platform's data folder.
-pub fn data_dir() -> PathBuf {
-    if let Some(home) = std::env::var_os("WHALEID_HOME") {
-        return PathBuf::from(home);
-    }
-    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME") {
-        return PathBuf::from(xdg).join("whaleid");
-    }
-    match std::env::var_os("HOME") {
-        Some(home) => PathBuf::from(home).join(".local").join("share").join("whaleid"),
-        None => PathBuf::from("whaleid-data"),
-    }
-}
-
-pub fn demo_catalogue_path() -> PathBuf {
-    data_dir().join("demo").join("demo.whaleid")
-}
-
-/// Creates the demo catalogue (synthetic photos beside it) unless it is already complete.
-/// Interrupted creation is finished by the next call: rendering is deterministic and the
-/// import skips what is already there.
-pub fn ensure_demo(path: &Path, progress: &dyn Progress) -> anyhow::Result<()> {
-    let expected = (DEMO_INDIVIDUALS * DEMO_PHOTOS_PER_INDIVIDUAL) as i64;
-    if path.exists() {
-        let cat = Catalogue::open(path)?;
-        if crate::stats::stats(&cat)?.photos >= expected {
-            return Ok(());
-        }
-    }
-    let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-    let photos = dir.join("photos");
-    std::fs::create_dir_all(&photos).with_context(|| format!("cannot create {}", photos.display()))?;
-    let opts = crate::synth::SynthOptions::new(&photos, DEMO_INDIVIDUALS, DEMO_PHOTOS_PER_INDIVIDUAL, DEMO_SEED);
-    progress.stage("rendering demo whales", expected as u64);
-    crate::synth::generate(&opts, &|| progress.advance(1))?;
-    let mut cat = Catalogue::open_or_create(path)?;
-    let import =
-        ImportOptions { part: Some(Part::Fluke), species: Some("humpback_whale".into()), ..Default::default() };
-    crate::import::import(&mut cat, &photos, &import, progress)?;
-    Ok(())
-}
 
 /// How the window starts.
 #[derive(Debug, Clone)]
@@ -124,8 +79,8 @@ impl AppOptions {
 }
 
 /// An untrained two-block embedder at 56 px (tests, benchmarks, screenshots without weights).
-pub fn tiny_random_embedder() -> Option<std::sync::Arc<crate::embed::Embedder>> {
-    crate::embed::Embedder::random(&crate::embed::Dinov2Config::tiny(), 56).ok().map(std::sync::Arc::new)
+pub fn tiny_random_embedder() -> Option<std::sync::Arc<crate::models::Embedder>> {
+    crate::models::Embedder::random(&crate::models::Dinov2Config::tiny(), 56).ok().map(std::sync::Arc::new)
 }
 
 /// The window: state, panels, and the threads doing the work.
@@ -372,7 +327,7 @@ impl WhaleApp {
         };
         self.jobs.spawn(format!("Importing {kind} from {name}"), move |job| {
             let mut cat = Catalogue::open(&catalogue)?;
-            let report = crate::import::import(&mut cat, &source, &ImportOptions::default(), job)?;
+            let report = crate::jobs::import::import(&mut cat, &source, &ImportOptions::default(), job)?;
             let problems = report.problems.len();
             let summary = format!(
                 "{} photo(s) added, {} already there, {} box(es), {} label(s) applied, {} new individual(s){}",
@@ -387,19 +342,25 @@ impl WhaleApp {
                 .problems
                 .iter()
                 .map(|p| p.to_string())
-                .chain(crate::cli::import_summary(&report).lines().map(str::to_string))
+                .chain(report.to_string().lines().map(str::to_string))
                 .collect();
             Ok(JobOutcome::done(summary).with_details(details).with_problems(problems).then(Command::Reload))
         });
     }
 
-    fn export(&mut self, format: crate::export::ExportFormat, out: PathBuf) {
+    fn export(&mut self, format: crate::jobs::export::ExportFormat, out: PathBuf) {
         let Some(catalogue) = self.catalogue_path() else { return };
         self.jobs.spawn(
             format!("Exporting {} to {}", format!("{format:?}").to_lowercase(), out.display()),
             move |job| {
                 let cat = Catalogue::open(&catalogue)?;
-                let report = crate::export::export(&cat, format, &out, &crate::export::ExportOptions::default(), job)?;
+                let report = crate::jobs::export::export(
+                    &cat,
+                    format,
+                    &out,
+                    &crate::jobs::export::ExportOptions::default(),
+                    job,
+                )?;
                 let written: Vec<String> = report.written.iter().map(|p| p.display().to_string()).collect();
                 let details: Vec<String> = written
                     .iter()

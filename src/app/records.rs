@@ -5,8 +5,8 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
+use crate::base::vocabulary::{How, Part};
 use crate::catalogue::{Annotation, Catalogue, Individual, Photo, Result};
-use crate::model::{How, Part};
 
 /// One photo in the library grid.
 #[derive(Debug, Clone, PartialEq)]
@@ -253,12 +253,12 @@ pub struct CropInfo {
     pub hash: String,
     pub file: PathBuf,
     pub stored_path: String,
-    pub bbox: Option<crate::model::BoxPx>,
+    pub bbox: Option<crate::base::vocabulary::BoxPx>,
     pub photo_size: (u32, u32),
     pub part: Part,
-    pub side: crate::model::Side,
+    pub side: crate::base::vocabulary::Side,
     pub species: Option<String>,
-    pub status: crate::model::Status,
+    pub status: crate::base::vocabulary::Status,
     pub individual: Option<i64>,
     pub code: Option<String>,
     pub how: Option<How>,
@@ -291,7 +291,7 @@ pub fn crop_infos(cat: &Catalogue) -> Result<Vec<CropInfo>> {
             let stored_path: String = r.get(3)?;
             let coords: [Option<f64>; 4] = [r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?];
             let bbox = match coords {
-                [Some(x), Some(y), Some(w), Some(h)] => Some(crate::model::BoxPx { x, y, w, h }),
+                [Some(x), Some(y), Some(w), Some(h)] => Some(crate::base::vocabulary::BoxPx { x, y, w, h }),
                 _ => None,
             };
             let how: Option<String> = r.get(16)?;
@@ -304,9 +304,9 @@ pub fn crop_infos(cat: &Catalogue) -> Result<Vec<CropInfo>> {
                 bbox,
                 photo_size: (r.get(4)?, r.get(5)?),
                 part: r.get::<_, String>(10)?.parse().unwrap_or(Part::Body),
-                side: r.get::<_, String>(11)?.parse().unwrap_or(crate::model::Side::Unknown),
+                side: r.get::<_, String>(11)?.parse().unwrap_or(crate::base::vocabulary::Side::Unknown),
                 species: r.get(12)?,
-                status: r.get::<_, String>(13)?.parse().unwrap_or(crate::model::Status::Unreviewed),
+                status: r.get::<_, String>(13)?.parse().unwrap_or(crate::base::vocabulary::Status::Unreviewed),
                 individual: r.get(14)?,
                 code: r.get(15)?,
                 how: how.and_then(|h| h.parse().ok()),

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use crate::catalogue::Action;
-use crate::stats::Stats;
+use crate::catalogue::stats::Stats;
 
 use super::command::Notice;
 use super::panels::PanelId;

@@ -11,8 +11,8 @@ use eframe::egui;
 
 use super::command::{CatalogueEdit, Command, EditFailure, Event, Notice};
 use super::records;
+use crate::base::vocabulary::{How, Part, Side, Source, Status};
 use crate::catalogue::{Catalogue, CatalogueError, NewAnnotation};
-use crate::model::{How, Part, Side, Source, Status};
 
 /// Requests to the worker, in the order the user made them.
 #[derive(Debug)]
@@ -55,7 +55,7 @@ impl CatalogueWorker {
                 let mut worker = Worker { events, ctx, photo: None, gallery: None };
                 let opened = if create { Catalogue::create(&thread_path) } else { Catalogue::open(&thread_path) };
                 match opened.map_err(anyhow::Error::from).and_then(|cat| {
-                    let stats = crate::stats::stats(&cat)?;
+                    let stats = crate::catalogue::stats::stats(&cat)?;
                     Ok((cat, stats))
                 }) {
                     Ok((mut cat, stats)) => {
@@ -347,7 +347,7 @@ fn apply(cat: &mut Catalogue, edit: &CatalogueEdit) -> anyhow::Result<Touched> {
             {
                 return Err(Refused(format!("{}: no such model file", h.display())).into());
             }
-            crate::embed::set_active_head(cat, head.as_deref())?;
+            crate::jobs::embed::set_active_head(cat, head.as_deref())?;
             Touched::PhotosAndIndividuals(BTreeSet::new())
         }
         CatalogueEdit::Rename { individual, name } => {

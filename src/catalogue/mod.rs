@@ -15,7 +15,7 @@ use serde::Serialize;
 pub use schema::SCHEMA_VERSION;
 pub use undo::Direction;
 
-use crate::model::{BoxPx, How, Part, Side, Source, Status};
+use crate::base::vocabulary::{BoxPx, How, Part, Side, Source, Status};
 
 /// The file extension of a catalogue.
 pub const EXTENSION: &str = "whaleid";
@@ -60,7 +60,7 @@ pub struct Photo {
     pub longitude: Option<f64>,
 }
 
-/// A new photo to record (see `crate::photo::probe`).
+/// A new photo to record (see `crate::base::photo::probe`).
 #[derive(Debug, Clone)]
 pub struct NewPhoto {
     pub stored_path: String,

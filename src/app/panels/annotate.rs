@@ -12,7 +12,7 @@ use super::{Panel, PanelContext, PanelId, labelled_text, placeholder, submitted}
 use crate::app::command::{CatalogueEdit, Command, Event, Notice};
 use crate::app::images::{ImageRequest, Picture};
 use crate::app::records::{BoxRecord, PhotoDetail, individual_label};
-use crate::model::{BoxPx, Fit, Part, Side, Source, Status};
+use crate::base::vocabulary::{BoxPx, Fit, Part, Side, Source, Status};
 
 /// Which box to select when the photo's boxes arrive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

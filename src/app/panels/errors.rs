@@ -15,7 +15,7 @@ use crate::app::command::{Command, Delivery};
 use crate::app::embedding::{GalleryData, Shared};
 use crate::app::images::ImageRequest;
 use crate::app::jobs::JobOutcome;
-use crate::eval::QueryOutcome;
+use crate::jobs::eval::QueryOutcome;
 
 /// Galleries up to this size are reviewed as soon as the panel is shown; larger ones wait
 /// for the button (a search per labelled crop).
@@ -88,8 +88,8 @@ impl ErrorsPanel {
         self.asked = Some((generation, threshold.to_bits()));
         let data = data.clone();
         cx.send(Command::job("Reviewing labelled crops", move |job| {
-            use crate::progress::Progress as _;
-            let outcomes = crate::eval::query_outcomes(&data.load.gallery, &HashSet::new(), job);
+            use crate::base::progress::Progress as _;
+            let outcomes = crate::jobs::eval::query_outcomes(&data.load.gallery, &HashSet::new(), job);
             let cancelled = job.cancelled();
             let mistakes = Mistakes::classify(outcomes, threshold, generation, cancelled);
             let summary = format!(
@@ -266,7 +266,7 @@ impl Panel for ErrorsPanel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::search::Match;
+    use crate::jobs::search::Match;
 
     fn outcome(truth: &str, others: usize, ranking: &[(&str, f32)]) -> QueryOutcome {
         QueryOutcome {

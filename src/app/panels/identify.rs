@@ -16,7 +16,7 @@ use crate::app::embedding::{GalleryData, ModelStatus};
 use crate::app::images::{ImageCache, ImageRequest, Picture};
 use crate::app::jobs::JobOutcome;
 use crate::app::records::CropInfo;
-use crate::search::{Filter, SearchResult};
+use crate::jobs::search::{Filter, SearchResult};
 
 /// Candidates shown (keys 1-9).
 pub const CANDIDATES: usize = 9;
@@ -42,7 +42,7 @@ impl FilterChoice {
         Filter {
             species: if self.species { crop.species.clone() } else { None },
             part: self.part.then_some(crop.part),
-            side: (self.side && crop.side != crate::model::Side::Unknown).then_some(crop.side),
+            side: (self.side && crop.side != crate::base::vocabulary::Side::Unknown).then_some(crop.side),
         }
     }
 }
@@ -307,7 +307,7 @@ impl IdentifyPanel {
             ui.checkbox(&mut self.choice.species, format!("species ({species})"));
             ui.checkbox(&mut self.choice.part, format!("part ({})", crop.part));
             ui.add_enabled(
-                crop.side != crate::model::Side::Unknown,
+                crop.side != crate::base::vocabulary::Side::Unknown,
                 egui::Checkbox::new(&mut self.choice.side, format!("side ({})", crop.side)),
             );
         });
@@ -635,10 +635,10 @@ mod tests {
             stored_path: "a.jpg".into(),
             bbox: None,
             photo_size: (10, 10),
-            part: crate::model::Part::DorsalFin,
-            side: crate::model::Side::Unknown,
+            part: crate::base::vocabulary::Part::DorsalFin,
+            side: crate::base::vocabulary::Side::Unknown,
             species: Some("bottlenose_dolphin".into()),
-            status: crate::model::Status::Verified,
+            status: crate::base::vocabulary::Status::Verified,
             individual: None,
             code: None,
             how: None,
@@ -646,11 +646,11 @@ mod tests {
         let all = FilterChoice { species: true, part: true, side: true };
         let f = all.filter(&crop);
         assert_eq!(f.species.as_deref(), Some("bottlenose_dolphin"));
-        assert_eq!(f.part, Some(crate::model::Part::DorsalFin));
+        assert_eq!(f.part, Some(crate::base::vocabulary::Part::DorsalFin));
         assert_eq!(f.side, None, "an unknown side restricts nothing");
         assert_eq!(f.describe(), "species bottlenose_dolphin, part dorsal_fin");
-        let left = CropInfo { side: crate::model::Side::Left, ..crop };
-        assert_eq!(all.filter(&left).side, Some(crate::model::Side::Left));
+        let left = CropInfo { side: crate::base::vocabulary::Side::Left, ..crop };
+        assert_eq!(all.filter(&left).side, Some(crate::base::vocabulary::Side::Left));
         assert_eq!(FilterChoice::default().filter(&left).side, None);
     }
 }

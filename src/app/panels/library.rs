@@ -11,7 +11,7 @@ use crate::app::command::{CatalogueEdit, Command, Notice};
 use crate::app::images::ImageRequest;
 use crate::app::records::PhotoRow;
 use crate::app::state::AppState;
-use crate::model::{Part, Status};
+use crate::base::vocabulary::{Part, Status};
 
 const TILE: egui::Vec2 = egui::vec2(168.0, 162.0);
 const THUMB_HEIGHT: f32 = 124.0;

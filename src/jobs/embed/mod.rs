@@ -1,0 +1,8 @@
+//! Embedding a catalogue: which model it uses (its active head) and keeping its embeddings up
+//! to date.
+
+mod active;
+mod refresh;
+
+pub use active::{ACTIVE_HEAD_SETTING, active_head, choose_head, set_active_head, spec_for};
+pub use refresh::{Crop, EmbedOptions, EmbedReport, Prepared, embed_catalogue, prepare_batch, prepare_each};

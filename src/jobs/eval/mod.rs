@@ -1,0 +1,430 @@
+//! `whaleid eval`: how well the embedder identifies individuals on labelled data, reported the
+//! way the Kaggle humpback and Happywhale pipelines did, always beside a raw-pixel baseline.
+//!
+//! Protocols:
+//! - closed set: every labelled crop whose individual has another crop in the gallery is a
+//!   query against all the others (leave-one-out), or, when photos are tagged `role=query`
+//!   (a labels CSV with a `role` column), those photos are the queries and the rest the gallery;
+//! - open set: a seeded share of the individuals is held out of the gallery, so their crops
+//!   (and crops whose individual has no other) must be answered `new_individual`. The
+//!   threshold is tuned by sweeping for the best open-set MAP@5, and also cross-validated
+//!   (tuned on one half of the individuals, applied to the other) so the figure is honest.
+
+pub mod metrics;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::base::progress::Progress;
+use crate::base::vocabulary::BoxPx;
+use crate::catalogue::Catalogue;
+use crate::jobs::embed::{EmbedOptions, embed_catalogue};
+use crate::jobs::eval::metrics::{ClosedSet, OpenSet, Ranked, closed_set, open_set, tune_threshold};
+use crate::jobs::import::{ImportOptions, import};
+use crate::jobs::search::{Filter, Gallery};
+use crate::models::{Embedder, pixel_vector};
+
+/// Ranks kept per query: enough for Recall@32.
+const RANKS_KEPT: usize = 32;
+
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    pub batch: usize,
+    /// Share of individuals held out of the gallery for the open-set evaluation (0 = none).
+    pub open_set_fraction: f64,
+    pub seed: u64,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        Self { batch: 16, open_set_fraction: 0.2, seed: 0 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    pub dataset: Vec<String>,
+    pub model: String,
+    pub device: String,
+    pub photos: usize,
+    /// Crops (annotations) that are not rejected.
+    pub annotations: usize,
+    pub labelled: usize,
+    pub individuals: usize,
+    pub protocol: String,
+    pub closed_set: ClosedSet,
+    /// The same protocol on 32 x 32 colour thumbnails.
+    pub pixel_baseline: ClosedSet,
+    pub open_set: Option<OpenSetReport>,
+    /// Files and crops that could not be used, each naming the file.
+    pub problems: Vec<String>,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OpenSetReport {
+    pub held_out_individuals: usize,
+    /// Tuned on all queries (what `--save-threshold` stores).
+    pub tuned: OpenSet,
+    /// MAP@5 with the threshold tuned on the other half of the individuals.
+    pub cross_validated_map5: f64,
+    pub pixel_baseline: OpenSet,
+    pub pixel_baseline_cross_validated_map5: f64,
+}
+
+/// Imports `datasets` into a temporary catalogue and evaluates it.
+pub fn evaluate_datasets(
+    datasets: &[PathBuf],
+    embedder: &Embedder,
+    options: &EvalOptions,
+    progress: &dyn Progress,
+) -> anyhow::Result<EvalReport> {
+    let dir = tempfile::Builder::new().prefix("whaleid-eval").tempdir()?;
+    let mut cat = Catalogue::create(&dir.path().join("eval.whaleid"))?;
+    let mut problems = Vec::new();
+    for dataset in datasets {
+        let report = import(&mut cat, dataset, &ImportOptions::default(), progress)?;
+        problems.extend(report.problems.iter().map(|p| p.to_string()));
+    }
+    let mut report = evaluate_catalogue(&mut cat, embedder, options, progress)?;
+    report.dataset = datasets.iter().map(|d| d.display().to_string()).collect();
+    problems.append(&mut report.problems);
+    report.problems = problems;
+    Ok(report)
+}
+
+/// Embeds what is missing in `cat` and evaluates its labelled crops.
+pub fn evaluate_catalogue(
+    cat: &mut Catalogue,
+    embedder: &Embedder,
+    options: &EvalOptions,
+    progress: &dyn Progress,
+) -> anyhow::Result<EvalReport> {
+    let started = Instant::now();
+    let embedded = embed_catalogue(cat, embedder, &EmbedOptions { batch: options.batch }, progress)?;
+    let mut problems = embedded.problems;
+    let gallery = Gallery::from_catalogue(cat, embedder.key())?.gallery;
+    let queries: HashSet<i64> = cat.annotations_tagged("role=query")?.into_iter().collect();
+
+    progress.stage("pixel baseline", gallery.len() as u64);
+    let crops: HashMap<i64, (PathBuf, Option<BoxPx>)> = cat
+        .embedding_states(embedder.key())?
+        .into_iter()
+        .map(|s| (s.annotation.id, (cat.photo_file(&s.photo_path), s.annotation.bbox)))
+        .collect();
+    let (pixels, pixel_problems) = pixel_gallery(&gallery, &crops);
+    problems.extend(pixel_problems);
+
+    let protocol = if queries.is_empty() {
+        "leave-one-out over labelled crops".to_string()
+    } else {
+        format!("{} photos tagged role=query against the rest", queries.len())
+    };
+    let (closed, open) = gallery_metrics(&gallery, &queries, options.open_set_fraction, options.seed);
+    let (pixel_closed, pixel_open) = gallery_metrics(&pixels, &queries, options.open_set_fraction, options.seed);
+    let open = open.zip(pixel_open).map(|(model, pixels)| OpenSetReport {
+        held_out_individuals: model.held_out_individuals,
+        tuned: model.tuned,
+        cross_validated_map5: model.cross_validated_map5,
+        pixel_baseline: pixels.tuned,
+        pixel_baseline_cross_validated_map5: pixels.cross_validated_map5,
+    });
+    let labelled = gallery.entries().iter().filter(|e| e.individual.is_some()).count();
+    Ok(EvalReport {
+        dataset: vec![cat.path().display().to_string()],
+        model: embedder.key().to_string(),
+        device: embedder.device_label().to_string(),
+        photos: crops.values().map(|(p, _)| p).collect::<HashSet<_>>().len(),
+        annotations: embedded.annotations,
+        labelled,
+        individuals: gallery.individuals().len(),
+        protocol,
+        closed_set: closed,
+        pixel_baseline: pixel_closed,
+        open_set: open,
+        problems,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Open-set figures of one gallery.
+#[derive(Debug, Clone, Serialize)]
+pub struct OpenSetMetrics {
+    pub held_out_individuals: usize,
+    pub tuned: OpenSet,
+    pub cross_validated_map5: f64,
+}
+
+/// Closed-set metrics (leave-one-out, or `queries` against the rest when not empty) and, for
+/// a positive `open_set_fraction`, open-set metrics with that share of individuals held out.
+/// The one evaluation protocol, used by `whaleid eval` and by training's validation.
+pub fn gallery_metrics(
+    g: &Gallery,
+    queries: &HashSet<i64>,
+    open_set_fraction: f64,
+    seed: u64,
+) -> (ClosedSet, Option<OpenSetMetrics>) {
+    let closed = closed_set(&closed_set_results(g, queries));
+    let open = (open_set_fraction > 0.0).then(|| {
+        let held_out = held_out_individuals(g, open_set_fraction, seed);
+        let (tuned, cross_validated_map5) = open_set_eval(g, queries, &held_out);
+        OpenSetMetrics { held_out_individuals: held_out.len(), tuned, cross_validated_map5 }
+    });
+    (closed, open)
+}
+
+/// The raw-pixel gallery with the same rows as `gallery`; crops whose photo cannot be read
+/// are left out and reported.
+fn pixel_gallery(gallery: &Gallery, crops: &HashMap<i64, (PathBuf, Option<BoxPx>)>) -> (Gallery, Vec<String>) {
+    let mut by_photo: HashMap<&Path, Vec<usize>> = HashMap::new();
+    for (row, e) in gallery.entries().iter().enumerate() {
+        if let Some((photo, _)) = crops.get(&e.annotation) {
+            by_photo.entry(photo.as_path()).or_default().push(row);
+        }
+    }
+    let by_photo: Vec<_> = by_photo.into_iter().collect();
+    let computed: Vec<Result<Vec<(usize, Vec<f32>)>, String>> = by_photo
+        .par_iter()
+        .map(|(photo, rows)| {
+            let img = crate::base::photo::decode_file(photo).map_err(|e| format!("{}: {e}", photo.display()))?;
+            Ok(rows.iter().map(|&row| (row, pixel_vector(&img, crops[&gallery.entries()[row].annotation].1))).collect())
+        })
+        .collect();
+    let mut vectors: Vec<Option<Vec<f32>>> = vec![None; gallery.len()];
+    let mut problems = Vec::new();
+    for c in computed {
+        match c {
+            Ok(rows) => rows.into_iter().for_each(|(row, v)| vectors[row] = Some(v)),
+            Err(e) => problems.push(e),
+        }
+    }
+    let mut pixels =
+        Gallery::new(crate::models::PIXEL_BASELINE_SIDE as usize * crate::models::PIXEL_BASELINE_SIDE as usize * 3);
+    for (row, v) in vectors.into_iter().enumerate() {
+        if let Some(v) = v {
+            push_row(&mut pixels, gallery, row, &v);
+        }
+    }
+    (pixels, problems)
+}
+
+fn individual_of(g: &Gallery, row: usize) -> Option<&str> {
+    g.entries()[row].individual.map(|i| g.individuals()[i as usize].as_str())
+}
+
+fn images_per_individual(g: &Gallery) -> HashMap<&str, usize> {
+    let mut images_of: HashMap<&str, usize> = HashMap::new();
+    for row in 0..g.len() {
+        if let Some(ind) = individual_of(g, row) {
+            *images_of.entry(ind).or_default() += 1;
+        }
+    }
+    images_of
+}
+
+fn push_row(target: &mut Gallery, source: &Gallery, row: usize, vector: &[f32]) {
+    let e = &source.entries()[row];
+    // Same dimension by construction; a refusal would only drop the row.
+    let _ = target.push(vector, e.annotation, individual_of(source, row), e.part, e.side, e.species.clone());
+}
+
+/// `g` without the rows `drop` selects.
+fn without(g: &Gallery, drop: impl Fn(usize) -> bool) -> Gallery {
+    let mut out = Gallery::new(g.dim());
+    for row in (0..g.len()).filter(|&r| !drop(r)) {
+        push_row(&mut out, g, row, g.vector(row));
+    }
+    out
+}
+
+/// Query rows: the tagged queries, else every labelled row.
+fn query_rows<'a>(g: &'a Gallery, queries: &'a HashSet<i64>) -> impl Iterator<Item = usize> + 'a {
+    (0..g.len()).filter(move |&row| {
+        individual_of(g, row).is_some() && (queries.is_empty() || queries.contains(&g.entries()[row].annotation))
+    })
+}
+
+fn ranking(g: &Gallery, query: &[f32], exclude: Option<i64>) -> Vec<(String, f32)> {
+    g.search(query, RANKS_KEPT, &Filter::default(), exclude, None)
+        .matches
+        .into_iter()
+        .map(|m| (m.individual, m.score))
+        .collect()
+}
+
+fn closed_set_results(g: &Gallery, queries: &HashSet<i64>) -> Vec<Ranked> {
+    query_outcomes(g, queries, &crate::base::progress::Silent)
+        .into_iter()
+        .filter(|q| q.others > 0)
+        .map(|q| Ranked {
+            truth: q.truth,
+            ranking: q.ranking.into_iter().map(|m| (m.individual, m.score)).collect(),
+            truth_is_new: false,
+        })
+        .collect()
+}
+
+/// One labelled crop searched against the gallery (all the others in leave-one-out): what
+/// the app's review of mistakes shows, and what the closed-set metrics are computed from.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueryOutcome {
+    pub annotation: i64,
+    pub truth: String,
+    /// Other gallery crops of the true individual: 0 means it should have been answered "new".
+    pub others: usize,
+    /// Individuals ranked by their best crop, at most `RANKS_KEPT`.
+    pub ranking: Vec<crate::jobs::search::Match>,
+}
+
+impl QueryOutcome {
+    pub fn top(&self) -> Option<&crate::jobs::search::Match> {
+        self.ranking.first()
+    }
+
+    /// The true individual's place (0-based) and best match, when it is ranked.
+    pub fn truth_match(&self) -> Option<(usize, &crate::jobs::search::Match)> {
+        self.ranking.iter().enumerate().find(|(_, m)| m.individual == self.truth)
+    }
+}
+
+/// Every labelled crop (or only the tagged `queries`) searched against the others, in
+/// gallery order; stops early when `progress` is cancelled.
+pub fn query_outcomes(g: &Gallery, queries: &HashSet<i64>, progress: &dyn Progress) -> Vec<QueryOutcome> {
+    let gallery =
+        if queries.is_empty() { g.clone() } else { without(g, |r| queries.contains(&g.entries()[r].annotation)) };
+    let images_of = images_per_individual(&gallery);
+    let rows: Vec<usize> = query_rows(g, queries).collect();
+    progress.stage("searching labelled crops", rows.len() as u64);
+    let mut out = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(512) {
+        if progress.cancelled() {
+            break;
+        }
+        out.par_extend(chunk.par_iter().filter_map(|&row| {
+            let truth = individual_of(g, row)?;
+            let annotation = g.entries()[row].annotation;
+            // In leave-one-out the query itself is in the gallery: it needs another image.
+            let others = images_of.get(truth).copied().unwrap_or(0) - usize::from(queries.is_empty());
+            let ranking = gallery.search(g.vector(row), RANKS_KEPT, &Filter::default(), Some(annotation), None).matches;
+            Some(QueryOutcome { annotation, truth: truth.to_string(), others, ranking })
+        }));
+        progress.advance(chunk.len() as u64);
+    }
+    out
+}
+
+/// A seeded `fraction` of the individuals, at least one when there are two or more.
+fn held_out_individuals(g: &Gallery, fraction: f64, seed: u64) -> HashSet<String> {
+    let mut names: Vec<String> = g.individuals().to_vec();
+    names.sort();
+    names.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+    let n = ((names.len() as f64 * fraction).round() as usize).clamp(usize::from(names.len() >= 2), names.len());
+    names.into_iter().take(n).collect()
+}
+
+/// Open-set results (tuned on all queries) and the MAP@5 with thresholds tuned across halves.
+fn open_set_eval(g: &Gallery, queries: &HashSet<i64>, held_out: &HashSet<String>) -> (OpenSet, f64) {
+    let gallery = without(g, |r| {
+        individual_of(g, r).is_some_and(|i| held_out.contains(i))
+            || (!queries.is_empty() && queries.contains(&g.entries()[r].annotation))
+    });
+    let images_of = images_per_individual(&gallery);
+    let rows: Vec<usize> = query_rows(g, queries).collect();
+    let results: Vec<(String, Ranked)> = rows
+        .par_iter()
+        .filter_map(|&row| {
+            let truth = individual_of(g, row)?;
+            let annotation = g.entries()[row].annotation;
+            let in_gallery = images_of.get(truth).copied().unwrap_or(0);
+            let others = if queries.is_empty() && !held_out.contains(truth) { in_gallery - 1 } else { in_gallery };
+            Some((
+                truth.to_string(),
+                Ranked {
+                    truth: truth.to_string(),
+                    ranking: ranking(&gallery, g.vector(row), Some(annotation)),
+                    truth_is_new: others == 0,
+                },
+            ))
+        })
+        .collect();
+    let all: Vec<Ranked> = results.iter().map(|(_, r)| r.clone()).collect();
+    let tuned = tune_threshold(&all);
+    // Two folds by individual: tune on one, measure on the other.
+    let fold = |name: &str| blake3::hash(name.as_bytes()).as_bytes()[0] % 2;
+    let mut weighted = 0.0;
+    for f in 0..2u8 {
+        let tune_on: Vec<Ranked> = results.iter().filter(|(n, _)| fold(n) != f).map(|(_, r)| r.clone()).collect();
+        let test_on: Vec<Ranked> = results.iter().filter(|(n, _)| fold(n) == f).map(|(_, r)| r.clone()).collect();
+        if test_on.is_empty() {
+            continue;
+        }
+        let threshold = if tune_on.is_empty() { tuned.threshold } else { tune_threshold(&tune_on).threshold };
+        weighted += open_set(&test_on, threshold).map5 * test_on.len() as f64;
+    }
+    let cv = if all.is_empty() { 0.0 } else { weighted / all.len() as f64 };
+    (tuned, cv)
+}
+
+/// The catalogue setting that holds the tuned new-individual threshold for a model.
+pub fn threshold_setting(model: &str) -> String {
+    format!("new_individual_threshold/{model}")
+}
+
+/// The stored threshold for `model`, if one was tuned.
+pub fn stored_threshold(cat: &Catalogue, model: &str) -> Option<f32> {
+    cat.setting(&threshold_setting(model)).ok().flatten().and_then(|v| v.parse().ok())
+}
+
+/// Human-readable report, as the Kaggle notebooks printed it.
+pub fn describe(r: &EvalReport) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(s, "dataset: {}", r.dataset.join(", "));
+    let _ = writeln!(s, "model: {} on {}", r.model, r.device);
+    let _ = writeln!(
+        s,
+        "{} photos, {} crops, {} labelled, {} individuals; {}",
+        r.photos, r.annotations, r.labelled, r.individuals, r.protocol
+    );
+    let _ = writeln!(s, "closed set ({} queries)      model   32x32 pixels", r.closed_set.queries);
+    let row = |s: &mut String, name: &str, a: f64, b: f64| {
+        let _ = writeln!(s, "  {name:<24} {a:>6.3}   {b:>6.3}");
+    };
+    row(&mut s, "top-1", r.closed_set.top1, r.pixel_baseline.top1);
+    row(&mut s, "top-5", r.closed_set.top5, r.pixel_baseline.top5);
+    row(&mut s, "MAP@5", r.closed_set.map5, r.pixel_baseline.map5);
+    for ((k, a), (_, b)) in r.closed_set.recall_at.iter().zip(&r.pixel_baseline.recall_at) {
+        row(&mut s, &format!("R@{k}"), *a, *b);
+    }
+    row(&mut s, "weighted precision", r.closed_set.weighted_precision, r.pixel_baseline.weighted_precision);
+    row(&mut s, "weighted recall", r.closed_set.weighted_recall, r.pixel_baseline.weighted_recall);
+    row(&mut s, "weighted F1", r.closed_set.weighted_f1, r.pixel_baseline.weighted_f1);
+    if let Some(o) = &r.open_set {
+        let _ = writeln!(
+            s,
+            "open set ({} queries, {} new; {} individuals held out)",
+            o.tuned.queries, o.tuned.new_queries, o.held_out_individuals
+        );
+        row(&mut s, "MAP@5 (tuned)", o.tuned.map5, o.pixel_baseline.map5);
+        row(&mut s, "MAP@5 (cross-validated)", o.cross_validated_map5, o.pixel_baseline_cross_validated_map5);
+        let _ = writeln!(
+            s,
+            "  new_individual threshold {:.4} (pixels {:.4})",
+            o.tuned.threshold, o.pixel_baseline.threshold
+        );
+    }
+    if !r.problems.is_empty() {
+        let _ = writeln!(s, "{} problems:", r.problems.len());
+        for p in r.problems.iter().take(10) {
+            let _ = writeln!(s, "  {p}");
+        }
+    }
+    let _ = write!(s, "{:.1} s", r.seconds);
+    s
+}

@@ -1,0 +1,144 @@
+//! `whaleid submit`: a Kaggle-style `submission.csv` for a folder of query photos, as the
+//! humpback competition scored it: `Image,Id` with five space-separated predictions and
+//! `new_whale` placed where the best remaining score falls under the new-individual threshold.
+
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::base::progress::Progress;
+use crate::catalogue::Catalogue;
+use crate::jobs::search::{Filter, Gallery};
+use crate::models::{Embedder, prepare};
+
+/// The label the Kaggle humpback competition used for "not in the catalogue".
+pub const NEW_WHALE: &str = "new_whale";
+const PREDICTIONS: usize = 5;
+const BATCH: usize = 16;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SubmitReport {
+    pub out: PathBuf,
+    pub queries: usize,
+    pub threshold: Option<f32>,
+    pub searched_individuals: usize,
+    /// Query photos that could not be read (listed in the CSV with `new_whale` only).
+    pub problems: Vec<String>,
+}
+
+/// Five predictions with `new_whale` inserted before the first score under `threshold`.
+pub fn predictions(ranking: &[(String, f32)], threshold: Option<f32>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(PREDICTIONS);
+    let mut placed_new = threshold.is_none();
+    for (id, score) in ranking {
+        if !placed_new && threshold.is_some_and(|t| *score < t) {
+            out.push(NEW_WHALE.into());
+            placed_new = true;
+        }
+        out.push(id.clone());
+    }
+    if !placed_new {
+        out.push(NEW_WHALE.into());
+    }
+    out.truncate(PREDICTIONS);
+    out
+}
+
+pub fn submit(
+    cat: &Catalogue,
+    embedder: &Embedder,
+    queries: &Path,
+    out: &Path,
+    progress: &dyn Progress,
+) -> anyhow::Result<SubmitReport> {
+    let mut photos: Vec<PathBuf> = walkdir::WalkDir::new(queries)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_file() && crate::base::photo::is_photo(e.path()))
+        .map(|e| e.into_path())
+        .collect();
+    photos.sort();
+    if photos.is_empty() {
+        anyhow::bail!("{}: no photos found", queries.display());
+    }
+    let load = Gallery::from_catalogue(cat, embedder.key())?;
+    if load.gallery.is_empty() {
+        anyhow::bail!(
+            "{}: no embeddings for {} yet: run `whaleid embed --catalog {}` first",
+            cat.path().display(),
+            embedder.key(),
+            cat.path().display()
+        );
+    }
+    let threshold = crate::jobs::eval::stored_threshold(cat, embedder.key());
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    writer.write_record(["Image", "Id"])?;
+    let mut problems = Vec::new();
+    let mut searched_individuals = 0;
+    progress.stage("searching", photos.len() as u64);
+    for chunk in photos.chunks(BATCH) {
+        let inputs: Vec<Result<Vec<f32>, String>> = chunk
+            .par_iter()
+            .map(|p| {
+                crate::base::photo::decode_file(p)
+                    .map(|img| prepare(&img, None, embedder.size()))
+                    .map_err(|e| format!("{}: {e}", p.display()))
+            })
+            .collect();
+        let good: Vec<Vec<f32>> = inputs.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
+        let mut vectors = embedder.embed(&good)?.into_iter();
+        for (photo, input) in chunk.iter().zip(inputs) {
+            let name = photo.strip_prefix(queries).unwrap_or(photo).to_string_lossy().replace('\\', "/");
+            let ids = match input {
+                Ok(_) => {
+                    let Some(v) = vectors.next() else { anyhow::bail!("the embedder returned too few vectors") };
+                    let r = load.gallery.search(&v, PREDICTIONS, &Filter::default(), None, threshold);
+                    searched_individuals = r.searched_individuals;
+                    let ranking: Vec<(String, f32)> = r.matches.into_iter().map(|m| (m.individual, m.score)).collect();
+                    predictions(&ranking, threshold)
+                }
+                Err(problem) => {
+                    problems.push(problem);
+                    vec![NEW_WHALE.to_string()]
+                }
+            };
+            writer.write_record([name, ids.join(" ")])?;
+        }
+        progress.advance(chunk.len() as u64);
+    }
+    let bytes = writer.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
+    write_atomically(out, &bytes)?;
+    Ok(SubmitReport { out: out.to_path_buf(), queries: photos.len(), threshold, searched_individuals, problems })
+}
+
+/// Writes through a temporary file in the same folder, so a crash never leaves half a file.
+fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+    tmp.write_all(bytes)?;
+    tmp.persist(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ranking(scores: &[(&str, f32)]) -> Vec<(String, f32)> {
+        scores.iter().map(|(i, s)| (i.to_string(), *s)).collect()
+    }
+
+    #[test]
+    fn new_whale_goes_where_scores_fall_under_the_threshold() {
+        let r = ranking(&[("A", 0.9), ("B", 0.8), ("C", 0.4), ("D", 0.3), ("E", 0.2)]);
+        assert_eq!(predictions(&r, Some(0.5)), ["A", "B", "new_whale", "C", "D"]);
+        assert_eq!(predictions(&r, Some(0.95)), ["new_whale", "A", "B", "C", "D"]);
+        assert_eq!(predictions(&r, Some(0.1)), ["A", "B", "C", "D", "E"]);
+        assert_eq!(predictions(&r[..2], Some(0.1)), ["A", "B", "new_whale"]);
+        assert_eq!(predictions(&r, None), ["A", "B", "C", "D", "E"]);
+        assert_eq!(predictions(&[], Some(0.5)), ["new_whale"]);
+    }
+}
