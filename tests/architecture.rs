@@ -250,37 +250,70 @@ fn module_file(src: &Path, module: &[String]) -> Option<PathBuf> {
     src.join(&folder).is_file().then_some(folder)
 }
 
+fn absolute_path(src: &Path, module: &[String], path: &[String]) -> Option<Vec<String>> {
+    let (head, rest) = path.split_first()?;
+    match head.as_str() {
+        "crate" => Some(rest.to_vec()),
+        "self" => Some(module.iter().chain(rest).cloned().collect()),
+        "super" => {
+            let mut base = module.to_vec();
+            let mut rest = path;
+            while rest.first().is_some_and(|s| s == "super") {
+                base.pop();
+                rest = &rest[1..];
+            }
+            Some(base.into_iter().chain(rest.iter().cloned()).collect())
+        }
+        // A child module of this one, named without `self::` (2018 paths).
+        child => {
+            let mut m = module.to_vec();
+            m.push(child.to_string());
+            module_file(src, &m).map(|_| m.into_iter().chain(rest.iter().cloned()).collect())
+        }
+    }
+}
+
 /// Reads every reference of one file, made absolute.
 fn references(src: &Path, rel: &Path, text: &str) -> Vec<Reference> {
     let module = module_of(rel);
     let code: Vec<char> = code_only(text).chars().collect();
     let mut refs = Vec::new();
-    let absolute = |path: &[String]| -> Option<Vec<String>> {
-        let (head, rest) = path.split_first()?;
-        match head.as_str() {
-            "crate" => Some(rest.to_vec()),
-            "self" => Some(module.iter().chain(rest).cloned().collect()),
-            "super" => {
-                let mut base = module.clone();
-                let mut rest = path;
-                while rest.first().is_some_and(|s| s == "super") {
-                    base.pop();
-                    rest = &rest[1..];
-                }
-                Some(base.into_iter().chain(rest.iter().cloned()).collect())
-            }
-            // A child module of this one, named without `self::` (2018 paths).
-            child => {
-                let mut m = module.clone();
-                m.push(child.to_string());
-                module_file(src, &m).map(|_| m.into_iter().chain(rest.iter().cloned()).collect())
-            }
-        }
-    };
+    // Inline modules (`mod tests { ... }`): their paths start from the inline module.
+    let mut inline: Vec<(String, usize)> = Vec::new();
+    let mut depth = 0usize;
     let mut i = 0;
     while i < code.len() {
+        match code[i] {
+            '{' => depth += 1,
+            '}' => {
+                depth = depth.saturating_sub(1);
+                if inline.last().is_some_and(|(_, d)| *d == depth) {
+                    inline.pop();
+                }
+            }
+            _ => {}
+        }
         let at_word = i == 0 || !is_ident(code[i - 1]) && code[i - 1] != ':';
         let rest: String = code[i..code.len().min(i + 12)].iter().collect();
+        if at_word && rest.starts_with("mod ") {
+            let mut j = i + 4;
+            let start = j;
+            while j < code.len() && is_ident(code[j]) {
+                j += 1;
+            }
+            let name: String = code[start..j].iter().collect();
+            while j < code.len() && code[j].is_whitespace() {
+                j += 1;
+            }
+            if code.get(j) == Some(&'{') {
+                inline.push((name, depth));
+                depth += 1;
+                i = j + 1;
+                continue;
+            }
+        }
+        let module: Vec<String> = module.iter().cloned().chain(inline.iter().map(|(n, _)| n.clone())).collect();
+        let absolute = |path: &[String]| absolute_path(src, &module, path);
         // `use` statements (pub or not).
         if at_word && rest.starts_with("use ") {
             let before: String = code[i.saturating_sub(12)..i].iter().collect();
@@ -507,14 +540,16 @@ fn the_checker_sees_an_upward_import_and_a_circle() {
     write("base/a.rs", "use super::b::B;\npub struct A;\nconst S: &str = \"crate::app\";\n");
     write("base/b.rs", "use crate::base::A;\npub struct B;\n");
     write("catalogue/mod.rs", "pub fn f() -> crate::jobs::Job { todo!() }\n");
-    write("jobs/mod.rs", "use crate::{base::A, catalogue};\npub struct Job;\n");
+    write("catalogue/x.rs", "#[cfg(test)]\nmod tests {\n    use super::*;\n}\n");
+    write("jobs/mod.rs", "use crate::{base::A, catalogue};\npub struct Job;\nmod tests {\n    use super::*;\n}\n");
     let broken = house_rules_broken(src);
     assert_eq!(
         broken,
         vec![
             "catalogue/mod.rs (floor 1, catalogue) names crate::jobs::Job (floor 3, jobs)".to_string(),
             "circle of 2 files: base/a.rs -> base/b.rs".to_string(),
+            "circle of 2 files: catalogue/mod.rs -> jobs/mod.rs".to_string(),
         ],
-        "the re-export `base::A` resolves to base/a.rs; comments and strings are no imports"
+        "the re-export `base::A` resolves to base/a.rs; comments, strings and `super` in an inline test module are no imports"
     );
 }
