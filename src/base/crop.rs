@@ -1,5 +1,5 @@
 //! Cutting an annotation out of its photo: the one place that maps a box to pixels
-//! (exports and, later, the embedder's preprocessing use it).
+//! (exports, the embedder and training use it).
 
 use image::DynamicImage;
 
