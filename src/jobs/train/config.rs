@@ -354,5 +354,4 @@ mod tests {
         assert_eq!((config.mode, config.views), (Mode::LastBlocks(2), 4));
         assert!(matches!(config.loss, LossConfig::SubCenterArcFace(_)), "{:?}", config.loss);
     }
-
 }

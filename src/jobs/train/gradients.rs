@@ -82,5 +82,4 @@ mod tests {
             assert!((a - b).abs() < 1e-5, "{a:?} vs {b:?}");
         }
     }
-
 }

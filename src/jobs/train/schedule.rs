@@ -21,5 +21,4 @@ mod tests {
         assert!((learning_rate(1.0, 55, 10, 100) - 0.5).abs() < 1e-12);
         assert!(learning_rate(1.0, 100, 10, 100).abs() < 1e-12);
     }
-
 }

@@ -29,7 +29,7 @@ use super::report::{TrainEvent, TrainReport};
 use super::sampler::{BatchSampler, PkSampler, ShuffledSampler};
 use super::schedule::learning_rate;
 use super::seeded::SeededVars;
-use super::validation::{SplitRows, TrainingRow, Validation, cache_rows, validate};
+use super::validation::{SplitRows, TrainingRow, Validation, cache_rows, validate_head};
 use crate::models::{Dinov2, Head, TUNED_PREFIX};
 
 /// Trains on `inputs` for `split` as `config.mode` says; writes the best model into `out`.
@@ -179,8 +179,7 @@ pub fn train_model(
         validation_individuals: split.validation_individuals.len(),
         steps_per_epoch,
     });
-    let validate =
-        |head: &Head| -> Result<Validation, TrainError> { validate(head, &feeder, &validation, config) };
+    let validate = |head: &Head| -> Result<Validation, TrainError> { validate_head(head, &feeder, &validation, config) };
     let before = validate(&head)?;
     let baselines = baselines(cache, &train, &validation, config)?;
     let mut best = before.clone();

@@ -77,7 +77,12 @@ pub(super) const COS_CLAMP: f64 = 1e-7;
 /// Past θ + m = π, cos(θ + m) would rise again and reward moving away from the class, so the
 /// paper's code switches to the linear fallback cos θ − sin(π − m)·m there (threshold
 /// th = cos(π − m)); `easy_margin` instead applies the margin only where cos θ > 0.
-pub(super) fn margin_logits(cos: &Tensor, target: &Tensor, margins: &[f64], easy_margin: bool) -> candle_core::Result<Tensor> {
+pub(super) fn margin_logits(
+    cos: &Tensor,
+    target: &Tensor,
+    margins: &[f64],
+    easy_margin: bool,
+) -> candle_core::Result<Tensor> {
     let (dtype, device) = (cos.dtype(), cos.device());
     let cos_m = column(margins.iter().map(|m| m.cos()), dtype, device)?;
     let sin_m = column(margins.iter().map(|m| m.sin()), dtype, device)?;

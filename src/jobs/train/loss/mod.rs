@@ -77,6 +77,7 @@ impl Default for LossConfig {
     fn default() -> Self {
         LossConfig::ArcFace(ArcFaceConfig::default())
     }
+}
 
 /// Builds the loss `config` describes for `dim`-dimensional embeddings and `classes` classes.
 /// Its trainable tensors are created under `vb` (`weight` for the ArcFaces, `proxies` for

@@ -21,6 +21,7 @@ impl Default for ProxyAnchorConfig {
     fn default() -> Self {
         ProxyAnchorConfig { alpha: 32.0, delta: 0.1 }
     }
+}
 
 /// Stands in for "not in the set" before a log-sum-exp: exp of it underflows to exactly 0.
 const MASKED_OUT: f64 = -1e30;

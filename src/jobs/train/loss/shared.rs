@@ -26,7 +26,12 @@ pub(super) fn check_embeddings(embeddings: &Tensor, dim: usize) -> Result<usize>
 
 /// Validates a batch and returns its labels on the host (needed for masks and margins).
 /// `classes: None` accepts any label in 0..2³² (triplet compares labels only).
-pub(super) fn check_batch(embeddings: &Tensor, labels: &Tensor, dim: usize, classes: Option<usize>) -> Result<Vec<u32>> {
+pub(super) fn check_batch(
+    embeddings: &Tensor,
+    labels: &Tensor,
+    dim: usize,
+    classes: Option<usize>,
+) -> Result<Vec<u32>> {
     let batch = check_embeddings(embeddings, dim)?;
     if labels.rank() != 1 || !labels.dtype().is_int() {
         return Err(LossError::Labels { dtype: labels.dtype(), shape: labels.dims().to_vec() });

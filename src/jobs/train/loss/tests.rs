@@ -80,11 +80,7 @@ fn all_configs() -> Vec<(&'static str, LossConfig)> {
         ("triplet euclidean", LossConfig::Triplet(TripletConfig { margin: 1.0, ..Default::default() })),
         (
             "triplet cosine",
-            LossConfig::Triplet(TripletConfig {
-                margin: 1.0,
-                distance: TripletDistance::Cosine,
-                soft_margin: false,
-            }),
+            LossConfig::Triplet(TripletConfig { margin: 1.0, distance: TripletDistance::Cosine, soft_margin: false }),
         ),
         ("triplet soft", LossConfig::Triplet(TripletConfig { soft_margin: true, ..Default::default() })),
     ]
@@ -435,9 +431,8 @@ fn triplet_uses_the_hardest_pairs_and_leaves_out_anchors_without_positive() {
     let d = |a: f64, b: f64| 1.0 - (a - b).to_radians().cos();
     let margin = 0.3;
     // Anchor 0: positive at 60°, hardest negative at 100°; anchor 1: positive at 0°, negative at 100°.
-    let want = ((d(0.0, 60.0) - d(0.0, 100.0) + margin).max(0.0)
-        + (d(60.0, 0.0) - d(60.0, 100.0) + margin).max(0.0))
-        / 2.0;
+    let want =
+        ((d(0.0, 60.0) - d(0.0, 100.0) + margin).max(0.0) + (d(60.0, 0.0) - d(60.0, 100.0) + margin).max(0.0)) / 2.0;
     let got = value(triplet(margin, TripletDistance::Cosine).as_ref(), &e, &labels(&[0, 0, 1, 2]));
     assert!(want > 0.0 && (got - want).abs() < 1e-12, "{got} vs {want}");
 }

@@ -7,7 +7,6 @@ use super::shared::{check_batch, positive};
 use super::{LossError, MetricLoss, Result};
 use crate::models::l2_normalise;
 
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TripletDistance {
