@@ -2,6 +2,7 @@
 
 use std::fs;
 use std::io::Cursor;
+use std::ops::Range;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -9,14 +10,27 @@ use image::codecs::jpeg::JpegEncoder;
 use image::{ImageEncoder, RgbImage};
 
 use super::sightings::Capture;
-use super::{SPECIES, SynthOptions, individual_id, photo_file_name};
 
-pub(super) fn write_labels_csv(path: &Path, opts: &SynthOptions) -> Result<()> {
+/// The label every synthetic photo carries in `labels.csv`.
+pub const SPECIES: &str = "humpback_whale";
+
+/// File name of one synthetic photo, e.g. `whale_0003_02.jpg`.
+pub fn photo_file_name(individual: usize, photo: usize) -> String {
+    format!("whale_{individual:04}_{photo:02}.jpg")
+}
+
+/// Catalogue id of one synthetic individual, e.g. `SYN-0003`.
+pub fn individual_id(individual: usize) -> String {
+    format!("SYN-{individual:04}")
+}
+
+/// `labels.csv`: one row per photo of `individuals`, each with `photos` photos.
+pub(super) fn write_labels_csv(path: &Path, individuals: Range<usize>, photos: usize) -> Result<()> {
     let mut csv = csv::Writer::from_path(path)?;
     csv.write_record(["image", "individual_id", "species", "side", "part"])?;
-    for individual in opts.first_individual..opts.first_individual + opts.individuals {
+    for individual in individuals {
         let id = individual_id(individual);
-        for photo in 0..opts.images_per_individual {
+        for photo in 0..photos {
             let name = photo_file_name(individual, photo);
             csv.write_record([name.as_str(), id.as_str(), SPECIES, "unknown", "fluke"])?;
         }

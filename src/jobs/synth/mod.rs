@@ -36,6 +36,8 @@ use image::RgbImage;
 use rayon::prelude::*;
 
 use files::{write_jpeg, write_labels_csv, yolo_line};
+
+pub use files::{SPECIES, individual_id, photo_file_name};
 use whale::SyntheticWhale;
 
 /// What to generate and where.
@@ -76,19 +78,6 @@ pub struct SynthReport {
     pub individuals: usize,
     pub labels_csv: PathBuf,
     pub images_dir: PathBuf,
-}
-
-/// The label every synthetic photo carries in `labels.csv`.
-pub const SPECIES: &str = "humpback_whale";
-
-/// File name of one synthetic photo, e.g. `whale_0003_02.jpg`.
-pub fn photo_file_name(individual: usize, photo: usize) -> String {
-    format!("whale_{individual:04}_{photo:02}.jpg")
-}
-
-/// Catalogue id of one synthetic individual, e.g. `SYN-0003`.
-pub fn individual_id(individual: usize) -> String {
-    format!("SYN-{individual:04}")
 }
 
 const MIN_SIDE: u32 = 64;
@@ -136,7 +125,8 @@ pub fn generate(opts: &SynthOptions, on_photo: &(dyn Fn() + Sync)) -> Result<Syn
     let classes = labels_dir.join("classes.txt");
     fs::write(&classes, "fluke\n").with_context(|| format!("writing {}", classes.display()))?;
     let labels_csv = opts.out.join("labels.csv");
-    write_labels_csv(&labels_csv, opts).with_context(|| format!("writing {}", labels_csv.display()))?;
+    write_labels_csv(&labels_csv, first..last, opts.images_per_individual)
+        .with_context(|| format!("writing {}", labels_csv.display()))?;
 
     Ok(SynthReport {
         photos: opts.individuals * opts.images_per_individual,

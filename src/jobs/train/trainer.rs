@@ -179,7 +179,8 @@ pub fn train_model(
         validation_individuals: split.validation_individuals.len(),
         steps_per_epoch,
     });
-    let validate = |head: &Head| -> Result<Validation, TrainError> { validate_head(head, &feeder, &validation, config) };
+    let validate =
+        |head: &Head| -> Result<Validation, TrainError> { validate_head(head, &feeder, &validation, config) };
     let before = validate(&head)?;
     let baselines = baselines(cache, &train, &validation, config)?;
     let mut best = before.clone();
