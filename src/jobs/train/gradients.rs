@@ -4,11 +4,7 @@ use candle_core::Var;
 use candle_core::backprop::GradStore;
 
 /// `sum` plus `more`, variable by variable (gradient accumulation).
-fn add_gradients(
-    mut sum: candle_core::backprop::GradStore,
-    more: candle_core::backprop::GradStore,
-    vars: &[Var],
-) -> candle_core::Result<candle_core::backprop::GradStore> {
+pub fn add_gradients(mut sum: GradStore, more: GradStore, vars: &[Var]) -> candle_core::Result<GradStore> {
     for v in vars {
         let total = match (sum.remove(v.as_tensor()), more.get(v.as_tensor())) {
             (Some(a), Some(b)) => (a + b)?,
@@ -21,7 +17,7 @@ fn add_gradients(
     Ok(sum)
 }
 
-fn scale_gradients(grads: &mut candle_core::backprop::GradStore, vars: &[Var], factor: f64) -> candle_core::Result<()> {
+pub fn scale_gradients(grads: &mut GradStore, vars: &[Var], factor: f64) -> candle_core::Result<()> {
     if factor == 1.0 {
         return Ok(());
     }
@@ -34,11 +30,7 @@ fn scale_gradients(grads: &mut candle_core::backprop::GradStore, vars: &[Var], f
 }
 
 /// Scales all gradients down together when their global L2 norm exceeds `max_norm`.
-fn clip_gradients(
-    grads: &mut candle_core::backprop::GradStore,
-    vars: &[Var],
-    max_norm: f64,
-) -> candle_core::Result<()> {
+pub fn clip_gradients(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> candle_core::Result<()> {
     let mut total = 0f64;
     for v in vars {
         if let Some(g) = grads.get(v.as_tensor()) {

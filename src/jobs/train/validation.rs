@@ -69,7 +69,7 @@ pub fn cache_rows<'a>(cache: &TokenCache, split: &'a Split) -> SplitRows<'a> {
 
 /// Embeds the `validation` rows through `head` as training feeds it (without augmentation)
 /// and scores them; a photo that can no longer be read is left out.
-pub fn validate_head(
+pub(super) fn validate_head(
     head: &Head,
     feeder: &Feeder,
     validation: &[ValidationRow],
