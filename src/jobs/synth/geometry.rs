@@ -1,7 +1,5 @@
 //! Points, affine maps and paths.
 
-use std::path::Path;
-
 use tiny_skia::{PathBuilder, Rect, Transform};
 
 #[derive(Clone, Copy, Debug)]

@@ -3,7 +3,7 @@
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::shared::{check_batch, positive};
+use super::shared::check_batch;
 use super::{LossError, MetricLoss, Result};
 use crate::models::l2_normalise;
 
