@@ -374,7 +374,7 @@ pub fn trained_heads(catalogue: &std::path::Path) -> Vec<PathBuf> {
     let mut heads: Vec<PathBuf> = std::fs::read_dir(heads_dir(catalogue))
         .map(|dir| {
             dir.filter_map(Result::ok)
-                .map(|e| e.path().join(crate::jobs::train::trainer::CHECKPOINT))
+                .map(|e| e.path().join(crate::jobs::train::CHECKPOINT))
                 .filter(|p| p.is_file())
                 .collect()
         })

@@ -620,7 +620,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 eprintln!("activated {} for {}", report.checkpoint.display(), cat.path().display());
             }
             emit(json, &report, |r| {
-                let open = |v: &crate::jobs::train::trainer::Validation| {
+                let open = |v: &crate::jobs::train::Validation| {
                     v.open_set.as_ref().map_or("-".to_string(), |o| format!("{:.3}", o.map5))
                 };
                 let mut s = format!(
@@ -648,7 +648,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 let name = |d: &[usize]| match d {
                     [one] => format!("block {one}"),
-                    many => format!("blocks {}", crate::jobs::train::trainer::depths_name(many)),
+                    many => format!("blocks {}", crate::jobs::train::depths_name(many)),
                 };
                 let depths: Vec<String> = r.depth_scores.iter().map(|(d, m)| format!("{}: {m:.3}", name(d))).collect();
                 s.push_str(&format!(

@@ -227,9 +227,10 @@ pub fn pool_tokens(tokens: &Tensor, rows: usize, cols: usize, grid: usize) -> ca
     Tensor::cat(&[&cls, &pooled], 1)
 }
 
-/// Rows of unit length (a zero row stays zero).
+/// Rows of unit length (a zero row stays zero). The tiny term under the root keeps a zero
+/// row's gradient free of 0/0 in training, and is negligible beside any real row.
 pub fn l2_normalise(x: &Tensor) -> Result<Tensor> {
-    let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+    let norm = (x.sqr()?.sum_keepdim(D::Minus1)? + 1e-12)?.sqrt()?;
     x.broadcast_div(&norm)
 }
 

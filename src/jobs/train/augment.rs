@@ -1,4 +1,7 @@
-//! Image augmentation for end-to-end (`full`) training: a random resized crop, a rotation of
+//! Augmentation. Of tokens, for training on cached tokens: a random subset of patch tokens
+//! and a little noise, every step.
+//!
+//! Of images, for end-to-end (`full`) training: a random resized crop, a rotation of
 //! up to ±15° and colour jitter, drawn per crop and per step. Mirroring is an option that is
 //! off by default: a mirrored fluke or dorsal fin can look like another individual.
 //!
@@ -7,8 +10,10 @@
 //! uncovered corners taking the padding colour; the colour jitter follows, then the same
 //! normalisation as `embed::prepare`.
 
+use candle_core::Tensor;
 use image::{DynamicImage, RgbImage};
 use rand::Rng;
+use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 use crate::base::vocabulary::BoxPx;
@@ -144,6 +149,33 @@ fn bilinear(src: &RgbImage, x: f64, y: f64, fill: [f32; 3]) -> [u8; 3] {
         let bottom = c[k] + (d[k] - c[k]) * fx;
         (top + (bottom - top) * fy).round().clamp(0.0, 255.0) as u8
     })
+}
+
+/// Feature-level augmentation of tokens `[B, n, D]`: a random share `dropout` of the patch
+/// tokens left out (the CLS token always stays) and Gaussian noise of deviation `noise`.
+pub fn augment_tokens(
+    tokens: &Tensor,
+    n: usize,
+    dropout: f64,
+    noise: f64,
+    rng: &mut impl Rng,
+) -> candle_core::Result<Tensor> {
+    let mut x = tokens.clone();
+    if dropout > 0.0 && n > 2 {
+        let keep = (((n - 1) as f64) * (1.0 - dropout)).round().max(1.0) as usize;
+        let mut patches: Vec<u32> = (1..n as u32).collect();
+        patches.shuffle(rng);
+        let mut index = vec![0u32];
+        index.extend(&patches[..keep]);
+        x = x.index_select(&Tensor::new(index, x.device())?, 1)?;
+    }
+    if noise > 0.0 {
+        let normal = rand_distr::Normal::new(0.0f32, noise as f32)
+            .map_err(|e| candle_core::Error::msg(format!("token noise: {e}")))?;
+        let noise: Vec<f32> = (0..x.elem_count()).map(|_| rng.sample(normal)).collect();
+        x = (&x + Tensor::from_vec(noise, x.shape(), x.device())?)?;
+    }
+    Ok(x)
 }
 
 #[cfg(test)]

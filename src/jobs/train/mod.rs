@@ -3,16 +3,32 @@
 pub mod augment;
 pub mod baseline;
 pub mod cache;
+pub mod checkpoint;
+pub mod config;
 pub mod data;
+pub mod error;
+mod feeder;
+mod gradients;
+pub mod lda;
+mod lda_start;
 pub mod loss;
+mod refit;
+pub mod report;
 pub mod sampler;
-pub mod trainer;
+mod schedule;
+mod seeded;
+mod trainer;
+pub mod validation;
 
+pub use checkpoint::CHECKPOINT;
+pub use config::{Mode, Precision, TrainConfig, depths_name};
+pub use error::TrainError;
+pub use feeder::{Inputs, TunedInputs, TunedSource};
 pub use loss::{LossConfig, LossError, MetricLoss};
+pub use report::{Refit, TrainEvent, TrainReport};
 pub use sampler::{BatchSampler, PkSampler, ShuffledSampler};
-pub use trainer::{
-    Inputs, Mode, Precision, Refit, TrainConfig, TrainEvent, TrainReport, TunedInputs, TunedSource, train_model,
-};
+pub use trainer::train_model;
+pub use validation::Validation;
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -49,8 +65,8 @@ pub fn train_catalogue(
     let resumed;
     let config = match &config.resume {
         Some(dir) => {
-            let saved: TrainConfig = serde_json::from_value(trainer::read_card(dir)?["config"].clone())
-                .map_err(|e| anyhow::anyhow!("{}: unreadable settings: {e}", dir.join(trainer::CARD).display()))?;
+            let saved: TrainConfig = serde_json::from_value(checkpoint::read_card(dir)?["config"].clone())
+                .map_err(|e| anyhow::anyhow!("{}: unreadable settings: {e}", dir.join(checkpoint::CARD).display()))?;
             resumed = TrainConfig { epochs: config.epochs, resume: config.resume.clone(), ..saved };
             &resumed
         }
@@ -62,7 +78,7 @@ pub fn train_catalogue(
     // folds of individuals (cheap, and what the neck starts from). Fine-tuned blocks feed one
     // depth.
     let candidates: Vec<Vec<usize>> = match config.blocks.as_slice() {
-        [] => trainer::CANDIDATE_BLOCKS
+        [] => config::CANDIDATE_BLOCKS
             .iter()
             .map(|c| c.iter().map(|&d| d.clamp(1, embedder.blocks())).collect::<Vec<_>>())
             .filter(|c| config.mode == Mode::Head || c.len() == 1)
@@ -104,8 +120,7 @@ pub fn train_catalogue(
     let mut scores = Vec::new();
     if candidates.len() > 1 {
         // Every individual validated once over the folds: a few validation individuals alone
-        // told close candidates apart by chance (the synthetic flukes' six scored block 12
-        // above 9 + 12, which identified 20 new individuals 0.02-0.03 better).
+        // tell close candidates apart by chance.
         progress.stage("choosing the backbone depth", candidates.len() as u64);
         let folds = data::folds_by_individual(&labelled, DEPTH_FOLDS, config.seed);
         for candidate in &candidates {
@@ -115,7 +130,7 @@ pub fn train_catalogue(
             let cache = cache_of(candidate)?;
             let mut sum = 0.0;
             for fold in &folds {
-                sum += trainer::lda_score(&cache, fold, config)?;
+                sum += baseline::lda_score(&cache, fold, config)?;
             }
             scores.push((candidate.clone(), sum / folds.len().max(1) as f64));
             progress.advance(1);
@@ -161,7 +176,7 @@ pub fn train_catalogue(
     let mut report = train_model(&inputs, &split, embedder.key(), config, out, events, cancel)?;
     report.depth_scores = scores;
     let all = data::split_by_individual(&labelled, 0.0, config.seed);
-    trainer::refit(&inputs, &mut report, &all, embedder.key(), config, out, events, cancel)?;
+    refit::refit(&inputs, &mut report, &all, embedder.key(), config, out, events, cancel)?;
     Ok(report)
 }
 
