@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 
-use super::backbone::{Backbone, Features, Tap, load_backbone};
+use super::architecture::load_backbone;
+use super::backbone::{Backbone, Features, Tap};
 use super::dinov2::{Dinov2, Dinov2Config};
 use super::error::EmbedError;
 use super::head::{Head, TUNED_PREFIX, pool_features};

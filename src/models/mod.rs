@@ -10,6 +10,7 @@
 //! `Dinov2Model` names, and writes `models/dinov2_vits14.safetensors` plus a JSON model card.
 //! See `docs/weights.md` in the shared folder for how these facts were established.
 
+mod architecture;
 pub mod backbone;
 pub mod dinov2;
 mod embedder;
@@ -20,7 +21,8 @@ mod layers;
 pub mod onnx;
 mod preprocess;
 
-pub use backbone::{Architecture, Backbone, Features, Global, Tap, load_backbone};
+pub use architecture::{Architecture, load_backbone};
+pub use backbone::{Backbone, Features, Global, Tap};
 pub use dinov2::{Dinov2, Dinov2Config, Dinov2Weights, WeightTensor, bicubic_resize_matrix};
 pub use embedder::{DEFAULT_SIZE, DeviceChoice, Embedder, EmbedderSpec, select_device};
 pub use error::{EmbedError, WeightsError};
