@@ -25,7 +25,7 @@ impl Architecture {
 
 /// Loads the backbone in the safetensors file at `path`, for inference, choosing the
 /// architecture from its tensor names.
-pub fn load_backbone(path: &Path, device: &Device) -> std::result::Result<Arc<dyn Backbone>, EmbedError> {
+pub fn load_backbone(path: &Path, device: &Device) -> Result<Arc<dyn Backbone>, EmbedError> {
     let bytes = std::fs::read(path).map_err(|source| EmbedError::Io { path: path.to_path_buf(), source })?;
     let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| EmbedError::Weights {
         path: path.to_path_buf(),
