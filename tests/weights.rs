@@ -508,7 +508,7 @@ fn the_fetched_weights_in_the_models_folder_are_a_complete_vits14() {
     }
     let weights = Dinov2Weights::read_safetensors(&path, &Dinov2Config::vits14()).unwrap();
     assert_eq!(weights.parameter_count(), DINOV2_VITS14_PARAMETERS);
-    let card: whaleid::models::ModelCard =
+    let card: whaleid::models::WeightsCard =
         serde_json::from_slice(&std::fs::read(whaleid::models::dinov2_card_path(&models_dir())).unwrap()).unwrap();
     assert_eq!(card.parameter_count, DINOV2_VITS14_PARAMETERS);
     assert_eq!(card.weights_sha256, whaleid::models::sha256_hex(&std::fs::read(&path).unwrap()));

@@ -78,7 +78,7 @@ impl AppOptions {
 
 /// An untrained two-block embedder at 56 px (tests, benchmarks, screenshots without weights).
 pub fn tiny_random_embedder() -> Option<std::sync::Arc<crate::models::Embedder>> {
-    crate::models::Embedder::random(&crate::models::Dinov2Config::tiny(), 56).ok().map(std::sync::Arc::new)
+    crate::models::Embedder::tiny_random().ok().map(std::sync::Arc::new)
 }
 
 /// The window: state, panels, and the threads doing the work.

@@ -7,9 +7,12 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 
-use super::backbone::Tap;
-use super::dinov2::{Dinov2, EmbedError};
-use super::head::{Head, TUNED_PREFIX};
+use super::architecture::load_backbone;
+use super::backbone::{Backbone, Features, Tap};
+use super::dinov2::{Dinov2, Dinov2Config};
+use super::error::EmbedError;
+use super::head::{Head, TUNED_PREFIX, pool_features};
+use super::layers::Kernels;
 
 /// Where the embedder runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
@@ -38,12 +41,13 @@ pub fn select_device(choice: DeviceChoice) -> (Device, Option<String>) {
 /// Which embedder to build.
 #[derive(Debug, Clone)]
 pub struct EmbedderSpec {
-    /// The backbone's safetensors (see `whaleid models fetch`).
+    /// The backbone's safetensors (see `whaleid models fetch`); its tensor names say which
+    /// architecture it is.
     pub weights: PathBuf,
     /// A trained head (pooling + neck); `None` is the untrained head.
     pub neck: Option<PathBuf>,
     pub device: DeviceChoice,
-    /// Input side in pixels, a multiple of 14.
+    /// Input side in pixels, a multiple of the backbone's patch size (14 for DINOv2).
     pub size: u32,
 }
 
@@ -56,9 +60,11 @@ impl EmbedderSpec {
 /// DINOv2's training resolution.
 pub const DEFAULT_SIZE: u32 = 224;
 
+/// A backbone and a head on a device: crops in, unit-length embeddings out. It works through
+/// the [`Backbone`] interface, whatever the architecture.
 pub struct Embedder {
     /// Shared by the embedders that differ only in their head (see [`Embedder::with_head_file`]).
-    backbone: Arc<Dinov2>,
+    backbone: Arc<dyn Backbone>,
     /// The backbone and input size part of the key (`dinov2_vits14@224`); a trained head's key
     /// is this, `/`, and the head's.
     backbone_key: String,
@@ -71,13 +77,17 @@ pub struct Embedder {
 
 impl Embedder {
     pub fn load(spec: &EmbedderSpec) -> Result<Self, EmbedError> {
-        if spec.size == 0 || !spec.size.is_multiple_of(14) {
-            return Err(EmbedError::Config(format!("input size {} is not a positive multiple of 14", spec.size)));
-        }
         let (device, notice) = select_device(spec.device);
-        let backbone = Arc::new(Dinov2::load(&spec.weights, &device)?);
+        let backbone = load_backbone(&spec.weights, &device)?;
+        let multiple = backbone.input_multiple() as u32;
+        if spec.size == 0 || !spec.size.is_multiple_of(multiple) {
+            return Err(EmbedError::Config(format!(
+                "input size {} is not a positive multiple of {multiple}",
+                spec.size
+            )));
+        }
         let head = Head::untrained(&device).map_err(|source| weights_error(&spec.weights, source))?;
-        let backbone_key = format!("dinov2_vits14@{}", spec.size);
+        let backbone_key = format!("{}@{}", backbone.name(), spec.size);
         let key = format!("{backbone_key}/cls+gem");
         let untrained = Self { backbone, backbone_key, head, device, size: spec.size, key, notice };
         match &spec.neck {
@@ -87,13 +97,13 @@ impl Embedder {
     }
 
     /// This backbone with the trained model in `path` (a `head.safetensors` written by
-    /// training): its pooling and neck, and the backbone blocks it fine-tuned where it carries
+    /// training): its pooling and neck, and the backbone weights it fine-tuned where it carries
     /// any (else the backbone is shared, not copied). Its key, wherever it is used: the
     /// backbone's, then `neck-` and a hash of the file, so another run means recomputing.
     pub fn with_head_file(&self, path: &Path) -> Result<Self, EmbedError> {
         let bytes = std::fs::read(path).map_err(|source| EmbedError::Io { path: path.to_path_buf(), source })?;
-        let head = Head::load(path, self.backbone.config().hidden_size, &self.device)
-            .map_err(|source| weights_error(path, source))?;
+        let head =
+            Head::load_for(path, self.backbone.as_ref(), &self.device).map_err(|source| weights_error(path, source))?;
         let tuned: HashMap<String, Tensor> = candle_core::safetensors::load_buffer(&bytes, &self.device)
             .map_err(|source| weights_error(path, source))?
             .into_iter()
@@ -101,7 +111,7 @@ impl Embedder {
             .collect();
         let backbone = match tuned.is_empty() {
             true => self.backbone.clone(),
-            false => Arc::new(self.backbone.with_weights(&tuned).map_err(|source| weights_error(path, source))?),
+            false => self.backbone.with_weights(&tuned).map_err(|source| weights_error(path, source))?,
         };
         let key = format!("{}/neck-{}", self.backbone_key, &blake3::hash(&bytes).to_hex()[..12]);
         Ok(Self {
@@ -117,20 +127,26 @@ impl Embedder {
 
     /// An embedder from parts: a randomly initialised or freshly trained model. `key` is also
     /// the backbone part of the keys of the heads put on it with [`Embedder::with_head_file`].
-    pub fn from_parts(backbone: Dinov2, head: Head, size: u32, key: String) -> Self {
+    pub fn from_parts(backbone: impl Backbone, head: Head, size: u32, key: String) -> Self {
         let device = backbone.device().clone();
         Self { backbone: Arc::new(backbone), backbone_key: key.clone(), head, device, size, key, notice: None }
     }
 
     /// A small randomly initialised embedder (unit tests, benchmarks of the plumbing): the
     /// real architecture at `config`'s size, untrained head.
-    pub fn random(config: &super::Dinov2Config, size: u32) -> candle_core::Result<Self> {
+    pub fn random(config: &Dinov2Config, size: u32) -> candle_core::Result<Self> {
         let device = Device::Cpu;
         let vars = candle_nn::VarMap::new();
         let vb = candle_nn::VarBuilder::from_varmap(&vars, candle_core::DType::F32, &device);
-        let backbone = Dinov2::new(config, vb)?.with_kernels(super::Kernels::Fused);
+        let backbone = Dinov2::new(config, vb)?.with_kernels(Kernels::Fused);
         let head = Head::untrained(&device)?;
         Ok(Self::from_parts(backbone, head, size, format!("random-{}d@{size}", config.hidden_size)))
+    }
+
+    /// An untrained two-block DINOv2 at 56 px, in milliseconds and without weights on disk
+    /// (tests, benchmarks, screenshots and demos: its matches mean nothing).
+    pub fn tiny_random() -> candle_core::Result<Self> {
+        Self::random(&Dinov2Config::tiny(), 56)
     }
 
     /// Identifies the embeddings this embedder makes: backbone, input size and head. The
@@ -144,7 +160,7 @@ impl Embedder {
     }
 
     pub fn dim(&self) -> usize {
-        self.head.out_dim(self.backbone.config().hidden_size)
+        self.head.embedding_dim(self.backbone.as_ref())
     }
 
     pub fn device(&self) -> &Device {
@@ -165,28 +181,20 @@ impl Embedder {
         if inputs.is_empty() {
             return Ok(Vec::new());
         }
-        let side = self.size as usize;
-        if let Some(bad) = inputs.iter().find(|i| i.len() != 3 * side * side) {
-            candle_core::bail!("an input has {} values, expected 3 x {side} x {side}", bad.len());
-        }
         self.head.forward(&self.tokens(inputs)?)?.to_vec2()
     }
 
-    /// The tokens the head reads for a batch, `[B, 1 + N, D x depths]`: the outputs of the
-    /// blocks the head was trained on (the last for the untrained head), the patch grid pooled
-    /// as in its training, several depths concatenated feature by feature.
+    /// The tokens the head reads for a batch, `[B, 1 + N, D x depths]`: the features at the
+    /// depths the head was trained on (the last for the untrained head), the grid pooled as in
+    /// its training, several depths concatenated feature by feature.
     pub fn tokens(&self, inputs: &[Vec<f32>]) -> candle_core::Result<Tensor> {
-        let taps: Vec<Tap> = match self.head.blocks.as_slice() {
-            [] => vec![Tap::Output(self.backbone.config().num_layers)],
-            depths => depths.iter().map(|&d| Tap::Output(d)).collect(),
-        };
-        let side = self.size as usize / self.backbone.config().patch_size;
+        let taps: Vec<Tap> = self.head.depths(self.backbone.as_ref()).into_iter().map(Tap::Output).collect();
         let pooled = self
-            .tokens_at(inputs, &taps)?
+            .features_at(inputs, &taps)?
             .into_iter()
-            .map(|tokens| match self.head.grid {
-                Some(grid) => super::pool_tokens(&tokens, side, side, grid),
-                None => Ok(tokens),
+            .map(|features| match self.head.grid {
+                Some(grid) => pool_features(&features, grid),
+                None => Ok(features.into_tokens()),
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         match pooled.as_slice() {
@@ -195,25 +203,84 @@ impl Embedder {
         }
     }
 
+    /// The backbone's features at each of `taps` (ascending by depth).
+    pub fn features_at(&self, inputs: &[Vec<f32>], taps: &[Tap]) -> candle_core::Result<Vec<Features>> {
+        let side = self.size as usize;
+        if let Some(bad) = inputs.iter().find(|i| i.len() != 3 * side * side) {
+            candle_core::bail!("an input has {} values, expected 3 x {side} x {side}", bad.len());
+        }
+        let batch = Tensor::from_vec(inputs.concat(), (inputs.len(), 3, side, side), &self.device)?;
+        self.backbone.features(&batch, taps)
+    }
+
     /// The backbone's tokens at each of `taps` (ascending by depth), each `[B, 1 + N, D]`
     /// (cached for training).
     pub fn tokens_at(&self, inputs: &[Vec<f32>], taps: &[Tap]) -> candle_core::Result<Vec<Tensor>> {
-        let side = self.size as usize;
-        let batch = Tensor::from_vec(inputs.concat(), (inputs.len(), 3, side, side), &self.device)?;
-        self.backbone.forward_taps(&batch, taps)
+        Ok(self.features_at(inputs, taps)?.into_iter().map(Features::into_tokens).collect())
     }
 
-    /// The backbone (frozen; training builds its own trainable copy from its weights).
+    /// The DINOv2 network, where the backbone is one (what training fine-tunes).
+    pub fn dinov2(&self) -> Option<&Dinov2> {
+        self.backbone.as_any().downcast_ref()
+    }
+
+    /// The DINOv2 network (frozen; training builds its own trainable copy from its weights).
+    /// Panics for another architecture: [`Embedder::dinov2`] asks first.
     pub fn backbone(&self) -> &Dinov2 {
-        &self.backbone
+        self.dinov2().expect("the embedder's backbone is not DINOv2")
     }
 
-    /// The backbone's block count.
+    /// The backbone's block (or stage) count.
     pub fn blocks(&self) -> usize {
-        self.backbone.config().num_layers
+        self.backbone.depth()
     }
 }
 
 fn weights_error(path: &Path, source: candle_core::Error) -> EmbedError {
     EmbedError::Weights { path: path.to_path_buf(), source }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::DType;
+
+    use super::*;
+
+    fn inputs(count: usize, side: usize) -> Vec<Vec<f32>> {
+        (0..count).map(|i| (0..3 * side * side).map(|j| ((i * 7 + j) % 23) as f32 / 11.0 - 1.0).collect()).collect()
+    }
+
+    /// Through the `Backbone` interface, the embedder computes exactly what the untrained head
+    /// computes on the network's own output tokens.
+    #[test]
+    fn embeddings_are_the_head_on_the_backbone_output_bit_for_bit() -> candle_core::Result<()> {
+        let embedder = Embedder::tiny_random()?;
+        let batch = inputs(3, 56);
+        let images = Tensor::from_vec(batch.concat(), (3, 3, 56, 56), &Device::Cpu)?;
+        let direct = Head::untrained(&Device::Cpu)?.forward(&embedder.backbone().forward(&images)?)?;
+        assert_eq!(embedder.embed(&batch)?, direct.to_vec2::<f32>()?);
+        assert_eq!(embedder.dim(), 2 * 32);
+        assert_eq!(embedder.blocks(), 2);
+
+        let features = embedder.features_at(&batch, &[Tap::Output(1), Tap::Input(2)])?;
+        assert_eq!((features[0].rows(), features[0].cols(), features[0].stride()), (4, 4, 14));
+        assert_eq!(embedder.tokens_at(&batch, &[Tap::Output(1)])?[0].dims(), &[3, 17, 32]);
+        assert!(embedder.embed(&inputs(1, 28)).is_err(), "an input of the wrong size is refused");
+        Ok(())
+    }
+
+    #[test]
+    fn weights_of_an_unknown_architecture_are_refused_by_name() -> candle_core::Result<()> {
+        let dir = tempfile::tempdir().map_err(candle_core::Error::wrap)?;
+        let path = dir.path().join("cnn.safetensors");
+        let tensors = HashMap::from([("features.0.0.weight".to_string(), Tensor::zeros(4, DType::F32, &Device::Cpu)?)]);
+        candle_core::safetensors::save(&tensors, &path)?;
+        let err = Embedder::load(&EmbedderSpec::new(path.clone())).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("cnn.safetensors") && err.contains("not the weights of a backbone"), "{err}");
+
+        std::fs::write(&path, b"not safetensors").map_err(candle_core::Error::wrap)?;
+        let err = Embedder::load(&EmbedderSpec::new(path)).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("not usable weights"), "{err}");
+        Ok(())
+    }
 }

@@ -1,3 +1,6 @@
+//! The model layer's errors: obtaining weights ([`WeightsError`]) and loading or running a
+//! backbone ([`EmbedError`]).
+
 use std::path::PathBuf;
 
 use super::onnx::OnnxError;
@@ -44,4 +47,19 @@ impl WeightsError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io { path: path.into(), source }
     }
+}
+
+/// Why a backbone or head could not be loaded, or an embedding not computed.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}: not usable weights: {source}", path.display())]
+    Weights { path: PathBuf, source: candle_core::Error },
+    #[error("{}: not the weights of a backbone whaleid knows (DINOv2)", path.display())]
+    UnknownArchitecture { path: PathBuf },
+    #[error("{0}")]
+    Config(String),
+    #[error("embedding failed: {0}")]
+    Model(#[from] candle_core::Error),
 }

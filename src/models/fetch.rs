@@ -44,7 +44,7 @@ impl WeightsSource {
 
 /// The small JSON file written next to the weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelCard {
+pub struct WeightsCard {
     pub name: String,
     pub architecture: String,
     pub source: String,
@@ -63,7 +63,7 @@ pub struct ModelCard {
 pub struct FetchedWeights {
     pub safetensors: PathBuf,
     pub card_path: PathBuf,
-    pub card: ModelCard,
+    pub card: WeightsCard,
 }
 
 /// `models_dir/dinov2_vits14.safetensors`.
@@ -126,7 +126,7 @@ pub fn fetch_dinov2(source: &WeightsSource, models_dir: &Path) -> Result<Fetched
         .map_err(|e| WeightsError::Safetensors { path: safetensors_path.clone(), message: e.to_string() })?;
     write_atomically(&safetensors_path, &bytes)?;
 
-    let card = ModelCard {
+    let card = WeightsCard {
         name: "dinov2_vits14".to_string(),
         architecture: format!(
             "DINOv2 ViT-S/{} (Hugging Face Dinov2Model layout): width {}, {} blocks, {} heads, \

@@ -12,6 +12,8 @@ use std::path::Path;
 use candle_core::{D, DType, Device, IndexOp, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
+use super::backbone::{Backbone, Features};
+
 /// Initial GeM exponent (Radenović et al.); trainable.
 pub const GEM_P: f64 = 3.0;
 /// Tokens are clamped here before the power: GeM is defined for positive activations.
@@ -159,8 +161,31 @@ impl Head {
     }
 
     /// A trained head from a safetensors file: `pooling.gem_p`, `neck.bn.*`, `neck.linear.*`,
-    /// for a backbone of `token_dim` features per token.
+    /// for a backbone of `token_dim` features per token at every depth.
     pub fn load(path: &Path, token_dim: usize, device: &Device) -> Result<Self> {
+        Self::read(path, device, |blocks| token_dim * blocks.len().max(1))
+    }
+
+    /// A trained head from a safetensors file (see [`Head::load`]), for `backbone`.
+    pub fn load_for(path: &Path, backbone: &dyn Backbone, device: &Device) -> Result<Self> {
+        Self::read(path, device, |blocks| read_width(backbone, blocks))
+    }
+
+    /// The backbone depths the head reads, ascending: those it was trained on, else the last.
+    pub fn depths(&self, backbone: &dyn Backbone) -> Vec<usize> {
+        match self.blocks.as_slice() {
+            [] => vec![backbone.depth()],
+            depths => depths.to_vec(),
+        }
+    }
+
+    /// The length of the embeddings it makes from `backbone`'s features.
+    pub fn embedding_dim(&self, backbone: &dyn Backbone) -> usize {
+        self.neck.out_dim(2 * read_width(backbone, &self.depths(backbone)))
+    }
+
+    /// `in_width`: the width of the tokens the head reads, given the depths it was trained on.
+    fn read(path: &Path, device: &Device, in_width: impl FnOnce(&[usize]) -> usize) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| candle_core::Error::msg(format!("{}: {e}", path.display())))?;
         let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, device)?;
         let out_dim = vb.pp("neck.linear").get_unchecked("weight")?.dims().first().copied().unwrap_or(0);
@@ -180,7 +205,7 @@ impl Head {
             [g] => Some(*g),
             more => candle_core::bail!("{}: {GRID_TENSOR} holds {} values, not one", path.display(), more.len()),
         };
-        let head = Self::trainable(vb, token_dim * blocks.len().max(1), out_dim)?;
+        let head = Self::trainable(vb, in_width(&blocks), out_dim)?;
         Ok(Self { blocks, grid, ..head })
     }
 
@@ -209,6 +234,20 @@ impl Head {
         let x = self.neck.forward(&self.pooling.forward(tokens)?)?;
         l2_normalise(&x)
     }
+}
+
+/// The width of the tokens a head reads from `backbone` at `depths`, concatenated feature
+/// by feature (empty: the last depth).
+fn read_width(backbone: &dyn Backbone, depths: &[usize]) -> usize {
+    match depths {
+        [] => backbone.width(backbone.depth()),
+        depths => depths.iter().map(|&d| backbone.width(d)).sum(),
+    }
+}
+
+/// Average-pools the grid of `features` as [`pool_tokens`] does.
+pub fn pool_features(features: &Features, grid: usize) -> Result<Tensor> {
+    pool_tokens(features.tokens(), features.rows(), features.cols(), grid)
 }
 
 /// Average-pools the patch grid of `tokens` `[B, 1 + R*C, D]` to `grid` x `grid` where it

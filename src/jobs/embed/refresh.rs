@@ -13,10 +13,17 @@ use serde::Serialize;
 
 use crate::base::progress::Progress;
 use crate::base::vocabulary::BoxPx;
-use crate::catalogue::Catalogue;
-use crate::models::EmbedError;
-use crate::models::Embedder;
-use crate::models::prepare;
+use crate::catalogue::{Catalogue, CatalogueError};
+use crate::models::{Embedder, prepare};
+
+/// Why embedding a catalogue stopped (what was committed before stays).
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    #[error("embedding failed: {0}")]
+    Model(#[from] candle_core::Error),
+    #[error(transparent)]
+    Catalogue(#[from] CatalogueError),
+}
 
 #[derive(Debug, Clone)]
 pub struct EmbedOptions {
@@ -68,7 +75,7 @@ pub fn embed_catalogue(
     embedder: &Embedder,
     options: &EmbedOptions,
     progress: &dyn Progress,
-) -> Result<EmbedReport, EmbedError> {
+) -> Result<EmbedReport, RefreshError> {
     let started = Instant::now();
     let states = cat.embedding_states(embedder.key())?;
     let mut report = EmbedReport {
@@ -93,7 +100,7 @@ pub fn embed_catalogue(
     let batch = options.batch.max(1);
     let size = embedder.size();
     let (sender, receiver) = mpsc::sync_channel::<Prepared>(2);
-    std::thread::scope(|scope| -> Result<(), EmbedError> {
+    std::thread::scope(|scope| -> Result<(), RefreshError> {
         let work = &work;
         scope.spawn(move || {
             for chunk in work.chunks(batch) {

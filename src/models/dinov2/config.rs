@@ -46,6 +46,14 @@ impl Dinov2Config {
         }
     }
 
+    /// Its name in model keys: `dinov2_vits14` for ViT-S/14, else its shape.
+    pub fn name(&self) -> String {
+        match *self == Self::vits14() {
+            true => "dinov2_vits14".to_string(),
+            false => format!("dinov2_{}d{}x{}p{}", self.hidden_size, self.num_layers, self.num_heads, self.patch_size),
+        }
+    }
+
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_heads
     }

@@ -16,28 +16,16 @@ mod weights;
 
 pub use weights::{Dinov2Weights, WeightTensor};
 
-use super::backbone::Tap;
+use super::backbone::{Backbone, Features, Tap};
+use super::error::EmbedError;
 use super::layers::{Kernels, LayerNorm, Linear, gelu_erf, product, softmax_last_dim};
 pub use config::Dinov2Config;
 pub use position::bicubic_resize_matrix;
 
-/// Why a backbone could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum EmbedError {
-    #[error("{}: {source}", path.display())]
-    Io { path: std::path::PathBuf, source: std::io::Error },
-    #[error("{}: not usable weights: {source}", path.display())]
-    Weights { path: std::path::PathBuf, source: candle_core::Error },
-    #[error("{0}")]
-    Config(String),
-    #[error("embedding failed: {0}")]
-    Model(#[from] candle_core::Error),
-    #[error(transparent)]
-    Catalogue(#[from] crate::catalogue::CatalogueError),
-}
-
 /// The DINOv2 backbone. Cheap to share between threads (`&self` forward).
 pub struct Dinov2 {
+    /// Its name in model keys.
+    name: String,
     config: Dinov2Config,
     kernels: Kernels,
     embeddings: Embeddings,
@@ -62,6 +50,7 @@ impl Dinov2 {
             .collect::<Result<Vec<_>>>()?;
         let layernorm = LayerNorm::new(vb.pp("layernorm"), config.hidden_size, config.layer_norm_eps)?;
         Ok(Self {
+            name: config.name(),
             config: config.clone(),
             kernels: Kernels::default(),
             embeddings,
@@ -75,6 +64,15 @@ impl Dinov2 {
     /// ([`Kernels::Fused`]).
     pub fn load(path: &Path, device: &Device) -> std::result::Result<Self, EmbedError> {
         let bytes = std::fs::read(path).map_err(|source| EmbedError::Io { path: path.to_path_buf(), source })?;
+        Self::from_safetensors_bytes(bytes, path, device)
+    }
+
+    /// [`Dinov2::load`] from the bytes of the file at `path`.
+    pub(crate) fn from_safetensors_bytes(
+        bytes: Vec<u8>,
+        path: &Path,
+        device: &Device,
+    ) -> std::result::Result<Self, EmbedError> {
         let weights_error = |source| EmbedError::Weights { path: path.to_path_buf(), source };
         let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, device).map_err(weights_error)?;
         let model = Self::new(&Dinov2Config::vits14(), vb).map_err(weights_error)?;
@@ -233,6 +231,45 @@ impl Dinov2 {
         // Two threads may race to prepare it; either result is the same.
         let _ = self.cpu_backbone.set(prepared);
         Ok(self.cpu_backbone.get().and_then(Option::as_ref))
+    }
+}
+
+impl Backbone for Dinov2 {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn depth(&self) -> usize {
+        self.blocks.len()
+    }
+
+    fn width(&self, _depth: usize) -> usize {
+        self.config.hidden_size
+    }
+
+    fn input_multiple(&self) -> usize {
+        self.config.patch_size
+    }
+
+    fn device(&self) -> &Device {
+        Dinov2::device(self)
+    }
+
+    fn features(&self, images: &Tensor, taps: &[Tap]) -> Result<Vec<Features>> {
+        let (rows, cols) = self.embeddings.patch_grid(images, &self.config)?;
+        let patch = self.config.patch_size;
+        self.forward_taps(images, taps)?
+            .into_iter()
+            .map(|tokens| Features::with_global(tokens, rows, cols, patch))
+            .collect()
+    }
+
+    fn with_weights(&self, replacements: &HashMap<String, Tensor>) -> Result<std::sync::Arc<dyn Backbone>> {
+        Ok(std::sync::Arc::new(Dinov2::with_weights(self, replacements)?))
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
 
