@@ -191,7 +191,7 @@ fn parse_name<T: Copy + std::str::FromStr<Err = String>>(
     all: &[T],
     name: impl Fn(T) -> &'static str,
     text: &str,
-) -> Result<T, String> {
+) -> std::result::Result<T, String> {
     all.iter().copied().find(|&v| name(v) == text).map_or_else(|| text.parse(), Ok)
 }
 

@@ -46,7 +46,7 @@ fn count(cat: &Catalogue, sql: &str) -> Result<i64> {
 
 pub fn stats(cat: &Catalogue) -> Result<Stats> {
     let (first, last): (Option<String>, Option<String>) = cat
-        .conn()
+        .conn
         .query_row("SELECT min(taken_at), max(taken_at) FROM photos", [], |r| Ok((r.get(0)?, r.get(1)?)))
         .map_err(|e| cat.sql_err(e))?;
     Ok(Stats {
