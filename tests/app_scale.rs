@@ -9,6 +9,7 @@ use egui_kittest::kittest::Queryable;
 use whaleid::app::{AppOptions, WhaleApp};
 use whaleid::base::vocabulary::BoxPx;
 use whaleid::catalogue::Catalogue;
+use whaleid::catalogue::synthetic::SyntheticCatalogue;
 
 const PHOTOS: usize = 100_000;
 
@@ -16,7 +17,8 @@ const PHOTOS: usize = 100_000;
 /// one box per photo, a third of them unreviewed.
 fn big_catalogue(path: &std::path::Path) {
     let mut cat = Catalogue::create(path).unwrap();
-    whaleid::cli::bench::fill_catalogue(&mut cat, PHOTOS, 2000, BoxPx::new(10.0, 10.0, 100.0, 50.0)).unwrap();
+    cat.fill_synthetic(&SyntheticCatalogue::one_box_per_photo(PHOTOS, 2000, BoxPx::new(10.0, 10.0, 100.0, 50.0)))
+        .unwrap();
 }
 
 fn median(mut times: Vec<Duration>) -> Duration {

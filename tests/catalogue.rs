@@ -3,40 +3,12 @@
 
 mod common;
 
-use whaleid::base::vocabulary::{BoxPx, How, Part, Side, Source, Status};
-use whaleid::catalogue::{Catalogue, CatalogueError, NewAnnotation, NewPhoto};
+use whaleid::base::vocabulary::{BoxPx, How, Status};
+use whaleid::catalogue::{Catalogue, CatalogueError};
 
 fn catalogue_with_two_sightings(dir: &std::path::Path) -> (Catalogue, i64, i64) {
-    let mut cat = Catalogue::create(&dir.join("c.whaleid")).unwrap();
-    let (a, b) = cat
-        .edit("setup", |e| {
-            let mut ids = Vec::new();
-            for i in 0..2 {
-                let photo = e.insert_photo(&NewPhoto {
-                    stored_path: format!("p{i}.jpg"),
-                    hash: format!("h{i}"),
-                    width: 100,
-                    height: 80,
-                    orientation: 1,
-                    taken_at: Some(format!("2024-06-0{}T10:00:00", i + 1)),
-                    latitude: None,
-                    longitude: None,
-                })?;
-                ids.push(e.insert_annotation(&NewAnnotation {
-                    photo_id: photo,
-                    bbox: Some(BoxPx::new(10.0, 10.0, 50.0, 40.0)),
-                    part: Part::Fluke,
-                    side: Side::Unknown,
-                    source: Source::Manual,
-                    status: Status::Unreviewed,
-                    species: None,
-                    score: None,
-                })?);
-            }
-            Ok((ids[0], ids[1]))
-        })
-        .unwrap();
-    (cat, a, b)
+    let (cat, ids) = common::boxed_catalogue(dir, 2, None);
+    (cat, ids[0], ids[1])
 }
 
 #[test]

@@ -90,7 +90,8 @@ fn mark_capture_histories_have_one_column_per_sampling_occasion() {
         ("p002", "2024-06-17T11:00:00"),
         ("p003", "2024-07-01T08:00:00"),
     ] {
-        cat.conn()
+        rusqlite::Connection::open(cat.path())
+            .unwrap()
             .execute("UPDATE photos SET taken_at = ?2 WHERE path LIKE ?1", [format!("%{path}.jpg"), date.to_string()])
             .unwrap();
     }

@@ -267,7 +267,7 @@ fn a_photo_taken_upright_is_catalogued_upright_and_its_boxes_are_in_upright_pixe
     let report = run(&mut cat, &data);
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     let p = &cat.photos().unwrap()[0];
-    assert_eq!((p.width, p.height, p.orientation), (40, 80, 6));
+    assert_eq!((p.facts.width, p.facts.height, p.facts.orientation), (40, 80, 6));
     assert_eq!(cat.annotations_of_photo(p.id).unwrap()[0].bbox, Some(BoxPx::new(10.0, 10.0, 20.0, 20.0)));
     let shown = whaleid::base::photo::decode_file(&cat.photo_file(&p.stored_path)).unwrap();
     assert_eq!((shown.width(), shown.height()), (40, 80), "decoding applies the orientation too");

@@ -1,44 +1,17 @@
 //! The gallery a search runs on is read from the catalogue as it is now: rejected crops and
 //! embeddings of a box that has moved are left out and counted, never silently searched.
 
-use whaleid::base::vocabulary::{BoxPx, Part, Side, Source, Status};
-use whaleid::catalogue::{Catalogue, NewAnnotation, NewPhoto};
+mod common;
+
+use whaleid::base::vocabulary::{BoxPx, Status};
+use whaleid::catalogue::Catalogue;
 use whaleid::jobs::search::{Filter, Gallery};
 
 const MODEL: &str = "test-model";
 
 /// A catalogue of `n` boxed crops on `n` photos; returns the annotation ids.
 fn catalogue(dir: &std::path::Path, n: usize) -> (Catalogue, Vec<i64>) {
-    let mut cat = Catalogue::create(&dir.join("c.whaleid")).unwrap();
-    let ids = cat
-        .edit("setup", |e| {
-            let mut ids = Vec::new();
-            for i in 0..n {
-                let photo = e.insert_photo(&NewPhoto {
-                    stored_path: format!("p{i}.jpg"),
-                    hash: format!("h{i}"),
-                    width: 100,
-                    height: 80,
-                    orientation: 1,
-                    taken_at: None,
-                    latitude: None,
-                    longitude: None,
-                })?;
-                ids.push(e.insert_annotation(&NewAnnotation {
-                    photo_id: photo,
-                    bbox: Some(BoxPx::new(10.0, 10.0, 50.0, 40.0)),
-                    part: Part::Fluke,
-                    side: Side::Unknown,
-                    source: Source::Manual,
-                    status: Status::Unreviewed,
-                    species: Some("humpback_whale".into()),
-                    score: None,
-                })?);
-            }
-            Ok(ids)
-        })
-        .unwrap();
-    (cat, ids)
+    common::boxed_catalogue(dir, n, Some("humpback_whale"))
 }
 
 fn embed(cat: &mut Catalogue, annotation: i64, vector: &[f32]) {
@@ -111,7 +84,8 @@ fn a_stored_vector_of_the_wrong_dimension_is_skipped_not_fatal() {
     embed(&mut cat, ids[4], &[1.0, f32::NAN, 0.0, 0.0]);
     embed(&mut cat, ids[3], &[1.0, 0.0, 0.0]);
     // A blob that contradicts its own `dim` (truncated on disk).
-    cat.conn()
+    rusqlite::Connection::open(cat.path())
+        .unwrap()
         .execute("UPDATE embeddings SET vector = substr(vector, 1, 10) WHERE annotation_id = ?1", [ids[2]])
         .unwrap();
 

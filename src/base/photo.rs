@@ -20,9 +20,9 @@ pub fn is_photo(path: &Path) -> bool {
         .is_some_and(|e| PHOTO_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
-/// What whaleid records about a photo file.
-#[derive(Debug, Clone)]
-pub struct PhotoInfo {
+/// What whaleid records about a photo file's content; the catalogue's photo records carry it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PhotoFacts {
     pub hash: String,
     /// Pixel size as the photo is shown, i.e. after EXIF orientation.
     pub width: u32,
@@ -109,10 +109,10 @@ fn orientation_tag(o: Orientation) -> u16 {
 }
 
 /// Hashes, decodes (to prove the photo is whole) and reads EXIF metadata.
-pub fn probe_bytes(bytes: &[u8]) -> Result<PhotoInfo, String> {
+pub fn probe_bytes(bytes: &[u8]) -> Result<PhotoFacts, String> {
     let (img, orientation) = decode_bytes(bytes)?;
     let exif = read_exif(bytes);
-    Ok(PhotoInfo {
+    Ok(PhotoFacts {
         hash: hash_bytes(bytes),
         width: img.width(),
         height: img.height(),

@@ -32,7 +32,7 @@ pub struct Stats {
 }
 
 fn grouped(cat: &Catalogue, sql: &str) -> Result<BTreeMap<String, i64>> {
-    let mut stmt = cat.conn().prepare(sql).map_err(|e| cat.sql_err(e))?;
+    let mut stmt = cat.conn.prepare(sql).map_err(|e| cat.sql_err(e))?;
     let rows = stmt
         .query_map([], |r| Ok((r.get::<_, Option<String>>(0)?.unwrap_or_else(|| "unknown".into()), r.get(1)?)))
         .and_then(|rows| rows.collect::<rusqlite::Result<BTreeMap<_, _>>>())
@@ -41,12 +41,12 @@ fn grouped(cat: &Catalogue, sql: &str) -> Result<BTreeMap<String, i64>> {
 }
 
 fn count(cat: &Catalogue, sql: &str) -> Result<i64> {
-    cat.conn().query_row(sql, [], |r| r.get(0)).map_err(|e| cat.sql_err(e))
+    cat.conn.query_row(sql, [], |r| r.get(0)).map_err(|e| cat.sql_err(e))
 }
 
 pub fn stats(cat: &Catalogue) -> Result<Stats> {
     let (first, last): (Option<String>, Option<String>) = cat
-        .conn()
+        .conn
         .query_row("SELECT min(taken_at), max(taken_at) FROM photos", [], |r| Ok((r.get(0)?, r.get(1)?)))
         .map_err(|e| cat.sql_err(e))?;
     Ok(Stats {

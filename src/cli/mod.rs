@@ -434,16 +434,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let console = Console::new(json);
             let report = crate::jobs::import::relink(&mut cat, &folder, &console)?;
             drop(console);
-            emit(json, &report, |r| {
-                let mut s = format!(
-                    "{} photo(s) were missing; relinked {}, still missing {}",
-                    r.missing_before, r.relinked, r.still_missing
-                );
-                for p in &r.problems {
-                    s.push_str(&format!("\n  {p}"));
-                }
-                s
-            })
+            emit(json, &report, |r| r.to_string())
         }
         Command::Undo { catalog, json } => undo_redo(&catalog, json, true),
         Command::Redo { catalog, json } => undo_redo(&catalog, json, false),
@@ -508,7 +499,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let filter = crate::jobs::search::Filter { species, part, side };
             let threshold = crate::jobs::eval::stored_threshold(&cat, embedder.key());
             let result = load.gallery.search(&query[0], top, &filter, None, threshold);
-            emit(json, &result, |r| describe_search(r, &photo))
+            emit(json, &result, |r| format!("{}: {r}", photo.display()))
         }
         Command::Eval { datasets, catalog, save_threshold, open_set, seed, batch, model, json } => {
             let options = crate::jobs::eval::EvalOptions { batch, open_set_fraction: open_set, seed };
@@ -768,33 +759,6 @@ fn print_train_event(event: &crate::jobs::train::TrainEvent, json: bool) {
             r.individuals, r.crops, r.epochs
         ),
     }
-}
-
-fn describe_search(r: &crate::jobs::search::SearchResult, photo: &Path) -> String {
-    let mut s = format!(
-        "{}: searched {} crop(s) of {} individual(s) ({})",
-        photo.display(),
-        r.searched_images,
-        r.searched_individuals,
-        r.filter
-    );
-    for (i, m) in r.matches.iter().enumerate() {
-        s.push_str(&format!(
-            "\n  {}. {:<24} {:.4}  (best crop: annotation {})",
-            i + 1,
-            m.individual,
-            m.score,
-            m.best_annotation
-        ));
-    }
-    match r.threshold {
-        Some(t) if r.new_individual => {
-            s.push_str(&format!("\nlikely a NEW individual: best score under the threshold {t:.4}"))
-        }
-        Some(t) => s.push_str(&format!("\nnew-individual threshold {t:.4}: the best match is above it")),
-        None => s.push_str("\nno new-individual threshold tuned yet (whaleid eval --catalog C --save-threshold)"),
-    }
-    s
 }
 
 /// `anyhow` at the edge: prints the error chain and returns the exit code.

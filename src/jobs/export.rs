@@ -244,8 +244,8 @@ fn export_csv(
             a.id.to_string(),
             p.stored_path.clone(),
             cat.photo_file(&p.stored_path).display().to_string(),
-            p.width.to_string(),
-            p.height.to_string(),
+            p.facts.width.to_string(),
+            p.facts.height.to_string(),
             num(b.map(|b| b.x)),
             num(b.map(|b| b.y)),
             num(b.map(|b| b.w)),
@@ -258,9 +258,9 @@ fn export_csv(
             r.individual.as_ref().map(|i| i.code.clone()).unwrap_or_default(),
             r.individual.as_ref().map(|i| i.name.clone()).unwrap_or_default(),
             r.how.map(|h| h.to_string()).unwrap_or_default(),
-            p.taken_at.clone().unwrap_or_default(),
-            p.latitude.map(|v| format!("{v:.6}")).unwrap_or_default(),
-            p.longitude.map(|v| format!("{v:.6}")).unwrap_or_default(),
+            p.facts.taken_at.clone().unwrap_or_default(),
+            p.facts.latitude.map(|v| format!("{v:.6}")).unwrap_or_default(),
+            p.facts.longitude.map(|v| format!("{v:.6}")).unwrap_or_default(),
         ])?;
         report.items += 1;
     }
@@ -275,8 +275,8 @@ fn export_coco(photos: &[Photo], rows: &[Row], out: &Path, report: &mut ExportRe
         .iter()
         .map(|p| {
             serde_json::json!({
-                "id": p.id, "file_name": p.stored_path, "width": p.width, "height": p.height,
-                "date_captured": p.taken_at,
+                "id": p.id, "file_name": p.stored_path, "width": p.facts.width, "height": p.facts.height,
+                "date_captured": p.facts.taken_at,
             })
         })
         .collect();
@@ -285,7 +285,7 @@ fn export_coco(photos: &[Photo], rows: &[Row], out: &Path, report: &mut ExportRe
         .iter()
         .map(|r| {
             let p = by_id[&r.photo_id];
-            let b = r.annotation.bbox.unwrap_or_else(|| BoxPx::whole(p.width, p.height));
+            let b = r.annotation.bbox.unwrap_or_else(|| BoxPx::whole(p.facts.width, p.facts.height));
             serde_json::json!({
                 "id": r.annotation.id, "image_id": r.photo_id, "category_id": part_category(r.annotation.part),
                 "bbox": [b.x, b.y, b.w, b.h], "area": b.area(), "iscrowd": 0,
@@ -339,7 +339,7 @@ fn export_yolo(
         let mut text = String::new();
         for r in by_photo.get(&p.id).map(Vec::as_slice).unwrap_or(&[]) {
             let Some(b) = r.annotation.bbox else { continue };
-            let [cx, cy, w, h] = b.to_yolo(p.width, p.height);
+            let [cx, cy, w, h] = b.to_yolo(p.facts.width, p.facts.height);
             text.push_str(&format!("{} {cx:.6} {cy:.6} {w:.6} {h:.6}\n", part_category(r.annotation.part) - 1));
             report.items += 1;
         }
@@ -438,7 +438,7 @@ fn export_mark(
     for r in rows {
         // Captures are what people decided: confirmed or imported, never a model's guess.
         let (Some(ind), Some(How::Confirmed | How::Imported)) = (&r.individual, r.how) else { continue };
-        match by_id[&r.photo_id].taken_at.as_deref().and_then(|t| occasion_of(t, occasion)) {
+        match by_id[&r.photo_id].facts.taken_at.as_deref().and_then(|t| occasion_of(t, occasion)) {
             Some(o) => {
                 captures.entry(ind.code.clone()).or_default().insert(o);
             }

@@ -77,3 +77,42 @@ pub fn whaleid_json(args: &[&str]) -> serde_json::Value {
     assert!(out.status.success(), "whaleid {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
+
+/// A catalogue `c.whaleid` in `dir` of `n` photos (`p0.jpg`, ... 100 x 80 px, taken on
+/// consecutive days from 1 June 2024; no files on disk), each with one unreviewed fluke box
+/// of `species`, added in one edit labelled `setup`. Returns it with the annotation ids.
+pub fn boxed_catalogue(dir: &Path, n: usize, species: Option<&str>) -> (whaleid::catalogue::Catalogue, Vec<i64>) {
+    use whaleid::base::photo::PhotoFacts;
+    use whaleid::base::vocabulary::{BoxPx, Part, Side, Source, Status};
+    use whaleid::catalogue::{Catalogue, NewAnnotation, NewPhoto};
+    let mut cat = Catalogue::create(&dir.join("c.whaleid")).unwrap();
+    let ids = cat
+        .edit("setup", |e| {
+            let mut ids = Vec::new();
+            for i in 0..n {
+                let facts = PhotoFacts {
+                    hash: format!("h{i}"),
+                    width: 100,
+                    height: 80,
+                    orientation: 1,
+                    taken_at: Some(format!("2024-06-{:02}T10:00:00", i + 1)),
+                    latitude: None,
+                    longitude: None,
+                };
+                let photo = e.insert_photo(&NewPhoto { stored_path: format!("p{i}.jpg"), facts })?;
+                ids.push(e.insert_annotation(&NewAnnotation {
+                    photo_id: photo,
+                    bbox: Some(BoxPx::new(10.0, 10.0, 50.0, 40.0)),
+                    part: Part::Fluke,
+                    side: Side::Unknown,
+                    source: Source::Manual,
+                    status: Status::Unreviewed,
+                    species: species.map(str::to_string),
+                    score: None,
+                })?);
+            }
+            Ok(ids)
+        })
+        .unwrap();
+    (cat, ids)
+}

@@ -353,9 +353,9 @@ impl AnnotatePanel {
         ui.separator();
         ui.heading("Photo");
         let p = &detail.photo;
-        ui.label(format!("{} x {} px", p.width, p.height));
-        ui.label(format!("taken {}", p.taken_at.as_deref().unwrap_or("(no date in the file)")));
-        if let (Some(lat), Some(lon)) = (p.latitude, p.longitude) {
+        ui.label(format!("{} x {} px", p.facts.width, p.facts.height));
+        ui.label(format!("taken {}", p.facts.taken_at.as_deref().unwrap_or("(no date in the file)")));
+        if let (Some(lat), Some(lon)) = (p.facts.latitude, p.facts.longitude) {
             ui.label(format!("at {lat:.5}, {lon:.5}"));
         }
         if !detail.tags.is_empty() {
@@ -428,7 +428,7 @@ impl AnnotatePanel {
             );
             return;
         };
-        let (w, h) = (detail.photo.width, detail.photo.height);
+        let (w, h) = (detail.photo.facts.width, detail.photo.facts.height);
         let size = size_of(w, h);
         // Zoom with the wheel (or pinch) around the pointer.
         if let Some(pointer) = response.hover_pos() {
@@ -442,7 +442,7 @@ impl AnnotatePanel {
         let painter = ui.painter_at(rect);
         let photo_rect = t.screen_from_box(&BoxPx::whole(w, h));
         let file_name = detail.photo.stored_path.rsplit('/').next().unwrap_or(&detail.photo.stored_path).to_string();
-        match cx.images.get(&ImageRequest::view(&detail.photo.hash, &detail.file)) {
+        match cx.images.get(&ImageRequest::view(&detail.photo.facts.hash, &detail.file)) {
             Picture::Ready(texture) => {
                 let uv = egui::Rect::from_min_max(egui::pos2(0.0, 0.0), egui::pos2(1.0, 1.0));
                 painter.image(texture.id(), photo_rect, uv, egui::Color32::WHITE);

@@ -192,9 +192,9 @@ impl IndividualsPanel {
                             let (rect, response) = ui.allocate_exact_size(TILE, egui::Sense::click());
                             let name =
                                 s.photo.stored_path.rsplit('/').next().unwrap_or(&s.photo.stored_path).to_string();
-                            let date = s.photo.taken_at.as_deref().map(|d| &d[..d.len().min(10)]).unwrap_or("no date");
+                            let date = s.photo.facts.taken_at.as_deref().map(|d| &d[..d.len().min(10)]).unwrap_or("no date");
                             let visible = ui.is_rect_visible(rect);
-                            let request = ImageRequest::thumbnail(&s.photo.hash, &s.file, s.annotation.bbox);
+                            let request = ImageRequest::thumbnail(&s.photo.facts.hash, &s.file, s.annotation.bbox);
                             let picture = visible.then(|| cx.images.get(&request));
                             let label = accessible_label(&format!("{name} {date}"), picture.as_ref());
                             response

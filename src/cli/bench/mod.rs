@@ -9,6 +9,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::catalogue::Catalogue;
+use crate::catalogue::synthetic::SyntheticCatalogue;
 use crate::jobs::import::ImportOptions;
 use crate::base::{console::Console, progress::Progress};
 
@@ -254,8 +255,9 @@ fn bench_stats(annotations: usize, json: bool) -> anyhow::Result<()> {
     let photos = annotations.div_ceil(2);
     let individuals = (annotations / 20).max(1);
     {
-        let cat = Catalogue::create(&path)?;
-        populate(&cat, photos, annotations, individuals)?;
+        let mut cat = Catalogue::create(&path)?;
+        let bbox = crate::base::vocabulary::BoxPx::new(10.0, 20.0, 300.0, 200.0);
+        cat.fill_synthetic(&SyntheticCatalogue { photos, annotations, individuals, bbox })?;
     }
     // A fresh open, as a user running `whaleid stats` gets.
     let cat = Catalogue::open(&path)?;
@@ -272,7 +274,7 @@ fn bench_stats(annotations: usize, json: bool) -> anyhow::Result<()> {
     let mut reference = Vec::new();
     for _ in 0..7 {
         let start = Instant::now();
-        let _: i64 = cat.conn().query_row("SELECT sum(length(status)) FROM annotations", [], |r| r.get(0))?;
+        cat.scan_annotations()?;
         reference.push(start.elapsed());
     }
     let (t, r) = (median(times).as_secs_f64() * 1e3, median(reference).as_secs_f64() * 1e3);
@@ -305,85 +307,9 @@ fn bench_stats(annotations: usize, json: bool) -> anyhow::Result<()> {
     })
 }
 
-/// Fills a catalogue with plausible rows directly (no photos on disk are needed for `stats`).
-fn populate(cat: &Catalogue, photos: usize, annotations: usize, individuals: usize) -> anyhow::Result<()> {
-    let conn = cat.conn();
-    conn.execute_batch("BEGIN")?;
-    {
-        let mut p = conn.prepare(
-            "INSERT INTO photos (id, path, hash, width, height, taken_at, imported_at) VALUES (?1, ?2, ?3, 1600, 1067, ?4, '2026-01-01T00:00:00')",
-        )?;
-        for i in 0..photos {
-            let day = format!("2024-{:02}-{:02}T10:00:00", 6 + i % 4, 1 + i % 28);
-            p.execute(rusqlite::params![i as i64 + 1, format!("photos/p{i:06}.jpg"), format!("{i:064x}"), day])?;
-        }
-        let mut v = conn.prepare(
-            "INSERT INTO individuals (id, code, species, created_at) VALUES (?1, ?2, 'humpback_whale', '2026-01-01')",
-        )?;
-        for i in 0..individuals {
-            v.execute(rusqlite::params![i as i64 + 1, format!("HW-{i:05}")])?;
-        }
-        let mut a = conn.prepare(
-            "INSERT INTO annotations (id, photo_id, x, y, w, h, part, source, status, created_at) \
-             VALUES (?1, ?2, 10, 20, 300, 200, ?3, 'detector', ?4, '2026-01-01')",
-        )?;
-        let mut id = conn.prepare(
-            "INSERT INTO identifications (annotation_id, individual_id, how, at) VALUES (?1, ?2, ?3, '2026-01-01')",
-        )?;
-        for i in 0..annotations {
-            let part = ["fluke", "dorsal_fin", "head", "body"][i % 4];
-            let status = ["unreviewed", "verified", "rejected"][i % 3];
-            a.execute(rusqlite::params![i as i64 + 1, (i % photos) as i64 + 1, part, status])?;
-            if i % 5 != 0 {
-                let how = ["confirmed", "imported", "predicted"][i % 3];
-                id.execute(rusqlite::params![i as i64 + 1, (i % individuals) as i64 + 1, how])?;
-            }
-        }
-    }
-    conn.execute_batch("COMMIT")?;
-    Ok(())
-}
-
 fn tempdir(prefix: &str) -> anyhow::Result<tempfile::TempDir> {
     Ok(tempfile::Builder::new().prefix(prefix).tempdir()?)
 }
-
-/// Fills `cat` with `photos` photos (`photos/p000000.jpg`...; the files need not exist),
-/// `individuals` individuals, one `bbox` per photo (a third unreviewed, the rest verified),
-/// each identified: the large catalogues of `bench ui` and the library's scale test.
-pub fn fill_catalogue(
-    cat: &mut Catalogue,
-    photos: usize,
-    individuals: usize,
-    bbox: crate::base::vocabulary::BoxPx,
-) -> Result<(), crate::catalogue::CatalogueError> {
-    let fill = format!(
-        "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {last_individual})
-         INSERT INTO individuals (code, name, species, notes, created_at)
-             SELECT printf('IND-%05d', i), '', 'humpback_whale', '', '2024-01-01T00:00:00' FROM n;
-         WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {last_photo})
-         INSERT INTO photos (path, hash, width, height, orientation, taken_at, imported_at)
-             SELECT printf('photos/p%06d.jpg', i), printf('%064x', i), 512, 384, 1,
-                    printf('2024-%02d-%02dT10:00:00', 1 + i % 12, 1 + i % 28), '2024-01-01T00:00:00' FROM n;
-         INSERT INTO annotations (photo_id, x, y, w, h, part, side, source, status, species, created_at)
-             SELECT id, {x}, {y}, {w}, {h}, 'fluke', 'unknown', 'imported',
-                    CASE WHEN id % 3 = 0 THEN 'unreviewed' ELSE 'verified' END, 'humpback_whale', '2024-01-01T00:00:00'
-             FROM photos;
-         INSERT INTO identifications (annotation_id, individual_id, how, at)
-             SELECT id, 1 + id % {individuals}, 'imported', '2024-01-01T00:00:00' FROM annotations;",
-        last_individual = individuals.max(1) - 1,
-        last_photo = photos.max(1) - 1,
-        individuals = individuals.max(1),
-        x = bbox.x,
-        y = bbox.y,
-        w = bbox.w,
-        h = bbox.h,
-    );
-    cat.edit("fill", |e| {
-        e.conn().execute_batch(&fill).map_err(|e| crate::catalogue::CatalogueError::Invalid(e.to_string()))
-    })
-}
-
 
 /// A Python interpreter with `packages` installed from PyPI, for reference measurements
 /// (onnxruntime, numpy, torch). The virtual environment lives in the data folder
@@ -689,43 +615,25 @@ fn bench_gallery_load(rows: &[f32], dim: usize, per: usize) -> anyhow::Result<Lo
     let path = dir.path().join("gallery.whaleid");
     let model = "bench-model";
     {
-        let cat = Catalogue::create(&path)?;
-        let conn = cat.conn();
-        conn.execute_batch("BEGIN")?;
-        let mut photo = conn.prepare(
-            "INSERT INTO photos (id, path, hash, width, height, imported_at) VALUES (?1, ?2, ?3, 1600, 1067, '2026-01-01')",
-        )?;
-        let mut individual = conn.prepare(
-            "INSERT INTO individuals (id, code, species, created_at) VALUES (?1, ?2, 'humpback_whale', '2026-01-01')",
-        )?;
-        let mut annotation = conn.prepare(
-            "INSERT INTO annotations (id, photo_id, x, y, w, h, part, source, status, created_at) \
-             VALUES (?1, ?1, 10, 20, 300, 200, 'fluke', 'detector', ?2, '2026-01-01')",
-        )?;
-        let mut identification = conn.prepare(
-            "INSERT INTO identifications (annotation_id, individual_id, how, at) VALUES (?1, ?2, 'confirmed', '2026-01-01')",
-        )?;
-        let mut embedding = conn.prepare(
-            "INSERT INTO embeddings (annotation_id, model, box_key, dim, vector) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
-        let fresh = crate::catalogue::box_key(Some(&crate::base::vocabulary::BoxPx { x: 10.0, y: 20.0, w: 300.0, h: 200.0 }));
-        let mut bytes = Vec::with_capacity(dim * 4);
-        for (r, v) in rows.chunks_exact(dim).enumerate() {
-            let id = r as i64 + 1;
-            if r % per == 0 {
-                individual.execute(rusqlite::params![(r / per) as i64 + 1, format!("HW-{:05}", r / per)])?;
-            }
-            photo.execute(rusqlite::params![id, format!("photos/p{r:06}.jpg"), format!("{r:064x}")])?;
-            let status = if r % 100 == 7 { "rejected" } else { "verified" };
-            annotation.execute(rusqlite::params![id, status])?;
-            identification.execute(rusqlite::params![id, (r / per) as i64 + 1])?;
-            let key = if r % 100 == 13 { "0.00,0.00,1.00,1.00" } else { fresh.as_str() };
-            bytes.clear();
-            bytes.extend(v.iter().flat_map(|x| x.to_le_bytes()));
-            embedding.execute(rusqlite::params![id, model, key, dim as i64, bytes])?;
+        let mut cat = Catalogue::create(&path)?;
+        let bbox = crate::base::vocabulary::BoxPx::new(10.0, 20.0, 300.0, 200.0);
+        cat.fill_synthetic(&SyntheticCatalogue::one_box_per_photo(n, n.div_ceil(per), bbox))?;
+        let fresh = crate::catalogue::box_key(Some(&bbox));
+        const BATCH: usize = 10_000;
+        for (b, chunk) in rows.chunks(BATCH * dim).enumerate() {
+            let batch: Vec<(i64, String, Vec<f32>)> = chunk
+                .chunks_exact(dim)
+                .enumerate()
+                .map(|(k, v)| {
+                    let r = b * BATCH + k;
+                    let key = if r % 100 == 13 { "0.00,0.00,1.00,1.00" } else { fresh.as_str() };
+                    (r as i64 + 1, key.to_string(), v.to_vec())
+                })
+                .collect();
+            cat.put_embeddings(model, &batch)?;
         }
-        drop((photo, individual, annotation, identification, embedding));
-        conn.execute_batch("COMMIT; PRAGMA wal_checkpoint(TRUNCATE);")?;
+        let rejected: Vec<i64> = (0..n).filter(|r| r % 100 == 7).map(|r| r as i64 + 1).collect();
+        cat.set_status(&rejected, crate::base::vocabulary::Status::Rejected)?;
     }
     let file_mib = std::fs::metadata(&path)?.len() as f64 / (1024.0 * 1024.0);
     let (mut ours, mut reference) = (Vec::new(), Vec::new());
@@ -740,14 +648,7 @@ fn bench_gallery_load(rows: &[f32], dim: usize, per: usize) -> anyhow::Result<Lo
         last = Some(load);
 
         let start = Instant::now();
-        let conn = rusqlite::Connection::open(&path)?;
-        let mut stmt = conn.prepare("SELECT vector FROM embeddings")?;
-        let mut rows = stmt.query([])?;
-        let mut total = 0usize;
-        while let Some(r) = rows.next()? {
-            let blob = r.get_ref(0)?.as_blob()?;
-            total += blob.len() + blob.first().copied().unwrap_or(0) as usize;
-        }
+        let total = crate::catalogue::synthetic::scan_embedding_blobs(&path)?;
         reference.push(start.elapsed());
         anyhow::ensure!(total >= n * dim * 4, "the reference scan read {total} bytes");
     }

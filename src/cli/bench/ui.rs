@@ -91,7 +91,8 @@ fn build(dir: &Path, photos: usize, to_embed: usize, embedder: &crate::models::E
     }
     let individuals = (photos / 50).max(2);
     let mut cat = Catalogue::create(&dir.join("bench.whaleid"))?;
-    super::fill_catalogue(&mut cat, photos, individuals, crate::base::vocabulary::BoxPx::new(60.0, 80.0, 380.0, 200.0))?;
+    let bbox = crate::base::vocabulary::BoxPx::new(60.0, 80.0, 380.0, 200.0);
+    cat.fill_synthetic(&crate::catalogue::synthetic::SyntheticCatalogue::one_box_per_photo(photos, individuals, bbox))?;
     let states = cat.embedding_states(embedder.key())?;
     let dim = embedder.dim();
     let mut rng = rand::rng();
