@@ -5,6 +5,7 @@ pub mod baseline;
 pub mod cache;
 pub mod data;
 pub mod loss;
+mod report_text;
 pub mod sampler;
 pub mod trainer;
 
