@@ -167,3 +167,27 @@ pub fn demo(args: DemoArgs) -> Result<()> {
     let stats = crate::catalogue::stats::stats(&cat)?;
     emit(args.json, &stats, |s| s.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_history_prints_one_line_per_edit_newest_first() {
+        let action =
+            |id, label: &str, undone| Action { id, label: label.into(), at: "2024-06-01T10:00:00".into(), undone };
+        let history = History(vec![action(12, "rename HW-001", true), action(3, "import", false)]);
+        assert_eq!(
+            history.to_string(),
+            "    12 2024-06-01T10:00:00 rename HW-001 (undone)\n     3 2024-06-01T10:00:00 import"
+        );
+        assert_eq!(serde_json::to_value(&history).unwrap()[0]["label"], "rename HW-001");
+    }
+
+    #[test]
+    fn undo_and_redo_say_what_they_did_or_that_there_was_nothing() {
+        assert_eq!(Done { done: Some("import".into()), undo: true }.to_string(), "undid: import");
+        assert_eq!(Done { done: None, undo: false }.to_string(), "nothing to redo");
+        assert_eq!(serde_json::to_string(&Done { done: None, undo: true }).unwrap(), r#"{"done":null}"#);
+    }
+}
