@@ -31,10 +31,8 @@ use anyhow::Context as _;
 use eframe::egui;
 
 use crate::base::paths::data_dir;
-use crate::base::progress::Progress;
-use crate::base::vocabulary::Part;
 use crate::catalogue::Catalogue;
-use crate::jobs::demo::{demo_catalogue_path, ensure_demo};
+use crate::jobs::demo::ensure_demo;
 use crate::jobs::import::ImportOptions;
 
 use command::{CatalogueEdit, Command, EditFailure, Event, ImportKind, Level, Notice, Pick};
