@@ -60,6 +60,19 @@ pub struct ExportReport {
     pub skipped: Vec<Problem>,
 }
 
+impl std::fmt::Display for ExportReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exported {} item(s) as {:?}:", self.items, self.format)?;
+        for w in &self.written {
+            write!(f, "\n  {}", w.display())?;
+        }
+        for p in &self.skipped {
+            write!(f, "\n  skipped {p}")?;
+        }
+        Ok(())
+    }
+}
+
 /// An annotation with its photo and identity: the unit every export writes.
 struct Row {
     annotation: Annotation,

@@ -27,6 +27,20 @@ pub struct SubmitReport {
     pub problems: Vec<String>,
 }
 
+impl std::fmt::Display for SubmitReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "wrote {} ({} queries, threshold ", self.out.display(), self.queries)?;
+        match self.threshold {
+            Some(t) => write!(f, "{t:.4})")?,
+            None => write!(f, "none: no new_whale)")?,
+        }
+        for p in &self.problems {
+            write!(f, "\n  {p}")?;
+        }
+        Ok(())
+    }
+}
+
 /// Five predictions with `new_whale` inserted before the first score under `threshold`.
 pub fn predictions(ranking: &[(String, f32)], threshold: Option<f32>) -> Vec<String> {
     let mut out: Vec<String> = Vec::with_capacity(PREDICTIONS);

@@ -53,6 +53,26 @@ pub struct EmbedReport {
     pub seconds: f64,
 }
 
+impl std::fmt::Display for EmbedReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: embedded {} crop(s) on the {} in {:.1} s ({} already up to date, {}-d){}",
+            self.model,
+            self.embedded,
+            self.device,
+            self.seconds,
+            self.fresh,
+            self.dim,
+            if self.cancelled { "; cancelled" } else { "" }
+        )?;
+        for p in &self.problems {
+            write!(f, "\n  {p}")?;
+        }
+        Ok(())
+    }
+}
+
 /// One crop to embed.
 #[derive(Debug, Clone)]
 pub struct Crop {

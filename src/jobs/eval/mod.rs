@@ -382,49 +382,49 @@ pub fn stored_threshold(cat: &Catalogue, model: &str) -> Option<f32> {
 }
 
 /// Human-readable report, as the Kaggle notebooks printed it.
-pub fn describe(r: &EvalReport) -> String {
-    use std::fmt::Write;
-    let mut s = String::new();
-    let _ = writeln!(s, "dataset: {}", r.dataset.join(", "));
-    let _ = writeln!(s, "model: {} on {}", r.model, r.device);
-    let _ = writeln!(
-        s,
-        "{} photos, {} crops, {} labelled, {} individuals; {}",
-        r.photos, r.annotations, r.labelled, r.individuals, r.protocol
-    );
-    let _ = writeln!(s, "closed set ({} queries)      model   32x32 pixels", r.closed_set.queries);
-    let row = |s: &mut String, name: &str, a: f64, b: f64| {
-        let _ = writeln!(s, "  {name:<24} {a:>6.3}   {b:>6.3}");
-    };
-    row(&mut s, "top-1", r.closed_set.top1, r.pixel_baseline.top1);
-    row(&mut s, "top-5", r.closed_set.top5, r.pixel_baseline.top5);
-    row(&mut s, "MAP@5", r.closed_set.map5, r.pixel_baseline.map5);
-    for ((k, a), (_, b)) in r.closed_set.recall_at.iter().zip(&r.pixel_baseline.recall_at) {
-        row(&mut s, &format!("R@{k}"), *a, *b);
-    }
-    row(&mut s, "weighted precision", r.closed_set.weighted_precision, r.pixel_baseline.weighted_precision);
-    row(&mut s, "weighted recall", r.closed_set.weighted_recall, r.pixel_baseline.weighted_recall);
-    row(&mut s, "weighted F1", r.closed_set.weighted_f1, r.pixel_baseline.weighted_f1);
-    if let Some(o) = &r.open_set {
-        let _ = writeln!(
-            s,
-            "open set ({} queries, {} new; {} individuals held out)",
-            o.tuned.queries, o.tuned.new_queries, o.held_out_individuals
-        );
-        row(&mut s, "MAP@5 (tuned)", o.tuned.map5, o.pixel_baseline.map5);
-        row(&mut s, "MAP@5 (cross-validated)", o.cross_validated_map5, o.pixel_baseline_cross_validated_map5);
-        let _ = writeln!(
-            s,
-            "  new_individual threshold {:.4} (pixels {:.4})",
-            o.tuned.threshold, o.pixel_baseline.threshold
-        );
-    }
-    if !r.problems.is_empty() {
-        let _ = writeln!(s, "{} problems:", r.problems.len());
-        for p in r.problems.iter().take(10) {
-            let _ = writeln!(s, "  {p}");
+impl std::fmt::Display for EvalReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r = self;
+        writeln!(f, "dataset: {}", r.dataset.join(", "))?;
+        writeln!(f, "model: {} on {}", r.model, r.device)?;
+        writeln!(
+            f,
+            "{} photos, {} crops, {} labelled, {} individuals; {}",
+            r.photos, r.annotations, r.labelled, r.individuals, r.protocol
+        )?;
+        writeln!(f, "closed set ({} queries)      model   32x32 pixels", r.closed_set.queries)?;
+        let row = |f: &mut std::fmt::Formatter<'_>, name: &str, a: f64, b: f64| {
+            writeln!(f, "  {name:<24} {a:>6.3}   {b:>6.3}")
+        };
+        row(f, "top-1", r.closed_set.top1, r.pixel_baseline.top1)?;
+        row(f, "top-5", r.closed_set.top5, r.pixel_baseline.top5)?;
+        row(f, "MAP@5", r.closed_set.map5, r.pixel_baseline.map5)?;
+        for ((k, a), (_, b)) in r.closed_set.recall_at.iter().zip(&r.pixel_baseline.recall_at) {
+            row(f, &format!("R@{k}"), *a, *b)?;
         }
+        row(f, "weighted precision", r.closed_set.weighted_precision, r.pixel_baseline.weighted_precision)?;
+        row(f, "weighted recall", r.closed_set.weighted_recall, r.pixel_baseline.weighted_recall)?;
+        row(f, "weighted F1", r.closed_set.weighted_f1, r.pixel_baseline.weighted_f1)?;
+        if let Some(o) = &r.open_set {
+            writeln!(
+                f,
+                "open set ({} queries, {} new; {} individuals held out)",
+                o.tuned.queries, o.tuned.new_queries, o.held_out_individuals
+            )?;
+            row(f, "MAP@5 (tuned)", o.tuned.map5, o.pixel_baseline.map5)?;
+            row(f, "MAP@5 (cross-validated)", o.cross_validated_map5, o.pixel_baseline_cross_validated_map5)?;
+            writeln!(
+                f,
+                "  new_individual threshold {:.4} (pixels {:.4})",
+                o.tuned.threshold, o.pixel_baseline.threshold
+            )?;
+        }
+        if !r.problems.is_empty() {
+            writeln!(f, "{} problems:", r.problems.len())?;
+            for p in r.problems.iter().take(10) {
+                writeln!(f, "  {p}")?;
+            }
+        }
+        write!(f, "{:.1} s", r.seconds)
     }
-    let _ = write!(s, "{:.1} s", r.seconds);
-    s
 }

