@@ -5,6 +5,7 @@
 //! leaves half an edit behind and every edit can be undone and redone.
 
 mod schema;
+pub mod stats;
 mod undo;
 
 use std::path::{Path, PathBuf};

@@ -1,15 +1,17 @@
 //! The command line: every job of the app also runs as `whaleid <subcommand>`.
 
+pub mod bench;
+
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
-use crate::base::console::Console;
+use crate::base::console::{Console, emit};
 use crate::base::vocabulary::{BoxPx, Part, Side};
 use crate::catalogue::Catalogue;
 use crate::jobs::export::{ExportFormat, ExportOptions, Occasion};
-use crate::jobs::import::{ImportOptions, ImportReport};
+use crate::jobs::import::ImportOptions;
 use crate::models::{DEFAULT_SIZE, DeviceChoice, Embedder};
 
 #[derive(Parser, Debug)]

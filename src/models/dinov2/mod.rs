@@ -16,7 +16,6 @@ mod weights;
 
 pub use weights::{Dinov2Weights, WeightTensor};
 
-use self::cpu;
 use super::backbone::Tap;
 use super::layers::{Kernels, LayerNorm, Linear, gelu_erf, product, softmax_last_dim};
 pub use config::Dinov2Config;
