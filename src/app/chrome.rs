@@ -261,7 +261,7 @@ impl Chrome {
                     ui.separator();
                     match &cx.state.catalogue {
                         Some(path) => {
-                            let counts = self
+                            let counts = cx
                                 .state
                                 .stats
                                 .as_ref()

@@ -78,7 +78,7 @@ impl Default for MapView {
 
 impl MapView {
     /// Points per map unit on a canvas of `size` (a margin keeps edge points on screen).
-    fn scale(&self, size: egui::Vec2) -> f32 {
+    pub fn scale(&self, size: egui::Vec2) -> f32 {
         size.x.min(size.y) * 0.92 * self.zoom
     }
 
