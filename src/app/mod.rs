@@ -41,8 +41,8 @@ use eframe::egui;
 use crate::base::paths::data_dir;
 
 use chrome::{Chrome, ChromeContext};
-use embedding::{GalleryData, LoadedModel, ModelStatus, device_choice, heads_dir, short_key};
 pub use embedding::Embedding;
+use embedding::{GalleryData, LoadedModel, ModelStatus, device_choice, heads_dir, short_key};
 use images::ImageCache;
 use jobs::{Jobs, OneAtATime};
 use messages::{CatalogueEdit, EditFailure, Event, ImportKind, Intent, JobId, Level, Notice, PanelId};

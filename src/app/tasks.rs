@@ -36,8 +36,8 @@ pub fn make_demo(path: PathBuf, job: &JobProgress) -> anyhow::Result<JobOutcome>
 
 /// Trims the thumbnail cache to `limit` bytes, oldest first.
 pub fn trim_thumbnails(dir: &Path, limit: u64) -> anyhow::Result<JobOutcome> {
-    let (removed, kept) = images::trim_cache(dir, limit)
-        .with_context(|| format!("cannot tidy the thumbnail cache {}", dir.display()))?;
+    let (removed, kept) =
+        images::trim_cache(dir, limit).with_context(|| format!("cannot tidy the thumbnail cache {}", dir.display()))?;
     Ok(JobOutcome::done(format!("{removed} old thumbnail(s) removed, {} MB kept", kept >> 20)).quietly())
 }
 
@@ -55,12 +55,8 @@ pub fn import(catalogue: &Path, source: &Path, job: &JobProgress) -> anyhow::Res
         report.labels.individuals_added,
         if problems > 0 { format!("; {problems} problem(s)") } else { String::new() },
     );
-    let details: Vec<String> = report
-        .problems
-        .iter()
-        .map(|p| p.to_string())
-        .chain(report.to_string().lines().map(str::to_string))
-        .collect();
+    let details: Vec<String> =
+        report.problems.iter().map(|p| p.to_string()).chain(report.to_string().lines().map(str::to_string)).collect();
     Ok(JobOutcome::done(summary).with_details(details).with_problems(problems).then(Intent::Reload))
 }
 
@@ -222,11 +218,7 @@ pub fn search(request: SearchRequest, job: &JobProgress) -> anyhow::Result<JobOu
 }
 
 /// Searches every labelled crop against the others (leave-one-out, the evaluator's protocol).
-pub fn review_labelled_crops(
-    gallery: &GalleryData,
-    generation: u64,
-    job: &JobProgress,
-) -> anyhow::Result<JobOutcome> {
+pub fn review_labelled_crops(gallery: &GalleryData, generation: u64, job: &JobProgress) -> anyhow::Result<JobOutcome> {
     let outcomes = crate::jobs::eval::query_outcomes(&gallery.load.gallery, &HashSet::new(), job);
     let searched = outcomes.len();
     job.send(Event::Reviewed(Arc::new(Review { generation, outcomes, cancelled: job.cancelled() })));

@@ -9,10 +9,10 @@ use eframe::egui;
 
 use super::view::{Grip, ViewTransform, ZoomPan, box_from_corners, drag_box, grip_at, size_of};
 use super::{Panel, PanelContext};
-use crate::app::widgets::{labelled_text, placeholder, submitted};
-use crate::app::messages::{CatalogueEdit, Event, Intent, Notice, PanelId};
 use crate::app::images::{ImageRequest, Picture};
+use crate::app::messages::{CatalogueEdit, Event, Intent, Notice, PanelId};
 use crate::app::records::{BoxRecord, PhotoDetail, individual_label};
+use crate::app::widgets::{labelled_text, placeholder, submitted};
 use crate::base::vocabulary::{BoxPx, Fit, Part, Side, Source, Status};
 
 /// Which box to select when the photo's boxes arrive.

@@ -6,10 +6,10 @@ use std::collections::BTreeSet;
 use eframe::egui;
 
 use super::{Panel, PanelContext};
-use crate::app::widgets::{accessible_label, labelled_text, paint_picture, submitted};
-use crate::app::messages::{CatalogueEdit, Event, Intent, Notice, PanelId};
 use crate::app::images::ImageRequest;
+use crate::app::messages::{CatalogueEdit, Event, Intent, Notice, PanelId};
 use crate::app::records::SightingHistory;
+use crate::app::widgets::{accessible_label, labelled_text, paint_picture, submitted};
 
 const TILE: egui::Vec2 = egui::vec2(150.0, 140.0);
 const THUMB_HEIGHT: f32 = 104.0;

@@ -7,11 +7,11 @@ use std::collections::{BTreeSet, HashSet};
 use eframe::egui;
 
 use super::{Panel, PanelContext};
-use crate::app::widgets::{accessible_label, labelled_text, paint_picture, submitted};
-use crate::app::messages::{CatalogueEdit, Intent, Notice, PanelId};
 use crate::app::images::ImageRequest;
+use crate::app::messages::{CatalogueEdit, Intent, Notice, PanelId};
 use crate::app::records::PhotoRow;
 use crate::app::state::AppState;
+use crate::app::widgets::{accessible_label, labelled_text, paint_picture, submitted};
 use crate::base::vocabulary::{Part, Status};
 
 const TILE: egui::Vec2 = egui::vec2(168.0, 162.0);

@@ -86,12 +86,7 @@ impl MapPanel {
         }
         let selected: HashSet<usize> = self.selection.iter().filter_map(|&a| data.row(a)).collect();
         self.drawing = Some(key.clone());
-        cx.send(Intent::DrawMap(Box::new(MapDrawing {
-            gallery: data.clone(),
-            key,
-            selected,
-            pixels_per_point: ppp,
-        })));
+        cx.send(Intent::DrawMap(Box::new(MapDrawing { gallery: data.clone(), key, selected, pixels_per_point: ppp })));
     }
 
     fn canvas_ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelContext<'_>, data: &Arc<GalleryData>) {
@@ -328,4 +323,3 @@ impl Panel for MapPanel {
         egui::CentralPanel::default().frame(egui::Frame::NONE).show(ui, |ui| self.canvas_ui(ui, cx, &data));
     }
 }
-
