@@ -1,17 +1,21 @@
 //! The window's frame around the panels: menu bar and panel tabs, status bar (jobs, device,
-//! catalogue, saved indicator), notices, file dialogs, and the shortcuts, settings and
-//! path windows.
+//! catalogue, saved indicator), notices, the shortcuts, settings and path windows, and the
+//! shortcuts that work everywhere. Like a panel, it changes things only by pushing intents.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::mpsc::Sender;
 
 use eframe::egui;
 
-use super::WhaleApp;
-use super::command::{Command, Event, ImportKind, Level, Notice, Pick};
-use super::panels::labelled_text;
+use super::jobs::Jobs;
+use super::messages::{CatalogueEdit, ImportKind, Intent, Level, Notice, Pick};
+use super::panels::Panel;
+use super::settings::Settings;
+use super::state::AppState;
+use super::widgets::labelled_text;
 use crate::jobs::export::ExportFormat;
 
+/// The frame's own state: which windows are open, and what it caches between frames.
 #[derive(Default)]
 pub struct Chrome {
     pub shortcuts: bool,
@@ -19,11 +23,31 @@ pub struct Chrome {
     /// The "type a path" window: for when no file dialog can be shown (no desktop portal).
     pub path_prompt: Option<(Pick, String)>,
     pub details: Option<Notice>,
+    /// A setting changed and is not written yet: it is, once the change is finished (the
+    /// pointer released, a typed value committed).
+    settings_unsaved: bool,
+    /// Whether each recent catalogue still exists, checked in the background when the list
+    /// changes (the menu asks every frame it is open).
+    recent_exists: HashMap<PathBuf, bool>,
+}
+
+/// What the frame reads and changes: the state, the jobs for the status bar, the panels for
+/// the tabs and the shortcuts, and the intents it pushes.
+pub struct ChromeContext<'a> {
+    pub state: &'a mut AppState,
+    pub jobs: &'a Jobs,
+    pub panels: &'a [Box<dyn Panel>],
+    pub out: &'a mut Vec<Intent>,
 }
 
 impl Chrome {
     pub fn modal_open(&self) -> bool {
         self.path_prompt.is_some()
+    }
+
+    /// The recent catalogues checked (see `Event::RecentChecked`).
+    pub fn recent_checked(&mut self, checked: Vec<(PathBuf, bool)>) {
+        self.recent_exists = checked.into_iter().collect();
     }
 }
 
@@ -36,61 +60,6 @@ const GLOBAL_SHORTCUTS: &[(&str, &str)] = &[
     ("F1", "this list"),
 ];
 
-/// Shows a file dialog on its own thread (it blocks until the user answers) and sends the
-/// command the answer makes.
-pub fn pick(pick: Pick, events: Sender<Event>, ctx: egui::Context) {
-    let spawned = std::thread::Builder::new().name("file dialog".into()).spawn(move || {
-        let asked = std::time::Instant::now();
-        let dialog = rfd::FileDialog::new();
-        let catalogue_filter = |d: rfd::FileDialog| d.add_filter("whaleid catalogue", &[crate::catalogue::EXTENSION]);
-        let command = match pick {
-            Pick::OpenCatalogue => {
-                catalogue_filter(dialog).set_title("Open a catalogue").pick_file().map(Command::OpenCatalogue)
-            }
-            Pick::NewCatalogue => catalogue_filter(dialog)
-                .set_title("New catalogue")
-                .set_file_name("catalogue.whaleid")
-                .save_file()
-                .map(Command::NewCatalogue),
-            Pick::Import(what) => {
-                let dialog = dialog.set_title(import_title(what));
-                let source = match what {
-                    ImportKind::Folder | ImportKind::YoloBoxes => dialog.pick_folder(),
-                    ImportKind::Labels => dialog.add_filter("labels CSV", &["csv"]).pick_file(),
-                    ImportKind::CocoBoxes => dialog.add_filter("COCO JSON", &["json"]).pick_file(),
-                };
-                source.map(|source| Command::Import { source, what })
-            }
-            Pick::Export(format) => {
-                let dialog = dialog.set_title(format!("Export {format:?} into folder"));
-                dialog.pick_folder().map(|out| Command::Export { format, out })
-            }
-        };
-        let command = match command {
-            Some(c) => c,
-            // Back at once with nothing: no dialog could be shown (no desktop portal), so
-            // ask for the path in the window instead. A user who cancels takes longer.
-            None if asked.elapsed() < std::time::Duration::from_millis(400) => Command::PromptPath(pick),
-            None => return,
-        };
-        let _ = events.send(Event::Command(command));
-        ctx.request_repaint();
-    });
-    if let Err(e) = spawned {
-        log_error(&format!("cannot show a file dialog: {e}"));
-    }
-}
-
-/// What a path typed for a dialog becomes.
-pub fn command_for(pick: Pick, path: PathBuf) -> Command {
-    match pick {
-        Pick::OpenCatalogue => Command::OpenCatalogue(path),
-        Pick::NewCatalogue => Command::NewCatalogue(path),
-        Pick::Import(what) => Command::Import { source: path, what },
-        Pick::Export(format) => Command::Export { format, out: path },
-    }
-}
-
 /// Title, hint and button of the path window.
 fn prompt_words(pick: Pick) -> (&'static str, &'static str, &'static str) {
     match pick {
@@ -98,19 +67,6 @@ fn prompt_words(pick: Pick) -> (&'static str, &'static str, &'static str) {
         Pick::NewCatalogue => ("New catalogue", "/path/to/new.whaleid", "Create"),
         Pick::Import(_) => ("Import", "a photo folder, a labels .csv or a COCO .json", "Import"),
         Pick::Export(_) => ("Export", "the folder to write into", "Export"),
-    }
-}
-
-fn log_error(text: &str) {
-    eprintln!("whaleid: {text}");
-}
-
-fn import_title(what: ImportKind) -> &'static str {
-    match what {
-        ImportKind::Folder => "Import a photo folder (photos, labels and boxes inside are recognised)",
-        ImportKind::Labels => "Import identity labels (CSV)",
-        ImportKind::CocoBoxes => "Import boxes (COCO JSON)",
-        ImportKind::YoloBoxes => "Import boxes (folder of YOLO labels)",
     }
 }
 
@@ -122,74 +78,111 @@ const EXPORTS: &[(ExportFormat, &str)] = &[
     (ExportFormat::Mark, "Program MARK capture histories…"),
 ];
 
-impl WhaleApp {
-    pub(super) fn menu_bar(&mut self, ui: &mut egui::Ui) {
+impl Chrome {
+    /// Shortcuts that work everywhere: undo and redo (unless typing), the panels, the windows.
+    pub fn global_keys(&mut self, ui: &egui::Ui, cx: &mut ChromeContext<'_>) {
+        use egui::{Key, Modifiers};
+        let typing = ui.ctx().egui_wants_keyboard_input();
+        ui.input_mut(|i| {
+            if !typing {
+                if i.consume_key(Modifiers::COMMAND | Modifiers::SHIFT, Key::Z)
+                    || i.consume_key(Modifiers::COMMAND, Key::Y)
+                {
+                    cx.out.push(Intent::Redo);
+                }
+                if i.consume_key(Modifiers::COMMAND, Key::Z) {
+                    cx.out.push(Intent::Undo);
+                }
+            }
+            if i.consume_key(Modifiers::NONE, Key::F1) {
+                self.shortcuts = !self.shortcuts;
+            }
+            if i.consume_key(Modifiers::COMMAND, Key::Comma) {
+                self.settings = !self.settings;
+            }
+            if i.consume_key(Modifiers::COMMAND, Key::O) {
+                cx.out.push(Intent::Pick(Pick::OpenCatalogue));
+            }
+            const DIGITS: [Key; 9] =
+                [Key::Num1, Key::Num2, Key::Num3, Key::Num4, Key::Num5, Key::Num6, Key::Num7, Key::Num8, Key::Num9];
+            for (n, key) in DIGITS.into_iter().enumerate() {
+                if i.consume_key(Modifiers::COMMAND, key)
+                    && let Some(p) = cx.panels.get(n)
+                {
+                    cx.out.push(Intent::Show(p.id()));
+                }
+            }
+        });
+    }
+
+    pub fn menu_bar(&mut self, ui: &mut egui::Ui, cx: &mut ChromeContext<'_>) {
         egui::Panel::top("menu").show(ui, |ui| {
             egui::MenuBar::new().ui(ui, |ui| {
-                ui.menu_button("File", |ui| self.file_menu(ui));
-                ui.menu_button("Edit", |ui| self.edit_menu(ui));
+                ui.menu_button("File", |ui| self.file_menu(ui, cx));
+                ui.menu_button("Edit", |ui| self.edit_menu(ui, cx));
                 ui.menu_button("View", |ui| {
-                    for p in &self.panels {
+                    for p in cx.panels {
                         if ui.button(p.title()).clicked() {
-                            self.out.push(Command::Show(p.id()));
+                            cx.out.push(Intent::Show(p.id()));
                         }
                     }
                     ui.separator();
                     if ui.button("Keyboard shortcuts (F1)").clicked() {
-                        self.chrome.shortcuts = true;
+                        self.shortcuts = true;
                     }
                     if ui.button("Settings… (Ctrl+,)").clicked() {
-                        self.chrome.settings = true;
+                        self.settings = true;
                     }
                 });
                 ui.separator();
-                let active = self.state.active;
-                for p in &self.panels {
+                let active = cx.state.active;
+                for p in cx.panels {
                     if ui.selectable_label(p.id() == active, p.title()).clicked() {
-                        self.out.push(Command::Show(p.id()));
+                        cx.out.push(Intent::Show(p.id()));
                     }
                 }
             });
         });
     }
 
-    fn file_menu(&mut self, ui: &mut egui::Ui) {
-        let pick = |ui: &mut egui::Ui, label: &str, p: Pick, out: &mut Vec<Command>| {
+    fn file_menu(&mut self, ui: &mut egui::Ui, cx: &mut ChromeContext<'_>) {
+        let pick = |ui: &mut egui::Ui, label: &str, p: Pick, out: &mut Vec<Intent>| {
             if ui.button(label).clicked() {
-                out.push(Command::Pick(p));
+                out.push(Intent::Pick(p));
             }
         };
-        pick(ui, "New catalogue…", Pick::NewCatalogue, &mut self.out);
-        pick(ui, "Open catalogue… (Ctrl+O)", Pick::OpenCatalogue, &mut self.out);
+        pick(ui, "New catalogue…", Pick::NewCatalogue, cx.out);
+        pick(ui, "Open catalogue… (Ctrl+O)", Pick::OpenCatalogue, cx.out);
         ui.menu_button("Open recent", |ui| {
-            if self.state.settings.recent.is_empty() {
+            if cx.state.settings.recent.is_empty() {
                 ui.label("(none yet)");
             }
-            for path in self.state.settings.recent.clone() {
-                let exists = path.is_file();
+            for path in &cx.state.settings.recent {
+                // Not checked yet: offered, and an open that fails says why.
+                let exists = self.recent_exists.get(path).copied().unwrap_or(true);
                 let text = path.display().to_string();
                 if ui.add_enabled(exists, egui::Button::new(text)).on_disabled_hover_text("missing").clicked() {
-                    self.out.push(Command::OpenCatalogue(path));
+                    cx.out.push(Intent::OpenCatalogue(path.clone()));
                 }
             }
         });
         if ui.button("Open the demo catalogue").clicked() {
-            self.out.push(Command::OpenDemo);
+            cx.out.push(Intent::OpenDemo);
         }
         if ui.button("Type a catalogue path…").clicked() {
-            self.chrome.path_prompt = Some((Pick::OpenCatalogue, String::new()));
+            self.path_prompt = Some((Pick::OpenCatalogue, String::new()));
         }
         ui.separator();
-        pick(ui, "Import a photo folder…", Pick::Import(ImportKind::Folder), &mut self.out);
-        pick(ui, "Import labels (CSV)…", Pick::Import(ImportKind::Labels), &mut self.out);
-        pick(ui, "Import boxes (COCO JSON)…", Pick::Import(ImportKind::CocoBoxes), &mut self.out);
-        pick(ui, "Import boxes (YOLO folder)…", Pick::Import(ImportKind::YoloBoxes), &mut self.out);
+        pick(ui, "Import a photo folder…", Pick::Import(ImportKind::Folder), cx.out);
+        pick(ui, "Import labels (CSV)…", Pick::Import(ImportKind::Labels), cx.out);
+        pick(ui, "Import boxes (COCO JSON)…", Pick::Import(ImportKind::CocoBoxes), cx.out);
+        pick(ui, "Import boxes (YOLO folder)…", Pick::Import(ImportKind::YoloBoxes), cx.out);
         if ui.button("Type a path to import…").clicked() {
-            self.chrome.path_prompt = Some((Pick::Import(ImportKind::Folder), String::new()));
+            self.path_prompt = Some((Pick::Import(ImportKind::Folder), String::new()));
         }
         ui.menu_button("Export", |ui| {
             for (format, label) in EXPORTS {
-                pick(ui, label, Pick::Export(*format), &mut self.out);
+                pick(ui, label, Pick::Export(*format), cx.out);
             }
         });
         ui.separator();
@@ -198,19 +191,19 @@ impl WhaleApp {
         }
     }
 
-    fn edit_menu(&mut self, ui: &mut egui::Ui) {
+    fn edit_menu(&mut self, ui: &mut egui::Ui, cx: &mut ChromeContext<'_>) {
         if ui.button("Undo (Ctrl+Z)").clicked() {
-            self.out.push(Command::Undo);
+            cx.out.push(Intent::Undo);
         }
         if ui.button("Redo (Ctrl+Shift+Z)").clicked() {
-            self.out.push(Command::Redo);
+            cx.out.push(Intent::Redo);
         }
         ui.separator();
         ui.label("History (newest first):");
-        if self.state.history.is_empty() {
+        if cx.state.history.is_empty() {
             ui.weak("no edits yet");
         }
-        for a in self.state.history.iter().take(20) {
+        for a in cx.state.history.iter().take(20) {
             let text = format!("{} {}{}", &a.at, a.label, if a.undone { " (undone)" } else { "" });
             if a.undone {
                 ui.weak(text);
@@ -220,15 +213,15 @@ impl WhaleApp {
         }
     }
 
-    pub(super) fn status_bar(&mut self, ui: &mut egui::Ui) {
+    pub fn status_bar(&mut self, ui: &mut egui::Ui, cx: &mut ChromeContext<'_>) {
         egui::Panel::bottom("status").show(ui, |ui| {
             ui.horizontal(|ui| {
                 // Background jobs: name, stage, progress, cancel.
                 let mut cancel = None;
-                if self.jobs.running().is_empty() {
+                if cx.jobs.listed().next().is_none() {
                     ui.weak("no background work");
                 }
-                for job in self.jobs.running() {
+                for job in cx.jobs.listed() {
                     let stage = job.stage();
                     let (done, total) = job.counts();
                     let text = if total > 0 {
@@ -252,31 +245,31 @@ impl WhaleApp {
                     ui.separator();
                 }
                 if let Some(id) = cancel {
-                    self.out.push(Command::CancelJob(id));
+                    cx.out.push(Intent::CancelJob(id));
                 }
                 ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
-                    let save = &self.state.save;
+                    let save = &cx.state.save;
                     if let Some(e) = &save.error {
                         ui.colored_label(ui.visuals().error_fg_color, "NOT SAVED").on_hover_text(e);
                     } else if save.pending > 0 {
                         ui.label("saving…");
-                    } else if self.state.stats.is_some() {
+                    } else if cx.state.stats.is_some() {
                         let last = save.last.as_deref().map(|l| format!("last edit: {l}")).unwrap_or_default();
                         ui.colored_label(egui::Color32::from_rgb(80, 190, 100), "all saved")
                             .on_hover_text(format!("Every edit is written to the catalogue at once. {last}"));
                     }
                     ui.separator();
-                    match &self.state.catalogue {
+                    match &cx.state.catalogue {
                         Some(path) => {
-                            let counts = self
+                            let counts = cx
                                 .state
                                 .stats
                                 .as_ref()
                                 .map(|_| {
                                     format!(
                                         " · {} photos, {} individuals",
-                                        self.state.rows.len(),
-                                        self.state.individuals.len()
+                                        cx.state.rows.len(),
+                                        cx.state.individuals.len()
                                     )
                                 })
                                 .unwrap_or_else(|| " · opening…".into());
@@ -286,7 +279,7 @@ impl WhaleApp {
                             ui.weak("no catalogue open");
                         }
                     }
-                    if let Some(device) = &self.state.device_label {
+                    if let Some(device) = &cx.state.device_label {
                         ui.separator();
                         ui.label(device);
                     }
@@ -296,8 +289,8 @@ impl WhaleApp {
     }
 
     /// The latest notice; errors stay until dismissed, other notices until the next one.
-    pub(super) fn notices(&mut self, ui: &mut egui::Ui) {
-        let Some(notice) = self.state.notices.last().cloned() else { return };
+    pub fn notices(&mut self, ui: &mut egui::Ui, cx: &mut ChromeContext<'_>) {
+        let Some(notice) = cx.state.notices.last().cloned() else { return };
         egui::Panel::top("notice").show(ui, |ui| {
             ui.horizontal(|ui| {
                 let color = match notice.level {
@@ -308,18 +301,18 @@ impl WhaleApp {
                 if !notice.details.is_empty()
                     && ui.small_button(format!("{} detail(s)", notice.details.len())).clicked()
                 {
-                    self.chrome.details = Some(notice.clone());
+                    self.details = Some(notice.clone());
                 }
                 if ui.small_button("Dismiss").clicked() {
-                    self.state.notices.clear();
+                    cx.state.notices.clear();
                 }
             });
         });
     }
 
-    pub(super) fn windows(&mut self, ui: &mut egui::Ui) {
+    pub fn windows(&mut self, ui: &mut egui::Ui, cx: &mut ChromeContext<'_>) {
         let ctx = ui.ctx().clone();
-        let mut open = self.chrome.shortcuts;
+        let mut open = self.shortcuts;
         egui::Window::new("Keyboard shortcuts").open(&mut open).collapsible(false).show(&ctx, |ui| {
             egui::Grid::new("shortcuts_everywhere").striped(true).show(ui, |ui| {
                 for (keys, what) in GLOBAL_SHORTCUTS {
@@ -328,7 +321,7 @@ impl WhaleApp {
                     ui.end_row();
                 }
             });
-            for p in &self.panels {
+            for p in cx.panels {
                 if p.shortcuts().is_empty() {
                     continue;
                 }
@@ -343,17 +336,30 @@ impl WhaleApp {
                 });
             }
         });
-        self.chrome.shortcuts = open;
+        self.shortcuts = open;
+        self.settings_window(&ctx, cx);
+        self.path_prompt_window(&ctx, cx);
+        self.details_window(&ctx);
+    }
 
-        let mut open = self.chrome.settings;
-        let before = self.state.settings.clone();
-        egui::Window::new("Settings").open(&mut open).collapsible(false).show(&ctx, |ui| {
-            let s = &mut self.state.settings;
-            ui.add(egui::Slider::new(&mut s.new_individual_threshold, 0.0..=1.0).text("New-individual threshold"))
-                .on_hover_text("Similarity below which a match is flagged as a possible new individual");
+    /// Settings apply at once (the threshold moves the candidates while it is dragged) and are
+    /// written once the change is finished, by a job.
+    fn settings_window(&mut self, ctx: &egui::Context, cx: &mut ChromeContext<'_>) {
+        let mut open = self.settings;
+        let before = open.then(|| cx.state.settings.clone());
+        egui::Window::new("Settings").open(&mut open).collapsible(false).show(ctx, |ui| {
+            let s = &mut cx.state.settings;
+            // Typed values count when committed (Enter, or leaving the field), not per keystroke.
+            ui.add(
+                egui::Slider::new(&mut s.new_individual_threshold, 0.0..=1.0)
+                    .text("New-individual threshold")
+                    .update_while_editing(false),
+            )
+            .on_hover_text("Similarity below which a match is flagged as a possible new individual");
             ui.horizontal(|ui| {
                 let l = ui.label("Thumbnail cache (MB)");
-                ui.add(egui::DragValue::new(&mut s.thumbnail_cache_mb).range(16..=100_000)).labelled_by(l.id);
+                ui.add(egui::DragValue::new(&mut s.thumbnail_cache_mb).range(16..=100_000).update_while_editing(false))
+                    .labelled_by(l.id);
             });
             ui.checkbox(&mut s.advance_after_review, "Go to the next box after verify or reject");
             ui.separator();
@@ -374,13 +380,13 @@ impl WhaleApp {
                     .response
                     .labelled_by(l.id);
             });
-            let model = &self.state.model;
+            let model = &cx.state.model;
             if let Some(gallery) = &model.gallery
                 && let Some(t) = gallery.tuned_threshold
             {
                 ui.weak(format!("This model has a tuned threshold, {t:.2}, which is used instead of the slider"));
             }
-            if self.state.stats.is_some() && model.embedder.is_some() {
+            if cx.state.stats.is_some() && model.embedder.is_some() {
                 let active =
                     model.head.as_ref().map(|h| h.display().to_string()).unwrap_or_else(|| "untrained head".into());
                 let mut chosen = model.head.clone();
@@ -400,24 +406,33 @@ impl WhaleApp {
                 });
                 if chosen != model.head {
                     // An undoable edit of the catalogue; embeddings follow in the background.
-                    self.out.push(Command::Edit(super::command::CatalogueEdit::SetActiveHead(chosen)));
+                    cx.out.push(Intent::Edit(CatalogueEdit::SetActiveHead(chosen)));
                 }
-                ui.weak(format!("Embeddings: {}", self.state.settings.model));
+                ui.weak(format!("Embeddings: {}", cx.state.settings.model));
             }
-            ui.weak(format!("Saved in {}", super::settings::Settings::file(&self.state.home).display()));
+            ui.weak(format!("Saved in {}", Settings::file(&cx.state.home).display()));
         });
-        self.chrome.settings = open;
-        if self.state.settings != before {
-            self.out.push(Command::SaveSettings);
-            if self.state.settings.device != before.device {
-                self.out.push(Command::LoadEmbedder);
+        self.settings = open;
+        if let Some(before) = before
+            && cx.state.settings != before
+        {
+            self.settings_unsaved = true;
+            if cx.state.settings.device != before.device {
+                cx.out.push(Intent::LoadEmbedder);
             }
         }
+        // A drag or a click is finished when the pointer is released.
+        if self.settings_unsaved && !ctx.input(|i| i.pointer.any_down()) {
+            self.settings_unsaved = false;
+            cx.out.push(Intent::SaveSettings);
+        }
+    }
 
-        if let Some((pick, mut text)) = self.chrome.path_prompt.take() {
+    fn path_prompt_window(&mut self, ctx: &egui::Context, cx: &mut ChromeContext<'_>) {
+        if let Some((pick, mut text)) = self.path_prompt.take() {
             let mut keep = true;
             let (title, hint, action) = prompt_words(pick);
-            egui::Modal::new(egui::Id::unique("path_prompt")).show(&ctx, |ui| {
+            egui::Modal::new(egui::Id::unique("path_prompt")).show(ctx, |ui| {
                 ui.heading(title);
                 let field = labelled_text(ui, "Path", &mut text, hint, 420.0);
                 // The window is modal: typing always goes to its one field.
@@ -427,11 +442,11 @@ impl WhaleApp {
                     let path = PathBuf::from(text.trim());
                     let typed = !text.trim().is_empty();
                     if (ui.button(action).clicked() || enter) && typed {
-                        self.out.push(command_for(pick, path.clone()));
+                        cx.out.push(pick.intent(path.clone()));
                         keep = false;
                     }
                     if matches!(pick, Pick::OpenCatalogue) && ui.button("Create new").clicked() && typed {
-                        self.out.push(Command::NewCatalogue(path));
+                        cx.out.push(Intent::NewCatalogue(path));
                         keep = false;
                     }
                     if ui.button("Cancel").clicked() || ui.input(|i| i.key_pressed(egui::Key::Escape)) {
@@ -440,17 +455,19 @@ impl WhaleApp {
                 });
             });
             if keep {
-                self.chrome.path_prompt = Some((pick, text));
+                self.path_prompt = Some((pick, text));
             } else if let Some(focused) = ctx.memory(|m| m.focused()) {
                 // Enter would otherwise leave focus on whatever widget egui moves it to, and a
                 // focused button or combo box would take the next Enter meant for the review.
                 ctx.memory_mut(|m| m.surrender_focus(focused));
             }
         }
+    }
 
-        if let Some(notice) = self.chrome.details.clone() {
+    fn details_window(&mut self, ctx: &egui::Context) {
+        if let Some(notice) = self.details.clone() {
             let mut open = true;
-            egui::Window::new("Details").open(&mut open).show(&ctx, |ui| {
+            egui::Window::new("Details").open(&mut open).show(ctx, |ui| {
                 ui.label(&notice.text);
                 ui.separator();
                 egui::ScrollArea::vertical().max_height(400.0).show(ui, |ui| {
@@ -460,7 +477,7 @@ impl WhaleApp {
                 });
             });
             if !open {
-                self.chrome.details = None;
+                self.details = None;
             }
         }
     }

@@ -101,7 +101,8 @@ struct Queue {
     closed: bool,
 }
 
-struct Shared {
+/// The requests waiting for a decoder, and the bell that wakes an idle one.
+struct RequestQueue {
     queue: Mutex<Queue>,
     wake: Condvar,
 }
@@ -110,7 +111,7 @@ pub struct ImageCache {
     ctx: egui::Context,
     entries: HashMap<ImageKey, Entry>,
     frame: u64,
-    shared: Arc<Shared>,
+    shared: Arc<RequestQueue>,
     results: Receiver<(ImageKey, Decoded)>,
     results_tx: Sender<(ImageKey, Decoded)>,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -119,7 +120,7 @@ pub struct ImageCache {
 
 impl ImageCache {
     pub fn new(ctx: egui::Context, cache_dir: PathBuf) -> Self {
-        let shared = Arc::new(Shared { queue: Mutex::new(Queue::default()), wake: Condvar::new() });
+        let shared = Arc::new(RequestQueue { queue: Mutex::new(Queue::default()), wake: Condvar::new() });
         let (results_tx, results) = channel();
         let n = std::thread::available_parallelism().map(|n| n.get().clamp(2, 4)).unwrap_or(2);
         let threads = (0..n)
@@ -250,7 +251,7 @@ impl Drop for ImageCache {
     }
 }
 
-fn decode_loop(shared: &Shared, tx: &Sender<(ImageKey, Decoded)>, ctx: &egui::Context, cache_dir: &Path) {
+fn decode_loop(shared: &RequestQueue, tx: &Sender<(ImageKey, Decoded)>, ctx: &egui::Context, cache_dir: &Path) {
     loop {
         let (key, request) = {
             let Ok(mut q) = shared.queue.lock() else { return };

@@ -1,13 +1,15 @@
-//! Background jobs: long work (creating the demo, imports, exports, and later embedding
-//! and training) on its own thread, with a name, progress 0..1 and a cancel flag that the
-//! status bar shows. A job reports through `crate::base::progress::Progress`, so library code
-//! that already reports progress plugs in unchanged.
+//! Background jobs: every piece of long work (creating the demo, imports, exports, loading
+//! the model, embedding, searching, training, drawing the map, writing the settings) runs on
+//! its own thread, with a name, progress 0..1 and a cancel flag that the status bar shows. The
+//! bodies of the jobs are in `tasks`. A job reports through `crate::base::progress::Progress`,
+//! so library code that already reports progress plugs in unchanged, and it may send `Event`s
+//! while it runs.
 //!
 //! ```ignore
 //! jobs.spawn("Embed 1,204 crops", move |job| {
 //!     job.stage("embedding", n);
 //!     for crop in crops { if job.cancelled() { break } /* ... */ job.advance(1); }
-//!     Ok(JobOutcome::done("1,204 crops embedded").then(Command::Reload))
+//!     Ok(JobOutcome::done("1,204 crops embedded").then(Intent::Reload))
 //! });
 //! ```
 
@@ -18,53 +20,8 @@ use std::time::{Duration, Instant};
 
 use eframe::egui;
 
-use super::command::{Command, Event};
+use super::messages::{Event, JobId, JobOutcome};
 use crate::base::progress::Progress;
-
-pub type JobId = u64;
-
-/// The work of a job, boxed (see `Command::job`).
-pub type JobFn = Box<dyn FnOnce(&JobProgress) -> anyhow::Result<JobOutcome> + Send>;
-
-/// What a finished job tells the user, and what the app should do next.
-#[derive(Debug)]
-pub struct JobOutcome {
-    pub summary: String,
-    /// Lines worth reading (problems with files, skipped rows); shown on request.
-    pub details: Vec<String>,
-    /// How many things went wrong; the notice is shown as an error when any did.
-    pub problems: usize,
-    /// Housekeeping: no notice unless something went wrong.
-    pub quiet: bool,
-    /// Run when the job is done, e.g. `Command::Reload` after the catalogue changed.
-    pub then: Vec<Command>,
-}
-
-impl JobOutcome {
-    pub fn done(summary: impl Into<String>) -> Self {
-        JobOutcome { summary: summary.into(), details: Vec::new(), problems: 0, quiet: false, then: Vec::new() }
-    }
-
-    pub fn then(mut self, command: Command) -> Self {
-        self.then.push(command);
-        self
-    }
-
-    pub fn with_details(mut self, details: Vec<String>) -> Self {
-        self.details = details;
-        self
-    }
-
-    pub fn quietly(mut self) -> Self {
-        self.quiet = true;
-        self
-    }
-
-    pub fn with_problems(mut self, problems: usize) -> Self {
-        self.problems = problems;
-        self
-    }
-}
 
 /// The live state of one job, shared between its thread and the status bar.
 #[derive(Debug)]
@@ -75,13 +32,21 @@ pub struct JobState {
     cancel: AtomicBool,
 }
 
-/// What the job's thread holds: reports progress and reads the cancel flag.
+/// What the job's thread holds: reports progress, reads the cancel flag, and speaks to the app.
 pub struct JobProgress {
     state: Arc<JobState>,
     ctx: egui::Context,
+    events: Sender<Event>,
 }
 
 impl JobProgress {
+    /// Sends the app an event while the job runs (a search's answer, a training step); the
+    /// app drains it before the job's own end, which comes after it on the same channel.
+    pub fn send(&self, event: Event) {
+        let _ = self.events.send(event);
+        self.ctx.request_repaint();
+    }
+
     /// Sets progress directly (for work counted in other units than steps).
     pub fn set(&self, done: u64, total: u64) {
         self.state.total.store(total, Ordering::Relaxed);
@@ -124,6 +89,8 @@ pub struct Job {
     pub id: JobId,
     pub name: String,
     pub started: Instant,
+    /// Whether the status bar lists it (housekeeping such as drawing the map is not listed).
+    pub listed: bool,
     state: Arc<JobState>,
 }
 
@@ -152,6 +119,15 @@ impl Job {
     }
 }
 
+/// How the window treats a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Work the user waits for: in the status bar, with its progress and a Cancel button.
+    Work,
+    Housekeeping,
+    Dialog,
+}
+
 /// The jobs that are running. Finished jobs arrive as `Event::JobFinished` on the app's
 /// event channel; the app then calls `finished`.
 pub struct Jobs {
@@ -173,16 +149,44 @@ impl Jobs {
         name: impl Into<String>,
         work: impl FnOnce(&JobProgress) -> anyhow::Result<JobOutcome> + Send + 'static,
     ) -> JobId {
+        self.start(name.into(), Kind::Work, work)
+    }
+
+    /// Like `spawn`, for housekeeping the status bar does not list (drawing the map, writing
+    /// the settings); it still counts as work in flight until it ends.
+    pub fn spawn_housekeeping(
+        &mut self,
+        name: impl Into<String>,
+        work: impl FnOnce(&JobProgress) -> anyhow::Result<JobOutcome> + Send + 'static,
+    ) -> JobId {
+        self.start(name.into(), Kind::Housekeeping, work)
+    }
+
+    /// A file dialog, which blocks its thread until the user answers: not listed, and not
+    /// waited for when the window closes (its answer is of no use then).
+    pub fn spawn_dialog(
+        &mut self,
+        name: impl Into<String>,
+        work: impl FnOnce(&JobProgress) -> anyhow::Result<JobOutcome> + Send + 'static,
+    ) -> JobId {
+        self.start(name.into(), Kind::Dialog, work)
+    }
+
+    fn start(
+        &mut self,
+        name: String,
+        kind: Kind,
+        work: impl FnOnce(&JobProgress) -> anyhow::Result<JobOutcome> + Send + 'static,
+    ) -> JobId {
         let id = self.next_id;
         self.next_id += 1;
-        let name = name.into();
         let state = Arc::new(JobState {
             stage: Mutex::new(String::new()),
             done: AtomicU64::new(0),
             total: AtomicU64::new(0),
             cancel: AtomicBool::new(false),
         });
-        let progress = JobProgress { state: state.clone(), ctx: self.ctx.clone() };
+        let progress = JobProgress { state: state.clone(), ctx: self.ctx.clone(), events: self.events.clone() };
         let events = self.events.clone();
         let ctx = self.ctx.clone();
         let thread_name = name.clone();
@@ -199,8 +203,11 @@ impl Jobs {
         });
         match spawned {
             Ok(handle) => {
-                self.threads.push(handle);
-                self.running.push(Job { id, name, started: Instant::now(), state });
+                if kind != Kind::Dialog {
+                    self.threads.push(handle);
+                }
+                let listed = kind == Kind::Work;
+                self.running.push(Job { id, name, started: Instant::now(), listed, state });
             }
             Err(e) => {
                 let _ = self.events.send(Event::JobFinished {
@@ -216,6 +223,11 @@ impl Jobs {
 
     pub fn running(&self) -> &[Job] {
         &self.running
+    }
+
+    /// The running jobs the status bar shows.
+    pub fn listed(&self) -> impl Iterator<Item = &Job> {
+        self.running.iter().filter(|j| j.listed)
     }
 
     pub fn get(&self, id: JobId) -> Option<&Job> {
@@ -249,6 +261,37 @@ impl Drop for Jobs {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+    }
+}
+
+/// A job that runs one at a time: asked for again while it runs, it runs once more after it,
+/// however often it was asked meanwhile.
+#[derive(Debug, Default)]
+pub struct OneAtATime {
+    running: Option<JobId>,
+    again: bool,
+}
+
+impl OneAtATime {
+    /// Whether to start it now; if not, it is remembered for when the running one ends.
+    pub fn may_start(&mut self) -> bool {
+        if self.running.is_some() {
+            self.again = true;
+        }
+        self.running.is_none()
+    }
+
+    pub fn started(&mut self, id: JobId) {
+        self.running = Some(id);
+    }
+
+    /// A job ended: whether it was this one and was asked for again while it ran.
+    pub fn finished(&mut self, id: JobId) -> bool {
+        if self.running != Some(id) {
+            return false;
+        }
+        self.running = None;
+        std::mem::take(&mut self.again)
     }
 }
 

@@ -1,47 +1,54 @@
-//! The desktop app. The UI never does the work: panels push `Command`s, the catalogue
-//! worker (edits and queries), the image pool (decoding, thumbnails) and background jobs
-//! (imports, exports, embedding, searching and training) run on their own threads and answer
-//! with `Event`s, which each frame drains before it draws. No frame waits on the disk.
+//! The desktop app. The UI never does the work: panels and menus push `Intent`s; the
+//! catalogue worker (edits and queries), the image pool (decoding, thumbnails) and background
+//! jobs (everything else: imports, exports, embedding, searching, training, drawing the map,
+//! writing the settings) run on their own threads and answer with `Event`s, which each frame
+//! drains before it draws. No frame waits on the disk.
 //!
-//! - `command`: the messages (commands from panels, events from workers)
-//! - `worker`: the thread that owns the open catalogue; every edit is written at once
-//! - `jobs`: long work with progress and cancel, shown in the status bar
-//! - `images`: decoding off the UI thread, thumbnails cached on disk
-//! - `embedding`: the embedder, the embeddings kept up to date, the gallery and its map
-//! - `records`: what the panels show, read from the catalogue
-//! - `state`: what the window knows; `settings`: what it remembers between runs
-//! - `panels`: library, annotate, individuals, identify, map, errors, train (each a `Panel`);
-//!   `chrome`: menus, status bar, dialogs
+//! The files, from the ground up (each names only those above it in this list):
+//! - `settings`: what the window remembers between runs; `records`: what the panels show,
+//!   read from the catalogue; `images`: decoding off the UI thread, thumbnails cached on disk
+//! - `embedding`: the embedder in use, the model's status, the gallery and its map
+//! - `map_picture`: the embedding map's view, colours and drawing
+//! - `messages`: intents (from panels, menus and finished jobs) and events (from workers and jobs)
+//! - `state`: what the window knows; `worker`: the thread that owns the open catalogue, every
+//!   edit written at once; `jobs`: long work with progress and cancel, shown in the status bar
+//! - `tasks`: the body of every job; `widgets`: what the panels share
+//! - `panels`: library, annotate, individuals, identify, map, errors, train (each a `Panel`)
+//! - `chrome`: menus, status bar, notices and windows around the panels
+//! - this file: `WhaleApp`, which runs the intents and drains the events
 
 mod chrome;
-pub mod command;
 pub mod embedding;
 pub mod images;
 pub mod jobs;
+pub mod map_picture;
+pub mod messages;
 pub mod panels;
 pub mod records;
 pub mod settings;
 pub mod state;
+pub mod tasks;
+pub mod widgets;
 pub mod worker;
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, channel};
 
-use anyhow::Context as _;
 use eframe::egui;
 
 use crate::base::paths::data_dir;
-use crate::catalogue::Catalogue;
-use crate::jobs::demo::ensure_demo;
-use crate::jobs::import::ImportOptions;
 
-use command::{CatalogueEdit, Command, EditFailure, Event, ImportKind, Level, Notice, Pick};
+use chrome::{Chrome, ChromeContext};
 pub use embedding::Embedding;
+use embedding::{GalleryData, LoadedModel, ModelStatus, device_choice, heads_dir, short_key};
 use images::ImageCache;
-use jobs::{JobOutcome, Jobs};
-use panels::{Panel, PanelContext, PanelId};
+use jobs::{Jobs, OneAtATime};
+use messages::{CatalogueEdit, EditFailure, Event, ImportKind, Intent, JobId, Level, Notice, PanelId};
+use panels::{Panel, PanelContext};
 use settings::Settings;
-use state::AppState;
+use state::{AppState, TrainingState};
 use worker::{CatalogueWorker, Request};
 
 /// How the window starts.
@@ -81,6 +88,19 @@ pub fn tiny_random_embedder() -> Option<std::sync::Arc<crate::models::Embedder>>
     crate::models::Embedder::tiny_random().ok().map(std::sync::Arc::new)
 }
 
+/// The panels in the order of the tab bar.
+fn all_panels() -> Vec<Box<dyn Panel>> {
+    vec![
+        Box::new(panels::library::LibraryPanel::default()),
+        Box::new(panels::annotate::AnnotatePanel::default()),
+        Box::new(panels::individuals::IndividualsPanel::default()),
+        Box::new(panels::identify::IdentifyPanel::default()),
+        Box::new(panels::map::MapPanel::default()),
+        Box::new(panels::errors::ErrorsPanel::default()),
+        Box::new(panels::train::TrainPanel::default()),
+    ]
+}
+
 /// The window: state, panels, and the threads doing the work.
 pub struct WhaleApp {
     ctx: egui::Context,
@@ -91,13 +111,16 @@ pub struct WhaleApp {
     images: ImageCache,
     events_tx: Sender<Event>,
     events: Receiver<Event>,
-    out: Vec<Command>,
-    chrome: chrome::Chrome,
+    out: Vec<Intent>,
+    chrome: Chrome,
     title: String,
     embedding: Embedding,
-    model_jobs: embedding::ModelJobs,
+    /// Jobs of which one runs at a time; asked for again meanwhile, they run once more after.
+    embedding_run: OneAtATime,
+    gallery_read: OneAtATime,
+    settings_write: OneAtATime,
     /// Per edit sent to the worker, in order: whether it changes the active model.
-    edits_in_flight: std::collections::VecDeque<bool>,
+    edits_in_flight: VecDeque<bool>,
 }
 
 impl WhaleApp {
@@ -108,21 +131,23 @@ impl WhaleApp {
         let mut app = WhaleApp {
             ctx: ctx.clone(),
             state: AppState::new(options.home.clone(), settings),
-            panels: panels::all(),
+            panels: all_panels(),
             worker: None,
             jobs: Jobs::new(ctx.clone(), events_tx.clone()),
             images,
             events_tx,
             events,
             out: Vec::new(),
-            chrome: chrome::Chrome::default(),
+            chrome: Chrome::default(),
             title: String::new(),
             embedding: options.embedding.clone(),
-            model_jobs: Default::default(),
-            edits_in_flight: Default::default(),
+            embedding_run: OneAtATime::default(),
+            gallery_read: OneAtATime::default(),
+            settings_write: OneAtATime::default(),
+            edits_in_flight: VecDeque::new(),
         };
         if !matches!(options.embedding, Embedding::Off) {
-            app.state.model.status = embedding::ModelStatus::Loading;
+            app.state.model.status = ModelStatus::Loading;
         }
         if let Some(e) = settings_error {
             app.state.notices.push(Notice::error(e.to_string()));
@@ -137,10 +162,11 @@ impl WhaleApp {
             }
         }
         app.trim_thumbnails();
+        app.check_recent();
         let start = options.catalogue.clone().or_else(|| app.state.settings.last_catalogue().map(Path::to_path_buf));
         match start {
             Some(path) => app.open(path, false),
-            None => app.run_command(Command::OpenDemo),
+            None => app.run_intent(Intent::OpenDemo),
         }
         app
     }
@@ -163,18 +189,9 @@ impl WhaleApp {
         self.images.pending()
     }
 
-    /// Runs a command as if a panel had pushed it.
-    pub fn send(&mut self, command: Command) {
-        self.out.push(command);
-    }
-
-    /// Starts a background job (see `jobs`); the status bar shows it until it ends.
-    pub fn spawn_job(
-        &mut self,
-        name: impl Into<String>,
-        work: impl FnOnce(&jobs::JobProgress) -> anyhow::Result<JobOutcome> + Send + 'static,
-    ) -> jobs::JobId {
-        self.jobs.spawn(name, work)
+    /// Runs an intent as if a panel had pushed it.
+    pub fn send(&mut self, intent: Intent) {
+        self.out.push(intent);
     }
 
     /// Nothing in flight: the catalogue is open and read, every edit is written, no job runs.
@@ -192,11 +209,22 @@ impl WhaleApp {
             return;
         }
         let limit = self.state.settings.thumbnail_cache_mb.saturating_mul(1 << 20);
-        self.jobs.spawn("Tidying the thumbnail cache", move |_| {
-            let (removed, kept) = images::trim_cache(&dir, limit)
-                .with_context(|| format!("cannot tidy the thumbnail cache {}", dir.display()))?;
-            Ok(JobOutcome::done(format!("{removed} old thumbnail(s) removed, {} MB kept", kept >> 20)).quietly())
-        });
+        self.jobs.spawn("Tidying the thumbnail cache", move |_| tasks::trim_thumbnails(&dir, limit));
+    }
+
+    /// Checks in the background which recent catalogues still exist, for the File menu.
+    fn check_recent(&mut self) {
+        let recent = self.state.settings.recent.clone();
+        self.jobs.spawn_housekeeping("Checking the recent catalogues", move |job| tasks::check_recent(recent, job));
+    }
+
+    fn save_settings(&mut self) {
+        if !self.settings_write.may_start() {
+            return;
+        }
+        let (settings, home) = (self.state.settings.clone(), self.state.home.clone());
+        let id = self.jobs.spawn_housekeeping("Saving the settings", move |_| tasks::save_settings(&settings, &home));
+        self.settings_write.started(id);
     }
 
     fn open(&mut self, path: PathBuf, create: bool) {
@@ -229,41 +257,44 @@ impl WhaleApp {
         path
     }
 
-    fn run_command(&mut self, command: Command) {
-        match command {
-            Command::Edit(edit) => {
+    /// The open catalogue, without a word when there is none (background work that waits for one).
+    fn open_catalogue(&self) -> Option<PathBuf> {
+        self.state.stats.as_ref().and(self.state.catalogue.clone())
+    }
+
+    fn run_intent(&mut self, intent: Intent) {
+        match intent {
+            Intent::Edit(edit) => {
                 let changes_model = matches!(edit, CatalogueEdit::SetActiveHead(_));
                 if self.send_to_worker(Request::Edit(edit)) {
                     self.state.save.pending += 1;
                     self.edits_in_flight.push_back(changes_model);
                 }
             }
-            Command::Undo | Command::Redo => {
-                let request = if matches!(command, Command::Undo) { Request::Undo } else { Request::Redo };
+            Intent::Undo | Intent::Redo => {
+                let request = if matches!(intent, Intent::Undo) { Request::Undo } else { Request::Redo };
                 if self.send_to_worker(request) {
                     self.state.save.pending += 1;
                 }
             }
-            Command::Reload => {
+            Intent::Reload => {
                 self.images.forget_failures();
                 self.send_to_worker(Request::Reload);
             }
-            Command::Show(id) => self.state.active = id,
-            Command::OpenPhoto(_) | Command::OpenIndividual(_) => {
-                let target =
-                    if matches!(command, Command::OpenPhoto(_)) { PanelId::ANNOTATE } else { PanelId::INDIVIDUALS };
-                self.broadcast_command(&command);
-                self.state.active = target;
-            }
-            Command::SetQueue(queue) => self.state.queue = queue,
-            Command::WatchPhoto(id) => {
+            Intent::Show(id) => self.state.active = id,
+            Intent::OpenPhoto(_) => self.show_in(PanelId::ANNOTATE, &intent),
+            Intent::OpenIndividual(_) => self.show_in(PanelId::INDIVIDUALS, &intent),
+            Intent::OpenCrop(_) => self.show_in(PanelId::IDENTIFY, &intent),
+            Intent::ShowPhotosInLibrary(_) => self.show_in(PanelId::LIBRARY, &intent),
+            Intent::SetQueue(queue) => self.state.queue = queue,
+            Intent::WatchPhoto(id) => {
                 self.send_to_worker(Request::WatchPhoto(id));
             }
-            Command::WatchGallery(id) => {
-                self.send_to_worker(Request::WatchGallery(id));
+            Intent::WatchSightings(id) => {
+                self.send_to_worker(Request::WatchSightings(id));
             }
-            Command::OpenCatalogue(path) => self.open(path, false),
-            Command::NewCatalogue(path) => {
+            Intent::OpenCatalogue(path) => self.open(path, false),
+            Intent::NewCatalogue(path) => {
                 let path = if path.extension().is_some_and(|e| e == crate::catalogue::EXTENSION) {
                     path
                 } else {
@@ -271,48 +302,55 @@ impl WhaleApp {
                 };
                 self.open(path, true);
             }
-            Command::OpenDemo => {
+            Intent::OpenDemo => {
                 let path = self.state.home.join("demo").join("demo.whaleid");
-                let then = path.clone();
-                self.jobs.spawn("Creating the demo catalogue", move |job| {
-                    ensure_demo(&path, job)?;
-                    Ok(JobOutcome::done(format!("ready at {}", path.display())).then(Command::OpenCatalogue(then)))
-                });
+                self.jobs.spawn("Creating the demo catalogue", move |job| tasks::make_demo(path, job));
             }
-            Command::Import { source, what } => self.import(source, what),
-            Command::Export { format, out } => self.export(format, out),
-            Command::Pick(pick) => chrome::pick(pick, self.events_tx.clone(), self.ctx.clone()),
-            Command::PromptPath(pick) => self.chrome.path_prompt = Some((pick, String::new())),
-            Command::Job(job) => {
-                self.jobs.spawn(job.name, job.work);
+            Intent::Import { source, what } => self.import(source, what),
+            Intent::Export { format, out } => self.export(format, out),
+            Intent::Pick(pick) => {
+                self.jobs.spawn_dialog("Choosing a file", move |_| tasks::pick_path(pick));
             }
-            Command::CancelJob(id) => self.jobs.cancel(id),
-            Command::SetDeviceLabel(label) => self.state.device_label = label,
-            Command::Notify(notice) => self.state.notices.push(notice),
-            Command::SaveSettings => {
-                if let Err(e) = self.state.settings.save(&self.state.home) {
-                    self.state.notices.push(Notice::error(e.to_string()));
+            Intent::PromptPath(pick) => self.chrome.path_prompt = Some((pick, String::new())),
+            Intent::CancelJob(id) => {
+                self.jobs.cancel(id);
+                if let Some(run) = self.state.training.as_mut().filter(|r| r.job == id) {
+                    run.stopping = true;
                 }
             }
-            Command::LoadEmbedder => self.load_embedder(),
-            Command::EmbedderLoaded(loaded) => self.embedder_loaded(*loaded),
-            Command::EmbedderFailed(why) => {
-                self.state.model.status = embedding::ModelStatus::Failed(why);
-                self.state.device_label = Some("no identification".into());
+            Intent::Notify(notice) => self.state.notices.push(notice),
+            Intent::SaveSettings => self.save_settings(),
+            Intent::LoadEmbedder => self.load_embedder(),
+            Intent::EmbedCatalogue => self.embed_catalogue(),
+            Intent::LoadGallery => self.load_gallery(),
+            Intent::Search(request) => {
+                self.jobs.spawn("Searching the catalogue", move |job| tasks::search(*request, job));
             }
-            Command::EmbedCatalogue => self.embed_catalogue(),
-            Command::LoadGallery => self.load_gallery(),
-            Command::GalleryLoaded(data) => self.gallery_loaded(data.0),
-            Command::OpenCrop(_) => {
-                self.broadcast_command(&command);
-                self.state.active = PanelId::IDENTIFY;
+            Intent::ReviewLabelledCrops { gallery, generation } => {
+                self.jobs.spawn("Reviewing labelled crops", move |job| {
+                    tasks::review_labelled_crops(&gallery, generation, job)
+                });
             }
-            Command::ShowPhotosInLibrary(_) => {
-                self.broadcast_command(&command);
-                self.state.active = PanelId::LIBRARY;
+            Intent::DrawMap(drawing) => {
+                self.jobs.spawn_housekeeping("Drawing the map", move |job| tasks::draw_map(&drawing, job));
             }
-            Command::Deliver(_) => self.broadcast_command(&command),
+            Intent::Train(config) => self.train(*config),
+            Intent::CancelTraining => {
+                if let Some(run) = self.state.training.as_mut() {
+                    run.stopping = true;
+                    self.jobs.cancel(run.job);
+                }
+            }
         }
+    }
+
+    /// Hands an intent addressed to panels (`OpenPhoto`, ...) to every panel, then shows `panel`.
+    fn show_in(&mut self, panel: PanelId, intent: &Intent) {
+        let mut cx = Self::context(&self.state, &mut self.images, &mut self.out, false);
+        for p in &mut self.panels {
+            p.on_intent(intent, &mut cx);
+        }
+        self.state.active = panel;
     }
 
     fn import(&mut self, source: PathBuf, what: ImportKind) {
@@ -323,69 +361,127 @@ impl WhaleApp {
             ImportKind::Labels => "labels",
             ImportKind::CocoBoxes | ImportKind::YoloBoxes => "boxes",
         };
-        self.jobs.spawn(format!("Importing {kind} from {name}"), move |job| {
-            let mut cat = Catalogue::open(&catalogue)?;
-            let report = crate::jobs::import::import(&mut cat, &source, &ImportOptions::default(), job)?;
-            let problems = report.problems.len();
-            let summary = format!(
-                "{} photo(s) added, {} already there, {} box(es), {} label(s) applied, {} new individual(s){}",
-                report.photos.added,
-                report.photos.already_present,
-                report.boxes.added,
-                report.labels.applied,
-                report.labels.individuals_added,
-                if problems > 0 { format!("; {problems} problem(s)") } else { String::new() },
-            );
-            let details: Vec<String> = report
-                .problems
-                .iter()
-                .map(|p| p.to_string())
-                .chain(report.to_string().lines().map(str::to_string))
-                .collect();
-            Ok(JobOutcome::done(summary).with_details(details).with_problems(problems).then(Command::Reload))
-        });
+        self.jobs.spawn(format!("Importing {kind} from {name}"), move |job| tasks::import(&catalogue, &source, job));
     }
 
     fn export(&mut self, format: crate::jobs::export::ExportFormat, out: PathBuf) {
         let Some(catalogue) = self.catalogue_path() else { return };
-        self.jobs.spawn(
-            format!("Exporting {} to {}", format!("{format:?}").to_lowercase(), out.display()),
-            move |job| {
-                let cat = Catalogue::open(&catalogue)?;
-                let report = crate::jobs::export::export(
-                    &cat,
-                    format,
-                    &out,
-                    &crate::jobs::export::ExportOptions::default(),
-                    job,
-                )?;
-                let written: Vec<String> = report.written.iter().map(|p| p.display().to_string()).collect();
-                let details: Vec<String> = written
-                    .iter()
-                    .map(|w| format!("wrote {w}"))
-                    .chain(report.skipped.iter().map(|p| p.to_string()))
-                    .collect();
-                Ok(JobOutcome::done(format!("{} item(s) written, {} skipped", report.items, report.skipped.len()))
-                    .with_details(details)
-                    .with_problems(report.skipped.len()))
-            },
-        );
+        let name = format!("Exporting {} to {}", format!("{format:?}").to_lowercase(), out.display());
+        self.jobs.spawn(name, move |job| tasks::export(&catalogue, format, &out, job));
+    }
+
+    /// (Re)loads the embedder for the open catalogue (its active head, the trained heads beside
+    /// it); the embeddings are brought up to date after. All of it in a job: it reads files.
+    fn load_embedder(&mut self) {
+        let Some(catalogue) = self.open_catalogue() else { return };
+        let given = match &self.embedding {
+            Embedding::Off => return,
+            Embedding::Given(e) => Some(e.clone()),
+            Embedding::Weights => None,
+        };
+        if self.state.model.embedder.is_none() {
+            self.state.model.status = ModelStatus::Loading;
+        }
+        let device = device_choice(&self.state.settings.device);
+        self.jobs.spawn("Preparing identification", move |job| {
+            tasks::prepare_identification(&catalogue, given, device, job)
+        });
+    }
+
+    fn model_loaded(&mut self, loaded: LoadedModel) {
+        let LoadedModel { embedder, head, heads } = loaded;
+        let label = format!("{} · {}", embedder.device_label(), short_key(embedder.key()));
+        self.state.device_label = Some(label);
+        let changed = self.state.model.key() != Some(embedder.key());
+        self.state.settings.model = embedder.key().to_string();
+        self.state.model.status = ModelStatus::Ready;
+        self.state.model.embedder = Some(embedder);
+        self.state.model.head = head;
+        self.state.model.heads = heads;
+        if changed {
+            self.state.model.gallery = None;
+            self.state.model.generation += 1;
+        }
+        self.embed_catalogue();
+    }
+
+    /// Embeds what is missing or stale, then reads the gallery again.
+    fn embed_catalogue(&mut self) {
+        let Some(embedder) = self.state.model.embedder.clone() else { return };
+        let Some(catalogue) = self.open_catalogue() else { return };
+        if !self.embedding_run.may_start() {
+            return;
+        }
+        let name = format!("Embedding crops ({})", embedder.device_label());
+        let id = self.jobs.spawn(name, move |job| tasks::embed_catalogue(&catalogue, &embedder, job));
+        self.embedding_run.started(id);
+    }
+
+    fn load_gallery(&mut self) {
+        let Some(key) = self.state.model.key().map(str::to_string) else { return };
+        let Some(catalogue) = self.open_catalogue() else { return };
+        if !self.gallery_read.may_start() {
+            return;
+        }
+        let id = self.jobs.spawn("Reading embeddings", move |job| tasks::read_gallery(&catalogue, &key, job));
+        self.gallery_read.started(id);
+    }
+
+    fn gallery_arrived(&mut self, data: Arc<GalleryData>) {
+        // A gallery of a model no longer in use (the head changed while it was read) is dropped.
+        if self.state.model.key() == Some(data.key.as_str()) {
+            let old = self.state.model.gallery.replace(data);
+            self.state.model.generation += 1;
+            if let Some(old) = old {
+                self.jobs.spawn_housekeeping("Freeing the old gallery", move |_| tasks::let_go(old));
+            }
+        }
+    }
+
+    fn train(&mut self, config: crate::jobs::train::TrainConfig) {
+        if self.state.training.is_some() {
+            self.state.notices.push(Notice::error("A training run is going on already"));
+            return;
+        }
+        let Some(embedder) = self.state.model.embedder.clone() else { return };
+        let Some(catalogue) = self.catalogue_path() else { return };
+        let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S").to_string();
+        let out = heads_dir(&catalogue).join(format!("head-{stamp}"));
+        let config = crate::jobs::train::TrainConfig { cache_dir: Some(self.state.home.join("cache")), ..config };
+        let run = tasks::TrainingRun { catalogue, embedder, config, out: out.clone() };
+        let job = self.jobs.spawn("Training", move |job| tasks::train(run, job));
+        self.state.training = Some(TrainingState { job, out, stopping: false });
+    }
+
+    /// A job ended: the one-at-a-time jobs asked for again while it ran run now.
+    fn job_ended(&mut self, id: JobId) {
+        if self.embedding_run.finished(id) {
+            self.out.push(Intent::EmbedCatalogue);
+        }
+        if self.gallery_read.finished(id) {
+            self.out.push(Intent::LoadGallery);
+        }
+        if self.settings_write.finished(id) {
+            self.out.push(Intent::SaveSettings);
+        }
+        if self.state.training.as_ref().is_some_and(|r| r.job == id) {
+            self.state.training = None;
+        }
     }
 
     fn context<'a>(
         state: &'a AppState,
         images: &'a mut ImageCache,
-        out: &'a mut Vec<Command>,
+        out: &'a mut Vec<Intent>,
         keys: bool,
     ) -> PanelContext<'a> {
         PanelContext { state, images, out, keys }
     }
 
-    fn broadcast_command(&mut self, command: &Command) {
-        let mut cx = Self::context(&self.state, &mut self.images, &mut self.out, false);
-        for p in &mut self.panels {
-            p.on_command(command, &mut cx);
-        }
+    /// The chrome, and the parts of the window it reads and changes.
+    fn split_chrome(&mut self) -> (&mut Chrome, ChromeContext<'_>) {
+        let WhaleApp { chrome, state, jobs, panels, out, .. } = self;
+        (chrome, ChromeContext { state, jobs, panels: panels.as_slice(), out })
     }
 
     fn broadcast_event(&mut self, event: &Event) {
@@ -408,22 +504,23 @@ impl WhaleApp {
                 self.state.set_rows(rows);
                 self.state.set_individuals(individuals);
                 // A reload follows imports, undo and redo: embed what they brought.
-                self.out.push(Command::EmbedCatalogue);
+                self.out.push(Intent::EmbedCatalogue);
             }
             Event::PhotoRows { ids, rows } => self.state.patch_rows(&ids, rows),
             Event::Individuals(rows) => self.state.set_individuals(rows),
             Event::History(actions) => self.state.history = actions,
-            Event::Command(command) => self.out.push(command),
+            Event::Intent(intent) => self.out.push(intent),
             Event::Opened { path, stats } => {
                 self.state.open_error = None;
                 self.state.settings.remember(&path);
-                self.out.push(Command::SaveSettings);
+                self.out.push(Intent::SaveSettings);
+                self.check_recent();
                 let event = Event::Opened { path, stats };
                 self.broadcast_event(&event);
                 if let Event::Opened { stats, .. } = event {
                     self.state.stats = Some(*stats);
                 }
-                self.out.push(Command::LoadEmbedder);
+                self.out.push(Intent::LoadEmbedder);
             }
             Event::OpenFailed { path, error } => {
                 self.worker = None;
@@ -439,7 +536,7 @@ impl WhaleApp {
                         self.state.save.error = None;
                         self.state.save.last = Some(label);
                         // A moved or new box needs its embedding; a new model needs them all.
-                        self.out.push(if changed_model { Command::LoadEmbedder } else { Command::EmbedCatalogue });
+                        self.out.push(if changed_model { Intent::LoadEmbedder } else { Intent::EmbedCatalogue });
                     }
                     Err(EditFailure::Refused(why)) => {
                         self.state.notices.push(Notice::error(format!("Not done ({label}): {why}")));
@@ -454,7 +551,7 @@ impl WhaleApp {
                 self.state.save.pending = self.state.save.pending.saturating_sub(1);
                 if self.state.model.embedder.is_some() {
                     // The step may have changed the active model: read it again.
-                    self.out.push(Command::LoadEmbedder);
+                    self.out.push(Intent::LoadEmbedder);
                 }
                 let verb = if undo { "Undid" } else { "Redid" };
                 match label {
@@ -471,7 +568,7 @@ impl WhaleApp {
             }
             Event::JobFinished { id, result, cancelled } => {
                 let name = self.jobs.finished(id).unwrap_or_else(|| "A job".into());
-                self.model_job_finished(id);
+                self.job_ended(id);
                 match result {
                     Ok(outcome) => {
                         let stopped = if cancelled { " (cancelled)" } else { "" };
@@ -487,52 +584,28 @@ impl WhaleApp {
                     Err(e) => self.state.notices.push(Notice::error(format!("{name} failed: {e}"))),
                 }
             }
-            event @ (Event::Photo { .. } | Event::Gallery { .. }) => self.broadcast_event(&event),
+            Event::ModelLoaded(loaded) => self.model_loaded(*loaded),
+            Event::ModelFailed(why) => {
+                self.state.model.status = ModelStatus::Failed(why);
+                self.state.device_label = Some("no identification".into());
+            }
+            Event::GalleryRead(data) => self.gallery_arrived(data),
+            Event::RecentChecked(checked) => self.chrome.recent_checked(checked),
+            event @ (Event::Photo { .. }
+            | Event::Sightings { .. }
+            | Event::Searched(_)
+            | Event::Reviewed(_)
+            | Event::MapDrawn(_)
+            | Event::Training(_)) => self.broadcast_event(&event),
         }
-    }
-
-    fn global_keys(&mut self, ui: &egui::Ui) {
-        use egui::{Key, Modifiers};
-        let typing = ui.ctx().egui_wants_keyboard_input();
-        let mut commands = Vec::new();
-        ui.input_mut(|i| {
-            if !typing {
-                if i.consume_key(Modifiers::COMMAND | Modifiers::SHIFT, Key::Z)
-                    || i.consume_key(Modifiers::COMMAND, Key::Y)
-                {
-                    commands.push(Command::Redo);
-                }
-                if i.consume_key(Modifiers::COMMAND, Key::Z) {
-                    commands.push(Command::Undo);
-                }
-            }
-            if i.consume_key(Modifiers::NONE, Key::F1) {
-                self.chrome.shortcuts = !self.chrome.shortcuts;
-            }
-            if i.consume_key(Modifiers::COMMAND, Key::Comma) {
-                self.chrome.settings = !self.chrome.settings;
-            }
-            if i.consume_key(Modifiers::COMMAND, Key::O) {
-                commands.push(Command::Pick(Pick::OpenCatalogue));
-            }
-            const DIGITS: [Key; 9] =
-                [Key::Num1, Key::Num2, Key::Num3, Key::Num4, Key::Num5, Key::Num6, Key::Num7, Key::Num8, Key::Num9];
-            for (n, key) in DIGITS.into_iter().enumerate() {
-                if i.consume_key(Modifiers::COMMAND, key)
-                    && let Some(p) = self.panels.get(n)
-                {
-                    commands.push(Command::Show(p.id()));
-                }
-            }
-        });
-        self.out.extend(commands);
     }
 
     /// One frame: drain the workers, draw, run what the panels asked for.
     pub fn ui(&mut self, ui: &mut egui::Ui) {
         self.images.begin_frame();
         self.drain();
-        self.global_keys(ui);
+        let (chrome, mut frame) = self.split_chrome();
+        chrome.global_keys(ui, &mut frame);
         let keys = !ui.ctx().egui_wants_keyboard_input() && !self.chrome.modal_open();
         {
             let mut cx = Self::context(&self.state, &mut self.images, &mut self.out, false);
@@ -540,9 +613,10 @@ impl WhaleApp {
                 p.update(&mut cx);
             }
         }
-        self.menu_bar(ui);
-        self.status_bar(ui);
-        self.notices(ui);
+        let (chrome, mut frame) = self.split_chrome();
+        chrome.menu_bar(ui, &mut frame);
+        chrome.status_bar(ui, &mut frame);
+        chrome.notices(ui, &mut frame);
         let active = self.state.active;
         egui::CentralPanel::default().frame(egui::Frame::NONE).show(ui, |ui| {
             let mut cx = Self::context(&self.state, &mut self.images, &mut self.out, keys);
@@ -553,11 +627,12 @@ impl WhaleApp {
                 }
             }
         });
-        self.windows(ui);
-        // Commands may make more commands (a finished job's follow-up); run them all now.
+        let (chrome, mut frame) = self.split_chrome();
+        chrome.windows(ui, &mut frame);
+        // Intents may make more intents (a finished job's follow-up); run them all now.
         while !self.out.is_empty() {
-            for command in std::mem::take(&mut self.out) {
-                self.run_command(command);
+            for intent in std::mem::take(&mut self.out) {
+                self.run_intent(intent);
             }
         }
         self.update_title();

@@ -52,14 +52,14 @@ pub struct Sighting {
     pub file: PathBuf,
 }
 
-/// Everything the individuals panel shows about one individual.
+/// One individual and its sightings, oldest first: what the individuals panel shows.
 #[derive(Debug, Clone)]
-pub struct Gallery {
+pub struct SightingHistory {
     pub individual: Individual,
     pub sightings: Vec<Sighting>,
 }
 
-impl Gallery {
+impl SightingHistory {
     /// The distinct days it was seen, oldest first.
     pub fn dates(&self) -> Vec<String> {
         let days: BTreeSet<String> = self
@@ -71,7 +71,7 @@ impl Gallery {
     }
 }
 
-pub fn gallery(cat: &Catalogue, individual: i64) -> Result<Option<Gallery>> {
+pub fn gallery(cat: &Catalogue, individual: i64) -> Result<Option<SightingHistory>> {
     let Some(ind) = cat.individual(individual)? else { return Ok(None) };
     let mut sightings = Vec::new();
     for a in cat.sightings(individual)? {
@@ -82,7 +82,7 @@ pub fn gallery(cat: &Catalogue, individual: i64) -> Result<Option<Gallery>> {
     sightings.sort_by(|a, b| {
         a.photo.facts.taken_at.cmp(&b.photo.facts.taken_at).then(a.annotation.id.cmp(&b.annotation.id))
     });
-    Ok(Some(Gallery { individual: ind, sightings }))
+    Ok(Some(SightingHistory { individual: ind, sightings }))
 }
 
 /// The photos some annotations belong to (before an edit that may delete them).

@@ -1,5 +1,5 @@
 //! What the window knows, changed only by the app as it drains worker events and runs
-//! commands. Panels read it; they change it by pushing commands.
+//! intents. Panels read it; they change it by pushing intents.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use crate::catalogue::Action;
 use crate::catalogue::stats::Stats;
 
-use super::command::Notice;
-use super::panels::PanelId;
+use super::embedding::ModelState;
+use super::messages::{JobId, Notice, PanelId};
 use super::records::{IndividualRow, PhotoRow};
 use super::settings::Settings;
 
@@ -27,6 +27,16 @@ impl SaveState {
     pub fn is_saved(&self) -> bool {
         self.pending == 0 && self.error.is_none()
     }
+}
+
+/// The training run in progress (one at a time).
+#[derive(Debug, Clone)]
+pub struct TrainingState {
+    pub job: JobId,
+    /// The folder its head is written into.
+    pub out: PathBuf,
+    /// Cancel was pressed (in the Train panel or the status bar); the run stops after its step.
+    pub stopping: bool,
 }
 
 #[derive(Default)]
@@ -56,7 +66,8 @@ pub struct AppState {
     pub device_label: Option<String>,
     pub active: PanelId,
     /// The embedder, the gallery and the map (see `embedding`).
-    pub model: super::embedding::ModelState,
+    pub model: ModelState,
+    pub training: Option<TrainingState>,
 }
 
 impl AppState {

@@ -9,7 +9,7 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 
 use eframe::egui;
 
-use super::command::{CatalogueEdit, Command, EditFailure, Event, Notice};
+use super::messages::{CatalogueEdit, EditFailure, Event, Intent, Notice};
 use super::records;
 use crate::base::vocabulary::{How, Part, Side, Source, Status};
 use crate::catalogue::{Catalogue, CatalogueError, NewAnnotation};
@@ -22,7 +22,7 @@ pub enum Request {
     Redo,
     Reload,
     WatchPhoto(Option<i64>),
-    WatchGallery(Option<i64>),
+    WatchSightings(Option<i64>),
 }
 
 pub struct CatalogueWorker {
@@ -52,7 +52,7 @@ impl CatalogueWorker {
         let thread = std::thread::Builder::new()
             .name("catalogue".into())
             .spawn(move || {
-                let mut worker = Worker { events, ctx, photo: None, gallery: None };
+                let mut worker = Worker { events, ctx, photo: None, individual: None };
                 let opened = if create { Catalogue::create(&thread_path) } else { Catalogue::open(&thread_path) };
                 match opened.map_err(anyhow::Error::from).and_then(|cat| {
                     let stats = crate::catalogue::stats::stats(&cat)?;
@@ -92,7 +92,7 @@ struct Worker {
     events: Sender<Event>,
     ctx: egui::Context,
     photo: Option<i64>,
-    gallery: Option<i64>,
+    individual: Option<i64>,
 }
 
 impl Worker {
@@ -102,7 +102,7 @@ impl Worker {
     }
 
     fn read_failed(&self, what: &str, e: impl std::fmt::Display) {
-        self.send(Event::Command(Command::Notify(Notice::error(format!("cannot read {what}: {e}")))));
+        self.send(Event::Intent(Intent::Notify(Notice::error(format!("cannot read {what}: {e}")))));
     }
 
     fn run(&mut self, cat: &mut Catalogue, rx: Receiver<Request>) {
@@ -139,9 +139,9 @@ impl Worker {
                     self.photo = id;
                     self.send_photo(cat);
                 }
-                Request::WatchGallery(id) => {
-                    self.gallery = id;
-                    self.send_gallery(cat);
+                Request::WatchSightings(id) => {
+                    self.individual = id;
+                    self.send_sightings(cat);
                 }
             }
         }
@@ -180,7 +180,7 @@ impl Worker {
             self.read_failed("the catalogue", e);
         }
         self.send_photo(cat);
-        self.send_gallery(cat);
+        self.send_sightings(cat);
     }
 
     fn send_photo(&self, cat: &Catalogue) {
@@ -192,10 +192,10 @@ impl Worker {
         }
     }
 
-    fn send_gallery(&self, cat: &Catalogue) {
-        if let Some(id) = self.gallery {
+    fn send_sightings(&self, cat: &Catalogue) {
+        if let Some(id) = self.individual {
             match records::gallery(cat, id) {
-                Ok(gallery) => self.send(Event::Gallery { id, gallery: gallery.map(Box::new) }),
+                Ok(history) => self.send(Event::Sightings { id, history: history.map(Box::new) }),
                 Err(e) => self.read_failed("the individual", e),
             }
         }

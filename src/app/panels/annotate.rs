@@ -8,10 +8,11 @@
 use eframe::egui;
 
 use super::view::{Grip, ViewTransform, ZoomPan, box_from_corners, drag_box, grip_at, size_of};
-use super::{Panel, PanelContext, PanelId, labelled_text, placeholder, submitted};
-use crate::app::command::{CatalogueEdit, Command, Event, Notice};
+use super::{Panel, PanelContext};
 use crate::app::images::{ImageRequest, Picture};
+use crate::app::messages::{CatalogueEdit, Event, Intent, Notice, PanelId};
 use crate::app::records::{BoxRecord, PhotoDetail, individual_label};
+use crate::app::widgets::{labelled_text, placeholder, submitted};
 use crate::base::vocabulary::{BoxPx, Fit, Part, Side, Source, Status};
 
 /// Which box to select when the photo's boxes arrive.
@@ -108,7 +109,7 @@ impl AnnotatePanel {
         self.photo = Some(photo);
         self.arrival = arrival;
         self.missing = None;
-        cx.send(Command::WatchPhoto(Some(photo)));
+        cx.send(Intent::WatchPhoto(Some(photo)));
     }
 
     fn boxes(&self) -> &[BoxRecord] {
@@ -148,7 +149,7 @@ impl AnnotatePanel {
         };
         match next {
             Some(p) => self.open(p, if forward { Arrival::FirstUnreviewed } else { Arrival::Last }, cx),
-            None => cx.send(Command::Notify(Notice::info(if forward {
+            None => cx.send(Intent::Notify(Notice::info(if forward {
                 "This is the last photo of the queue"
             } else {
                 "This is the first photo of the queue"
@@ -190,7 +191,7 @@ impl AnnotatePanel {
                 if let Some(b) = self.boxes().iter().find(|b| b.annotation.status == Status::Unreviewed) {
                     self.selected = Some(b.annotation.id);
                 } else {
-                    cx.send(Command::Notify(Notice::info("Nothing left to review in this queue")));
+                    cx.send(Intent::Notify(Notice::info("Nothing left to review in this queue")));
                 }
             }
         }
@@ -199,14 +200,14 @@ impl AnnotatePanel {
     /// Verifies or rejects the selected box (at once, on disk), then moves on.
     fn review(&mut self, status: Status, cx: &mut PanelContext<'_>) {
         let Some(i) = self.selected_index() else {
-            cx.send(Command::Notify(Notice::info("Select a box first (click it, or J)")));
+            cx.send(Intent::Notify(Notice::info("Select a box first (click it, or J)")));
             return;
         };
         let id = self.boxes()[i].annotation.id;
         if let Some(d) = &mut self.detail {
             d.boxes[i].annotation.status = status; // shown at once; the worker's answer confirms it
         }
-        cx.send(Command::Edit(CatalogueEdit::SetStatus { annotations: vec![id], status }));
+        cx.send(Intent::Edit(CatalogueEdit::SetStatus { annotations: vec![id], status }));
         if cx.state.settings.advance_after_review {
             let later = self.boxes().iter().skip(i + 1).find(|b| b.annotation.status == Status::Unreviewed);
             match later {
@@ -223,7 +224,7 @@ impl AnnotatePanel {
                 d.boxes.remove(i);
             }
             self.selected = self.boxes().get(i.min(self.boxes().len().saturating_sub(1))).map(|b| b.annotation.id);
-            cx.send(Command::Edit(CatalogueEdit::DeleteBox { annotation: id }));
+            cx.send(Intent::Edit(CatalogueEdit::DeleteBox { annotation: id }));
         }
     }
 
@@ -295,7 +296,7 @@ impl AnnotatePanel {
                 }
                 if ui.button("Reopen").on_hover_text("Mark as unreviewed").clicked() {
                     let annotations = vec![b.annotation.id];
-                    cx.send(Command::Edit(CatalogueEdit::SetStatus { annotations, status: Status::Unreviewed }));
+                    cx.send(Intent::Edit(CatalogueEdit::SetStatus { annotations, status: Status::Unreviewed }));
                 }
                 if ui.button("Delete box").on_hover_text("Shift+Delete").clicked() {
                     self.delete_selected(cx);
@@ -313,13 +314,13 @@ impl AnnotatePanel {
                 }
             });
             if (part, side) != (b.annotation.part, b.annotation.side) {
-                cx.send(Command::Edit(CatalogueEdit::SetPartSide { annotation: b.annotation.id, part, side }));
+                cx.send(Intent::Edit(CatalogueEdit::SetPartSide { annotation: b.annotation.id, part, side }));
             }
             match &b.individual {
                 Some(ind) => {
                     let how = b.how.map(|h| format!(" ({h})")).unwrap_or_default();
                     if ui.link(format!("Individual: {}{how}", individual_label(ind))).clicked() {
-                        cx.send(Command::OpenIndividual(ind.id));
+                        cx.send(Intent::OpenIndividual(ind.id));
                     }
                 }
                 None => {
@@ -330,16 +331,16 @@ impl AnnotatePanel {
                 let field = labelled_text(ui, "Assign to", &mut self.assign_to, "individual code", 110.0);
                 if ui.button("Assign").clicked() || submitted(ui, &field) {
                     match cx.state.find_individual(&self.assign_to) {
-                        Ok(ind) => cx.send(Command::Edit(CatalogueEdit::Assign {
+                        Ok(ind) => cx.send(Intent::Edit(CatalogueEdit::Assign {
                             annotations: vec![b.annotation.id],
                             individual: ind.individual.id,
                         })),
-                        Err(e) => cx.send(Command::Notify(Notice::error(e))),
+                        Err(e) => cx.send(Intent::Notify(Notice::error(e))),
                     }
                 }
             });
             if ui.button("New individual").on_hover_text("This box shows an animal not in the catalogue").clicked() {
-                cx.send(Command::Edit(CatalogueEdit::NewIndividual {
+                cx.send(Intent::Edit(CatalogueEdit::NewIndividual {
                     annotations: vec![b.annotation.id],
                     name: String::new(),
                 }));
@@ -601,9 +602,9 @@ impl AnnotatePanel {
                         {
                             rec.annotation.bbox = Some(b);
                         }
-                        cx.send(Command::Edit(CatalogueEdit::MoveBox { annotation, bbox: b }));
+                        cx.send(Intent::Edit(CatalogueEdit::MoveBox { annotation, bbox: b }));
                     }
-                    _ => cx.send(Command::Notify(Notice::info("That box would be empty or off the photo; not moved"))),
+                    _ => cx.send(Intent::Notify(Notice::info("That box would be empty or off the photo; not moved"))),
                 },
                 Some(Drag::Draw { from, now }) => {
                     self.drawing = false;
@@ -611,11 +612,11 @@ impl AnnotatePanel {
                         Fit::Inside(b) | Fit::Clipped(b) if b.w >= min_side && b.h >= min_side => {
                             let (part, species) = self.default_part();
                             if let Some(photo) = self.photo {
-                                cx.send(Command::Edit(CatalogueEdit::AddBox { photo, bbox: b, part, species }));
+                                cx.send(Intent::Edit(CatalogueEdit::AddBox { photo, bbox: b, part, species }));
                                 self.arrival = Arrival::Last;
                             }
                         }
-                        _ => cx.send(Command::Notify(Notice::info("Drag across the animal to draw a box"))),
+                        _ => cx.send(Intent::Notify(Notice::info("Drag across the animal to draw a box"))),
                     }
                 }
                 _ => {}
@@ -675,8 +676,8 @@ impl Panel for AnnotatePanel {
         }
     }
 
-    fn on_command(&mut self, command: &Command, cx: &mut PanelContext<'_>) {
-        if let Command::OpenPhoto(id) = command {
+    fn on_intent(&mut self, intent: &Intent, cx: &mut PanelContext<'_>) {
+        if let Intent::OpenPhoto(id) = intent {
             self.open(*id, Arrival::FirstUnreviewed, cx);
         }
     }

@@ -4,17 +4,15 @@
 //! a new individual missed (its only crop matched someone above the threshold) and a false
 //! new (a known individual scored under the threshold).
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use eframe::egui;
 
-use super::identify::model_status_ui;
-use super::{Panel, PanelContext, PanelId, accessible_label, paint_picture};
-use crate::app::command::{Command, Delivery};
-use crate::app::embedding::{GalleryData, Shared};
+use super::{Panel, PanelContext};
+use crate::app::embedding::{GalleryData, short_key};
 use crate::app::images::ImageRequest;
-use crate::app::jobs::JobOutcome;
+use crate::app::messages::{Event, Intent, PanelId, Review};
+use crate::app::widgets::{accessible_label, model_status_ui, paint_picture};
 use crate::jobs::eval::QueryOutcome;
 
 /// Galleries up to this size are reviewed as soon as the panel is shown; larger ones wait
@@ -23,7 +21,7 @@ const AUTO_REVIEW: usize = 20_000;
 const ROW_HEIGHT: f32 = 132.0;
 const THUMB: egui::Vec2 = egui::vec2(150.0, 100.0);
 
-/// The mistakes of one gallery at one threshold.
+/// The mistakes of one review at one threshold.
 #[derive(Debug, Default)]
 pub struct Mistakes {
     pub generation: u64,
@@ -39,20 +37,20 @@ pub struct Mistakes {
 }
 
 impl Mistakes {
-    pub fn classify(outcomes: Vec<QueryOutcome>, threshold: f32, generation: u64, cancelled: bool) -> Mistakes {
+    pub fn classify(outcomes: &[QueryOutcome], threshold: f32, generation: u64, cancelled: bool) -> Mistakes {
         let mut m = Mistakes { generation, threshold, queries: outcomes.len(), cancelled, ..Default::default() };
         for q in outcomes {
             let top = q.top().map(|t| (t.individual == q.truth, t.score));
             match (q.others > 0, top) {
-                (false, Some((_, score))) if score >= threshold => m.new_missed.push(q),
+                (false, Some((_, score))) if score >= threshold => m.new_missed.push(q.clone()),
                 (false, _) => {}
-                (true, None) => m.false_new.push(q),
+                (true, None) => m.false_new.push(q.clone()),
                 (true, Some((right, score))) => {
                     if score < threshold {
                         m.false_new.push(q.clone());
                     }
                     if !right {
-                        m.misidentified.push(q);
+                        m.misidentified.push(q.clone());
                     }
                 }
             }
@@ -71,9 +69,12 @@ enum Tab {
 
 #[derive(Default)]
 pub struct ErrorsPanel {
+    /// The last review: every labelled crop's search, whatever the threshold.
+    review: Option<Arc<Review>>,
+    /// Its mistakes at the threshold in use.
     mistakes: Option<Arc<Mistakes>>,
-    /// (gallery generation, threshold bits) of the review asked for last.
-    asked: Option<(u64, u32)>,
+    /// The gallery generation of the review asked for last.
+    asked: Option<u64>,
     tab: Tab,
 }
 
@@ -84,25 +85,20 @@ impl ErrorsPanel {
 
     fn review(&mut self, cx: &mut PanelContext<'_>, data: &Arc<GalleryData>) {
         let generation = cx.state.model.generation;
-        let threshold = Self::threshold(cx, data);
-        self.asked = Some((generation, threshold.to_bits()));
-        let data = data.clone();
-        cx.send(Command::job("Reviewing labelled crops", move |job| {
-            use crate::base::progress::Progress as _;
-            let outcomes = crate::jobs::eval::query_outcomes(&data.load.gallery, &HashSet::new(), job);
-            let cancelled = job.cancelled();
-            let mistakes = Mistakes::classify(outcomes, threshold, generation, cancelled);
-            let summary = format!(
-                "{} labelled crop(s) searched: {} misidentified, {} new individual(s) missed, {} false new",
-                mistakes.queries,
-                mistakes.misidentified.len(),
-                mistakes.new_missed.len(),
-                mistakes.false_new.len()
-            );
-            Ok(JobOutcome::done(summary)
-                .quietly()
-                .then(Command::Deliver(Delivery::Mistakes(Shared(Arc::new(mistakes))))))
-        }));
+        self.asked = Some(generation);
+        cx.send(Intent::ReviewLabelledCrops { gallery: data.clone(), generation });
+    }
+
+    /// The review's mistakes at `threshold`: a new threshold sorts the same searches again,
+    /// without searching again.
+    fn mistakes_at(&mut self, threshold: f32) -> Option<Arc<Mistakes>> {
+        let review = self.review.as_ref()?;
+        let stale = |m: &Mistakes| m.generation != review.generation || m.threshold.to_bits() != threshold.to_bits();
+        if self.mistakes.as_deref().is_none_or(stale) {
+            let m = Mistakes::classify(&review.outcomes, threshold, review.generation, review.cancelled);
+            self.mistakes = Some(Arc::new(m));
+        }
+        self.mistakes.clone()
     }
 
     fn crop_ui(
@@ -171,7 +167,7 @@ impl ErrorsPanel {
             }
         });
         if let Some(a) = open {
-            cx.send(Command::OpenCrop(a));
+            cx.send(Intent::OpenCrop(a));
         }
     }
 }
@@ -189,28 +185,22 @@ impl Panel for ErrorsPanel {
         &[("Click a crop", "open it in Identify")]
     }
 
-    fn on_command(&mut self, command: &Command, _cx: &mut PanelContext<'_>) {
-        if let Command::Deliver(Delivery::Mistakes(m)) = command {
-            self.mistakes = Some(m.0.clone());
-        }
-    }
-
-    fn on_event(&mut self, event: &crate::app::command::Event, _cx: &mut PanelContext<'_>) {
-        if let crate::app::command::Event::Opened { .. } = event {
-            *self = ErrorsPanel::default();
+    fn on_event(&mut self, event: &Event, _cx: &mut PanelContext<'_>) {
+        match event {
+            Event::Opened { .. } => *self = ErrorsPanel::default(),
+            Event::Reviewed(review) => self.review = Some(review.clone()),
+            _ => {}
         }
     }
 
     fn ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelContext<'_>) {
         egui::CentralPanel::default().show(ui, |ui| {
-            if !model_status_ui(ui, cx) {
+            if !model_status_ui(ui, &cx.state.model, cx.out) {
                 return;
             }
             let Some(data) = cx.state.model.gallery.clone() else { return };
-            let threshold = Self::threshold(cx, &data);
-            let current = (cx.state.model.generation, threshold.to_bits());
             let small = data.load.gallery.len() <= AUTO_REVIEW;
-            if small && self.asked != Some(current) {
+            if small && self.asked != Some(cx.state.model.generation) {
                 self.review(cx, &data);
             }
             ui.horizontal(|ui| {
@@ -219,7 +209,7 @@ impl Panel for ErrorsPanel {
                     self.review(cx, &data);
                 }
             });
-            let Some(m) = self.mistakes.clone() else {
+            let Some(m) = self.mistakes_at(Self::threshold(cx, &data)) else {
                 ui.horizontal(|ui| {
                     if self.asked.is_some() {
                         ui.spinner();
@@ -233,7 +223,7 @@ impl Panel for ErrorsPanel {
             ui.label(format!(
                 "Leave-one-out over {} labelled crop(s), model {}, new-individual threshold {:.2}{}{}",
                 m.queries,
-                crate::app::embedding::short_key(&data.key),
+                short_key(&data.key),
                 m.threshold,
                 if m.cancelled { " · cancelled: partial" } else { "" },
                 if m.generation != cx.state.model.generation { " · the catalogue changed since" } else { "" },
@@ -284,7 +274,7 @@ mod tests {
     #[test]
     fn mistakes_are_sorted_into_closed_set_and_the_two_open_set_kinds() {
         let m = Mistakes::classify(
-            vec![
+            &[
                 outcome("A", 3, &[("A", 0.9), ("B", 0.5)]), // right and confident: no mistake
                 outcome("A", 3, &[("B", 0.8), ("A", 0.7)]), // wrong top match
                 outcome("C", 0, &[("B", 0.8)]),             // only crop of C, yet matched: new missed

@@ -10,53 +10,18 @@ use std::sync::Arc;
 
 use eframe::egui;
 
-use super::{Panel, PanelContext, PanelId, accessible_label, labelled_text, paint_picture};
-use crate::app::command::{CatalogueEdit, Command, Delivery, Notice};
-use crate::app::embedding::{GalleryData, ModelStatus};
+use super::{Panel, PanelContext};
+use crate::app::embedding::GalleryData;
 use crate::app::images::{ImageCache, ImageRequest, Picture};
-use crate::app::jobs::JobOutcome;
+use crate::app::messages::{CatalogueEdit, Event, FilterChoice, Intent, Notice, PanelId, SearchRequest, Searched};
 use crate::app::records::CropInfo;
-use crate::jobs::search::{Filter, SearchResult};
+use crate::app::widgets::{accessible_label, labelled_text, model_status_ui, paint_picture, placeholder};
+use crate::base::vocabulary::Side;
 
 /// Candidates shown (keys 1-9).
 pub const CANDIDATES: usize = 9;
 const TILE: egui::Vec2 = egui::vec2(132.0, 132.0);
 const MORE: usize = 12;
-
-/// Which of the query's own attributes restrict the candidates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FilterChoice {
-    pub species: bool,
-    pub part: bool,
-    pub side: bool,
-}
-
-impl Default for FilterChoice {
-    fn default() -> Self {
-        FilterChoice { species: true, part: true, side: false }
-    }
-}
-
-impl FilterChoice {
-    fn filter(self, crop: &CropInfo) -> Filter {
-        Filter {
-            species: if self.species { crop.species.clone() } else { None },
-            part: self.part.then_some(crop.part),
-            side: (self.side && crop.side != crate::base::vocabulary::Side::Unknown).then_some(crop.side),
-        }
-    }
-}
-
-/// A finished search, tagged with what it was for.
-#[derive(Debug)]
-pub struct Searched {
-    pub annotation: i64,
-    pub generation: u64,
-    pub choice: FilterChoice,
-    pub result: SearchResult,
-    /// Where the threshold came from, in words.
-    pub threshold_source: &'static str,
-}
 
 /// Zoom shared by the query and the candidate: the centre of what is shown, in the crop's
 /// own 0..1 coordinates, and the magnification.
@@ -114,7 +79,7 @@ pub fn paint_crop(ui: &egui::Ui, rect: egui::Rect, images: &mut ImageCache, crop
         Picture::Ready(t) => Some((t.id(), true)),
         Picture::Failed(why) => {
             let why = why.to_string();
-            super::placeholder(&painter, rect, crop.file_name(), &why, ui.visuals());
+            placeholder(&painter, rect, crop.file_name(), &why, ui.visuals());
             return;
         }
         Picture::Loading => None,
@@ -218,16 +183,17 @@ impl IdentifyPanel {
             return;
         }
         self.asked = Some(asked);
-        let filter = self.choice.filter(crop);
-        let choice = self.choice;
-        let data = data.clone();
-        cx.send(Command::job("Searching the catalogue", move |_| {
-            let gallery = &data.load.gallery;
-            let query = gallery.vector(row).to_vec();
-            let result = gallery.search(&query, CANDIDATES, &filter, Some(annotation), Some(threshold));
-            let searched = Searched { annotation, generation, choice, result, threshold_source: source };
-            Ok(JobOutcome::done("").quietly().then(Command::Deliver(Delivery::Searched(Box::new(searched)))))
-        }));
+        cx.send(Intent::Search(Box::new(SearchRequest {
+            gallery: data.clone(),
+            annotation,
+            row,
+            generation,
+            choice: self.choice,
+            filter: self.choice.filter(crop),
+            candidates: CANDIDATES,
+            threshold,
+            threshold_source: source,
+        })));
     }
 
     /// The candidates of the current crop, when its search is in.
@@ -238,11 +204,11 @@ impl IdentifyPanel {
     fn confirm(&mut self, k: usize, cx: &mut PanelContext<'_>, data: &GalleryData) {
         let (Some(query), Some(searched)) = (self.current, self.candidates()) else { return };
         let Some(m) = searched.result.matches.get(k) else {
-            cx.send(Command::Notify(Notice::error(format!("There is no candidate {}", k + 1))));
+            cx.send(Intent::Notify(Notice::error(format!("There is no candidate {}", k + 1))));
             return;
         };
         let Some(individual) = data.crop(m.best_annotation).and_then(|c| c.individual) else { return };
-        cx.send(Command::Edit(CatalogueEdit::Assign { annotations: vec![query], individual }));
+        cx.send(Intent::Edit(CatalogueEdit::Assign { annotations: vec![query], individual }));
         self.done.insert(query);
         self.next_crop(data);
     }
@@ -250,7 +216,7 @@ impl IdentifyPanel {
     fn new_individual(&mut self, cx: &mut PanelContext<'_>, data: &GalleryData) {
         let Some(query) = self.current else { return };
         let name = std::mem::take(&mut self.new_name);
-        cx.send(Command::Edit(CatalogueEdit::NewIndividual { annotations: vec![query], name }));
+        cx.send(Intent::Edit(CatalogueEdit::NewIndividual { annotations: vec![query], name }));
         self.done.insert(query);
         self.next_crop(data);
     }
@@ -307,7 +273,7 @@ impl IdentifyPanel {
             ui.checkbox(&mut self.choice.species, format!("species ({species})"));
             ui.checkbox(&mut self.choice.part, format!("part ({})", crop.part));
             ui.add_enabled(
-                crop.side != crate::base::vocabulary::Side::Unknown,
+                crop.side != Side::Unknown,
                 egui::Checkbox::new(&mut self.choice.side, format!("side ({})", crop.side)),
             );
         });
@@ -437,7 +403,7 @@ impl IdentifyPanel {
         ui.horizontal(|ui| {
             ui.strong(format!("More of {code}: {} crop(s)", others.len()));
             if ui.small_button("All of them in Individuals").clicked() {
-                cx.send(Command::OpenIndividual(individual));
+                cx.send(Intent::OpenIndividual(individual));
             }
         });
         let mut chosen = None;
@@ -476,39 +442,6 @@ impl IdentifyPanel {
     }
 }
 
-/// What the identification side says when there is nothing to search with.
-pub fn model_status_ui(ui: &mut egui::Ui, cx: &mut PanelContext<'_>) -> bool {
-    match &cx.state.model.status {
-        ModelStatus::Off => {
-            ui.label("Identification is off in this window.");
-            false
-        }
-        ModelStatus::Failed(why) => {
-            ui.colored_label(ui.visuals().error_fg_color, why);
-            ui.label("Everything else works meanwhile. The notice's details say how to get the weights by hand.");
-            if ui.button("Try again").clicked() {
-                cx.send(Command::LoadEmbedder);
-            }
-            false
-        }
-        ModelStatus::Loading => {
-            ui.horizontal(|ui| {
-                ui.spinner();
-                ui.label("Preparing identification (the status bar shows progress)…");
-            });
-            false
-        }
-        ModelStatus::Ready if cx.state.model.gallery.is_none() => {
-            ui.horizontal(|ui| {
-                ui.spinner();
-                ui.label("Embedding crops and reading the embeddings…");
-            });
-            false
-        }
-        ModelStatus::Ready => true,
-    }
-}
-
 impl Panel for IdentifyPanel {
     fn id(&self) -> PanelId {
         PanelId::IDENTIFY
@@ -528,37 +461,28 @@ impl Panel for IdentifyPanel {
         ]
     }
 
-    fn on_event(&mut self, event: &crate::app::command::Event, _cx: &mut PanelContext<'_>) {
-        if let crate::app::command::Event::Opened { .. } = event {
-            *self = IdentifyPanel::default();
-        }
-    }
-
-    fn on_command(&mut self, command: &Command, cx: &mut PanelContext<'_>) {
-        match command {
-            Command::OpenCrop(a) => {
-                self.current = Some(*a);
-                self.pinned = true;
-                self.done.remove(a);
-                self.compared = 0;
-                self.compared_crop = None;
-                self.zoom = CropZoom::default();
-            }
-            Command::Deliver(Delivery::Searched(s)) if Some(s.annotation) == self.current => {
+    fn on_event(&mut self, event: &Event, cx: &mut PanelContext<'_>) {
+        match event {
+            Event::Opened { .. } => *self = IdentifyPanel::default(),
+            Event::Searched(s) if Some(s.annotation) == self.current => {
                 let fresh = s.generation == cx.state.model.generation;
                 if fresh || self.candidates().is_none() {
                     self.compared = self.compared.min(s.result.matches.len().saturating_sub(1));
-                    // A search result is taken once: it is moved out of the command.
-                    self.result = Some(Searched {
-                        annotation: s.annotation,
-                        generation: s.generation,
-                        choice: s.choice,
-                        result: s.result.clone(),
-                        threshold_source: s.threshold_source,
-                    });
+                    self.result = Some((**s).clone());
                 }
             }
             _ => {}
+        }
+    }
+
+    fn on_intent(&mut self, intent: &Intent, _cx: &mut PanelContext<'_>) {
+        if let Intent::OpenCrop(a) = intent {
+            self.current = Some(*a);
+            self.pinned = true;
+            self.done.remove(a);
+            self.compared = 0;
+            self.compared_crop = None;
+            self.zoom = CropZoom::default();
         }
     }
 
@@ -574,7 +498,7 @@ impl Panel for IdentifyPanel {
 
     fn ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelContext<'_>) {
         egui::CentralPanel::default().show(ui, |ui| {
-            if !model_status_ui(ui, cx) {
+            if !model_status_ui(ui, &cx.state.model, cx.out) {
                 return;
             }
             let Some(data) = cx.state.model.gallery.clone() else { return };
@@ -623,34 +547,5 @@ mod tests {
         let r = z.region();
         assert!((r.width() - 0.25).abs() < 1e-6 && (r.height() - 0.25).abs() < 1e-6);
         assert!((r.max.x - 1.0).abs() < 1e-6 && (r.min.y - 0.0).abs() < 1e-6, "{r:?}");
-    }
-
-    #[test]
-    fn the_filter_restricts_to_the_query_s_species_and_part_and_its_side_only_when_known() {
-        let crop = CropInfo {
-            annotation: 1,
-            photo: 1,
-            hash: "00".into(),
-            file: "a.jpg".into(),
-            stored_path: "a.jpg".into(),
-            bbox: None,
-            photo_size: (10, 10),
-            part: crate::base::vocabulary::Part::DorsalFin,
-            side: crate::base::vocabulary::Side::Unknown,
-            species: Some("bottlenose_dolphin".into()),
-            status: crate::base::vocabulary::Status::Verified,
-            individual: None,
-            code: None,
-            how: None,
-        };
-        let all = FilterChoice { species: true, part: true, side: true };
-        let f = all.filter(&crop);
-        assert_eq!(f.species.as_deref(), Some("bottlenose_dolphin"));
-        assert_eq!(f.part, Some(crate::base::vocabulary::Part::DorsalFin));
-        assert_eq!(f.side, None, "an unknown side restricts nothing");
-        assert_eq!(f.describe(), "species bottlenose_dolphin, part dorsal_fin");
-        let left = CropInfo { side: crate::base::vocabulary::Side::Left, ..crop };
-        assert_eq!(all.filter(&left).side, Some(crate::base::vocabulary::Side::Left));
-        assert_eq!(FilterChoice::default().filter(&left).side, None);
     }
 }

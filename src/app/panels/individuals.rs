@@ -5,10 +5,11 @@ use std::collections::BTreeSet;
 
 use eframe::egui;
 
-use super::{Panel, PanelContext, PanelId, accessible_label, labelled_text, paint_picture, submitted};
-use crate::app::command::{CatalogueEdit, Command, Event, Notice};
+use super::{Panel, PanelContext};
 use crate::app::images::ImageRequest;
-use crate::app::records::Gallery;
+use crate::app::messages::{CatalogueEdit, Event, Intent, Notice, PanelId};
+use crate::app::records::SightingHistory;
+use crate::app::widgets::{accessible_label, labelled_text, paint_picture, submitted};
 
 const TILE: egui::Vec2 = egui::vec2(150.0, 140.0);
 const THUMB_HEIGHT: f32 = 104.0;
@@ -20,7 +21,7 @@ pub struct IndividualsPanel {
     listed: Vec<usize>,
     listed_for: Option<(u64, String)>,
     current: Option<i64>,
-    gallery: Option<Gallery>,
+    history: Option<SightingHistory>,
     gone: bool,
     /// Annotations chosen in the gallery (for a split).
     chosen: BTreeSet<i64>,
@@ -38,7 +39,7 @@ impl IndividualsPanel {
 
     fn open(&mut self, id: i64, cx: &mut PanelContext<'_>) {
         if self.current != Some(id) {
-            self.gallery = None;
+            self.history = None;
             self.chosen.clear();
             self.merge_with.clear();
             self.name = cx.state.individual(id).map(|i| i.individual.name.clone()).unwrap_or_default();
@@ -46,7 +47,7 @@ impl IndividualsPanel {
         }
         self.current = Some(id);
         self.gone = false;
-        cx.send(Command::WatchGallery(Some(id)));
+        cx.send(Intent::WatchSightings(Some(id)));
     }
 
     fn relist(&mut self, cx: &PanelContext<'_>) {
@@ -126,7 +127,7 @@ impl IndividualsPanel {
         ui.horizontal(|ui| {
             let field = labelled_text(ui, "Name", &mut self.name, "a name for this animal", 160.0);
             if ui.button("Rename").clicked() || submitted(ui, &field) {
-                cx.send(Command::Edit(CatalogueEdit::Rename { individual: id, name: self.name.clone() }));
+                cx.send(Intent::Edit(CatalogueEdit::Rename { individual: id, name: self.name.clone() }));
             }
         });
         ui.horizontal(|ui| {
@@ -138,14 +139,14 @@ impl IndividualsPanel {
             if ui.button("Merge").on_hover_text(hint).clicked() || submitted(ui, &field) {
                 match cx.state.find_individual(&self.merge_with) {
                     Ok(other) if other.individual.id == id => {
-                        cx.send(Command::Notify(Notice::error("An individual cannot be merged with itself")));
+                        cx.send(Intent::Notify(Notice::error("An individual cannot be merged with itself")));
                     }
                     Ok(other) => {
                         let absorbed = other.individual.id;
-                        cx.send(Command::Edit(CatalogueEdit::Merge { kept: id, absorbed }));
+                        cx.send(Intent::Edit(CatalogueEdit::Merge { kept: id, absorbed }));
                         self.merge_with.clear();
                     }
-                    Err(e) => cx.send(Command::Notify(Notice::error(e))),
+                    Err(e) => cx.send(Intent::Notify(Notice::error(e))),
                 }
             }
         });
@@ -158,25 +159,25 @@ impl IndividualsPanel {
                 .clicked()
             {
                 let annotations: Vec<i64> = self.chosen.iter().copied().collect();
-                cx.send(Command::Edit(CatalogueEdit::Split { annotations }));
+                cx.send(Intent::Edit(CatalogueEdit::Split { annotations }));
                 self.chosen.clear();
             }
         });
-        let Some(gallery) = &self.gallery else {
+        let Some(history) = &self.history else {
             ui.horizontal(|ui| {
                 ui.spinner();
                 ui.label("Reading sightings…");
             });
             return;
         };
-        let dates = gallery.dates();
+        let dates = history.dates();
         if !dates.is_empty() {
             ui.add(egui::Label::new(format!("Seen on {} day(s): {}", dates.len(), dates.join(", "))).wrap());
         }
         ui.separator();
         let spacing = ui.spacing().item_spacing;
         let columns = (((ui.available_width() + spacing.x) / (TILE.x + spacing.x)).floor() as usize).max(1);
-        let n = gallery.sightings.len();
+        let n = history.sightings.len();
         let mut toggled = None;
         let mut open_photo = None;
         egui::ScrollArea::vertical().auto_shrink([false, false]).show_rows(
@@ -187,7 +188,7 @@ impl IndividualsPanel {
                 for r in range {
                     ui.horizontal(|ui| {
                         for c in 0..columns {
-                            let Some(s) = gallery.sightings.get(r * columns + c) else { break };
+                            let Some(s) = history.sightings.get(r * columns + c) else { break };
                             let chosen = self.chosen.contains(&s.annotation.id);
                             let (rect, response) = ui.allocate_exact_size(TILE, egui::Sense::click());
                             let name =
@@ -244,7 +245,7 @@ impl IndividualsPanel {
             self.chosen.insert(a);
         }
         if let Some(p) = open_photo {
-            cx.send(Command::OpenPhoto(p));
+            cx.send(Intent::OpenPhoto(p));
         }
     }
 }
@@ -269,7 +270,7 @@ impl Panel for IndividualsPanel {
     fn on_event(&mut self, event: &Event, _cx: &mut PanelContext<'_>) {
         match event {
             Event::Opened { .. } => *self = IndividualsPanel::default(),
-            Event::Gallery { id, gallery } if Some(*id) == self.current => match gallery {
+            Event::Sightings { id, history } if Some(*id) == self.current => match history {
                 Some(g) => {
                     let live: BTreeSet<i64> = g.sightings.iter().map(|s| s.annotation.id).collect();
                     self.chosen.retain(|a| live.contains(a));
@@ -277,11 +278,11 @@ impl Panel for IndividualsPanel {
                         self.name = g.individual.name.clone();
                     }
                     self.stored_name = g.individual.name.clone();
-                    self.gallery = Some((**g).clone());
+                    self.history = Some((**g).clone());
                     self.gone = false;
                 }
                 None => {
-                    self.gallery = None;
+                    self.history = None;
                     self.gone = true;
                 }
             },
@@ -289,8 +290,8 @@ impl Panel for IndividualsPanel {
         }
     }
 
-    fn on_command(&mut self, command: &Command, cx: &mut PanelContext<'_>) {
-        if let Command::OpenIndividual(id) = command {
+    fn on_intent(&mut self, intent: &Intent, cx: &mut PanelContext<'_>) {
+        if let Intent::OpenIndividual(id) = intent {
             self.open(*id, cx);
         }
     }

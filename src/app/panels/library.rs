@@ -6,11 +6,12 @@ use std::collections::{BTreeSet, HashSet};
 
 use eframe::egui;
 
-use super::{Panel, PanelContext, PanelId, accessible_label, labelled_text, paint_picture, submitted};
-use crate::app::command::{CatalogueEdit, Command, Notice};
+use super::{Panel, PanelContext};
 use crate::app::images::ImageRequest;
+use crate::app::messages::{CatalogueEdit, Intent, Notice, PanelId};
 use crate::app::records::PhotoRow;
 use crate::app::state::AppState;
+use crate::app::widgets::{accessible_label, labelled_text, paint_picture, submitted};
 use crate::base::vocabulary::{Part, Status};
 
 const TILE: egui::Vec2 = egui::vec2(168.0, 162.0);
@@ -78,9 +79,9 @@ impl SortBy {
     }
 }
 
-/// What the grid shows.
+/// Which photos the grid shows, and in what order.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Filter {
+pub struct PhotoQuery {
     pub review: ReviewFilter,
     /// Code or name, any part of it.
     pub individual: String,
@@ -97,7 +98,7 @@ pub struct Filter {
     pub only: Option<std::sync::Arc<BTreeSet<i64>>>,
 }
 
-impl Filter {
+impl PhotoQuery {
     /// The indices of the rows that pass, sorted.
     pub fn apply(&self, state: &AppState) -> Vec<usize> {
         let wanted_individuals: Option<HashSet<i64>> = {
@@ -148,10 +149,10 @@ impl Filter {
 
 #[derive(Default)]
 pub struct LibraryPanel {
-    pub filter: Filter,
+    pub query: PhotoQuery,
     /// Indices into `state.rows` of the photos shown, in order.
     visible: Vec<usize>,
-    shown_for: Option<(u64, u64, Filter)>,
+    shown_for: Option<(u64, u64, PhotoQuery)>,
     species: Vec<String>,
     selected: BTreeSet<i64>,
     /// Where a shift-click range starts (an index into `visible`).
@@ -164,12 +165,12 @@ pub struct LibraryPanel {
 impl LibraryPanel {
     fn refilter(&mut self, cx: &mut PanelContext<'_>) {
         let state = cx.state;
-        let key = (state.rows_generation, state.individuals_generation, self.filter.clone());
+        let key = (state.rows_generation, state.individuals_generation, self.query.clone());
         if self.shown_for.as_ref() == Some(&key) {
             return;
         }
         let rows_changed = self.shown_for.as_ref().is_none_or(|k| k.0 != key.0);
-        self.visible = self.filter.apply(state);
+        self.visible = self.query.apply(state);
         if rows_changed {
             let all: BTreeSet<&String> = state.rows.iter().flat_map(|r| &r.species).collect();
             self.species = all.into_iter().cloned().collect();
@@ -179,7 +180,7 @@ impl LibraryPanel {
         self.shown_for = Some(key);
         let queue: Vec<i64> = self.visible.iter().map(|&i| state.rows[i].id).collect();
         if queue != state.queue {
-            cx.send(Command::SetQueue(queue));
+            cx.send(Intent::SetQueue(queue));
         }
     }
 
@@ -188,7 +189,7 @@ impl LibraryPanel {
     }
 
     fn filters_ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelContext<'_>) {
-        let f = &mut self.filter;
+        let f = &mut self.query;
         ui.heading("Filters");
         if let Some(n) = f.only.as_ref().map(|only| only.len()) {
             ui.horizontal_wrapped(|ui| {
@@ -211,7 +212,7 @@ impl LibraryPanel {
         if let [one] = matches.as_slice()
             && ui.small_button(format!("Open {} in Individuals", one.individual.code)).clicked()
         {
-            cx.out.push(Command::OpenIndividual(one.individual.id));
+            cx.out.push(Intent::OpenIndividual(one.individual.id));
         }
         egui::ComboBox::from_label("Species").selected_text(f.species.as_deref().unwrap_or("any")).show_ui(ui, |ui| {
             ui.selectable_value(&mut f.species, None, "any");
@@ -249,7 +250,7 @@ impl LibraryPanel {
             }
         });
         if ui.button("Clear filters").clicked() {
-            self.filter = Filter { sort: self.filter.sort, ..Filter::default() };
+            self.query = PhotoQuery { sort: self.query.sort, ..PhotoQuery::default() };
         }
     }
 
@@ -265,7 +266,7 @@ impl LibraryPanel {
                 {
                     if ui.button(label).on_hover_text(format!("{label} every box of the selected photos")).clicked() {
                         let photos = self.selection();
-                        cx.send(Command::Edit(CatalogueEdit::SetStatusOfPhotos { photos, status }));
+                        cx.send(Intent::Edit(CatalogueEdit::SetStatusOfPhotos { photos, status }));
                     }
                 }
                 ui.separator();
@@ -275,22 +276,22 @@ impl LibraryPanel {
                         Ok(ind) => {
                             let edit =
                                 CatalogueEdit::AssignPhotos { photos: self.selection(), individual: ind.individual.id };
-                            cx.out.push(Command::Edit(edit));
+                            cx.out.push(Intent::Edit(edit));
                         }
-                        Err(e) => cx.out.push(Command::Notify(Notice::error(e))),
+                        Err(e) => cx.out.push(Intent::Notify(Notice::error(e))),
                     }
                 }
                 ui.separator();
                 let field = labelled_text(ui, "Tag with", &mut self.tag, "tag", 90.0);
                 if ui.button("Tag").clicked() || submitted(ui, &field) {
                     let edit = CatalogueEdit::Tag { photos: self.selection(), tag: self.tag.clone() };
-                    cx.out.push(Command::Edit(edit));
+                    cx.out.push(Intent::Edit(edit));
                 }
                 ui.separator();
                 if ui.button("Annotate selected").on_hover_text("Open the first selected photo (Enter)").clicked()
                     && let Some(&first) = self.selected.first()
                 {
-                    cx.out.push(Command::OpenPhoto(first));
+                    cx.out.push(Intent::OpenPhoto(first));
                 }
             });
             if ui.button("Select all").on_hover_text("Ctrl+A").clicked() {
@@ -321,7 +322,7 @@ impl LibraryPanel {
             self.selected.clear();
         }
         if open && let Some(&first) = self.selected.first() {
-            cx.out.push(Command::OpenPhoto(first));
+            cx.out.push(Intent::OpenPhoto(first));
         }
     }
 
@@ -409,7 +410,7 @@ impl LibraryPanel {
         }
         let row_id = row.id;
         if response.double_clicked() {
-            cx.out.push(Command::OpenPhoto(row_id));
+            cx.out.push(Intent::OpenPhoto(row_id));
         } else if response.clicked() {
             let modifiers = ui.input(|inp| inp.modifiers);
             if modifiers.shift
@@ -484,14 +485,14 @@ impl Panel for LibraryPanel {
         self.refilter(cx);
     }
 
-    fn on_command(&mut self, command: &Command, cx: &mut PanelContext<'_>) {
+    fn on_intent(&mut self, intent: &Intent, cx: &mut PanelContext<'_>) {
         // Keep the photo being annotated in view when coming back.
-        if let Command::OpenPhoto(id) = command {
+        if let Intent::OpenPhoto(id) = intent {
             self.scroll_to = self.visible.iter().position(|&i| cx.state.rows[i].id == *id);
         }
-        if let Command::ShowPhotosInLibrary(photos) = command {
-            self.filter = Filter { sort: self.filter.sort, ..Filter::default() };
-            self.filter.only = Some(std::sync::Arc::new(photos.iter().copied().collect()));
+        if let Intent::ShowPhotosInLibrary(photos) = intent {
+            self.query = PhotoQuery { sort: self.query.sort, ..PhotoQuery::default() };
+            self.query.only = Some(std::sync::Arc::new(photos.iter().copied().collect()));
             self.selected = photos.iter().copied().collect();
         }
     }

@@ -3,139 +3,29 @@
 //! selects with a box or a lasso; a click opens the crop in Identify; a selection can be
 //! assigned to an individual or shown in the library.
 //!
-//! The points are drawn into a picture on a thread of their own whenever the view, the
-//! colouring or the selection changes, so a frame draws one texture however many crops
-//! there are (100,000 points would be 100,000 shapes to lay out every frame).
+//! The points are drawn into a picture by a job (`map_picture`) whenever the view, the
+//! colouring or the selection changes; a frame draws that one texture.
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, channel};
 
 use eframe::egui;
 
-use super::identify::model_status_ui;
-use super::{Panel, PanelContext, PanelId, labelled_text, paint_picture, submitted};
-use crate::app::command::{CatalogueEdit, Command, Notice};
+use super::{Panel, PanelContext};
 use crate::app::embedding::GalleryData;
 use crate::app::images::ImageRequest;
-use crate::base::vocabulary::Status;
+use crate::app::map_picture::{ColorBy, MapDrawing, MapPicture, MapView, RasterKey, STATUS_COLORS};
+use crate::app::messages::{CatalogueEdit, Event, Intent, Notice, PanelId};
+use crate::app::widgets::{labelled_text, model_status_ui, paint_picture, submitted};
 
 /// How near (in points) the pointer must be to a crop to hover it.
 const HOVER_REACH: f32 = 8.0;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum ColorBy {
-    #[default]
-    Individual,
-    Status,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Tool {
     #[default]
     Box,
     Lasso,
-}
-
-/// Everything the picture of the points depends on.
-#[derive(Debug, Clone, PartialEq)]
-struct RasterKey {
-    generation: u64,
-    view: MapView,
-    pixels: [usize; 2],
-    color_by: ColorBy,
-    selection: u64,
-}
-
-/// Which part of the unit square is on screen.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct MapView {
-    pub center: egui::Vec2,
-    pub zoom: f32,
-}
-
-impl Default for MapView {
-    fn default() -> Self {
-        MapView { center: egui::vec2(0.5, 0.5), zoom: 1.0 }
-    }
-}
-
-impl MapView {
-    /// Points per map unit on a canvas of `size` (a margin keeps edge points on screen).
-    fn scale(&self, size: egui::Vec2) -> f32 {
-        size.x.min(size.y) * 0.92 * self.zoom
-    }
-
-    pub fn screen_from_map(&self, canvas: egui::Rect, p: [f32; 2]) -> egui::Pos2 {
-        canvas.center() + (egui::vec2(p[0], p[1]) - self.center) * self.scale(canvas.size())
-    }
-
-    pub fn map_from_screen(&self, canvas: egui::Rect, p: egui::Pos2) -> [f32; 2] {
-        let m = self.center + (p - canvas.center()) / self.scale(canvas.size());
-        [m.x, m.y]
-    }
-}
-
-const STATUS_COLORS: [(Status, egui::Color32); 2] = [
-    (Status::Verified, egui::Color32::from_rgb(90, 190, 110)),
-    (Status::Unreviewed, egui::Color32::from_rgb(240, 170, 60)),
-];
-const UNIDENTIFIED: egui::Color32 = egui::Color32::from_rgb(150, 150, 150);
-
-/// A colour per individual, spread around the hue circle (golden-angle steps), so neighbours
-/// in the list are far apart in colour.
-fn individual_color(individual: i64) -> egui::Color32 {
-    let hue = (individual as f32 * 0.618_034).fract();
-    egui::ecolor::Hsva::new(hue, 0.75, 0.95, 1.0).into()
-}
-
-fn point_color(data: &GalleryData, row: usize, by: ColorBy) -> egui::Color32 {
-    let Some(c) = data.crop_of_row(row) else { return UNIDENTIFIED };
-    match by {
-        ColorBy::Individual => c.individual.map(individual_color).unwrap_or(UNIDENTIFIED),
-        ColorBy::Status => {
-            STATUS_COLORS.iter().find(|(s, _)| *s == c.status).map(|(_, col)| *col).unwrap_or(UNIDENTIFIED)
-        }
-    }
-}
-
-/// Draws every point (selected ones larger, outlined) into a picture of the canvas.
-fn rasterize(data: &GalleryData, key: &RasterKey, selected: &HashSet<usize>, ppp: f32) -> egui::ColorImage {
-    let [w, h] = key.pixels;
-    let mut img = egui::ColorImage::filled([w, h], egui::Color32::TRANSPARENT);
-    let canvas = egui::Rect::from_min_size(egui::Pos2::ZERO, egui::vec2(w as f32, h as f32) / ppp);
-    let mut dot = |x: f32, y: f32, r: i32, color: egui::Color32| {
-        let (cx, cy) = (x.round() as i32, y.round() as i32);
-        for dy in -r..=r {
-            for dx in -r..=r {
-                if dx * dx + dy * dy > r * r + r {
-                    continue;
-                }
-                let (px, py) = (cx + dx, cy + dy);
-                if px >= 0 && py >= 0 && (px as usize) < w && (py as usize) < h {
-                    img.pixels[py as usize * w + px as usize] = color;
-                }
-            }
-        }
-    };
-    let radius = (2.0 * ppp).round().max(1.0) as i32;
-    let points = data.map.points();
-    for (row, p) in points.iter().enumerate() {
-        if selected.contains(&row) {
-            continue;
-        }
-        let s = key.view.screen_from_map(canvas, *p);
-        dot(s.x * ppp, s.y * ppp, radius, point_color(data, row, key.color_by));
-    }
-    // Selected points on top, ringed in white.
-    for &row in selected {
-        if let Some(p) = points.get(row) {
-            let s = key.view.screen_from_map(canvas, *p);
-            dot(s.x * ppp, s.y * ppp, radius + 2, egui::Color32::WHITE);
-            dot(s.x * ppp, s.y * ppp, radius, point_color(data, row, key.color_by));
-        }
-    }
-    img
 }
 
 #[derive(Default)]
@@ -150,7 +40,10 @@ pub struct MapPanel {
     selection_version: u64,
     hovered: Option<usize>,
     raster: Option<(RasterKey, egui::TextureHandle)>,
-    drawing: Option<(RasterKey, Receiver<egui::ColorImage>)>,
+    /// The picture asked for and not drawn yet.
+    drawing: Option<RasterKey>,
+    /// The picture drawn, to be made a texture when the canvas is drawn.
+    drawn: Option<MapPicture>,
     assign_to: String,
     /// ((selection version, gallery generation), crops, individuals) of the selection.
     counted: Option<((u64, u64), usize, usize)>,
@@ -171,46 +64,29 @@ impl MapPanel {
     }
 
     /// Keeps the picture of the points in step with the view, drawn off the UI thread.
-    fn raster(&mut self, ui: &egui::Ui, canvas: egui::Rect, data: &Arc<GalleryData>, generation: u64) {
+    fn raster(&mut self, ui: &egui::Ui, cx: &mut PanelContext<'_>, canvas: egui::Rect, data: &Arc<GalleryData>) {
         let ppp = ui.ctx().pixels_per_point();
         let pixels =
             [(canvas.width() * ppp).round().max(1.0) as usize, (canvas.height() * ppp).round().max(1.0) as usize];
         let key = RasterKey {
-            generation,
+            generation: cx.state.model.generation,
             view: self.view,
             pixels,
             color_by: self.color_by,
             selection: self.selection_version,
         };
-        if let Some((asked, rx)) = &self.drawing {
-            match rx.try_recv() {
-                Ok(img) => {
-                    let asked = asked.clone();
-                    let texture = ui.ctx().load_texture("embedding map", img, egui::TextureOptions::NEAREST);
-                    self.raster = Some((asked, texture));
-                    self.drawing = None;
-                }
-                Err(std::sync::mpsc::TryRecvError::Empty) => return,
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => self.drawing = None,
-            }
+        if let Some(picture) = self.drawn.take() {
+            let texture = ui.ctx().load_texture("embedding map", picture.image, egui::TextureOptions::NEAREST);
+            self.raster = Some((picture.key, texture));
         }
-        if self.raster.as_ref().is_some_and(|(k, _)| *k == key) {
+        // One picture at a time; a new gallery asks again even if the last one never came.
+        let in_flight = self.drawing.as_ref().is_some_and(|k| k.generation == key.generation);
+        if in_flight || self.raster.as_ref().is_some_and(|(k, _)| *k == key) {
             return;
         }
-        let (tx, rx) = channel();
-        let data = data.clone();
         let selected: HashSet<usize> = self.selection.iter().filter_map(|&a| data.row(a)).collect();
-        let ctx = ui.ctx().clone();
-        let thread_key = key.clone();
-        let spawned = std::thread::Builder::new().name("map drawing".into()).spawn(move || {
-            let img = rasterize(&data, &thread_key, &selected, ppp);
-            if tx.send(img).is_ok() {
-                ctx.request_repaint();
-            }
-        });
-        if spawned.is_ok() {
-            self.drawing = Some((key, rx));
-        }
+        self.drawing = Some(key.clone());
+        cx.send(Intent::DrawMap(Box::new(MapDrawing { gallery: data.clone(), key, selected, pixels_per_point: ppp })));
     }
 
     fn canvas_ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelContext<'_>, data: &Arc<GalleryData>) {
@@ -220,7 +96,7 @@ impl MapPanel {
         response
             .widget_info(|| egui::WidgetInfo::labeled(egui::Role::Canvas, true, format!("Embedding map of {n} crops")));
         ui.painter().rect_filled(canvas, 0.0, ui.visuals().extreme_bg_color);
-        self.raster(ui, canvas, data, cx.state.model.generation);
+        self.raster(ui, cx, canvas, data);
         if let Some((key, texture)) = &self.raster
             && key.generation == cx.state.model.generation
         {
@@ -315,7 +191,7 @@ impl MapPanel {
                 ui.label(&text);
             });
             if response.clicked() {
-                cx.send(Command::OpenCrop(crop.annotation));
+                cx.send(Intent::OpenCrop(crop.annotation));
             }
         }
     }
@@ -381,10 +257,10 @@ impl MapPanel {
                 match cx.state.find_individual(&self.assign_to) {
                     Ok(ind) => {
                         let annotations: Vec<i64> = selected().map(|c| c.annotation).collect();
-                        cx.send(Command::Edit(CatalogueEdit::Assign { annotations, individual: ind.individual.id }));
+                        cx.send(Intent::Edit(CatalogueEdit::Assign { annotations, individual: ind.individual.id }));
                         assigned = true;
                     }
-                    Err(e) => cx.send(Command::Notify(Notice::error(e))),
+                    Err(e) => cx.send(Intent::Notify(Notice::error(e))),
                 }
             }
         });
@@ -392,7 +268,7 @@ impl MapPanel {
         ui.horizontal(|ui| {
             if ui.button("Open in library").clicked() {
                 let photos: BTreeSet<i64> = selected().map(|c| c.photo).collect();
-                cx.send(Command::ShowPhotosInLibrary(photos.into_iter().collect()));
+                cx.send(Intent::ShowPhotosInLibrary(photos.into_iter().collect()));
             }
             clear = ui.button("Clear selection").clicked();
         });
@@ -423,16 +299,21 @@ impl Panel for MapPanel {
         ]
     }
 
-    fn on_event(&mut self, event: &crate::app::command::Event, _cx: &mut PanelContext<'_>) {
-        if let crate::app::command::Event::Opened { .. } = event {
-            *self = MapPanel::default();
+    fn on_event(&mut self, event: &Event, _cx: &mut PanelContext<'_>) {
+        match event {
+            Event::Opened { .. } => *self = MapPanel::default(),
+            Event::MapDrawn(picture) if self.drawing.as_ref() == Some(&picture.key) => {
+                self.drawing = None;
+                self.drawn = Some(picture.clone());
+            }
+            _ => {}
         }
     }
 
     fn ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelContext<'_>) {
         let Some(data) = cx.state.model.gallery.clone().filter(|d| !d.map.is_empty()) else {
             egui::CentralPanel::default().show(ui, |ui| {
-                if model_status_ui(ui, cx) {
+                if model_status_ui(ui, &cx.state.model, cx.out) {
                     ui.label("No crop has an embedding yet.");
                 }
             });
@@ -440,24 +321,5 @@ impl Panel for MapPanel {
         };
         egui::Panel::right("map_side").default_size(280.0).show(ui, |ui| self.side_ui(ui, cx, &data));
         egui::CentralPanel::default().frame(egui::Frame::NONE).show(ui, |ui| self.canvas_ui(ui, cx, &data));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn map_and_screen_transforms_are_inverse_and_zoom_keeps_the_centre() {
-        let canvas = egui::Rect::from_min_size(egui::pos2(100.0, 50.0), egui::vec2(800.0, 600.0));
-        let view = MapView { center: egui::vec2(0.3, 0.6), zoom: 4.0 };
-        let p = [0.35, 0.52];
-        let back = view.map_from_screen(canvas, view.screen_from_map(canvas, p));
-        assert!((back[0] - p[0]).abs() < 1e-5 && (back[1] - p[1]).abs() < 1e-5, "{back:?}");
-        assert_eq!(view.screen_from_map(canvas, [0.3, 0.6]), canvas.center());
-        // At zoom 1 the unit square fits the shorter side, with a margin.
-        let fit = MapView::default();
-        let corner = fit.screen_from_map(canvas, [0.0, 0.0]);
-        assert!(canvas.contains(corner) && canvas.contains(fit.screen_from_map(canvas, [1.0, 1.0])));
     }
 }

