@@ -1,7 +1,6 @@
 //! The identification commands: embedding a catalogue's crops, searching it for a photo,
 //! evaluating identification on labelled data and writing a Kaggle-style submission.
 
-
 use anyhow::Result;
 
 use super::args::{EmbedArgs, EvalArgs, SearchArgs, SubmitArgs};

@@ -193,7 +193,8 @@ impl IndividualsPanel {
                             let (rect, response) = ui.allocate_exact_size(TILE, egui::Sense::click());
                             let name =
                                 s.photo.stored_path.rsplit('/').next().unwrap_or(&s.photo.stored_path).to_string();
-                            let date = s.photo.facts.taken_at.as_deref().map(|d| &d[..d.len().min(10)]).unwrap_or("no date");
+                            let date =
+                                s.photo.facts.taken_at.as_deref().map(|d| &d[..d.len().min(10)]).unwrap_or("no date");
                             let visible = ui.is_rect_visible(rect);
                             let request = ImageRequest::thumbnail(&s.photo.facts.hash, &s.file, s.annotation.bbox);
                             let picture = visible.then(|| cx.images.get(&request));

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use clap::Subcommand;
 
-
 mod embed;
 mod import;
 mod search;

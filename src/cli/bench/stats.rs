@@ -5,8 +5,8 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::{median, tempdir};
-use crate::catalogue::synthetic::SyntheticCatalogue;
 use crate::catalogue::Catalogue;
+use crate::catalogue::synthetic::SyntheticCatalogue;
 
 #[derive(Serialize)]
 struct StatsBench {
