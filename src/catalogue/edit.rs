@@ -195,7 +195,7 @@ impl Edit<'_> {
                 ],
             )
             .map_err(|e| self.err(e))?;
-        Ok(self.tx.last_insert_rowid())
+        Ok(PhotoId(self.tx.last_insert_rowid()))
     }
 
     /// A photo found at a new place (moved or renamed on disk).
@@ -238,7 +238,7 @@ impl Edit<'_> {
                 ],
             )
             .map_err(|e| self.err(e))?;
-        Ok(self.tx.last_insert_rowid())
+        Ok(AnnotationId(self.tx.last_insert_rowid()))
     }
 
     fn expect_changed(&self, changed: usize, what: &str, id: impl std::fmt::Display) -> Result<()> {
@@ -302,7 +302,7 @@ impl Edit<'_> {
                 e => self.err(e),
             })?;
         Ok(Individual {
-            id: self.tx.last_insert_rowid(),
+            id: IndividualId(self.tx.last_insert_rowid()),
             code,
             name: name.to_string(),
             species: species.map(str::to_string),

@@ -1,7 +1,7 @@
 //! Embeddings: the vectors computed for each annotation under a model, keyed by the box
 //! they were computed from, and the one scan a search gallery is read with.
 
-use crate::base::ids::{AnnotationId, IndividualId, PhotoId};
+use crate::base::ids::{AnnotationId, IndividualId};
 use rusqlite::{TransactionBehavior, params};
 
 use super::records::{ANNOTATION_COLUMNS, annotation_columns_of_a, annotation_from_row, bbox_from_columns};

@@ -77,7 +77,7 @@ fn photo_row(cat: &Catalogue, r: &rusqlite::Row) -> rusqlite::Result<PhotoRow> {
         rejected: r.get(10)?,
         parts: list(11, ',')?.iter().filter_map(|p| p.parse().ok()).collect(),
         species: list(12, ',')?,
-        individuals: list(13, ',')?.iter().filter_map(|i| i.parse().ok()).collect(),
+        individuals: list(13, ',')?.iter().filter_map(|i| i.parse().ok().map(IndividualId)).collect(),
         tags: list(14, '\u{1f}')?,
     })
 }
