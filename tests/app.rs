@@ -318,7 +318,7 @@ fn identifying_app(home: &Path, catalogue: &Path, panel: &str) -> Harness<'stati
 }
 
 /// Takes the label off one crop, as if it had come back from the field unidentified.
-fn unidentify(catalogue: &Path, photo: &str) -> i64 {
+fn unidentify(catalogue: &Path, photo: &str) -> whaleid::base::ids::AnnotationId {
     let mut cat = Catalogue::open(catalogue).unwrap();
     let photo = cat.photo_id_by_path(&format!("photos/images/{photo}")).unwrap().unwrap();
     let annotation = cat.annotations_of_photo(photo).unwrap()[0].id;

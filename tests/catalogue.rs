@@ -3,10 +3,11 @@
 
 mod common;
 
+use whaleid::base::ids::AnnotationId;
 use whaleid::base::vocabulary::{BoxPx, How, Status};
 use whaleid::catalogue::{Catalogue, CatalogueError};
 
-fn catalogue_with_two_sightings(dir: &std::path::Path) -> (Catalogue, i64, i64) {
+fn catalogue_with_two_sightings(dir: &std::path::Path) -> (Catalogue, AnnotationId, AnnotationId) {
     let (cat, ids) = common::boxed_catalogue(dir, 2, None);
     (cat, ids[0], ids[1])
 }

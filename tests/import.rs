@@ -6,6 +6,7 @@ mod common;
 use std::path::Path;
 
 use common::{jpeg_bytes, photo, photos, png_claiming, write};
+use whaleid::base::ids::PhotoId;
 use whaleid::base::progress::Silent;
 use whaleid::base::vocabulary::{BoxPx, Part, Status};
 use whaleid::catalogue::Catalogue;
@@ -213,7 +214,7 @@ fn exported_coco_imports_back_into_a_new_catalogue_with_identities() {
     write(&data.join("labels/classes.txt"), "fluke\n");
     let mut cat = Catalogue::create(&data.join("c.whaleid")).unwrap();
     run(&mut cat, &data);
-    let first = cat.annotations_of_photo(1).unwrap()[0].id;
+    let first = cat.annotations_of_photo(PhotoId(1)).unwrap()[0].id;
     cat.new_individual(&[first], Some("humpback_whale")).unwrap();
 
     let coco = data.join("export/coco.json");

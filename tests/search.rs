@@ -3,6 +3,7 @@
 
 mod common;
 
+use whaleid::base::ids::AnnotationId;
 use whaleid::base::vocabulary::{BoxPx, Status};
 use whaleid::catalogue::Catalogue;
 use whaleid::jobs::search::{Filter, Gallery};
@@ -10,11 +11,11 @@ use whaleid::jobs::search::{Filter, Gallery};
 const MODEL: &str = "test-model";
 
 /// A catalogue of `n` boxed crops on `n` photos; returns the annotation ids.
-fn catalogue(dir: &std::path::Path, n: usize) -> (Catalogue, Vec<i64>) {
+fn catalogue(dir: &std::path::Path, n: usize) -> (Catalogue, Vec<AnnotationId>) {
     common::boxed_catalogue(dir, n, Some("humpback_whale"))
 }
 
-fn embed(cat: &mut Catalogue, annotation: i64, vector: &[f32]) {
+fn embed(cat: &mut Catalogue, annotation: AnnotationId, vector: &[f32]) {
     let key = cat.annotation(annotation).unwrap().unwrap().box_key();
     cat.put_embedding(annotation, MODEL, &key, vector).unwrap();
 }
@@ -39,7 +40,7 @@ fn stale_rejected_and_missing_are_left_out_and_counted() {
 
     let load = Gallery::from_catalogue(&cat, MODEL).unwrap();
     assert_eq!((load.stale, load.rejected, load.missing, load.wrong_dim, load.corrupt), (1, 1, 1, 0, 0));
-    let rows: Vec<i64> = load.gallery.entries().iter().map(|e| e.annotation).collect();
+    let rows: Vec<AnnotationId> = load.gallery.entries().iter().map(|e| e.annotation).collect();
     assert_eq!(rows, [ids[0], ids[3]]);
     assert_eq!(load.gallery.dim(), 4);
     assert!(load.describe().contains("1 embedding is stale"), "{}", load.describe());
@@ -69,7 +70,8 @@ fn an_identified_crop_is_found_by_its_individual_code() {
     assert_eq!(g.entries()[0].individual, None);
     assert_eq!(g.entries()[1].species.as_deref(), Some("humpback_whale"));
     let r = g.search(&axis(1, 0.0), 5, &Filter::default(), None, None);
-    let found: Vec<(&str, i64)> = r.matches.iter().map(|m| (m.individual.as_str(), m.best_annotation)).collect();
+    let found: Vec<(&str, AnnotationId)> =
+        r.matches.iter().map(|m| (m.individual.as_str(), m.best_annotation)).collect();
     assert_eq!(found, [(salt.code.as_str(), ids[1]), (other.code.as_str(), ids[2])]);
     assert_eq!(r.searched_individuals, 2, "the unidentified crop is never proposed");
 }
@@ -93,7 +95,7 @@ fn a_stored_vector_of_the_wrong_dimension_is_skipped_not_fatal() {
     assert_eq!((load.wrong_dim, load.corrupt), (1, 2));
     assert!(load.describe().contains("2 embeddings are corrupt"), "{}", load.describe());
     assert_eq!(load.gallery.dim(), 4);
-    let rows: Vec<i64> = load.gallery.entries().iter().map(|e| e.annotation).collect();
+    let rows: Vec<AnnotationId> = load.gallery.entries().iter().map(|e| e.annotation).collect();
     assert_eq!(rows, [ids[0], ids[1]]);
     // A query of another dimension searches nothing rather than panicking.
     let r = load.gallery.search(&[1.0, 0.0, 0.0], 5, &Filter::default(), None, None);

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::base::ids::{AnnotationId, IndividualId};
 use crate::catalogue::Catalogue;
 use crate::jobs::map::EmbeddingMap;
 use crate::jobs::search::GalleryLoad;
@@ -79,14 +80,14 @@ pub struct GalleryData {
     pub map: EmbeddingMap,
     /// Every crop that is not rejected, embedded or not.
     pub crops: Vec<CropInfo>,
-    crop_of: HashMap<i64, usize>,
-    row_of: HashMap<i64, usize>,
+    crop_of: HashMap<AnnotationId, usize>,
+    row_of: HashMap<AnnotationId, usize>,
     /// The new-individual threshold tuned for this model (`whaleid eval --save-threshold`).
     pub tuned_threshold: Option<f32>,
     /// Crops still to identify: unidentified first, then labels nobody confirmed (Identify's queue).
-    pub to_identify: Vec<i64>,
+    pub to_identify: Vec<AnnotationId>,
     /// Each individual's crops, by annotation.
-    pub crops_of: HashMap<i64, Vec<i64>>,
+    pub crops_of: HashMap<IndividualId, Vec<AnnotationId>>,
 }
 
 impl GalleryData {
@@ -106,10 +107,10 @@ impl GalleryData {
     ) -> GalleryData {
         let crop_of = crops.iter().enumerate().map(|(i, c)| (c.annotation, i)).collect();
         let row_of = load.gallery.entries().iter().enumerate().map(|(row, e)| (e.annotation, row)).collect();
-        let mut to_identify: Vec<(bool, i64)> =
+        let mut to_identify: Vec<(bool, AnnotationId)> =
             crops.iter().filter(|c| c.needs_identification()).map(|c| (c.individual.is_some(), c.annotation)).collect();
         to_identify.sort_unstable();
-        let mut crops_of: HashMap<i64, Vec<i64>> = HashMap::new();
+        let mut crops_of: HashMap<IndividualId, Vec<AnnotationId>> = HashMap::new();
         for c in &crops {
             if let Some(i) = c.individual {
                 crops_of.entry(i).or_default().push(c.annotation);
@@ -137,12 +138,12 @@ impl GalleryData {
         }
     }
 
-    pub fn crop(&self, annotation: i64) -> Option<&CropInfo> {
+    pub fn crop(&self, annotation: AnnotationId) -> Option<&CropInfo> {
         self.crop_of.get(&annotation).map(|&i| &self.crops[i])
     }
 
     /// The gallery row holding the annotation's embedding, if it has a fresh one.
-    pub fn row(&self, annotation: i64) -> Option<usize> {
+    pub fn row(&self, annotation: AnnotationId) -> Option<usize> {
         self.row_of.get(&annotation).copied()
     }
 

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use eframe::egui;
 
 use super::embedding::GalleryData;
+use crate::base::ids::IndividualId;
 use crate::base::vocabulary::Status;
 
 /// A picture of the points to draw, and what it depends on.
@@ -100,8 +101,8 @@ const UNIDENTIFIED: egui::Color32 = egui::Color32::from_rgb(150, 150, 150);
 
 /// A colour per individual, spread around the hue circle (golden-angle steps), so neighbours
 /// in the list are far apart in colour.
-fn individual_color(individual: i64) -> egui::Color32 {
-    let hue = (individual as f32 * 0.618_034).fract();
+fn individual_color(individual: IndividualId) -> egui::Color32 {
+    let hue = (individual.0 as f32 * 0.618_034).fract();
     egui::ecolor::Hsva::new(hue, 0.75, 0.95, 1.0).into()
 }
 

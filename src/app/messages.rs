@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::base::ids::{AnnotationId, IndividualId, PhotoId};
 use crate::base::vocabulary::{BoxPx, Part, Side, Status};
 use crate::catalogue::Action;
 use crate::catalogue::stats::Stats;
@@ -50,15 +51,15 @@ pub enum Intent {
     Reload,
     Show(PanelId),
     /// Show a photo in the annotate panel.
-    OpenPhoto(i64),
+    OpenPhoto(PhotoId),
     /// Show an individual in the individuals panel.
-    OpenIndividual(i64),
+    OpenIndividual(IndividualId),
     /// The photos the review keys walk through (the library's filtered, sorted view).
-    SetQueue(Vec<i64>),
+    SetQueue(Vec<PhotoId>),
     /// Keep this photo's boxes fresh (the annotate panel's photo); `None` stops.
-    WatchPhoto(Option<i64>),
+    WatchPhoto(Option<PhotoId>),
     /// Keep this individual's sightings fresh (the individuals panel); `None` stops.
-    WatchSightings(Option<i64>),
+    WatchSightings(Option<IndividualId>),
     OpenCatalogue(PathBuf),
     NewCatalogue(PathBuf),
     OpenDemo,
@@ -84,9 +85,9 @@ pub enum Intent {
     EmbedCatalogue,
     LoadGallery,
     /// Show a crop in the identify panel, as the query.
-    OpenCrop(i64),
+    OpenCrop(AnnotationId),
     /// Show only these photos in the library (a selection made on the map).
-    ShowPhotosInLibrary(Vec<i64>),
+    ShowPhotosInLibrary(Vec<PhotoId>),
     /// Rank the gallery's individuals for one crop (Identify); answered by `Event::Searched`.
     Search(Box<SearchRequest>),
     /// Search every labelled crop against the others (Errors); answered by `Event::Reviewed`.
@@ -131,7 +132,7 @@ impl FilterChoice {
 #[derive(Debug)]
 pub struct SearchRequest {
     pub gallery: Arc<GalleryData>,
-    pub annotation: i64,
+    pub annotation: AnnotationId,
     pub row: usize,
     pub generation: u64,
     pub choice: FilterChoice,
@@ -146,7 +147,7 @@ pub struct SearchRequest {
 /// A finished search, tagged with what it was for.
 #[derive(Debug, Clone)]
 pub struct Searched {
-    pub annotation: i64,
+    pub annotation: AnnotationId,
     pub generation: u64,
     pub choice: FilterChoice,
     pub result: SearchResult,
@@ -215,63 +216,63 @@ impl JobOutcome {
 #[derive(Debug, Clone)]
 pub enum CatalogueEdit {
     SetStatus {
-        annotations: Vec<i64>,
+        annotations: Vec<AnnotationId>,
         status: Status,
     },
     /// Every box of the photos (bulk review from the library).
     SetStatusOfPhotos {
-        photos: Vec<i64>,
+        photos: Vec<PhotoId>,
         status: Status,
     },
     MoveBox {
-        annotation: i64,
+        annotation: AnnotationId,
         bbox: BoxPx,
     },
     AddBox {
-        photo: i64,
+        photo: PhotoId,
         bbox: BoxPx,
         part: Part,
         species: Option<String>,
     },
     DeleteBox {
-        annotation: i64,
+        annotation: AnnotationId,
     },
     SetPartSide {
-        annotation: i64,
+        annotation: AnnotationId,
         part: Part,
         side: Side,
     },
     Assign {
-        annotations: Vec<i64>,
-        individual: i64,
+        annotations: Vec<AnnotationId>,
+        individual: IndividualId,
     },
     /// Every box of the photos that is not rejected; a photo without one gets a whole-photo box.
     AssignPhotos {
-        photos: Vec<i64>,
-        individual: i64,
+        photos: Vec<PhotoId>,
+        individual: IndividualId,
     },
     /// A new individual with a fresh unique code (and this name, when not empty).
     NewIndividual {
-        annotations: Vec<i64>,
+        annotations: Vec<AnnotationId>,
         name: String,
     },
     /// Makes a trained head the catalogue's model (`None`: back to the untrained head).
     SetActiveHead(Option<PathBuf>),
     Rename {
-        individual: i64,
+        individual: IndividualId,
         name: String,
     },
     /// Moves every sighting of `absorbed` to `kept` and removes `absorbed`.
     Merge {
-        kept: i64,
-        absorbed: i64,
+        kept: IndividualId,
+        absorbed: IndividualId,
     },
     /// Moves the annotations to a new individual.
     Split {
-        annotations: Vec<i64>,
+        annotations: Vec<AnnotationId>,
     },
     Tag {
-        photos: Vec<i64>,
+        photos: Vec<PhotoId>,
         tag: String,
     },
 }
@@ -358,18 +359,18 @@ pub enum Event {
     },
     /// Fresh rows of the photos an edit touched; ids listed but absent were deleted.
     PhotoRows {
-        ids: Vec<i64>,
+        ids: Vec<PhotoId>,
         rows: Vec<PhotoRow>,
     },
     Individuals(Vec<IndividualRow>),
     /// The watched photo, or `None` when it no longer exists.
     Photo {
-        id: i64,
+        id: PhotoId,
         detail: Option<Box<PhotoDetail>>,
     },
     /// The watched individual's sightings, or `None` when it no longer exists.
     Sightings {
-        id: i64,
+        id: IndividualId,
         history: Option<Box<SightingHistory>>,
     },
     History(Vec<Action>),
@@ -412,8 +413,8 @@ mod tests {
     #[test]
     fn the_filter_restricts_to_the_query_s_species_and_part_and_its_side_only_when_known() {
         let crop = CropInfo {
-            annotation: 1,
-            photo: 1,
+            annotation: AnnotationId(1),
+            photo: PhotoId(1),
             hash: "00".into(),
             file: "a.jpg".into(),
             stored_path: "a.jpg".into(),

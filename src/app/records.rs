@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
+use crate::base::ids::{AnnotationId, IndividualId, PhotoId};
 use crate::base::vocabulary::How;
 pub use crate::catalogue::individual_label;
 pub use crate::catalogue::rows::{
@@ -29,7 +30,7 @@ pub struct PhotoDetail {
     pub tags: Vec<String>,
 }
 
-pub fn photo_detail(cat: &Catalogue, photo: i64) -> Result<Option<PhotoDetail>> {
+pub fn photo_detail(cat: &Catalogue, photo: PhotoId) -> Result<Option<PhotoDetail>> {
     let Some(p) = cat.photo(photo)? else { return Ok(None) };
     let mut boxes = Vec::new();
     for a in cat.annotations_of_photo(photo)? {
@@ -71,7 +72,7 @@ impl SightingHistory {
     }
 }
 
-pub fn gallery(cat: &Catalogue, individual: i64) -> Result<Option<SightingHistory>> {
+pub fn gallery(cat: &Catalogue, individual: IndividualId) -> Result<Option<SightingHistory>> {
     let Some(ind) = cat.individual(individual)? else { return Ok(None) };
     let mut sightings = Vec::new();
     for a in cat.sightings(individual)? {
@@ -86,7 +87,7 @@ pub fn gallery(cat: &Catalogue, individual: i64) -> Result<Option<SightingHistor
 }
 
 /// The photos some annotations belong to (before an edit that may delete them).
-pub fn photos_of_annotations(cat: &Catalogue, annotations: &[i64]) -> Result<BTreeSet<i64>> {
+pub fn photos_of_annotations(cat: &Catalogue, annotations: &[AnnotationId]) -> Result<BTreeSet<PhotoId>> {
     let mut out = BTreeSet::new();
     for &a in annotations {
         if let Some(ann) = cat.annotation(a)? {
@@ -97,7 +98,7 @@ pub fn photos_of_annotations(cat: &Catalogue, annotations: &[i64]) -> Result<BTr
 }
 
 /// The annotations of some photos, for edits that act on whole photos.
-pub fn annotations_of_photos(cat: &Catalogue, photos: &[i64]) -> Result<Vec<Annotation>> {
+pub fn annotations_of_photos(cat: &Catalogue, photos: &[PhotoId]) -> Result<Vec<Annotation>> {
     let mut out = Vec::new();
     for &p in photos {
         out.extend(cat.annotations_of_photo(p)?);

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use crate::base::ids::{IndividualId, PhotoId};
 use crate::catalogue::Action;
 use crate::catalogue::stats::Stats;
 
@@ -49,15 +50,15 @@ pub struct AppState {
     pub stats: Option<Stats>,
     pub open_error: Option<String>,
     pub rows: Vec<PhotoRow>,
-    row_of: HashMap<i64, usize>,
+    row_of: HashMap<PhotoId, usize>,
     /// Bumped whenever `rows` change, so panels can recompute what they derive from them.
     pub rows_generation: u64,
     pub library_loaded: bool,
     pub individuals: Vec<IndividualRow>,
-    individual_of: HashMap<i64, usize>,
+    individual_of: HashMap<IndividualId, usize>,
     pub individuals_generation: u64,
     /// The photos the review keys walk through, in order.
-    pub queue: Vec<i64>,
+    pub queue: Vec<PhotoId>,
     pub history: Vec<Action>,
     pub settings: Settings,
     pub save: SaveState,
@@ -83,9 +84,9 @@ impl AppState {
     }
 
     /// Replaces the rows of `ids` with `fresh`; ids without a fresh row were deleted.
-    pub fn patch_rows(&mut self, ids: &[i64], fresh: Vec<PhotoRow>) {
-        let mut fresh: HashMap<i64, PhotoRow> = fresh.into_iter().map(|r| (r.id, r)).collect();
-        let deleted: std::collections::HashSet<i64> =
+    pub fn patch_rows(&mut self, ids: &[PhotoId], fresh: Vec<PhotoRow>) {
+        let mut fresh: HashMap<PhotoId, PhotoRow> = fresh.into_iter().map(|r| (r.id, r)).collect();
+        let deleted: std::collections::HashSet<PhotoId> =
             ids.iter().copied().filter(|id| !fresh.contains_key(id)).collect();
         let mut reindex = !deleted.is_empty();
         for id in ids {
@@ -106,11 +107,11 @@ impl AppState {
         self.rows_generation += 1;
     }
 
-    pub fn row(&self, photo: i64) -> Option<&PhotoRow> {
+    pub fn row(&self, photo: PhotoId) -> Option<&PhotoRow> {
         self.row_of.get(&photo).map(|&i| &self.rows[i])
     }
 
-    pub fn row_mut(&mut self, photo: i64) -> Option<&mut PhotoRow> {
+    pub fn row_mut(&mut self, photo: PhotoId) -> Option<&mut PhotoRow> {
         self.rows_generation += 1;
         self.row_of.get(&photo).map(|&i| &mut self.rows[i])
     }
@@ -121,7 +122,7 @@ impl AppState {
         self.individuals_generation += 1;
     }
 
-    pub fn individual(&self, id: i64) -> Option<&IndividualRow> {
+    pub fn individual(&self, id: IndividualId) -> Option<&IndividualRow> {
         self.individual_of.get(&id).map(|&i| &self.individuals[i])
     }
 

@@ -11,6 +11,7 @@ use eframe::egui;
 
 use super::messages::{CatalogueEdit, EditFailure, Event, Intent, Notice};
 use super::records;
+use crate::base::ids::{AnnotationId, IndividualId, PhotoId};
 use crate::base::vocabulary::{How, Part, Side, Source, Status};
 use crate::catalogue::{Catalogue, CatalogueError, NewAnnotation};
 
@@ -21,8 +22,8 @@ pub enum Request {
     Undo,
     Redo,
     Reload,
-    WatchPhoto(Option<i64>),
-    WatchSightings(Option<i64>),
+    WatchPhoto(Option<PhotoId>),
+    WatchSightings(Option<IndividualId>),
 }
 
 pub struct CatalogueWorker {
@@ -38,8 +39,8 @@ pub struct Refused(pub String);
 
 /// Which records an edit may have changed.
 enum Touched {
-    Photos(BTreeSet<i64>),
-    PhotosAndIndividuals(BTreeSet<i64>),
+    Photos(BTreeSet<PhotoId>),
+    PhotosAndIndividuals(BTreeSet<PhotoId>),
     Everything,
 }
 
@@ -91,8 +92,8 @@ impl Drop for CatalogueWorker {
 struct Worker {
     events: Sender<Event>,
     ctx: egui::Context,
-    photo: Option<i64>,
-    individual: Option<i64>,
+    photo: Option<PhotoId>,
+    individual: Option<IndividualId>,
 }
 
 impl Worker {
@@ -245,7 +246,7 @@ fn apply(cat: &mut Catalogue, edit: &CatalogueEdit) -> anyhow::Result<Touched> {
             Touched::Photos(photos)
         }
         CatalogueEdit::SetStatusOfPhotos { photos, status } => {
-            let ids: Vec<i64> = records::annotations_of_photos(cat, photos)?.iter().map(|a| a.id).collect();
+            let ids: Vec<AnnotationId> = records::annotations_of_photos(cat, photos)?.iter().map(|a| a.id).collect();
             if ids.is_empty() {
                 return Err(Refused("the selected photos have no boxes to review".into()).into());
             }
@@ -297,7 +298,7 @@ fn apply(cat: &mut Catalogue, edit: &CatalogueEdit) -> anyhow::Result<Touched> {
             let part = species.as_deref().map(Part::usual_for_species).unwrap_or(Part::Body);
             cat.edit(&label(edit), |e| {
                 for &photo in photos {
-                    let mut boxes: Vec<i64> = existing
+                    let mut boxes: Vec<AnnotationId> = existing
                         .iter()
                         .filter(|a| a.photo_id == photo && a.status != Status::Rejected)
                         .map(|a| a.id)

@@ -2,6 +2,7 @@
 
 pub mod console;
 pub mod crop;
+pub mod ids;
 pub mod paths;
 pub mod photo;
 pub mod progress;

@@ -1,6 +1,7 @@
 //! Edits: every change to the catalogue is one undoable action in one transaction (or, for a
 //! long import, one action over several transactions), recorded so it can be undone and redone.
 
+use crate::base::ids::{AnnotationId, IndividualId, PhotoId};
 use std::path::PathBuf;
 
 use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
@@ -86,7 +87,7 @@ impl Catalogue {
 
     // ---- common edits, each one undoable action ------------------------------------
 
-    pub fn set_status(&mut self, annotations: &[i64], status: Status) -> Result<()> {
+    pub fn set_status(&mut self, annotations: &[AnnotationId], status: Status) -> Result<()> {
         let label = format!("{} {} annotation(s)", status_verb(status), annotations.len());
         self.edit(&label, |e| {
             for &id in annotations {
@@ -96,25 +97,25 @@ impl Catalogue {
         })
     }
 
-    pub fn add_annotation(&mut self, new: &NewAnnotation) -> Result<i64> {
+    pub fn add_annotation(&mut self, new: &NewAnnotation) -> Result<AnnotationId> {
         self.edit(&format!("add {} box", new.part), |e| e.insert_annotation(new))
     }
 
-    pub fn set_box(&mut self, annotation: i64, bbox: BoxPx) -> Result<()> {
+    pub fn set_box(&mut self, annotation: AnnotationId, bbox: BoxPx) -> Result<()> {
         self.edit("move box", |e| e.set_box(annotation, Some(bbox)))
     }
 
-    pub fn delete_annotation(&mut self, annotation: i64) -> Result<()> {
+    pub fn delete_annotation(&mut self, annotation: AnnotationId) -> Result<()> {
         self.edit("delete box", |e| e.delete_annotation(annotation))
     }
 
     /// Confirms that an annotation shows an individual (the biologist's decision).
-    pub fn confirm(&mut self, annotation: i64, individual: i64) -> Result<()> {
+    pub fn confirm(&mut self, annotation: AnnotationId, individual: IndividualId) -> Result<()> {
         self.edit("confirm match", |e| e.identify(annotation, individual, How::Confirmed, None))
     }
 
     /// Creates a new individual with a fresh unique code and assigns the annotations to it.
-    pub fn new_individual(&mut self, annotations: &[i64], species: Option<&str>) -> Result<Individual> {
+    pub fn new_individual(&mut self, annotations: &[AnnotationId], species: Option<&str>) -> Result<Individual> {
         self.edit("new individual", |e| {
             let ind = e.create_individual(None, "", species)?;
             for &a in annotations {
@@ -124,12 +125,12 @@ impl Catalogue {
         })
     }
 
-    pub fn rename_individual(&mut self, individual: i64, name: &str) -> Result<()> {
+    pub fn rename_individual(&mut self, individual: IndividualId, name: &str) -> Result<()> {
         self.edit("rename individual", |e| e.rename_individual(individual, name))
     }
 
     /// Moves every sighting of `absorbed` to `kept` and removes `absorbed`.
-    pub fn merge_individuals(&mut self, kept: i64, absorbed: i64) -> Result<()> {
+    pub fn merge_individuals(&mut self, kept: IndividualId, absorbed: IndividualId) -> Result<()> {
         if kept == absorbed {
             return Err(CatalogueError::Invalid("cannot merge an individual with itself".into()));
         }
@@ -137,7 +138,7 @@ impl Catalogue {
     }
 
     /// Moves the given annotations to a new individual.
-    pub fn split_individual(&mut self, annotations: &[i64]) -> Result<Individual> {
+    pub fn split_individual(&mut self, annotations: &[AnnotationId]) -> Result<Individual> {
         if annotations.is_empty() {
             return Err(CatalogueError::Invalid("select the crops to split off first".into()));
         }
@@ -175,7 +176,7 @@ impl Edit<'_> {
         CatalogueError::Sqlite { path: self.path.clone(), source }
     }
 
-    pub fn insert_photo(&self, p: &NewPhoto) -> Result<i64> {
+    pub fn insert_photo(&self, p: &NewPhoto) -> Result<PhotoId> {
         let f = &p.facts;
         self.tx
             .execute(
@@ -194,25 +195,25 @@ impl Edit<'_> {
                 ],
             )
             .map_err(|e| self.err(e))?;
-        Ok(self.tx.last_insert_rowid())
+        Ok(PhotoId(self.tx.last_insert_rowid()))
     }
 
     /// A photo found at a new place (moved or renamed on disk).
-    pub fn relink_photo(&self, photo: i64, stored_path: &str) -> Result<()> {
+    pub fn relink_photo(&self, photo: PhotoId, stored_path: &str) -> Result<()> {
         self.tx
             .execute("UPDATE photos SET path = ?2 WHERE id = ?1", params![photo, stored_path])
             .map_err(|e| self.err(e))?;
         Ok(())
     }
 
-    pub fn tag_photo(&self, photo: i64, tag: &str) -> Result<()> {
+    pub fn tag_photo(&self, photo: PhotoId, tag: &str) -> Result<()> {
         self.tx
             .execute("INSERT OR IGNORE INTO photo_tags (photo_id, tag) VALUES (?1, ?2)", params![photo, tag])
             .map_err(|e| self.err(e))?;
         Ok(())
     }
 
-    pub fn insert_annotation(&self, a: &NewAnnotation) -> Result<i64> {
+    pub fn insert_annotation(&self, a: &NewAnnotation) -> Result<AnnotationId> {
         let (x, y, w, h) = match a.bbox {
             Some(b) => (Some(b.x), Some(b.y), Some(b.w), Some(b.h)),
             None => (None, None, None, None),
@@ -237,14 +238,14 @@ impl Edit<'_> {
                 ],
             )
             .map_err(|e| self.err(e))?;
-        Ok(self.tx.last_insert_rowid())
+        Ok(AnnotationId(self.tx.last_insert_rowid()))
     }
 
-    fn expect_changed(&self, changed: usize, what: &str, id: i64) -> Result<()> {
+    fn expect_changed(&self, changed: usize, what: &str, id: impl std::fmt::Display) -> Result<()> {
         if changed == 0 { Err(CatalogueError::Invalid(format!("no {what} with id {id}"))) } else { Ok(()) }
     }
 
-    pub fn set_status(&self, annotation: i64, status: Status) -> Result<()> {
+    pub fn set_status(&self, annotation: AnnotationId, status: Status) -> Result<()> {
         let n = self
             .tx
             .execute("UPDATE annotations SET status = ?2 WHERE id = ?1", params![annotation, status.as_str()])
@@ -252,7 +253,7 @@ impl Edit<'_> {
         self.expect_changed(n, "annotation", annotation)
     }
 
-    pub fn set_box(&self, annotation: i64, bbox: Option<BoxPx>) -> Result<()> {
+    pub fn set_box(&self, annotation: AnnotationId, bbox: Option<BoxPx>) -> Result<()> {
         let (x, y, w, h) = match bbox {
             Some(b) => (Some(b.x), Some(b.y), Some(b.w), Some(b.h)),
             None => (None, None, None, None),
@@ -267,7 +268,7 @@ impl Edit<'_> {
         self.expect_changed(n, "annotation", annotation)
     }
 
-    pub fn set_part_side(&self, annotation: i64, part: Part, side: Side) -> Result<()> {
+    pub fn set_part_side(&self, annotation: AnnotationId, part: Part, side: Side) -> Result<()> {
         let n = self
             .tx
             .execute(
@@ -278,7 +279,7 @@ impl Edit<'_> {
         self.expect_changed(n, "annotation", annotation)
     }
 
-    pub fn delete_annotation(&self, annotation: i64) -> Result<()> {
+    pub fn delete_annotation(&self, annotation: AnnotationId) -> Result<()> {
         let n = self.tx.execute("DELETE FROM annotations WHERE id = ?1", [annotation]).map_err(|e| self.err(e))?;
         self.expect_changed(n, "annotation", annotation)
     }
@@ -301,7 +302,7 @@ impl Edit<'_> {
                 e => self.err(e),
             })?;
         Ok(Individual {
-            id: self.tx.last_insert_rowid(),
+            id: IndividualId(self.tx.last_insert_rowid()),
             code,
             name: name.to_string(),
             species: species.map(str::to_string),
@@ -330,7 +331,7 @@ impl Edit<'_> {
             .map_err(|e| self.err(e))
     }
 
-    pub fn annotation_individual(&self, annotation: i64) -> Result<Option<Individual>> {
+    pub fn annotation_individual(&self, annotation: AnnotationId) -> Result<Option<Individual>> {
         self.tx
             .query_row(
                 "SELECT v.id, v.code, v.name, v.species, v.notes FROM identifications i \
@@ -342,7 +343,13 @@ impl Edit<'_> {
             .map_err(|e| self.err(e))
     }
 
-    pub fn identify(&self, annotation: i64, individual: i64, how: How, score: Option<f64>) -> Result<()> {
+    pub fn identify(
+        &self,
+        annotation: AnnotationId,
+        individual: IndividualId,
+        how: How,
+        score: Option<f64>,
+    ) -> Result<()> {
         self.tx
             .execute(
                 "INSERT INTO identifications (annotation_id, individual_id, how, score, at) VALUES (?1, ?2, ?3, ?4, ?5) \
@@ -359,14 +366,14 @@ impl Edit<'_> {
         Ok(())
     }
 
-    pub fn unidentify(&self, annotation: i64) -> Result<()> {
+    pub fn unidentify(&self, annotation: AnnotationId) -> Result<()> {
         self.tx
             .execute("DELETE FROM identifications WHERE annotation_id = ?1", [annotation])
             .map_err(|e| self.err(e))?;
         Ok(())
     }
 
-    pub fn rename_individual(&self, individual: i64, name: &str) -> Result<()> {
+    pub fn rename_individual(&self, individual: IndividualId, name: &str) -> Result<()> {
         let n = self
             .tx
             .execute("UPDATE individuals SET name = ?2 WHERE id = ?1", params![individual, name])
@@ -374,7 +381,7 @@ impl Edit<'_> {
         self.expect_changed(n, "individual", individual)
     }
 
-    pub fn merge_individuals(&self, kept: i64, absorbed: i64) -> Result<()> {
+    pub fn merge_individuals(&self, kept: IndividualId, absorbed: IndividualId) -> Result<()> {
         for id in [kept, absorbed] {
             let exists: bool = self
                 .tx
@@ -402,7 +409,7 @@ impl Edit<'_> {
     }
 
     /// The first photo recorded with this content hash, with its stored path.
-    pub fn photo_with_hash(&self, hash: &str) -> Result<Option<(i64, String)>> {
+    pub fn photo_with_hash(&self, hash: &str) -> Result<Option<(PhotoId, String)>> {
         self.tx
             .prepare_cached("SELECT id, path FROM photos WHERE hash = ?1 ORDER BY id LIMIT 1")
             .and_then(|mut s| s.query_row([hash], |r| Ok((r.get(0)?, r.get(1)?))).optional())
@@ -410,7 +417,7 @@ impl Edit<'_> {
     }
 
     /// The drawn boxes of one part on a photo.
-    pub fn boxes_of_photo(&self, photo: i64, part: Part) -> Result<Vec<(i64, BoxPx)>> {
+    pub fn boxes_of_photo(&self, photo: PhotoId, part: Part) -> Result<Vec<(AnnotationId, BoxPx)>> {
         self.tx
             .prepare_cached(
                 "SELECT id, x, y, w, h FROM annotations WHERE photo_id = ?1 AND part = ?2 AND x IS NOT NULL",
@@ -425,7 +432,7 @@ impl Edit<'_> {
     }
 
     /// The annotations of a photo that are not rejected, by id.
-    pub fn unrejected_annotations_of_photo(&self, photo: i64) -> Result<Vec<i64>> {
+    pub fn unrejected_annotations_of_photo(&self, photo: PhotoId) -> Result<Vec<AnnotationId>> {
         self.tx
             .prepare_cached("SELECT id FROM annotations WHERE photo_id = ?1 AND status != 'rejected' ORDER BY id")
             .and_then(|mut s| s.query_map([photo], |r| r.get(0))?.collect())

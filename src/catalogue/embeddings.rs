@@ -1,6 +1,7 @@
 //! Embeddings: the vectors computed for each annotation under a model, keyed by the box
 //! they were computed from, and the one scan a search gallery is read with.
 
+use crate::base::ids::{AnnotationId, IndividualId};
 use rusqlite::{TransactionBehavior, params};
 
 use super::records::{ANNOTATION_COLUMNS, annotation_columns_of_a, annotation_from_row, bbox_from_columns};
@@ -27,14 +28,14 @@ impl EmbeddingState {
 /// read (see [`Catalogue::scan_embeddings`]).
 #[derive(Debug, Clone, Copy)]
 pub struct StoredEmbedding<'r> {
-    pub annotation: i64,
+    pub annotation: AnnotationId,
     pub part: Part,
     pub side: Side,
     pub species: Option<&'r str>,
     /// The annotation's box now.
     pub bbox: Option<BoxPx>,
     /// The individual it is identified as: id and code.
-    pub individual: Option<(i64, &'r str)>,
+    pub individual: Option<(IndividualId, &'r str)>,
     /// The box the vector was computed from.
     pub box_key: &'r str,
     /// The stored dimension, which a damaged row may contradict.
@@ -126,11 +127,11 @@ impl Catalogue {
             if r.get::<_, bool>(1).map_err(err)? {
                 continue;
             }
-            let annotation: i64 = r.get(0).map_err(err)?;
+            let annotation: AnnotationId = r.get(0).map_err(err)?;
             let invalid = |e: String| CatalogueError::Invalid(format!("annotation {annotation}: {e}"));
             let text = move |i: usize| r.get_ref(i).map_err(err)?.as_str().map_err(conv);
             let text_or_null = move |i: usize| r.get_ref(i).map_err(err)?.as_str_or_null().map_err(conv);
-            let individual = match r.get::<_, Option<i64>>(9).map_err(err)? {
+            let individual = match r.get::<_, Option<IndividualId>>(9).map_err(err)? {
                 Some(id) => Some((id, text(10)?)),
                 None => None,
             };
@@ -160,12 +161,18 @@ impl Catalogue {
 
     // Derived data: not undoable.
 
-    pub fn put_embedding(&mut self, annotation: i64, model: &str, box_key: &str, vector: &[f32]) -> Result<()> {
+    pub fn put_embedding(
+        &mut self,
+        annotation: AnnotationId,
+        model: &str,
+        box_key: &str,
+        vector: &[f32],
+    ) -> Result<()> {
         self.put_embeddings(model, &[(annotation, box_key.to_string(), vector.to_vec())])
     }
 
     /// Stores `(annotation, box key, vector)` rows under `model` in one transaction.
-    pub fn put_embeddings(&mut self, model: &str, rows: &[(i64, String, Vec<f32>)]) -> Result<()> {
+    pub fn put_embeddings(&mut self, model: &str, rows: &[(AnnotationId, String, Vec<f32>)]) -> Result<()> {
         let path = self.path.clone();
         let err = |source| CatalogueError::Sqlite { path: path.clone(), source };
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;

@@ -5,13 +5,14 @@ use super::records::{
     individual_from_row, parse_enum, photo_from_row,
 };
 use super::{Annotation, Catalogue, Identification, Individual, Photo, Result};
+use crate::base::ids::{AnnotationId, IndividualId, PhotoId};
 
 impl Catalogue {
     pub fn setting(&self, key: &str) -> Result<Option<String>> {
         self.query_one("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0))
     }
 
-    pub fn photo(&self, id: i64) -> Result<Option<Photo>> {
+    pub fn photo(&self, id: PhotoId) -> Result<Option<Photo>> {
         self.query_one(&format!("SELECT {PHOTO_COLUMNS} FROM photos WHERE id = ?1"), [id], photo_from_row)
     }
 
@@ -19,11 +20,11 @@ impl Catalogue {
         self.query_all(&format!("SELECT {PHOTO_COLUMNS} FROM photos ORDER BY id"), [], photo_from_row)
     }
 
-    pub fn photo_id_by_path(&self, stored: &str) -> Result<Option<i64>> {
+    pub fn photo_id_by_path(&self, stored: &str) -> Result<Option<PhotoId>> {
         self.query_one("SELECT id FROM photos WHERE path = ?1", [stored], |r| r.get(0))
     }
 
-    pub fn annotation(&self, id: i64) -> Result<Option<Annotation>> {
+    pub fn annotation(&self, id: AnnotationId) -> Result<Option<Annotation>> {
         self.query_one(
             &format!("SELECT {ANNOTATION_COLUMNS} FROM annotations WHERE id = ?1"),
             [id],
@@ -31,12 +32,12 @@ impl Catalogue {
         )
     }
 
-    pub fn annotations_of_photo(&self, photo: i64) -> Result<Vec<Annotation>> {
+    pub fn annotations_of_photo(&self, photo: PhotoId) -> Result<Vec<Annotation>> {
         let sql = format!("SELECT {ANNOTATION_COLUMNS} FROM annotations WHERE photo_id = ?1 ORDER BY id");
         self.query_all(&sql, [photo], annotation_from_row)
     }
 
-    pub fn individual(&self, id: i64) -> Result<Option<Individual>> {
+    pub fn individual(&self, id: IndividualId) -> Result<Option<Individual>> {
         self.query_one(
             &format!("SELECT {INDIVIDUAL_COLUMNS} FROM individuals WHERE id = ?1"),
             [id],
@@ -53,7 +54,7 @@ impl Catalogue {
         self.query_all(&format!("SELECT {INDIVIDUAL_COLUMNS} FROM individuals ORDER BY code"), [], individual_from_row)
     }
 
-    pub fn identification(&self, annotation: i64) -> Result<Option<Identification>> {
+    pub fn identification(&self, annotation: AnnotationId) -> Result<Option<Identification>> {
         let sql = "SELECT annotation_id, individual_id, how, score, at FROM identifications WHERE annotation_id = ?1";
         self.query_one(sql, [annotation], |r| {
             Ok(Identification {
@@ -67,7 +68,7 @@ impl Catalogue {
     }
 
     /// The annotations identified as an individual.
-    pub fn sightings(&self, individual: i64) -> Result<Vec<Annotation>> {
+    pub fn sightings(&self, individual: IndividualId) -> Result<Vec<Annotation>> {
         let cols = annotation_columns_of_a();
         let sql = format!(
             "SELECT {cols} FROM annotations a JOIN identifications i ON i.annotation_id = a.id \
@@ -77,7 +78,7 @@ impl Catalogue {
     }
 
     /// Annotations whose photo carries `tag` (e.g. `role=query` from a labels CSV).
-    pub fn annotations_tagged(&self, tag: &str) -> Result<Vec<i64>> {
+    pub fn annotations_tagged(&self, tag: &str) -> Result<Vec<AnnotationId>> {
         self.query_all(
             "SELECT a.id FROM annotations a JOIN photo_tags t ON t.photo_id = a.photo_id WHERE t.tag = ?1 ORDER BY a.id",
             [tag],
@@ -86,7 +87,7 @@ impl Catalogue {
     }
 
     /// The individual's code of every identified annotation.
-    pub fn identified_annotations(&self) -> Result<Vec<(i64, String)>> {
+    pub fn identified_annotations(&self) -> Result<Vec<(AnnotationId, String)>> {
         self.query_all(
             "SELECT i.annotation_id, d.code FROM identifications i JOIN individuals d ON d.id = i.individual_id \
              ORDER BY i.annotation_id",
@@ -106,7 +107,7 @@ impl Catalogue {
     }
 
     /// The tags of a photo (`role=query`, ...), sorted.
-    pub fn photo_tags(&self, photo: i64) -> Result<Vec<String>> {
+    pub fn photo_tags(&self, photo: PhotoId) -> Result<Vec<String>> {
         self.query_all("SELECT tag FROM photo_tags WHERE photo_id = ?1 ORDER BY tag", [photo], |r| r.get(0))
     }
 }

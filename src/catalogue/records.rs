@@ -3,13 +3,14 @@
 
 use serde::Serialize;
 
+use crate::base::ids::{AnnotationId, IndividualId, PhotoId};
 use crate::base::photo::PhotoFacts;
 use crate::base::vocabulary::{BoxPx, How, Part, Side, Source, Status};
 
 /// A photo as the catalogue knows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Photo {
-    pub id: i64,
+    pub id: PhotoId,
     /// As stored: relative to the photo root where possible.
     pub stored_path: String,
     #[serde(flatten)]
@@ -25,8 +26,8 @@ pub struct NewPhoto {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Annotation {
-    pub id: i64,
-    pub photo_id: i64,
+    pub id: AnnotationId,
+    pub photo_id: PhotoId,
     /// `None` is the whole photo.
     pub bbox: Option<BoxPx>,
     pub part: Part,
@@ -55,7 +56,7 @@ pub fn box_key(bbox: Option<&BoxPx>) -> String {
 
 #[derive(Debug, Clone)]
 pub struct NewAnnotation {
-    pub photo_id: i64,
+    pub photo_id: PhotoId,
     pub bbox: Option<BoxPx>,
     pub part: Part,
     pub side: Side,
@@ -67,7 +68,7 @@ pub struct NewAnnotation {
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Individual {
-    pub id: i64,
+    pub id: IndividualId,
     pub code: String,
     pub name: String,
     pub species: Option<String>,
@@ -81,8 +82,8 @@ pub fn individual_label(ind: &Individual) -> String {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Identification {
-    pub annotation_id: i64,
-    pub individual_id: i64,
+    pub annotation_id: AnnotationId,
+    pub individual_id: IndividualId,
     pub how: How,
     pub score: Option<f64>,
     pub at: String,
@@ -158,3 +159,20 @@ pub(super) fn photo_from_row(r: &rusqlite::Row) -> rusqlite::Result<Photo> {
         },
     })
 }
+
+/// The record ids are stored as SQLite integers.
+macro_rules! id_sql {
+    ($($name:ty),*) => {$(
+        impl rusqlite::ToSql for $name {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                self.0.to_sql()
+            }
+        }
+        impl rusqlite::types::FromSql for $name {
+            fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+                i64::column_result(value).map(Self)
+            }
+        }
+    )*};
+}
+id_sql!(PhotoId, AnnotationId, IndividualId);

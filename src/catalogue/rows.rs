@@ -1,6 +1,7 @@
 //! The lists that show thousands of records, each read in one query: a row per photo for the
 //! library, a row per individual, a row per crop for identification.
 
+use crate::base::ids::{AnnotationId, IndividualId, PhotoId};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
@@ -11,7 +12,7 @@ use crate::base::vocabulary::{BoxPx, How, Part, Side, Status};
 /// One photo in the library grid.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PhotoRow {
-    pub id: i64,
+    pub id: PhotoId,
     pub stored_path: String,
     /// Where the file is on this machine.
     pub file: PathBuf,
@@ -28,7 +29,7 @@ pub struct PhotoRow {
     pub parts: Vec<Part>,
     pub species: Vec<String>,
     /// The individuals identified in it, by id.
-    pub individuals: Vec<i64>,
+    pub individuals: Vec<IndividualId>,
     pub tags: Vec<String>,
 }
 
@@ -76,7 +77,7 @@ fn photo_row(cat: &Catalogue, r: &rusqlite::Row) -> rusqlite::Result<PhotoRow> {
         rejected: r.get(10)?,
         parts: list(11, ',')?.iter().filter_map(|p| p.parse().ok()).collect(),
         species: list(12, ',')?,
-        individuals: list(13, ',')?.iter().filter_map(|i| i.parse().ok()).collect(),
+        individuals: list(13, ',')?.iter().filter_map(|i| i.parse().ok().map(IndividualId)).collect(),
         tags: list(14, '\u{1f}')?,
     })
 }
@@ -90,7 +91,7 @@ pub fn photo_rows(cat: &Catalogue) -> Result<Vec<PhotoRow>> {
 }
 
 /// The rows of some photos (after an edit touched them); photos that no longer exist are absent.
-pub fn photo_rows_of(cat: &Catalogue, ids: &BTreeSet<i64>) -> Result<Vec<PhotoRow>> {
+pub fn photo_rows_of(cat: &Catalogue, ids: &BTreeSet<PhotoId>) -> Result<Vec<PhotoRow>> {
     let sql = format!("{PHOTO_ROW_SQL} WHERE p.id = ?1 GROUP BY p.id");
     let mut stmt = cat.conn.prepare_cached(&sql).map_err(|e| cat.sql_err(e))?;
     let mut out = Vec::with_capacity(ids.len());
@@ -152,8 +153,8 @@ pub fn individual_rows(cat: &Catalogue) -> Result<Vec<IndividualRow>> {
 /// it shows. Rejected crops are left out (they are never searched).
 #[derive(Debug, Clone)]
 pub struct CropInfo {
-    pub annotation: i64,
-    pub photo: i64,
+    pub annotation: AnnotationId,
+    pub photo: PhotoId,
     pub hash: String,
     pub file: PathBuf,
     pub stored_path: String,
@@ -163,7 +164,7 @@ pub struct CropInfo {
     pub side: Side,
     pub species: Option<String>,
     pub status: Status,
-    pub individual: Option<i64>,
+    pub individual: Option<IndividualId>,
     pub code: Option<String>,
     pub how: Option<How>,
 }

@@ -10,6 +10,7 @@ use anyhow::Context;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::base::ids::{AnnotationId, IndividualId, PhotoId};
 use crate::base::progress::Progress;
 use crate::base::vocabulary::{BoxPx, How, Part, Status};
 use crate::catalogue::{Annotation, Catalogue, Individual, Photo};
@@ -76,14 +77,14 @@ impl std::fmt::Display for ExportReport {
 /// An annotation with its photo and identity: the unit every export writes.
 struct Row {
     annotation: Annotation,
-    photo_id: i64,
+    photo_id: PhotoId,
     individual: Option<Individual>,
     how: Option<How>,
 }
 
 fn load(cat: &Catalogue, opts: &ExportOptions) -> anyhow::Result<(Vec<Photo>, Vec<Row>)> {
     let photos = cat.photos()?;
-    let individuals: HashMap<i64, Individual> = cat.individuals()?.into_iter().map(|i| (i.id, i)).collect();
+    let individuals: HashMap<IndividualId, Individual> = cat.individuals()?.into_iter().map(|i| (i.id, i)).collect();
     let mut rows = Vec::new();
     for p in &photos {
         for a in cat.annotations_of_photo(p.id)? {
@@ -156,8 +157,8 @@ fn export_embeddings(
     };
     let load = crate::jobs::search::Gallery::from_catalogue(cat, &model)?;
     let gallery = &load.gallery;
-    let row_of: HashMap<i64, &Row> = rows.iter().map(|r| (r.annotation.id, r)).collect();
-    let path_of: HashMap<i64, &str> = photos.iter().map(|p| (p.id, p.stored_path.as_str())).collect();
+    let row_of: HashMap<AnnotationId, &Row> = rows.iter().map(|r| (r.annotation.id, r)).collect();
+    let path_of: HashMap<PhotoId, &str> = photos.iter().map(|p| (p.id, p.stored_path.as_str())).collect();
     std::fs::create_dir_all(out).with_context(|| format!("cannot create folder {}", out.display()))?;
     let labels_path = out.join("labels.csv");
     let mut labels = csv::Writer::from_writer(create_file(&labels_path)?);
@@ -224,7 +225,7 @@ fn export_csv(
     report: &mut ExportReport,
 ) -> anyhow::Result<()> {
     let path = file_target(out, "catalogue.csv", "csv");
-    let by_id: HashMap<i64, &Photo> = photos.iter().map(|p| (p.id, p)).collect();
+    let by_id: HashMap<PhotoId, &Photo> = photos.iter().map(|p| (p.id, p)).collect();
     let mut w = csv::Writer::from_writer(create_file(&path)?);
     w.write_record([
         "annotation_id",
@@ -293,7 +294,7 @@ fn export_coco(photos: &[Photo], rows: &[Row], out: &Path, report: &mut ExportRe
             })
         })
         .collect();
-    let by_id: HashMap<i64, &Photo> = photos.iter().map(|p| (p.id, p)).collect();
+    let by_id: HashMap<PhotoId, &Photo> = photos.iter().map(|p| (p.id, p)).collect();
     let annotations: Vec<_> = rows
         .iter()
         .map(|r| {
@@ -340,7 +341,7 @@ fn export_yolo(
 ) -> anyhow::Result<()> {
     let labels = out.join("labels");
     std::fs::create_dir_all(&labels).with_context(|| format!("cannot create folder {}", labels.display()))?;
-    let mut by_photo: HashMap<i64, Vec<&Row>> = HashMap::new();
+    let mut by_photo: HashMap<PhotoId, Vec<&Row>> = HashMap::new();
     for r in rows.iter().filter(|r| r.annotation.bbox.is_some()) {
         by_photo.entry(r.photo_id).or_default().push(r);
     }
@@ -381,12 +382,12 @@ fn export_crops(
     report: &mut ExportReport,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create folder {}", out.display()))?;
-    let mut by_photo: BTreeMap<i64, Vec<&Row>> = BTreeMap::new();
+    let mut by_photo: BTreeMap<PhotoId, Vec<&Row>> = BTreeMap::new();
     for r in rows {
         by_photo.entry(r.photo_id).or_default().push(r);
     }
     // Paths are resolved up front: the catalogue's connection stays on this thread.
-    let files: HashMap<i64, (PathBuf, &str)> =
+    let files: HashMap<PhotoId, (PathBuf, &str)> =
         photos.iter().map(|p| (p.id, (cat.photo_file(&p.stored_path), p.stored_path.as_str()))).collect();
     progress.stage("crops", rows.len() as u64);
     let results: Vec<Result<Vec<PathBuf>, Problem>> = by_photo
@@ -445,7 +446,7 @@ fn export_mark(
     report: &mut ExportReport,
 ) -> anyhow::Result<()> {
     let path = file_target(out, "capture_histories.inp", "inp");
-    let by_id: HashMap<i64, &Photo> = photos.iter().map(|p| (p.id, p)).collect();
+    let by_id: HashMap<PhotoId, &Photo> = photos.iter().map(|p| (p.id, p)).collect();
     let mut captures: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut undated: BTreeSet<String> = BTreeSet::new();
     for r in rows {

@@ -401,6 +401,7 @@ fn orthonormalise(v: &mut [Vec<f64>]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::base::ids::AnnotationId;
     use crate::base::vocabulary::{Part, Side};
 
     /// `clusters` tight groups of `per` images around random directions in `dim` dimensions.
@@ -412,7 +413,15 @@ mod tests {
         for (c, centre) in centres.iter().enumerate() {
             for i in 0..per {
                 let v: Vec<f32> = centre.iter().map(|x| x + noise * (rng.random::<f32>() - 0.5)).collect();
-                g.push(&v, (c * per + i) as i64, Some(&format!("C{c}")), Part::Fluke, Side::Unknown, None).unwrap();
+                g.push(
+                    &v,
+                    AnnotationId((c * per + i) as i64),
+                    Some(&format!("C{c}")),
+                    Part::Fluke,
+                    Side::Unknown,
+                    None,
+                )
+                .unwrap();
             }
         }
         g
@@ -460,7 +469,7 @@ mod tests {
         for i in 0..500 {
             let (a, b, c): (f32, f32, f32) = (rng.random(), rng.random(), rng.random());
             let v = [2.0 * (a - 0.5), 1.0 * (b - 0.5), 3.0 * (c - 0.5), 0.0, 0.0, 10.0];
-            g.push(&v, i, None, Part::Fluke, Side::Unknown, None).unwrap();
+            g.push(&v, AnnotationId(i), None, Part::Fluke, Side::Unknown, None).unwrap();
         }
         let (points, explained) = principal_plane(g.as_matrix(), g.dim(), g.len());
         // Correlation of each map axis with the gallery axis it should follow.
@@ -538,13 +547,13 @@ mod tests {
         );
 
         let mut one = Gallery::new(3);
-        one.push(&[1.0, 2.0, 3.0], 1, None, Part::Fluke, Side::Unknown, None).unwrap();
+        one.push(&[1.0, 2.0, 3.0], AnnotationId(1), None, Part::Fluke, Side::Unknown, None).unwrap();
         let map = EmbeddingMap::new(&one);
         assert_eq!(map.points(), &[[0.5, 0.5]]);
         assert_eq!(map.nearest(0.0, 0.0).map(|(r, _)| r), Some(0));
 
         let mut two = one.clone();
-        two.push(&[3.0, 2.0, 1.0], 2, None, Part::Fluke, Side::Unknown, None).unwrap();
+        two.push(&[3.0, 2.0, 1.0], AnnotationId(2), None, Part::Fluke, Side::Unknown, None).unwrap();
         let map = EmbeddingMap::new(&two);
         let [a, b] = [map.points()[0], map.points()[1]];
         assert!(a.iter().chain(&b).all(|v| v.is_finite() && (0.0..=1.0).contains(v)), "{a:?} {b:?}");
@@ -554,7 +563,7 @@ mod tests {
         // Many copies of one vector: one place, in the middle, and every copy selectable.
         let mut same = Gallery::new(4);
         for i in 0..100 {
-            same.push(&[0.0, 1.0, 0.0, 0.0], i, None, Part::Fluke, Side::Unknown, None).unwrap();
+            same.push(&[0.0, 1.0, 0.0, 0.0], AnnotationId(i), None, Part::Fluke, Side::Unknown, None).unwrap();
         }
         let map = EmbeddingMap::new(&same);
         assert!(map.points().iter().all(|p| *p == [0.5, 0.5]));

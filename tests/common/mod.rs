@@ -81,7 +81,11 @@ pub fn whaleid_json(args: &[&str]) -> serde_json::Value {
 /// A catalogue `c.whaleid` in `dir` of `n` photos (`p0.jpg`, ... 100 x 80 px, taken on
 /// consecutive days from 1 June 2024; no files on disk), each with one unreviewed fluke box
 /// of `species`, added in one edit labelled `setup`. Returns it with the annotation ids.
-pub fn boxed_catalogue(dir: &Path, n: usize, species: Option<&str>) -> (whaleid::catalogue::Catalogue, Vec<i64>) {
+pub fn boxed_catalogue(
+    dir: &Path,
+    n: usize,
+    species: Option<&str>,
+) -> (whaleid::catalogue::Catalogue, Vec<whaleid::base::ids::AnnotationId>) {
     use whaleid::base::photo::PhotoFacts;
     use whaleid::base::vocabulary::{BoxPx, Part, Side, Source, Status};
     use whaleid::catalogue::{Catalogue, NewAnnotation, NewPhoto};

@@ -13,6 +13,7 @@ use crate::app::images::{ImageRequest, Picture};
 use crate::app::messages::{CatalogueEdit, Event, Intent, Notice, PanelId};
 use crate::app::records::{BoxRecord, PhotoDetail, individual_label};
 use crate::app::widgets::{labelled_text, placeholder, submitted};
+use crate::base::ids::{AnnotationId, PhotoId};
 use crate::base::vocabulary::{BoxPx, Fit, Part, Side, Source, Status};
 
 /// Which box to select when the photo's boxes arrive.
@@ -27,7 +28,7 @@ enum Arrival {
 enum Drag {
     /// Moving or resizing a box: the box and pointer (photo pixels) when the drag began.
     Edit {
-        annotation: i64,
+        annotation: AnnotationId,
         grip: Grip,
         start: BoxPx,
         from: egui::Pos2,
@@ -41,16 +42,16 @@ enum Drag {
 }
 
 pub struct AnnotatePanel {
-    photo: Option<i64>,
+    photo: Option<PhotoId>,
     detail: Option<PhotoDetail>,
-    selected: Option<i64>,
+    selected: Option<AnnotationId>,
     arrival: Arrival,
     zp: ZoomPan,
     /// The next drag on the photo draws a new box (B).
     drawing: bool,
     drag: Option<Drag>,
     assign_to: String,
-    missing: Option<i64>,
+    missing: Option<PhotoId>,
     /// Where the photo was in the queue when last seen there: a reviewed photo can leave a
     /// filtered queue, and Next should still go on from where it was.
     queue_hint: usize,
@@ -95,11 +96,11 @@ pub fn box_title(index: usize, b: &BoxRecord) -> String {
 }
 
 impl AnnotatePanel {
-    pub fn photo(&self) -> Option<i64> {
+    pub fn photo(&self) -> Option<PhotoId> {
         self.photo
     }
 
-    fn open(&mut self, photo: i64, arrival: Arrival, cx: &mut PanelContext<'_>) {
+    fn open(&mut self, photo: PhotoId, arrival: Arrival, cx: &mut PanelContext<'_>) {
         if self.photo != Some(photo) {
             self.detail = None;
             self.selected = None;
@@ -531,7 +532,7 @@ impl AnnotatePanel {
     }
 
     /// The topmost (smallest) box under a screen point.
-    fn box_at(&self, t: &ViewTransform, (w, h): (u32, u32), p: egui::Pos2) -> Option<i64> {
+    fn box_at(&self, t: &ViewTransform, (w, h): (u32, u32), p: egui::Pos2) -> Option<AnnotationId> {
         self.boxes()
             .iter()
             .map(|b| (b, t.screen_from_box(&b.annotation.bbox.unwrap_or(BoxPx::whole(w, h)))))

@@ -13,6 +13,7 @@ use crate::app::embedding::{GalleryData, short_key};
 use crate::app::images::ImageRequest;
 use crate::app::messages::{Event, Intent, PanelId, Review};
 use crate::app::widgets::{accessible_label, model_status_ui, paint_picture};
+use crate::base::ids::AnnotationId;
 use crate::jobs::eval::QueryOutcome;
 
 /// Galleries up to this size are reviewed as soon as the panel is shown; larger ones wait
@@ -105,7 +106,7 @@ impl ErrorsPanel {
         ui: &mut egui::Ui,
         cx: &mut PanelContext<'_>,
         data: &GalleryData,
-        annotation: i64,
+        annotation: AnnotationId,
         caption: &str,
     ) -> bool {
         let mut clicked = false;
@@ -260,13 +261,17 @@ mod tests {
 
     fn outcome(truth: &str, others: usize, ranking: &[(&str, f32)]) -> QueryOutcome {
         QueryOutcome {
-            annotation: 1,
+            annotation: AnnotationId(1),
             truth: truth.into(),
             others,
             ranking: ranking
                 .iter()
                 .enumerate()
-                .map(|(k, (i, s))| Match { individual: i.to_string(), score: *s, best_annotation: 100 + k as i64 })
+                .map(|(k, (i, s))| Match {
+                    individual: i.to_string(),
+                    score: *s,
+                    best_annotation: AnnotationId(100 + k as i64),
+                })
                 .collect(),
         }
     }

@@ -16,6 +16,7 @@ use crate::app::images::{ImageCache, ImageRequest, Picture};
 use crate::app::messages::{CatalogueEdit, Event, FilterChoice, Intent, Notice, PanelId, SearchRequest, Searched};
 use crate::app::records::CropInfo;
 use crate::app::widgets::{accessible_label, labelled_text, model_status_ui, paint_picture, placeholder};
+use crate::base::ids::AnnotationId;
 use crate::base::vocabulary::Side;
 
 /// Candidates shown (keys 1-9).
@@ -112,11 +113,11 @@ pub fn paint_crop(ui: &egui::Ui, rect: egui::Rect, images: &mut ImageCache, crop
 #[derive(Default)]
 pub struct IdentifyPanel {
     /// The crop being identified.
-    current: Option<i64>,
+    current: Option<AnnotationId>,
     /// Opened on purpose (from the map): stays until identified or skipped.
     pinned: bool,
     /// Crops confirmed, made new or skipped in this session, so the queue moves on at once.
-    done: HashSet<i64>,
+    done: HashSet<AnnotationId>,
     skipped: usize,
     /// Where in the gallery's `to_identify` the next crop is looked for.
     queue_pos: usize,
@@ -124,17 +125,17 @@ pub struct IdentifyPanel {
     choice: FilterChoice,
     result: Option<Searched>,
     /// What the last search asked for: (annotation, gallery generation, filter, threshold bits).
-    asked: Option<(i64, u64, FilterChoice, u32)>,
+    asked: Option<(AnnotationId, u64, FilterChoice, u32)>,
     /// The candidate compared with the query (0-based), and a crop of it chosen from "more".
     compared: usize,
-    compared_crop: Option<i64>,
+    compared_crop: Option<AnnotationId>,
     zoom: CropZoom,
     new_name: String,
     more: bool,
 }
 
 impl IdentifyPanel {
-    pub fn current(&self) -> Option<i64> {
+    pub fn current(&self) -> Option<AnnotationId> {
         self.current
     }
 

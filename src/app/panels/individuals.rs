@@ -10,6 +10,7 @@ use crate::app::images::ImageRequest;
 use crate::app::messages::{CatalogueEdit, Event, Intent, Notice, PanelId};
 use crate::app::records::SightingHistory;
 use crate::app::widgets::{accessible_label, labelled_text, paint_picture, submitted};
+use crate::base::ids::{AnnotationId, IndividualId};
 
 const TILE: egui::Vec2 = egui::vec2(150.0, 140.0);
 const THUMB_HEIGHT: f32 = 104.0;
@@ -20,11 +21,11 @@ pub struct IndividualsPanel {
     /// Indices into `state.individuals` passing `find`.
     listed: Vec<usize>,
     listed_for: Option<(u64, String)>,
-    current: Option<i64>,
+    current: Option<IndividualId>,
     history: Option<SightingHistory>,
     gone: bool,
     /// Annotations chosen in the gallery (for a split).
-    chosen: BTreeSet<i64>,
+    chosen: BTreeSet<AnnotationId>,
     name: String,
     /// The name as the catalogue last said; the field follows it (after an undo) unless the
     /// user is typing a new one.
@@ -33,11 +34,11 @@ pub struct IndividualsPanel {
 }
 
 impl IndividualsPanel {
-    pub fn current(&self) -> Option<i64> {
+    pub fn current(&self) -> Option<IndividualId> {
         self.current
     }
 
-    fn open(&mut self, id: i64, cx: &mut PanelContext<'_>) {
+    fn open(&mut self, id: IndividualId, cx: &mut PanelContext<'_>) {
         if self.current != Some(id) {
             self.history = None;
             self.chosen.clear();
@@ -158,7 +159,7 @@ impl IndividualsPanel {
                 .on_hover_text("The chosen crops are another animal: give them a new individual")
                 .clicked()
             {
-                let annotations: Vec<i64> = self.chosen.iter().copied().collect();
+                let annotations: Vec<AnnotationId> = self.chosen.iter().copied().collect();
                 cx.send(Intent::Edit(CatalogueEdit::Split { annotations }));
                 self.chosen.clear();
             }
@@ -273,7 +274,7 @@ impl Panel for IndividualsPanel {
             Event::Opened { .. } => *self = IndividualsPanel::default(),
             Event::Sightings { id, history } if Some(*id) == self.current => match history {
                 Some(g) => {
-                    let live: BTreeSet<i64> = g.sightings.iter().map(|s| s.annotation.id).collect();
+                    let live: BTreeSet<AnnotationId> = g.sightings.iter().map(|s| s.annotation.id).collect();
                     self.chosen.retain(|a| live.contains(a));
                     if self.name == self.stored_name {
                         self.name = g.individual.name.clone();

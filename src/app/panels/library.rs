@@ -12,6 +12,7 @@ use crate::app::messages::{CatalogueEdit, Intent, Notice, PanelId};
 use crate::app::records::PhotoRow;
 use crate::app::state::AppState;
 use crate::app::widgets::{accessible_label, labelled_text, paint_picture, submitted};
+use crate::base::ids::{IndividualId, PhotoId};
 use crate::base::vocabulary::{Part, Status};
 
 const TILE: egui::Vec2 = egui::vec2(168.0, 162.0);
@@ -95,13 +96,13 @@ pub struct PhotoQuery {
     pub file: String,
     pub sort: SortBy,
     /// Only these photos (a selection made on the map); shown above the filters while set.
-    pub only: Option<std::sync::Arc<BTreeSet<i64>>>,
+    pub only: Option<std::sync::Arc<BTreeSet<PhotoId>>>,
 }
 
 impl PhotoQuery {
     /// The indices of the rows that pass, sorted.
     pub fn apply(&self, state: &AppState) -> Vec<usize> {
-        let wanted_individuals: Option<HashSet<i64>> = {
+        let wanted_individuals: Option<HashSet<IndividualId>> = {
             let text = self.individual.trim().to_lowercase();
             (!text.is_empty()).then(|| {
                 state
@@ -154,7 +155,7 @@ pub struct LibraryPanel {
     visible: Vec<usize>,
     shown_for: Option<(u64, u64, PhotoQuery)>,
     species: Vec<String>,
-    selected: BTreeSet<i64>,
+    selected: BTreeSet<PhotoId>,
     /// Where a shift-click range starts (an index into `visible`).
     anchor: Option<usize>,
     assign_to: String,
@@ -174,17 +175,17 @@ impl LibraryPanel {
         if rows_changed {
             let all: BTreeSet<&String> = state.rows.iter().flat_map(|r| &r.species).collect();
             self.species = all.into_iter().cloned().collect();
-            let live: HashSet<i64> = state.rows.iter().map(|r| r.id).collect();
+            let live: HashSet<PhotoId> = state.rows.iter().map(|r| r.id).collect();
             self.selected.retain(|id| live.contains(id));
         }
         self.shown_for = Some(key);
-        let queue: Vec<i64> = self.visible.iter().map(|&i| state.rows[i].id).collect();
+        let queue: Vec<PhotoId> = self.visible.iter().map(|&i| state.rows[i].id).collect();
         if queue != state.queue {
             cx.send(Intent::SetQueue(queue));
         }
     }
 
-    fn selection(&self) -> Vec<i64> {
+    fn selection(&self) -> Vec<PhotoId> {
         self.selected.iter().copied().collect()
     }
 

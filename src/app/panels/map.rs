@@ -17,6 +17,7 @@ use crate::app::images::ImageRequest;
 use crate::app::map_picture::{ColorBy, MapDrawing, MapPicture, MapView, RasterKey, STATUS_COLORS};
 use crate::app::messages::{CatalogueEdit, Event, Intent, Notice, PanelId};
 use crate::app::widgets::{labelled_text, model_status_ui, paint_picture, submitted};
+use crate::base::ids::{AnnotationId, IndividualId, PhotoId};
 
 /// How near (in points) the pointer must be to a crop to hover it.
 const HOVER_REACH: f32 = 8.0;
@@ -36,7 +37,7 @@ pub struct MapPanel {
     /// The box's corners or the lasso's path, in map units, while dragging.
     drag: Option<Vec<[f32; 2]>>,
     /// Selected crops, by annotation (gallery rows change when it is read again).
-    selection: BTreeSet<i64>,
+    selection: BTreeSet<AnnotationId>,
     selection_version: u64,
     hovered: Option<usize>,
     raster: Option<(RasterKey, egui::TextureHandle)>,
@@ -50,7 +51,7 @@ pub struct MapPanel {
 }
 
 impl MapPanel {
-    pub fn selection(&self) -> &BTreeSet<i64> {
+    pub fn selection(&self) -> &BTreeSet<AnnotationId> {
         &self.selection
     }
 
@@ -240,7 +241,7 @@ impl MapPanel {
         if self.counted.is_none_or(|(k, ..)| k != key) {
             let selected: Vec<&crate::app::records::CropInfo> =
                 self.selection.iter().filter_map(|&a| data.crop(a)).collect();
-            let individuals: HashSet<i64> = selected.iter().filter_map(|c| c.individual).collect();
+            let individuals: HashSet<IndividualId> = selected.iter().filter_map(|c| c.individual).collect();
             self.counted = Some((key, selected.len(), individuals.len()));
         }
         let (crops, individuals) = self.counted.map(|(_, c, i)| (c, i)).unwrap_or_default();
@@ -256,7 +257,7 @@ impl MapPanel {
             if ui.button("Assign").clicked() || submitted(ui, &field) {
                 match cx.state.find_individual(&self.assign_to) {
                     Ok(ind) => {
-                        let annotations: Vec<i64> = selected().map(|c| c.annotation).collect();
+                        let annotations: Vec<AnnotationId> = selected().map(|c| c.annotation).collect();
                         cx.send(Intent::Edit(CatalogueEdit::Assign { annotations, individual: ind.individual.id }));
                         assigned = true;
                     }
@@ -267,7 +268,7 @@ impl MapPanel {
         let mut clear = false;
         ui.horizontal(|ui| {
             if ui.button("Open in library").clicked() {
-                let photos: BTreeSet<i64> = selected().map(|c| c.photo).collect();
+                let photos: BTreeSet<PhotoId> = selected().map(|c| c.photo).collect();
                 cx.send(Intent::ShowPhotosInLibrary(photos.into_iter().collect()));
             }
             clear = ui.button("Clear selection").clicked();

@@ -9,6 +9,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::{median, percentile, python_with, tempdir};
+use crate::base::ids::AnnotationId;
 use crate::catalogue::Catalogue;
 use crate::catalogue::synthetic::SyntheticCatalogue;
 
@@ -60,6 +61,16 @@ struct LoadBench {
     /// One plain `SELECT vector FROM embeddings` scan touching every blob, median of 3.
     reference_scan_ms: f64,
     ratio_vs_reference: f64,
+}
+
+/// The synthetic galleries' annotations are numbered from 1 in row order, as the catalogue's
+/// filler creates them.
+fn annotation_of_row(row: usize) -> AnnotationId {
+    AnnotationId(row as i64 + 1)
+}
+
+fn row_of_annotation(annotation: AnnotationId) -> usize {
+    (annotation.0 - 1) as usize
 }
 
 /// A clustered gallery like a real one: each individual a random direction, each image that
@@ -119,7 +130,7 @@ pub(super) fn bench_search(
     let mut gallery = Gallery::new(dim);
     for (r, v) in rows.chunks_exact(dim).enumerate() {
         gallery
-            .push(v, r as i64 + 1, Some(&code(r / per)), Part::Fluke, Side::Unknown, None)
+            .push(v, annotation_of_row(r), Some(&code(r / per)), Part::Fluke, Side::Unknown, None)
             .map_err(anyhow::Error::msg)?;
     }
     // New photos of known individuals, spread over the gallery.
@@ -148,7 +159,7 @@ pub(super) fn bench_search(
         times.push(start.elapsed().as_secs_f64() * 1e3);
         let best = result.matches.first();
         top1_correct += usize::from(best.is_some_and(|m| m.individual == code(t)));
-        our_top1_rows.push(best.map(|m| m.best_annotation as usize - 1));
+        our_top1_rows.push(best.map(|m| row_of_annotation(m.best_annotation)));
     }
     times.sort_by(f64::total_cmp);
     let start = Instant::now();
@@ -282,18 +293,18 @@ fn bench_gallery_load(rows: &[f32], dim: usize, per: usize) -> anyhow::Result<Lo
         let fresh = crate::catalogue::box_key(Some(&bbox));
         const BATCH: usize = 10_000;
         for (b, chunk) in rows.chunks(BATCH * dim).enumerate() {
-            let batch: Vec<(i64, String, Vec<f32>)> = chunk
+            let batch: Vec<(AnnotationId, String, Vec<f32>)> = chunk
                 .chunks_exact(dim)
                 .enumerate()
                 .map(|(k, v)| {
                     let r = b * BATCH + k;
                     let key = if r % 100 == 13 { "0.00,0.00,1.00,1.00" } else { fresh.as_str() };
-                    (r as i64 + 1, key.to_string(), v.to_vec())
+                    (annotation_of_row(r), key.to_string(), v.to_vec())
                 })
                 .collect();
             cat.put_embeddings(model, &batch)?;
         }
-        let rejected: Vec<i64> = (0..n).filter(|r| r % 100 == 7).map(|r| r as i64 + 1).collect();
+        let rejected: Vec<AnnotationId> = (0..n).filter(|r| r % 100 == 7).map(annotation_of_row).collect();
         cat.set_status(&rejected, crate::base::vocabulary::Status::Rejected)?;
     }
     let file_mib = std::fs::metadata(&path)?.len() as f64 / (1024.0 * 1024.0);

@@ -8,6 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
 use super::{peak_rss_mib, python_with, reset_peak_rss};
+use crate::base::ids::AnnotationId;
 use crate::jobs::train::cache::TokenCache;
 use crate::jobs::train::data::Split;
 use crate::jobs::train::{Inputs, TrainConfig, TrainEvent, train_model};
@@ -43,9 +44,9 @@ pub fn bench_train(crops: usize, per_individual: usize, json: bool) -> anyhow::R
         eprintln!("generating {crops} cached crops of {individuals} individuals");
     }
     let tokens = Tensor::randn(0f32, 1.0, (crops, TOKENS_PER_CROP, WIDTH), &Device::Cpu)?.to_dtype(DType::F16)?;
-    let cache = TokenCache::plain((0..crops as i64).collect(), tokens);
+    let cache = TokenCache::plain((0..crops as i64).map(AnnotationId).collect(), tokens);
     let split = Split {
-        train: (0..crops).map(|i| (i as i64, (i % individuals) as u32)).collect(),
+        train: (0..crops).map(|i| (AnnotationId(i as i64), (i % individuals) as u32)).collect(),
         classes: (0..individuals).map(|i| format!("ind{i}")).collect(),
         validation: Vec::new(),
         validation_individuals: Vec::new(),

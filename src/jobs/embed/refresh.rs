@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::base::ids::AnnotationId;
 use crate::base::progress::Progress;
 use crate::base::vocabulary::BoxPx;
 use crate::catalogue::{Catalogue, CatalogueError};
@@ -76,7 +77,7 @@ impl std::fmt::Display for EmbedReport {
 /// One crop to embed.
 #[derive(Debug, Clone)]
 pub struct Crop {
-    pub annotation: i64,
+    pub annotation: AnnotationId,
     pub box_key: String,
     pub bbox: Option<BoxPx>,
     pub photo: PathBuf,
@@ -85,7 +86,7 @@ pub struct Crop {
 /// A batch ready for the model: `(annotation, box key, input)` and one problem per crop that
 /// could not be prepared, naming its photo. (`T` is one input, or several views of the crop.)
 pub struct Prepared<T = Vec<f32>> {
-    pub inputs: Vec<(i64, String, T)>,
+    pub inputs: Vec<(AnnotationId, String, T)>,
     pub problems: Vec<String>,
 }
 
@@ -138,10 +139,10 @@ pub fn embed_catalogue(
             let n = (prepared.inputs.len() + prepared.problems.len()) as u64;
             report.problems.extend(prepared.problems);
             if !prepared.inputs.is_empty() {
-                let (keys, inputs): (Vec<(i64, String)>, Vec<Vec<f32>>) =
+                let (keys, inputs): (Vec<(AnnotationId, String)>, Vec<Vec<f32>>) =
                     prepared.inputs.into_iter().map(|(annotation, key, input)| ((annotation, key), input)).unzip();
                 let vectors = embedder.embed(&inputs)?;
-                let rows: Vec<(i64, String, Vec<f32>)> = keys
+                let rows: Vec<(AnnotationId, String, Vec<f32>)> = keys
                     .into_iter()
                     .zip(vectors)
                     .map(|((annotation, key), vector)| (annotation, key, vector))
@@ -177,7 +178,7 @@ pub fn prepare_each<T: Send>(chunk: &[Crop], make: impl Fn(&image::DynamicImage,
             _ => by_photo.push((&w.photo, vec![w])),
         }
     }
-    let results: Vec<Result<Vec<(i64, String, T)>, (String, usize)>> = by_photo
+    let results: Vec<Result<Vec<(AnnotationId, String, T)>, (String, usize)>> = by_photo
         .par_iter()
         .map(|(photo, items)| match crate::base::photo::decode_file(photo) {
             Ok(img) => Ok(items.iter().map(|w| (w.annotation, w.box_key.clone(), make(&img, w))).collect()),

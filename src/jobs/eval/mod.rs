@@ -21,6 +21,7 @@ use rand::seq::SliceRandom;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::base::ids::AnnotationId;
 use crate::base::progress::Progress;
 use crate::base::vocabulary::BoxPx;
 use crate::catalogue::Catalogue;
@@ -110,10 +111,10 @@ pub fn evaluate_catalogue(
     let embedded = embed_catalogue(cat, embedder, &EmbedOptions { batch: options.batch }, progress)?;
     let mut problems = embedded.problems;
     let gallery = Gallery::from_catalogue(cat, embedder.key())?.gallery;
-    let queries: HashSet<i64> = cat.annotations_tagged("role=query")?.into_iter().collect();
+    let queries: HashSet<AnnotationId> = cat.annotations_tagged("role=query")?.into_iter().collect();
 
     progress.stage("pixel baseline", gallery.len() as u64);
-    let crops: HashMap<i64, (PathBuf, Option<BoxPx>)> = cat
+    let crops: HashMap<AnnotationId, (PathBuf, Option<BoxPx>)> = cat
         .embedding_states(embedder.key())?
         .into_iter()
         .map(|s| (s.annotation.id, (cat.photo_file(&s.photo_path), s.annotation.bbox)))
@@ -166,7 +167,7 @@ pub struct OpenSetMetrics {
 /// The one evaluation protocol, used by `whaleid eval` and by training's validation.
 pub fn gallery_metrics(
     g: &Gallery,
-    queries: &HashSet<i64>,
+    queries: &HashSet<AnnotationId>,
     open_set_fraction: f64,
     seed: u64,
 ) -> (ClosedSet, Option<OpenSetMetrics>) {
@@ -181,7 +182,7 @@ pub fn gallery_metrics(
 
 /// The raw-pixel gallery with the same rows as `gallery`; crops whose photo cannot be read
 /// are left out and reported.
-fn pixel_gallery(gallery: &Gallery, crops: &HashMap<i64, (PathBuf, Option<BoxPx>)>) -> (Gallery, Vec<String>) {
+fn pixel_gallery(gallery: &Gallery, crops: &HashMap<AnnotationId, (PathBuf, Option<BoxPx>)>) -> (Gallery, Vec<String>) {
     let mut by_photo: HashMap<&Path, Vec<usize>> = HashMap::new();
     for (row, e) in gallery.entries().iter().enumerate() {
         if let Some((photo, _)) = crops.get(&e.annotation) {
@@ -244,13 +245,13 @@ fn without(g: &Gallery, drop: impl Fn(usize) -> bool) -> Gallery {
 }
 
 /// Query rows: the tagged queries, else every labelled row.
-fn query_rows<'a>(g: &'a Gallery, queries: &'a HashSet<i64>) -> impl Iterator<Item = usize> + 'a {
+fn query_rows<'a>(g: &'a Gallery, queries: &'a HashSet<AnnotationId>) -> impl Iterator<Item = usize> + 'a {
     (0..g.len()).filter(move |&row| {
         individual_of(g, row).is_some() && (queries.is_empty() || queries.contains(&g.entries()[row].annotation))
     })
 }
 
-fn ranking(g: &Gallery, query: &[f32], exclude: Option<i64>) -> Vec<(String, f32)> {
+fn ranking(g: &Gallery, query: &[f32], exclude: Option<AnnotationId>) -> Vec<(String, f32)> {
     g.search(query, RANKS_KEPT, &Filter::default(), exclude, None)
         .matches
         .into_iter()
@@ -258,7 +259,7 @@ fn ranking(g: &Gallery, query: &[f32], exclude: Option<i64>) -> Vec<(String, f32
         .collect()
 }
 
-fn closed_set_results(g: &Gallery, queries: &HashSet<i64>) -> Vec<Ranked> {
+fn closed_set_results(g: &Gallery, queries: &HashSet<AnnotationId>) -> Vec<Ranked> {
     query_outcomes(g, queries, &crate::base::progress::Silent)
         .into_iter()
         .filter(|q| q.others > 0)
@@ -274,7 +275,7 @@ fn closed_set_results(g: &Gallery, queries: &HashSet<i64>) -> Vec<Ranked> {
 /// the app's review of mistakes shows, and what the closed-set metrics are computed from.
 #[derive(Debug, Clone, Serialize)]
 pub struct QueryOutcome {
-    pub annotation: i64,
+    pub annotation: AnnotationId,
     pub truth: String,
     /// Other gallery crops of the true individual: 0 means it should have been answered "new".
     pub others: usize,
@@ -295,7 +296,7 @@ impl QueryOutcome {
 
 /// Every labelled crop (or only the tagged `queries`) searched against the others, in
 /// gallery order; stops early when `progress` is cancelled.
-pub fn query_outcomes(g: &Gallery, queries: &HashSet<i64>, progress: &dyn Progress) -> Vec<QueryOutcome> {
+pub fn query_outcomes(g: &Gallery, queries: &HashSet<AnnotationId>, progress: &dyn Progress) -> Vec<QueryOutcome> {
     let gallery =
         if queries.is_empty() { g.clone() } else { without(g, |r| queries.contains(&g.entries()[r].annotation)) };
     let images_of = images_per_individual(&gallery);
@@ -329,7 +330,7 @@ fn held_out_individuals(g: &Gallery, fraction: f64, seed: u64) -> HashSet<String
 }
 
 /// Open-set results (tuned on all queries) and the MAP@5 with thresholds tuned across halves.
-fn open_set_eval(g: &Gallery, queries: &HashSet<i64>, held_out: &HashSet<String>) -> (OpenSet, f64) {
+fn open_set_eval(g: &Gallery, queries: &HashSet<AnnotationId>, held_out: &HashSet<String>) -> (OpenSet, f64) {
     let gallery = without(g, |r| {
         individual_of(g, r).is_some_and(|i| held_out.contains(i))
             || (!queries.is_empty() && queries.contains(&g.entries()[r].annotation))

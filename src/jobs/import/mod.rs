@@ -17,6 +17,7 @@ mod report;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use crate::base::ids::PhotoId;
 use crate::base::photo;
 use crate::base::progress::Progress;
 use crate::base::vocabulary::Part;
@@ -90,7 +91,7 @@ pub fn import(
     Ok(report)
 }
 
-fn label_hints(index: &PhotoIndex, tables: &[(&PathBuf, labels::LabelTable)]) -> HashMap<i64, Hint> {
+fn label_hints(index: &PhotoIndex, tables: &[(&PathBuf, labels::LabelTable)]) -> HashMap<PhotoId, Hint> {
     let mut hints = HashMap::new();
     for (csv, table) in tables {
         let base = index.relative_dir(csv);

@@ -7,6 +7,7 @@ use std::path::Path;
 use super::dataset::{Discovered, PhotoIndex};
 use super::record_labels::{Labelled, label_annotation};
 use super::{BoxCounts, FileOutcome, Hint, ImportOptions, ImportReport, LabelCounts, boxes, species_part};
+use crate::base::ids::{AnnotationId, PhotoId};
 use crate::base::vocabulary::{BoxPx, Fit, Part, Side, Source, Status};
 use crate::catalogue::{Catalogue, Edit, NewAnnotation, Photo};
 
@@ -16,7 +17,7 @@ pub(super) fn import_yolo(
     action: i64,
     index: &PhotoIndex,
     found: &Discovered,
-    hints: &HashMap<i64, Hint>,
+    hints: &HashMap<PhotoId, Hint>,
     opts: &ImportOptions,
     report: &mut ImportReport,
 ) -> anyhow::Result<()> {
@@ -190,7 +191,7 @@ fn add_box(e: &Edit, new: &BoxToAdd) -> crate::catalogue::Result<BoxAdded> {
     })
 }
 
-fn find_same_box(e: &Edit, photo: i64, bbox: &BoxPx, part: Part) -> crate::catalogue::Result<Option<i64>> {
+fn find_same_box(e: &Edit, photo: PhotoId, bbox: &BoxPx, part: Part) -> crate::catalogue::Result<Option<AnnotationId>> {
     Ok(e.boxes_of_photo(photo, part)?.into_iter().find(|(_, b)| b.iou(bbox) > 0.95).map(|(id, _)| id))
 }
 
@@ -199,7 +200,7 @@ pub(super) fn import_coco(
     action: i64,
     index: &PhotoIndex,
     json: &Path,
-    hints: &HashMap<i64, Hint>,
+    hints: &HashMap<PhotoId, Hint>,
     opts: &ImportOptions,
     report: &mut ImportReport,
 ) -> anyhow::Result<()> {
@@ -220,6 +221,7 @@ pub(super) fn import_coco(
     let base = index.relative_dir(json);
     let mut problems: Vec<(Option<usize>, String)> =
         coco.problems.iter().map(|p| (Some(p.line), p.problem.clone())).collect();
+    // Keyed by the COCO file's own image ids.
     let mut images: HashMap<i64, &Photo> = HashMap::new();
     for img in &coco.images {
         match index.resolve(&img.file_name, &base) {

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use super::dataset::PhotoIndex;
 use super::{FileOutcome, ImportOptions, ImportReport, LabelCounts, labels, species_part};
+use crate::base::ids::AnnotationId;
 use crate::base::vocabulary::{How, Side, Source, Status};
 use crate::catalogue::{Catalogue, Edit, NewAnnotation};
 
@@ -18,7 +19,7 @@ pub(super) enum Labelled {
 /// A different identification already recorded is never overwritten.
 pub(super) fn label_annotation(
     e: &Edit,
-    annotation: i64,
+    annotation: AnnotationId,
     code: &str,
     species: Option<&str>,
 ) -> crate::catalogue::Result<Labelled> {

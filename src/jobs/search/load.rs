@@ -7,6 +7,7 @@ use rayon::prelude::*;
 
 use super::kernels::{normalise, quantise};
 use super::{Entry, Gallery};
+use crate::base::ids::IndividualId;
 use crate::catalogue::{self, Catalogue};
 
 /// A gallery read from a catalogue, with what was left out and why, so the caller can say
@@ -68,7 +69,7 @@ impl Gallery {
         // Usually exactly one bucket; a second only appears when a stored vector is corrupt.
         let mut buckets: HashMap<usize, Bucket> = HashMap::new();
         let mut individuals: Vec<String> = Vec::new();
-        let mut index_of_id: HashMap<i64, u32> = HashMap::new();
+        let mut index_of_id: HashMap<IndividualId, u32> = HashMap::new();
         let mut embedded = 0;
         let counts = cat.scan_embeddings(model, |row| {
             embedded += 1;

@@ -20,12 +20,13 @@ pub use kernels::normalise;
 use kernels::{coarse_rows, quantise, score_rows};
 pub use load::GalleryLoad;
 
+use crate::base::ids::AnnotationId;
 use crate::base::vocabulary::{Part, Side};
 
 /// What is known of each gallery image besides its vector.
 #[derive(Debug, Clone)]
 pub struct Entry {
-    pub annotation: i64,
+    pub annotation: AnnotationId,
     /// Index into `Gallery::individuals`; `None` for unidentified crops (never proposed).
     pub individual: Option<u32>,
     pub part: Part,
@@ -70,7 +71,7 @@ pub struct Match {
     pub individual: String,
     pub score: f32,
     /// The individual's gallery crop that matched best.
-    pub best_annotation: i64,
+    pub best_annotation: AnnotationId,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -168,7 +169,7 @@ impl Gallery {
     pub fn push(
         &mut self,
         vector: &[f32],
-        annotation: i64,
+        annotation: AnnotationId,
         individual: Option<&str>,
         part: Part,
         side: Side,
@@ -225,7 +226,7 @@ impl Gallery {
         query: &[f32],
         top: usize,
         filter: &Filter,
-        exclude: Option<i64>,
+        exclude: Option<AnnotationId>,
         threshold: Option<f32>,
     ) -> SearchResult {
         let mut q = query.to_vec();
@@ -343,12 +344,27 @@ mod tests {
 
     fn gallery() -> Gallery {
         let mut g = Gallery::new(3);
-        g.push(&[1.0, 0.0, 0.0], 1, Some("A"), Part::Fluke, Side::Unknown, Some("humpback_whale".into())).unwrap();
-        g.push(&[0.9, 0.1, 0.0], 2, Some("A"), Part::Fluke, Side::Unknown, Some("humpback_whale".into())).unwrap();
-        g.push(&[0.0, 1.0, 0.0], 3, Some("B"), Part::Fluke, Side::Unknown, Some("humpback_whale".into())).unwrap();
-        g.push(&[0.7, 0.7, 0.0], 4, Some("C"), Part::DorsalFin, Side::Left, Some("bottlenose_dolphin".into())).unwrap();
-        g.push(&[1.0, 0.0, 0.01], 5, None, Part::Fluke, Side::Unknown, None).unwrap();
-        assert!(g.push(&[1.0, 0.0], 6, None, Part::Fluke, Side::Unknown, None).unwrap_err().contains("2 dimensions"));
+        g.push(&[1.0, 0.0, 0.0], AnnotationId(1), Some("A"), Part::Fluke, Side::Unknown, Some("humpback_whale".into()))
+            .unwrap();
+        g.push(&[0.9, 0.1, 0.0], AnnotationId(2), Some("A"), Part::Fluke, Side::Unknown, Some("humpback_whale".into()))
+            .unwrap();
+        g.push(&[0.0, 1.0, 0.0], AnnotationId(3), Some("B"), Part::Fluke, Side::Unknown, Some("humpback_whale".into()))
+            .unwrap();
+        g.push(
+            &[0.7, 0.7, 0.0],
+            AnnotationId(4),
+            Some("C"),
+            Part::DorsalFin,
+            Side::Left,
+            Some("bottlenose_dolphin".into()),
+        )
+        .unwrap();
+        g.push(&[1.0, 0.0, 0.01], AnnotationId(5), None, Part::Fluke, Side::Unknown, None).unwrap();
+        assert!(
+            g.push(&[1.0, 0.0], AnnotationId(6), None, Part::Fluke, Side::Unknown, None)
+                .unwrap_err()
+                .contains("2 dimensions")
+        );
         g
     }
 
@@ -357,7 +373,7 @@ mod tests {
         let r = gallery().search(&[2.0, 0.0, 0.0], 5, &Filter::default(), None, Some(0.5));
         let names: Vec<_> = r.matches.iter().map(|m| m.individual.as_str()).collect();
         assert_eq!(names, ["A", "C", "B"]);
-        assert_eq!(r.matches[0].best_annotation, 1);
+        assert_eq!(r.matches[0].best_annotation, AnnotationId(1));
         assert!((r.matches[0].score - 1.0).abs() < 1e-6);
         assert_eq!((r.searched_images, r.searched_individuals), (4, 3));
         assert!(!r.new_individual);
@@ -366,7 +382,7 @@ mod tests {
     #[test]
     fn filters_restrict_and_say_how_many_were_searched() {
         let f = Filter { part: Some(Part::Fluke), ..Default::default() };
-        let r = gallery().search(&[0.7, 0.7, 0.0], 1, &f, Some(1), Some(0.95));
+        let r = gallery().search(&[0.7, 0.7, 0.0], 1, &f, Some(AnnotationId(1)), Some(0.95));
         assert_eq!(r.matches.len(), 1);
         assert_eq!((r.searched_images, r.searched_individuals), (2, 2));
         assert_eq!(r.filter, "part fluke");
@@ -379,8 +395,8 @@ mod tests {
         q: &[f32],
         top: usize,
         filter: &Filter,
-        exclude: Option<i64>,
-    ) -> Vec<(String, f32, i64)> {
+        exclude: Option<AnnotationId>,
+    ) -> Vec<(String, f32, AnnotationId)> {
         let mut q = q.to_vec();
         normalise(&mut q);
         let scores = g.scores(&q);
@@ -394,7 +410,7 @@ mod tests {
                 best[i as usize] = Some((scores[row], row));
             }
         }
-        let mut ranked: Vec<(String, f32, i64)> = best
+        let mut ranked: Vec<(String, f32, AnnotationId)> = best
             .iter()
             .enumerate()
             .filter_map(|(i, b)| b.map(|(s, row)| (g.individuals[i].clone(), s, g.entries[row].annotation)))
@@ -421,19 +437,19 @@ mod tests {
                 let v: Vec<f32> = c.iter().map(|x| x + noise * (rng.random::<f32>() - 0.5)).collect();
                 let side = [Side::Left, Side::Right, Side::Unknown][row % 3];
                 let individual = (row % 13 != 0).then(|| format!("I{:02}", row % 40));
-                g.push(&v, row as i64, individual.as_deref(), Part::Fluke, side, None).unwrap();
+                g.push(&v, AnnotationId(row as i64), individual.as_deref(), Part::Fluke, side, None).unwrap();
             }
-            g.push(&vec![0.0; dim], 9999, Some("I00"), Part::Fluke, Side::Unknown, None).unwrap();
+            g.push(&vec![0.0; dim], AnnotationId(9999), Some("I00"), Part::Fluke, Side::Unknown, None).unwrap();
             for trial in 0..60 {
                 let c = &centres[trial % 20];
                 let q: Vec<f32> = c.iter().map(|x| x + 0.05 * (rng.random::<f32>() - 0.5)).collect();
                 let filter = Filter { side: [None, Some(Side::Left)][trial % 2], ..Default::default() };
-                let (top, exclude) = ([1, 5, 40, 100][trial % 4], Some(trial as i64));
+                let (top, exclude) = ([1, 5, 40, 100][trial % 4], Some(AnnotationId(trial as i64)));
                 let got = g.search(&q, top, &filter, exclude, None);
-                let got: Vec<(String, f32, i64)> =
+                let got: Vec<(String, f32, AnnotationId)> =
                     got.matches.into_iter().map(|m| (m.individual, m.score, m.best_annotation)).collect();
                 let want = brute_force(&g, &q, top, &filter, exclude);
-                let scores = |v: &[(String, f32, i64)]| v.iter().map(|m| m.1.to_bits()).collect::<Vec<_>>();
+                let scores = |v: &[(String, f32, AnnotationId)]| v.iter().map(|m| m.1.to_bits()).collect::<Vec<_>>();
                 assert_eq!(scores(&got), scores(&want), "dim {dim} trial {trial}");
                 // Equal scores may come in either order; everything else must agree.
                 let mut sorted = got.clone();
@@ -446,7 +462,7 @@ mod tests {
     #[test]
     fn a_vector_with_nan_is_refused() {
         let mut g = Gallery::new(2);
-        assert!(g.push(&[f32::NAN, 1.0], 1, Some("A"), Part::Fluke, Side::Unknown, None).is_err());
+        assert!(g.push(&[f32::NAN, 1.0], AnnotationId(1), Some("A"), Part::Fluke, Side::Unknown, None).is_err());
         assert!(g.is_empty());
     }
 }

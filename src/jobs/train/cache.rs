@@ -17,6 +17,7 @@ use crate::catalogue::Catalogue;
 use rand::SeedableRng;
 
 use super::augment::ImageAugmentation;
+use crate::base::ids::AnnotationId;
 use crate::base::progress::Progress;
 use crate::jobs::embed::Crop;
 use crate::models::{Embedder, Tap, pool_tokens};
@@ -41,7 +42,7 @@ pub enum CacheError {
 /// order with a crop's views together.
 pub struct TokenCache {
     /// The crop of each row.
-    pub annotations: Vec<i64>,
+    pub annotations: Vec<AnnotationId>,
     /// The view of each row: 0 is the crop as the embedder sees it, 1.. augmented copies
     /// (see [`Views`]), which only training reads.
     pub views: Vec<u8>,
@@ -53,7 +54,7 @@ pub struct TokenCache {
 
 impl TokenCache {
     /// One row per crop, each as the embedder sees it.
-    pub fn plain(annotations: Vec<i64>, tokens: Tensor) -> Self {
+    pub fn plain(annotations: Vec<AnnotationId>, tokens: Tensor) -> Self {
         Self { views: vec![0; annotations.len()], annotations, tokens, problems: Vec::new() }
     }
 
@@ -105,7 +106,7 @@ impl Views<'_> {
     fn inputs(&self, img: &image::DynamicImage, crop: &Crop, size: u32) -> Vec<Vec<f32>> {
         let mut out = vec![crate::models::prepare(img, crop.bbox, size)];
         for v in 1..self.count.max(1) {
-            let seed = self.seed ^ (crop.annotation as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ ((v as u64) << 48);
+            let seed = self.seed ^ (crop.annotation.0 as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ ((v as u64) << 48);
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
             out.push(self.augmentation.prepare(img, crop.bbox, size, &mut rng));
         }
@@ -115,9 +116,13 @@ impl Views<'_> {
 
 /// The crops of `annotations` that `key`'s embeddings cover (not rejected, still there), in
 /// order, and a problem for each one left out.
-pub fn crops_of(cat: &Catalogue, key: &str, annotations: &[i64]) -> Result<(Vec<Crop>, Vec<String>), CacheError> {
+pub fn crops_of(
+    cat: &Catalogue,
+    key: &str,
+    annotations: &[AnnotationId],
+) -> Result<(Vec<Crop>, Vec<String>), CacheError> {
     let states = cat.embedding_states(key)?;
-    let by_id: std::collections::HashMap<i64, &crate::catalogue::EmbeddingState> =
+    let by_id: std::collections::HashMap<AnnotationId, &crate::catalogue::EmbeddingState> =
         states.iter().map(|s| (s.annotation.id, s)).collect();
     let mut crops = Vec::new();
     let mut problems = Vec::new();
@@ -133,6 +138,17 @@ pub fn crops_of(cat: &Catalogue, key: &str, annotations: &[i64]) -> Result<(Vec<
         }
     }
     Ok((crops, problems))
+}
+
+/// The crops' annotation ids as the cache file stores them: an i64 tensor.
+fn annotations_tensor(annotations: &[AnnotationId]) -> candle_core::Result<Tensor> {
+    let ids: Vec<i64> = annotations.iter().map(|a| a.0).collect();
+    Tensor::new(ids.as_slice(), &Device::Cpu)
+}
+
+/// The crops' annotation ids read back from a cache file.
+fn annotations_of_tensor(ids: &Tensor) -> candle_core::Result<Vec<AnnotationId>> {
+    Ok(ids.to_vec1::<i64>()?.into_iter().map(AnnotationId).collect())
 }
 
 /// What to cache, and where.
@@ -154,7 +170,7 @@ pub struct CacheSpec<'a> {
 pub fn token_caches(
     cat: &Catalogue,
     embedder: &Embedder,
-    annotations: &[i64],
+    annotations: &[AnnotationId],
     spec: &CacheSpec,
     progress: &dyn Progress,
 ) -> Result<Vec<TokenCache>, CacheError> {
@@ -178,7 +194,7 @@ pub fn token_caches(
     };
     if let Ok(tensors) = candle_core::safetensors::load(&path, &Device::Cpu)
         && let Some(ids) = tensors.get("annotations")
-        && let Ok(ids) = ids.to_vec1::<i64>()
+        && let Ok(ids) = annotations_of_tensor(ids)
         && let Some(all) = taps.iter().map(|t| tensors.get(&name(t)).cloned()).collect::<Option<Vec<_>>>()
     {
         let row_views = match tensors.get("views").map(|v| v.to_vec1::<u8>()) {
@@ -239,7 +255,7 @@ pub fn token_caches(
     let partial = path.with_extension("partial");
     let mut tensors: std::collections::HashMap<String, Tensor> =
         taps.iter().zip(&all).map(|(t, tokens)| (name(t), tokens.clone())).collect();
-    tensors.insert("annotations".into(), Tensor::new(kept.as_slice(), &Device::Cpu)?);
+    tensors.insert("annotations".into(), annotations_tensor(&kept)?);
     tensors.insert("views".into(), Tensor::new(row_views.as_slice(), &Device::Cpu)?);
     candle_core::safetensors::save(&tensors, &partial)?;
     std::fs::rename(&partial, &path).map_err(|source| CacheError::Io { path: path.clone(), source })?;

@@ -8,10 +8,12 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde::Serialize;
 
+use crate::base::ids::AnnotationId;
+
 /// A labelled crop.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Labelled {
-    pub annotation: i64,
+    pub annotation: AnnotationId,
     pub individual: String,
 }
 
@@ -19,7 +21,7 @@ pub struct Labelled {
 pub struct Split {
     /// Training crops with their class index into `classes`.
     #[serde(skip)]
-    pub train: Vec<(i64, u32)>,
+    pub train: Vec<(AnnotationId, u32)>,
     pub classes: Vec<String>,
     #[serde(skip)]
     pub validation: Vec<Labelled>,
@@ -55,8 +57,8 @@ pub fn folds_by_individual(labelled: &[Labelled], k: usize, seed: u64) -> Vec<Sp
 
 /// The crops of each individual (in name order), and the individuals with at least two crops
 /// (those that can be validated on), shuffled by `seed`.
-fn grouped(labelled: &[Labelled], seed: u64) -> (BTreeMap<&str, Vec<i64>>, Vec<&str>) {
-    let mut by_individual: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+fn grouped(labelled: &[Labelled], seed: u64) -> (BTreeMap<&str, Vec<AnnotationId>>, Vec<&str>) {
+    let mut by_individual: BTreeMap<&str, Vec<AnnotationId>> = BTreeMap::new();
     for l in labelled {
         by_individual.entry(l.individual.as_str()).or_default().push(l.annotation);
     }
@@ -66,7 +68,7 @@ fn grouped(labelled: &[Labelled], seed: u64) -> (BTreeMap<&str, Vec<i64>>, Vec<&
 }
 
 /// The split that validates on the individuals in `held` and trains on all the others.
-fn holding(by_individual: &BTreeMap<&str, Vec<i64>>, held: &BTreeSet<&str>) -> Split {
+fn holding(by_individual: &BTreeMap<&str, Vec<AnnotationId>>, held: &BTreeSet<&str>) -> Split {
     let mut split = Split::default();
     for (individual, annotations) in by_individual {
         if held.contains(individual) {
@@ -91,7 +93,7 @@ mod tests {
         let mut out = Vec::new();
         for (ind, n) in spec {
             for _ in 0..*n {
-                out.push(Labelled { annotation: out.len() as i64, individual: ind.to_string() });
+                out.push(Labelled { annotation: AnnotationId(out.len() as i64), individual: ind.to_string() });
             }
         }
         out

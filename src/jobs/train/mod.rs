@@ -35,6 +35,7 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::Sender;
 
+use crate::base::ids::AnnotationId;
 use crate::base::progress::Progress;
 use crate::catalogue::Catalogue;
 use crate::models::{Embedder, Tap};
@@ -53,7 +54,7 @@ pub fn train_catalogue(
     cancel: &AtomicBool,
     progress: &dyn Progress,
 ) -> anyhow::Result<TrainReport> {
-    let usable: std::collections::HashSet<i64> =
+    let usable: std::collections::HashSet<AnnotationId> =
         cat.embedding_states(embedder.key())?.iter().map(|s| s.annotation.id).collect();
     let labelled: Vec<data::Labelled> = cat
         .identified_annotations()?
@@ -74,7 +75,7 @@ pub fn train_catalogue(
         None => config,
     };
     let split = data::split_by_individual(&labelled, config.validation_fraction, config.seed);
-    let ids: Vec<i64> = labelled.iter().map(|l| l.annotation).collect();
+    let ids: Vec<AnnotationId> = labelled.iter().map(|l| l.annotation).collect();
     // The depths to try: those asked for, or the candidates, chosen by the LDA baseline over
     // folds of individuals (cheap, and what the neck starts from). Fine-tuned blocks feed one
     // depth.
@@ -203,13 +204,14 @@ mod tests {
             .iter()
             .map(|t| {
                 cache::TokenCache::plain(
-                    (0..12).collect(),
+                    (0..12).map(AnnotationId).collect(),
                     pool_tokens(t, 8, 8, 4).unwrap().to_dtype(DType::F16).unwrap(),
                 )
             })
             .collect();
-        let labelled: Vec<data::Labelled> =
-            (0..12).map(|i| data::Labelled { annotation: i, individual: format!("ind{}", i % 4) }).collect();
+        let labelled: Vec<data::Labelled> = (0..12)
+            .map(|i| data::Labelled { annotation: AnnotationId(i), individual: format!("ind{}", i % 4) })
+            .collect();
         let split = data::split_by_individual(&labelled, 0.0, 0);
         // One depth, and two read side by side.
         for (blocks, cache) in [
@@ -266,7 +268,7 @@ mod tests {
                 });
                 let photo = dir.join(format!("ind{c}_{k}.png"));
                 img.save(&photo).unwrap();
-                let annotation = crops.len() as i64;
+                let annotation = AnnotationId(crops.len() as i64);
                 crops.push(crate::jobs::embed::Crop { annotation, box_key: String::new(), bbox: None, photo });
                 labelled.push(data::Labelled { annotation, individual: format!("ind{c}") });
             }
@@ -325,7 +327,10 @@ mod tests {
         let inputs = inputs_of(&crops, size);
         let taps = embedder.tokens_at(&inputs, &[Tap::Input(1), Tap::Output(2)]).unwrap();
         let cache = |tokens: &candle_core::Tensor| {
-            cache::TokenCache::plain((0..crops.len() as i64).collect(), tokens.to_dtype(DType::F16).unwrap())
+            cache::TokenCache::plain(
+                (0..crops.len() as i64).map(AnnotationId).collect(),
+                tokens.to_dtype(DType::F16).unwrap(),
+            )
         };
         let (block_inputs, pooled) = (cache(&taps[0]), cache(&pool_tokens(&taps[1], 4, 4, 2).unwrap()));
         // No validation individuals: the last epoch is kept, so the weights must have moved.
@@ -374,7 +379,7 @@ mod tests {
         let embedder = Embedder::random(&Dinov2Config::tiny(), size).unwrap();
         let tokens = embedder.tokens_at(&inputs_of(&crops, size), &[Tap::Output(2)]).unwrap().remove(0);
         let pooled = cache::TokenCache::plain(
-            (0..crops.len() as i64).collect(),
+            (0..crops.len() as i64).map(AnnotationId).collect(),
             pool_tokens(&tokens, 4, 4, 2).unwrap().to_dtype(DType::F16).unwrap(),
         );
         // A photo that goes missing after caching is left out of its batches, nothing more.

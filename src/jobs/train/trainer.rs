@@ -326,6 +326,7 @@ mod tests {
     use rand::Rng;
 
     use super::*;
+    use crate::base::ids::AnnotationId;
     use crate::jobs::train::cache::TokenCache;
     use crate::jobs::train::checkpoint::STATE;
     use crate::jobs::train::data::{Labelled, split_by_individual};
@@ -344,12 +345,13 @@ mod tests {
                 for _ in 0..n_tokens {
                     values.extend(patterns[c].iter().map(|p| p * 0.5 + rng.random_range(-1.0..1.0f32)));
                 }
-                labelled.push(Labelled { annotation: labelled.len() as i64, individual: format!("ind{c}") });
+                labelled
+                    .push(Labelled { annotation: AnnotationId(labelled.len() as i64), individual: format!("ind{c}") });
             }
         }
         let n = classes * per;
         let tokens = Tensor::from_vec(values, (n, n_tokens, dim), &Device::Cpu).unwrap().to_dtype(DType::F16).unwrap();
-        (TokenCache::plain((0..n as i64).collect(), tokens), labelled)
+        (TokenCache::plain((0..n as i64).map(AnnotationId).collect(), tokens), labelled)
     }
 
     #[test]

@@ -10,6 +10,7 @@ use super::config::TrainConfig;
 use super::data::Split;
 use super::error::TrainError;
 use super::feeder::Feeder;
+use crate::base::ids::AnnotationId;
 use crate::base::vocabulary::{Part, Side};
 use crate::jobs::eval::metrics::{ClosedSet, OpenSet};
 use crate::jobs::search::Gallery;
@@ -33,7 +34,7 @@ pub struct TrainingRow {
 #[derive(Debug, Clone, Copy)]
 pub struct ValidationRow<'a> {
     pub row: usize,
-    pub annotation: i64,
+    pub annotation: AnnotationId,
     pub individual: &'a str,
 }
 
@@ -46,11 +47,11 @@ pub struct SplitRows<'a> {
 
 /// The rows of `cache` that hold `split`'s crops.
 pub fn cache_rows<'a>(cache: &TokenCache, split: &'a Split) -> SplitRows<'a> {
-    let mut rows_of: HashMap<i64, Vec<usize>> = HashMap::new();
+    let mut rows_of: HashMap<AnnotationId, Vec<usize>> = HashMap::new();
     for (r, &a) in cache.annotations.iter().enumerate() {
         rows_of.entry(a).or_default().push(r);
     }
-    let rows = |a: &i64| rows_of.get(a).map_or(&[][..], Vec::as_slice);
+    let rows = |a: &AnnotationId| rows_of.get(a).map_or(&[][..], Vec::as_slice);
     let train =
         split.train.iter().flat_map(|(a, c)| rows(a).iter().map(|&row| TrainingRow { row, class: *c })).collect();
     let validation = split
