@@ -219,7 +219,7 @@ fn cli_embeds_searches_submits_and_exports_embeddings() {
     assert_eq!(&npy[..8], b"\x93NUMPY\x01\x00");
     let header_len = u16::from_le_bytes([npy[8], npy[9]]) as usize;
     let header = std::str::from_utf8(&npy[10..10 + header_len]).unwrap();
-    assert!(header.contains("'shape': (12, 768)") && (10 + header_len) % 64 == 0, "{header}");
+    assert!(header.contains("'shape': (12, 768)") && (10 + header_len).is_multiple_of(64), "{header}");
     assert_eq!(npy.len(), 10 + header_len + 12 * 768 * 4);
     let rows = std::fs::read_to_string(export.join("labels.csv")).unwrap();
     assert_eq!(rows.lines().count(), 13);

@@ -178,10 +178,10 @@ pub fn prepare_each<T: Send>(chunk: &[Crop], make: impl Fn(&image::DynamicImage,
             _ => by_photo.push((&w.photo, vec![w])),
         }
     }
-    let results: Vec<Result<Vec<(AnnotationId, String, T)>, (String, usize)>> = by_photo
+    let results: Vec<Result<Vec<_>, _>> = by_photo
         .par_iter()
         .map(|(photo, items)| match crate::base::photo::decode_file(photo) {
-            Ok(img) => Ok(items.iter().map(|w| (w.annotation, w.box_key.clone(), make(&img, w))).collect()),
+            Ok(img) => Ok(items.iter().map(|w| (w.annotation, w.box_key.clone(), make(&img, w))).collect::<Vec<_>>()),
             Err(e) => Err((format!("{}: {e}", photo.display()), items.len())),
         })
         .collect();

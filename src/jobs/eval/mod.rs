@@ -190,11 +190,14 @@ fn pixel_gallery(gallery: &Gallery, crops: &HashMap<AnnotationId, (PathBuf, Opti
         }
     }
     let by_photo: Vec<_> = by_photo.into_iter().collect();
-    let computed: Vec<Result<Vec<(usize, Vec<f32>)>, String>> = by_photo
+    let computed: Vec<Result<Vec<_>, String>> = by_photo
         .par_iter()
         .map(|(photo, rows)| {
             let img = crate::base::photo::decode_file(photo).map_err(|e| format!("{}: {e}", photo.display()))?;
-            Ok(rows.iter().map(|&row| (row, pixel_vector(&img, crops[&gallery.entries()[row].annotation].1))).collect())
+            Ok(rows
+                .iter()
+                .map(|&row| (row, pixel_vector(&img, crops[&gallery.entries()[row].annotation].1)))
+                .collect::<Vec<_>>())
         })
         .collect();
     let mut vectors: Vec<Option<Vec<f32>>> = vec![None; gallery.len()];

@@ -340,10 +340,10 @@ mod tests {
             (0..classes).map(|_| (0..dim).map(|_| rng.random_range(-1.0..1.0f32)).collect()).collect();
         let mut values = Vec::new();
         let mut labelled = Vec::new();
-        for c in 0..classes {
+        for (c, pattern) in patterns.iter().enumerate() {
             for _ in 0..per {
                 for _ in 0..n_tokens {
-                    values.extend(patterns[c].iter().map(|p| p * 0.5 + rng.random_range(-1.0..1.0f32)));
+                    values.extend(pattern.iter().map(|p| p * 0.5 + rng.random_range(-1.0..1.0f32)));
                 }
                 labelled
                     .push(Labelled { annotation: AnnotationId(labelled.len() as i64), individual: format!("ind{c}") });

@@ -57,19 +57,22 @@ impl View {
     }
 }
 
-/// `dst = lhs · rhs`, or `dst += lhs · rhs` when `accumulate`, with the `gemm` crate.
-/// `parallel` spreads one product over rayon's threads; products that already run inside a
-/// parallel loop pass `false`.
-pub(crate) fn matmul(
-    dst: &mut [f32],
-    d: View,
-    accumulate: bool,
-    lhs: &[f32],
-    l: View,
-    rhs: &[f32],
-    r: View,
-    parallel: bool,
-) {
+/// How a product treats its destination and its threads.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Product {
+    /// `dst += lhs · rhs` rather than `dst = lhs · rhs`.
+    pub accumulate: bool,
+    /// Spread one product over rayon's threads; products that already run inside a parallel
+    /// loop pass `false`.
+    pub parallel: bool,
+}
+
+/// A product that overwrites its destination on the calling thread.
+const SERIAL: Product = Product { accumulate: false, parallel: false };
+
+/// `dst = lhs · rhs`, or `dst += lhs · rhs` when `how.accumulate`, with the `gemm` crate.
+pub(crate) fn matmul(dst: &mut [f32], d: View, lhs: &[f32], l: View, rhs: &[f32], r: View, how: Product) {
+    let Product { accumulate, parallel } = how;
     assert!(l.rows == d.rows && r.cols == d.cols && l.cols == r.rows, "matmul shapes {l:?} x {r:?} -> {d:?}");
     assert!(l.end() <= lhs.len() && r.end() <= rhs.len() && d.end() <= dst.len(), "matmul view out of bounds");
     // Distinct destination elements: the product may write them from several threads.
@@ -342,7 +345,15 @@ impl Linear {
     /// `out = x W` for `rows` rows (no bias), or `out += x W` when `accumulate`.
     fn product(&self, x: &[f32], rows: usize, out: &mut [f32], accumulate: bool) {
         let (k, n) = (self.inputs, self.outputs());
-        matmul(out, View::dense(rows, n), accumulate, x, View::dense(rows, k), &self.weight, View::dense(k, n), true);
+        matmul(
+            out,
+            View::dense(rows, n),
+            x,
+            View::dense(rows, k),
+            &self.weight,
+            View::dense(k, n),
+            Product { accumulate, parallel: true },
+        );
     }
 }
 
@@ -492,7 +503,15 @@ impl PatchEmbedding {
                     }
                 }
                 let dst = View { offset: d, ..View::dense(patches, d) };
-                matmul(x, dst, true, cut, View::dense(patches, k), &self.weight, View::dense(k, d), parallel);
+                matmul(
+                    x,
+                    dst,
+                    cut,
+                    View::dense(patches, k),
+                    &self.weight,
+                    View::dense(k, d),
+                    Product { accumulate: true, parallel },
+                );
             },
         );
         x
@@ -561,7 +580,7 @@ fn attention(qkv: &[f32], bias: &[f32], out: &mut [f32], images: usize, tokens: 
             let (k, v) = rest.split_at_mut(tokens * head_dim);
             let rows = qkv[image * tokens * 3 * d..][..tokens * 3 * d].chunks_exact(3 * d);
             for (t, row) in rows.enumerate() {
-                for (part, dst) in [q.as_mut(), k.as_mut(), v.as_mut()].into_iter().enumerate() {
+                for (part, dst) in [&mut *q, &mut *k, &mut *v].into_iter().enumerate() {
                     let at = part * d + head * head_dim;
                     let (src, b) = (&row[at..at + head_dim], &bias[at..at + head_dim]);
                     for ((dst, &s), &b) in dst[t * head_dim..][..head_dim].iter_mut().zip(src).zip(b) {
@@ -570,9 +589,9 @@ fn attention(qkv: &[f32], bias: &[f32], out: &mut [f32], images: usize, tokens: 
                 }
             }
             let head_view = View::dense(tokens, head_dim);
-            matmul(scores, View::dense(tokens, tokens), false, q, head_view, k, head_view.t(), false);
+            matmul(scores, View::dense(tokens, tokens), q, head_view, k, head_view.t(), SERIAL);
             softmax_rows(scores, tokens);
-            matmul(context, head_view, false, scores, View::dense(tokens, tokens), v, head_view, false);
+            matmul(context, head_view, scores, View::dense(tokens, tokens), v, head_view, SERIAL);
         },
     );
 }
@@ -699,14 +718,22 @@ mod tests {
         let want = to_vec(&a.matmul(&b.t().unwrap()).unwrap()).unwrap();
         let (av, bv) = (to_vec(&a).unwrap(), to_vec(&b).unwrap());
         let mut got = vec![0.0; 24];
-        matmul(&mut got, View::dense(6, 4), false, &av, View::dense(6, 5), &bv, View::dense(4, 5).t(), true);
+        matmul(
+            &mut got,
+            View::dense(6, 4),
+            &av,
+            View::dense(6, 5),
+            &bv,
+            View::dense(4, 5).t(),
+            Product { accumulate: false, parallel: true },
+        );
         assert!(max_difference(&got, &want) < 1e-5);
         // A 3x2 block of columns 1..3 of rows 2..5, written into a wider destination.
         let mut wide = vec![1.0; 3 * 7];
         let dst = View { offset: 2, rows: 3, cols: 2, row_stride: 7, col_stride: 1 };
         let lhs = View { offset: 2 * 5, rows: 3, cols: 5, row_stride: 5, col_stride: 1 };
         let rhs = View { offset: 5, rows: 5, cols: 2, row_stride: 1, col_stride: 5 };
-        matmul(&mut wide, dst, true, &av, lhs, &bv, rhs, false);
+        matmul(&mut wide, dst, &av, lhs, &bv, rhs, Product { accumulate: true, parallel: false });
         for i in 0..3 {
             for j in 0..2 {
                 assert!((wide[i * 7 + 2 + j] - 1.0 - want[(i + 2) * 4 + j + 1]).abs() < 1e-5);
@@ -719,7 +746,7 @@ mod tests {
     #[should_panic(expected = "out of bounds")]
     fn matmul_refuses_a_view_past_its_slice() {
         let mut dst = vec![0.0; 4];
-        matmul(&mut dst, View::dense(2, 2), false, &[0.0; 3], View::dense(2, 2), &[0.0; 4], View::dense(2, 2), false);
+        matmul(&mut dst, View::dense(2, 2), &[0.0; 3], View::dense(2, 2), &[0.0; 4], View::dense(2, 2), SERIAL);
     }
 
     #[test]
