@@ -5,10 +5,10 @@
 //! up to ±15° and colour jitter, drawn per crop and per step. Mirroring is an option that is
 //! off by default: a mirrored fluke or dorsal fin can look like another individual.
 //!
-//! The crop is letterboxed as for inference (`embed::letterbox`), then one affine warp does
+//! The crop is letterboxed as for inference (`models::preprocess::letterbox`), then one affine warp does
 //! the resized crop, the rotation and the optional flip in a single bilinear resampling, the
 //! uncovered corners taking the padding colour; the colour jitter follows, then the same
-//! normalisation as `embed::prepare`.
+//! normalisation as `models::preprocess::prepare`.
 
 use candle_core::Tensor;
 use image::{DynamicImage, RgbImage};
@@ -50,7 +50,7 @@ impl Default for ImageAugmentation {
 }
 
 impl ImageAugmentation {
-    /// No change at all: `prepare` then gives exactly `embed::prepare`'s input.
+    /// No change at all: `prepare` then gives exactly `models::preprocess::prepare`'s input.
     pub const NONE: Self = Self {
         min_area: 1.0,
         max_aspect: 1.0,
