@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::process::Command;
-
 #[test]
 fn synth_import_stats_export_and_undo_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -74,13 +72,13 @@ fn synth_import_stats_export_and_undo_from_the_command_line() {
 fn a_missing_catalogue_or_dataset_is_a_clear_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nowhere.whaleid");
-    let out = Command::new(common::bin()).args(["stats", "--catalog", missing.to_str().unwrap()]).output().unwrap();
+    let out = common::whaleid().args(["stats", "--catalog", missing.to_str().unwrap()]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no catalogue at") && err.contains("nowhere.whaleid"), "{err}");
 
     let cat = dir.path().join("c.whaleid");
-    let out = Command::new(common::bin())
+    let out = common::whaleid()
         .args(["import", "--catalog", cat.to_str().unwrap(), dir.path().join("no-such-folder").to_str().unwrap()])
         .output()
         .unwrap();
@@ -90,4 +88,22 @@ fn a_missing_catalogue_or_dataset_is_a_clear_error_not_a_panic() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Outside a checkout of the repository the backbone weights are looked for in the data
+/// folder (`WHALEID_HOME`; here the test's own): the error names that place and how to fill it.
+#[test]
+fn without_a_models_folder_the_weights_are_looked_for_in_the_data_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(common::boxed_catalogue(dir.path(), 1, None));
+    let out = common::whaleid()
+        .current_dir(dir.path())
+        .env_remove("WHALEID_MODELS")
+        .args(["embed", "--catalog", "c.whaleid"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let expected = whaleid::models::dinov2_safetensors_path(&common::home().join("models"));
+    assert!(err.contains(&expected.display().to_string()) && err.contains("models fetch"), "{err}");
 }

@@ -6,7 +6,6 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Command;
 
 fn snapshot(name: &str, actual: &str) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots").join(name);
@@ -29,7 +28,7 @@ fn snapshot(name: &str, actual: &str) {
 }
 
 fn help(args: &[&str]) -> String {
-    let out = Command::new(common::bin()).args(args).arg("--help").output().expect("whaleid runs");
+    let out = common::whaleid().args(args).arg("--help").output().expect("whaleid runs");
     assert!(out.status.success(), "whaleid {args:?} --help: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
@@ -83,7 +82,7 @@ fn key_paths(value: &serde_json::Value, prefix: &str, out: &mut BTreeSet<String>
 }
 
 fn keys_of(name: &str, args: &[&str], home: &Path) -> String {
-    let out = Command::new(common::bin()).args(args).env("WHALEID_HOME", home).output().expect("whaleid runs");
+    let out = common::whaleid().args(args).env("WHALEID_HOME", home).output().expect("whaleid runs");
     assert!(out.status.success(), "whaleid {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     let value: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("whaleid {args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)));

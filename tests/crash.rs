@@ -4,7 +4,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use whaleid::catalogue::Catalogue;
 
@@ -23,7 +23,7 @@ fn sigkill_in_the_middle_of_a_2000_photo_import_loses_nothing_committed() {
     common::write(&data.join("labels.csv"), csv);
     let cat_path = dir.path().join("survey.whaleid");
 
-    let mut child = Command::new(common::bin())
+    let mut child = common::whaleid()
         .args(["import", "--catalog", cat_path.to_str().unwrap(), data.to_str().unwrap(), "--batch", "40", "--json"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -50,7 +50,7 @@ fn sigkill_in_the_middle_of_a_2000_photo_import_loses_nothing_committed() {
     assert!(present < PHOTOS as u64);
     drop(cat);
 
-    let out = Command::new(common::bin())
+    let out = common::whaleid()
         .args(["import", "--catalog", cat_path.to_str().unwrap(), data.to_str().unwrap(), "--json"])
         .output()
         .unwrap();

@@ -236,7 +236,7 @@ fn cli_embeds_searches_submits_and_exports_embeddings() {
 fn missing_weights_are_named_with_how_to_get_them() {
     let dir = tempfile::tempdir().unwrap();
     drop(synthetic_catalogue(dir.path(), 1, 1, 6));
-    let out = std::process::Command::new(common::bin())
+    let out = common::whaleid()
         .args(["embed", "--catalog"])
         .arg(dir.path().join("c.whaleid"))
         .args(["--model"])

@@ -1,7 +1,9 @@
-//! Helpers shared by the integration tests: small photos and datasets made on the fly.
+//! Helpers shared by the integration tests: small photos and datasets made on the fly, and
+//! the whaleid binary in a temporary home.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use image::{ImageEncoder, Rgb, RgbImage};
 
@@ -67,13 +69,31 @@ pub fn shared() -> Option<PathBuf> {
     }
 }
 
-pub fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_whaleid"))
+// ---------------------------------------------------------------------------------------
+// The whaleid binary, in the test's own home.
+
+thread_local! {
+    /// Each test runs on a thread of its own: this is that test's data folder, removed when
+    /// the test ends, so no test reads or writes the user's.
+    static HOME: tempfile::TempDir =
+        tempfile::Builder::new().prefix("whaleid-home").tempdir().expect("a temporary data folder");
 }
 
-/// Runs the whaleid binary, expects success, and parses its `--json` output.
+/// The calling test's own data folder (what `WHALEID_HOME` names for the commands it runs).
+pub fn home() -> PathBuf {
+    HOME.with(|home| home.path().to_path_buf())
+}
+
+/// The whaleid binary with `WHALEID_HOME` set to the test's own [`home`].
+pub fn whaleid() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_whaleid"));
+    command.env("WHALEID_HOME", home());
+    command
+}
+
+/// Runs the whaleid binary (in the test's own home), expects success, and parses its `--json` output.
 pub fn whaleid_json(args: &[&str]) -> serde_json::Value {
-    let out = std::process::Command::new(bin()).args(args).output().expect("whaleid runs");
+    let out = whaleid().args(args).output().expect("whaleid runs");
     assert!(out.status.success(), "whaleid {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
