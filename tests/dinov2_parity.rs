@@ -1,19 +1,11 @@
 //! The candle DINOv2 backbone reproduces onnxruntime's output of the reference graph, and
 //! can be trained: every parameter receives a gradient.
 
-use std::path::{Path, PathBuf};
+mod common;
 
 use candle_core::{D, DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use whaleid::models::{Dinov2, Dinov2Config, Kernels};
-
-fn weights_path() -> PathBuf {
-    whaleid::models::dinov2_safetensors_path(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models"))
-}
-
-fn fixture_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/dinov2_vits14_224_reference.safetensors")
-}
 
 /// Cosine similarity of each token: [B, T, D] x [B, T, D] -> [B, T].
 fn token_cosines(a: &Tensor, b: &Tensor) -> Vec<Vec<f32>> {
@@ -41,13 +33,8 @@ fn min_cosine(model: &Dinov2, input: &Tensor, reference: &Tensor) -> (f32, (usiz
 
 #[test]
 fn backbone_reproduces_the_onnxruntime_reference_tokens() {
-    let (weights, fixture) = (weights_path(), fixture_path());
-    for path in [&weights, &fixture] {
-        if !path.exists() {
-            eprintln!("skipped: {} is absent", path.display());
-            return;
-        }
-    }
+    let Some(weights) = common::real_weights() else { return };
+    let Some(fixture) = common::shared_file("fixtures/dinov2_vits14_224_reference.safetensors") else { return };
     let device = Device::Cpu;
     let reference = candle_core::safetensors::load(&fixture, &device).unwrap();
     let input = &reference["input"];

@@ -1,6 +1,7 @@
 //! Identification end to end: embedding a catalogue (cached, stale boxes recomputed, bad
 //! photos reported), searching it, evaluating, submitting and exporting embeddings.
-//! Plumbing runs on a tiny random-weight model; a few tests use the real weights when present.
+//! Plumbing runs on a tiny random-weight model; a few tests use the real weights (and skip
+//! without them, except under CI).
 
 mod common;
 
@@ -17,16 +18,6 @@ use whaleid::models::{Dinov2Config, Embedder};
 
 fn tiny() -> Embedder {
     Embedder::random(&Dinov2Config::tiny(), 56).unwrap()
-}
-
-fn real_weights() -> Option<PathBuf> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/dinov2_vits14.safetensors");
-    if path.exists() {
-        Some(path)
-    } else {
-        eprintln!("skipped: {} is absent (whaleid models fetch)", path.display());
-        None
-    }
 }
 
 /// A catalogue of `individuals` x `per` synthetic flukes with labels and boxes.
@@ -132,7 +123,7 @@ fn evaluation_reports_closed_and_open_set_metrics_beside_the_pixel_baseline() {
 
 #[test]
 fn cli_embeds_searches_submits_and_exports_embeddings() {
-    let Some(weights) = real_weights() else { return };
+    let Some(weights) = common::real_weights() else { return };
     let weights = weights.to_str().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cat_path = dir.path().join("c.whaleid");
@@ -251,7 +242,7 @@ fn missing_weights_are_named_with_how_to_get_them() {
 #[test]
 fn curvrank_f272_queries_rank_f272_near_the_top() {
     let Some(shared) = common::shared() else { return };
-    let Some(weights) = real_weights() else { return };
+    let Some(weights) = common::real_weights() else { return };
     let data = shared.join("data/curvrank_examples");
     let dir = tempfile::tempdir().unwrap();
     // Only gallery and distractor photos go into the catalogue.
@@ -287,7 +278,7 @@ fn curvrank_f272_queries_rank_f272_near_the_top() {
 /// individual through the trained head. (112 px inputs: a quarter of the work at 224.)
 #[test]
 fn a_trained_and_activated_head_is_used_by_embed_and_search_and_undo_takes_it_back() {
-    let Some(weights) = real_weights() else { return };
+    let Some(weights) = common::real_weights() else { return };
     let weights = weights.to_str().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cat_path = dir.path().join("c.whaleid");

@@ -1,5 +1,5 @@
 //! The real field datasets in `../shared/data`, imported through the command line as a
-//! biologist would. Skips (with a message) on machines without `../shared`.
+//! biologist would. Skips (with a message) on machines without `../shared`; fails under CI.
 
 mod common;
 

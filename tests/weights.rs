@@ -1,6 +1,8 @@
 //! Getting the DINOv2 weights: the ONNX reader, the mapping to Hugging Face names, and the
 //! checks that keep a wrong or damaged file out of the models folder.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -501,11 +503,7 @@ fn models_dir() -> PathBuf {
 
 #[test]
 fn the_fetched_weights_in_the_models_folder_are_a_complete_vits14() {
-    let path = whaleid::models::dinov2_safetensors_path(&models_dir());
-    if !path.exists() {
-        eprintln!("skipped: {} is absent (run `whaleid models fetch` to fetch it)", path.display());
-        return;
-    }
+    let Some(path) = common::real_weights() else { return };
     let weights = Dinov2Weights::read_safetensors(&path, &Dinov2Config::vits14()).unwrap();
     assert_eq!(weights.parameter_count(), DINOV2_VITS14_PARAMETERS);
     let card: whaleid::models::WeightsCard =

