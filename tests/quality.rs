@@ -73,6 +73,7 @@ fn frozen_dinov2_identifies_synthetic_flukes_better_than_32_pixel_thumbnails() {
 ///   0.535, ahead by 0.056-0.159; with the learning rate at 0 (only BatchNorm's running
 ///   statistics move) 0.382 / 0.452 / 0.395, ahead by 0.006-0.020. So the second run fails
 ///   when the gradient stops reaching the weights, which the LDA start alone would hide.
+///
 /// About 40 s: one backbone pass over 160 crops, shared by both runs, and two short trainings.
 #[test]
 fn a_trained_head_identifies_individuals_it_never_saw_better_than_the_frozen_model() {
