@@ -421,16 +421,26 @@ mod tests {
         let resume = TrainConfig { epochs: 5, resume: Some(out.path().to_path_buf()), ..first.clone() };
         let b = train_model(&Inputs::head(&cache), &split, "test", &resume, out.path(), &sender, &cancel).unwrap();
         assert!((b.before.closed_set.map5 - a.best.closed_set.map5).abs() < 1e-9, "the saved head was loaded");
-        let epochs: Vec<usize> = receiver
-            .try_iter()
-            .filter_map(|e| match e {
-                TrainEvent::Epoch { epoch, .. } => Some(epoch),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(epochs.first(), Some(&(a.best_epoch + 1)));
+        let steps = |events: Vec<TrainEvent>| -> Vec<(usize, usize, f64)> {
+            events
+                .into_iter()
+                .filter_map(|e| match e {
+                    TrainEvent::Step { epoch, step, learning_rate, .. } => Some((epoch, step, learning_rate)),
+                    _ => None,
+                })
+                .collect()
+        };
+        let resumed = steps(receiver.try_iter().collect());
+        assert_eq!(resumed.first().map(|(epoch, _, _)| *epoch), Some(a.best_epoch + 1));
         assert_eq!(b.epochs_run, 5);
-        assert!(b.best.closed_set.map5 >= a.best.closed_set.map5);
+        // The resumed steps take up the learning-rate schedule where an uninterrupted run of
+        // five epochs has it (not warming up again from the start).
+        let whole = tempfile::tempdir().unwrap();
+        let uninterrupted = TrainConfig { epochs: 5, ..first.clone() };
+        train_model(&Inputs::head(&cache), &split, "test", &uninterrupted, whole.path(), &sender, &cancel).unwrap();
+        let same_steps: Vec<(usize, usize, f64)> =
+            steps(receiver.try_iter().collect()).into_iter().filter(|(epoch, _, _)| *epoch > a.best_epoch).collect();
+        assert_eq!(resumed, same_steps);
 
         let other = split_by_individual(&labelled, 0.3, 9);
         let err = train_model(&Inputs::head(&cache), &other, "test", &resume, out.path(), &sender, &cancel)

@@ -484,16 +484,21 @@ fn config_round_trips_through_json_and_missing_fields_take_the_defaults() {
     assert_eq!(arc, LossConfig::default());
 }
 
-/// 3 Gaussian clusters in d = 8, 20 points each, sharing a large common offset so that a random
-/// head first maps them to similar directions (nothing is solved before training).
+/// 3 Gaussian clusters in d = 8, 20 points each: the class shows in dimensions 0-2 (a shared
+/// offset plus 2.5 on the class's own dimension, noise 0.3), while dimensions 3-7 carry
+/// nuisance noise ten times larger. The nearest neighbour is mostly another class's until a
+/// head learns to look at the first three dimensions.
 fn three_clusters() -> (Tensor, Tensor, Vec<u32>) {
     let mut rng = ChaCha8Rng::seed_from_u64(2024);
     let (mut x, mut y) = (Vec::new(), Vec::new());
     for class in 0..3u32 {
         for _ in 0..20 {
             for j in 0..8 {
-                let mean = 3.0 + if j == class as usize { 2.5 } else { 0.0 };
-                x.push((mean + 0.3 * normal(&mut rng)) as f32);
+                let value = match j {
+                    0..3 => 3.0 + if j == class as usize { 2.5 } else { 0.0 } + 0.3 * normal(&mut rng),
+                    _ => 3.0 * normal(&mut rng),
+                };
+                x.push(value as f32);
             }
             y.push(class);
         }
@@ -531,6 +536,7 @@ fn a_linear_head_trained_under_each_loss_separates_three_clusters() {
         let mut loss_opt = candle_nn::AdamW::new_lr(loss_vars.all_vars(), 3e-2).unwrap();
         let current = || loss.forward(&head.forward(&x).unwrap(), &y_tensor).unwrap().to_scalar::<f32>().unwrap();
         let first = current();
+        let before = nearest_neighbour_accuracy(&head.forward(&x).unwrap(), &y);
         for _ in 0..300 {
             let grads = loss.forward(&head.forward(&x).unwrap(), &y_tensor).unwrap().backward().unwrap();
             model_opt.step(&grads).unwrap();
@@ -539,7 +545,11 @@ fn a_linear_head_trained_under_each_loss_separates_three_clusters() {
         let last = current();
         assert!(first > 0.0 && last < 0.5 * first, "{name}: loss {first} -> {last}");
         let emb = head.forward(&x).unwrap();
-        assert_eq!(nearest_neighbour_accuracy(&emb, &y), 1.0, "{name}: 1-NN accuracy");
+        // Measured over head seeds 1-6 and every loss: 0.62-0.75 untrained, 0.97-1.0 trained
+        // (seed 1: 0.617 and 1.0).
+        let after = nearest_neighbour_accuracy(&emb, &y);
+        assert!(before <= 0.8, "{name}: the untrained head already separates the clusters ({before:.3})");
+        assert!(after >= 0.95, "{name}: 1-NN accuracy {before:.3} untrained, {after:.3} trained");
         if let Some(logits) = loss.logits(&emb).unwrap() {
             let predicted: Vec<u32> = logits.argmax(1).unwrap().to_vec1().unwrap();
             assert_eq!(predicted, y, "{name}: nearest-proxy predictions");
