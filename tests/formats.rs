@@ -218,3 +218,43 @@ fn cli_import_part_and_species_name_the_boxes_of_a_yolo_folder_without_classes()
     assert!(err.contains("tail") && err.contains("dorsal_fin"), "{err}");
     assert!(!dir.path().join("x.whaleid").exists());
 }
+
+/// Boxes whose files say nothing take the species and part the photo's label records: the
+/// row's own species, else `--species`, else the one the label format implies; the part
+/// from `--part`, else the species' usual part. Box and individual then agree.
+#[test]
+fn boxes_take_the_species_and_part_their_labels_record_with_the_import_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let import_with = |name: &str, labels: &str, part: Option<Part>, species: Option<&str>| {
+        let data = dir.path().join(name);
+        photos(&data, 2, 100, 80);
+        write(&data.join("labels/p000.txt"), "0 0.5 0.5 0.4 0.4\n");
+        write(&data.join("labels/p001.txt"), "0 0.5 0.5 0.4 0.4\n");
+        write(&data.join("labels.csv"), labels);
+        let mut cat = Catalogue::create(&dir.path().join(format!("{name}.whaleid"))).unwrap();
+        let opts = ImportOptions { part, species: species.map(str::to_string), ..Default::default() };
+        let report = import(&mut cat, &data, &opts, &Silent).unwrap();
+        assert!(report.problems.is_empty(), "{name}: {:?}", report.problems);
+        let mut found = Vec::new();
+        for p in ["p000.jpg", "p001.jpg"] {
+            let a = cat.annotations_of_photo(photo_named(&cat, p).id).unwrap().remove(0);
+            let individual = cat.identification(a.id).unwrap().expect("labelled").individual_id;
+            let individual_species = cat.individual(individual).unwrap().unwrap().species;
+            assert_eq!(a.species, individual_species, "{name} {p}: the box and its individual agree");
+            found.push((a.part, a.species));
+        }
+        found
+    };
+    let dolphin = Some("bottlenose_dolphin".to_string());
+    let generic = "image,individual_id,species\np000.jpg,B1,beluga\np001.jpg,D1,\n";
+    assert_eq!(
+        import_with("generic", generic, None, dolphin.as_deref()),
+        [(Part::Body, Some("beluga".to_string())), (Part::DorsalFin, dolphin.clone())]
+    );
+    // Kaggle's `Image,Id` implies humpbacks, unless the biologist says otherwise.
+    let kaggle = "Image,Id\np000.jpg,w_1\np001.jpg,w_2\n";
+    assert_eq!(import_with("kaggle-dolphins", kaggle, None, dolphin.as_deref()), vec![(Part::DorsalFin, dolphin); 2]);
+    let humpback = Some("humpback_whale".to_string());
+    assert_eq!(import_with("kaggle", kaggle, None, None), vec![(Part::Fluke, humpback.clone()); 2]);
+    assert_eq!(import_with("kaggle-bodies", kaggle, Some(Part::Body), None), vec![(Part::Body, humpback); 2]);
+}
