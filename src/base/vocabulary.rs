@@ -84,6 +84,11 @@ impl Part {
             || s.contains("orca")
             || s.contains("killer")
             || s.contains("pilot")
+            // Happywhale's labels spell these `bottlenose_dolpin`, `kiler_whale` and `globis`
+            // (Globicephala, the pilot whales).
+            || s.contains("dolpin")
+            || s.contains("kiler")
+            || s.contains("globis")
             || s.contains("minke")
             || s.contains("fin_whale")
             || s.contains("porpoise")
@@ -192,6 +197,22 @@ mod tests {
         }
         assert_eq!("Dorsal-Fin".parse::<Part>().unwrap(), Part::DorsalFin);
         assert!("tail".parse::<Part>().unwrap_err().contains("expected one of"));
+    }
+
+    #[test]
+    fn the_part_follows_the_species_as_happywhale_spells_it() {
+        for (species, part) in [
+            ("humpback_whale", Part::Fluke),
+            ("bottlenose_dolphin", Part::DorsalFin),
+            ("bottlenose_dolpin", Part::DorsalFin),
+            ("kiler_whale", Part::DorsalFin),
+            ("globis", Part::DorsalFin),
+            ("short_finned_pilot_whale", Part::DorsalFin),
+            ("right_whale", Part::Head),
+            ("beluga", Part::Body),
+        ] {
+            assert_eq!(Part::usual_for_species(species), part, "{species}");
+        }
     }
 
     #[test]

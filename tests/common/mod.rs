@@ -224,3 +224,30 @@ pub fn boxed_catalogue(
         .unwrap();
     (cat, ids)
 }
+
+/// The whaleid binary running in `home`, with `$WHALEID_HOME` set to it, so that nothing it
+/// writes (caches, the demo catalogue, default output folders) lands outside the test's own
+/// folder.
+pub fn whaleid_in(home: &Path) -> std::process::Command {
+    let mut command = std::process::Command::new(bin());
+    command.env("WHALEID_HOME", home).current_dir(home);
+    command
+}
+
+/// [`whaleid_json`] with `$WHALEID_HOME` set to `home`.
+pub fn whaleid_json_in(home: &Path, args: &[&str]) -> serde_json::Value {
+    let out = whaleid_in(home).args(args).output().expect("whaleid runs");
+    assert!(out.status.success(), "whaleid {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// The real DINOv2 ViT-S/14 weights in the repository's `models/`, when they have been fetched.
+pub fn real_weights() -> Option<PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/dinov2_vits14.safetensors");
+    if path.exists() {
+        Some(path)
+    } else {
+        eprintln!("skipped: {} is absent (whaleid models fetch)", path.display());
+        None
+    }
+}

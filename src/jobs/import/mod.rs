@@ -43,7 +43,10 @@ impl Default for ImportOptions {
     }
 }
 
-/// What the labels say about a photo's animal, used for boxes whose files do not say.
+/// What the labels say about a photo's animal, used for boxes whose files do not say: the
+/// species as its labels' row would record it (the row's, else `--species`, else the one its
+/// format implies) and the part only where the row names one, so that `--part` still comes
+/// before the species' usual part.
 #[derive(Debug, Clone, Default)]
 struct Hint {
     species: Option<String>,
@@ -91,15 +94,19 @@ pub fn import(
     Ok(report)
 }
 
-fn label_hints(index: &PhotoIndex, tables: &[(&PathBuf, labels::LabelTable)]) -> HashMap<PhotoId, Hint> {
+fn label_hints(
+    index: &PhotoIndex,
+    tables: &[(&PathBuf, labels::LabelTable)],
+    opts: &ImportOptions,
+) -> HashMap<PhotoId, Hint> {
     let mut hints = HashMap::new();
     for (csv, table) in tables {
         let base = index.relative_dir(csv);
         for row in &table.rows {
             if let Ok(photo) = index.resolve(&row.image, &base) {
-                let species = row.species.clone().or(table.format.species().map(str::to_string));
-                let part = row.part.or(species.as_deref().map(Part::usual_for_species));
-                hints.insert(photo.id, Hint { species, part });
+                let species =
+                    row.species.clone().or_else(|| opts.species.clone()).or(table.format.species().map(str::to_string));
+                hints.insert(photo.id, Hint { species, part: row.part });
             }
         }
     }
@@ -126,7 +133,7 @@ fn import_found(
             Err(e) => report.problem(csv, None, e),
         }
     }
-    let hints = label_hints(&index, &tables);
+    let hints = label_hints(&index, &tables, opts);
     record_boxes::import_yolo(cat, action, &index, found, &hints, opts, report)?;
     for json in &found.jsons {
         record_boxes::import_coco(cat, action, &index, json, &hints, opts, report)?;

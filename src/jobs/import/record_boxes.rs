@@ -67,7 +67,7 @@ pub(super) fn import_yolo(
             for (txt, rel) in chunk {
                 let photo = &index.photos[index.by_relative[rel]];
                 let hint = hints.get(&photo.id).cloned().unwrap_or_default();
-                let species = opts.species.clone().or(hint.species);
+                let species = hint.species.or_else(|| opts.species.clone());
                 let text = match std::fs::read(txt) {
                     Ok(b) => match String::from_utf8(b) {
                         Ok(t) => t,
@@ -244,7 +244,7 @@ pub(super) fn import_coco(
                 continue;
             };
             let hint = hints.get(&photo.id).cloned().unwrap_or_default();
-            let species = opts.species.clone().or(hint.species);
+            let species = hint.species.or_else(|| opts.species.clone());
             let part = b.category.as_deref().and_then(|c| c.parse::<Part>().ok()).or(hint.part);
             let part = species_part(species.as_deref(), part, opts);
             let side = b.side.as_deref().and_then(|s| s.parse().ok()).unwrap_or(Side::Unknown);
