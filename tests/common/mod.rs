@@ -120,3 +120,5 @@ pub fn boxed_catalogue(
         .unwrap();
     (cat, ids)
 }
+
+pub mod app;
