@@ -18,16 +18,6 @@ use whaleid::jobs::synth::{SynthOptions, generate};
 use whaleid::jobs::train::{TrainConfig, train_catalogue};
 use whaleid::models::{Embedder, EmbedderSpec};
 
-fn real_weights() -> Option<PathBuf> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/dinov2_vits14.safetensors");
-    if path.exists() {
-        Some(path)
-    } else {
-        eprintln!("skipped: {} is absent (whaleid models fetch)", path.display());
-        None
-    }
-}
-
 fn frozen(weights: &Path, size: u32) -> Embedder {
     let mut spec = EmbedderSpec::new(weights.to_path_buf());
     spec.size = size;
@@ -55,7 +45,7 @@ fn catalogue_of(dir: &Path, data: &Path) -> Catalogue {
 /// 0.508/0.393, 0.506/0.428, 0.504/0.422, 0.515/0.321: the model leads by 0.08-0.19.
 #[test]
 fn frozen_dinov2_identifies_synthetic_flukes_better_than_32_pixel_thumbnails() {
-    let Some(weights) = real_weights() else { return };
+    let Some(weights) = common::real_weights() else { return };
     let dir = tempfile::tempdir().unwrap();
     let mut cat = catalogue_of(dir.path(), &synthetic(&dir.path().join("data"), 12, 4, 1, 0));
     let options = EvalOptions { batch: 8, open_set_fraction: 0.0, seed: 1 };
@@ -77,7 +67,7 @@ fn frozen_dinov2_identifies_synthetic_flukes_better_than_32_pixel_thumbnails() {
 /// About 40 s: one backbone pass over 160 crops, shared by both runs, and two short trainings.
 #[test]
 fn a_trained_head_identifies_individuals_it_never_saw_better_than_the_frozen_model() {
-    let Some(weights) = real_weights() else { return };
+    let Some(weights) = common::real_weights() else { return };
     let dir = tempfile::tempdir().unwrap();
     let cat = catalogue_of(dir.path(), &synthetic(&dir.path().join("data"), 40, 4, 1, 0));
     let embedder = frozen(&weights, 112);
@@ -142,7 +132,7 @@ fn fluke_crops(data: &Path, into: &Path) -> Vec<String> {
 /// the boxes), one photo of each known individual and 2 of each of 3 others. About 10 s.
 #[test]
 fn a_stored_threshold_sends_unseen_individuals_to_new_whale_in_submit() {
-    let Some(weights) = real_weights() else { return };
+    let Some(weights) = common::real_weights() else { return };
     let weights = weights.to_str().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let known = synthetic(&dir.path().join("known"), 6, 4, 2, 0);
@@ -223,7 +213,7 @@ fn a_stored_threshold_sends_unseen_individuals_to_new_whale_in_submit() {
 #[test]
 fn right_whale_heads_keep_their_measured_frozen_map5() {
     let Some(shared) = common::shared() else { return };
-    let Some(weights) = real_weights() else { return };
+    let Some(weights) = common::real_weights() else { return };
     let data = shared.join("data/right_whale_heads");
     let labels = std::fs::read_to_string(data.join("train.csv")).unwrap();
     let mut photos_of: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();

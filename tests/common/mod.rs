@@ -241,13 +241,4 @@ pub fn whaleid_json_in(home: &Path, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
-/// The real DINOv2 ViT-S/14 weights in the repository's `models/`, when they have been fetched.
-pub fn real_weights() -> Option<PathBuf> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/dinov2_vits14.safetensors");
-    if path.exists() {
-        Some(path)
-    } else {
-        eprintln!("skipped: {} is absent (whaleid models fetch)", path.display());
-        None
-    }
-}
+pub mod app;
