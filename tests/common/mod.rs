@@ -229,7 +229,7 @@ pub fn boxed_catalogue(
 /// writes (caches, the demo catalogue, default output folders) lands outside the test's own
 /// folder.
 pub fn whaleid_in(home: &Path) -> std::process::Command {
-    let mut command = std::process::Command::new(bin());
+    let mut command = Command::new(env!("CARGO_BIN_EXE_whaleid"));
     command.env("WHALEID_HOME", home).current_dir(home);
     command
 }
