@@ -43,38 +43,90 @@ impl DepthwiseConv {
     pub fn forward(&self, input: &[f32], batch: usize, height: usize, width: usize, relu6: bool) -> Vec<f32> {
         let c = self.channels;
         let (out_h, out_w) = (self.output_side(height), self.output_side(width));
-        let pad = (self.kernel / 2) as isize;
         let mut output = vec![0.0f32; batch * out_h * out_w * c];
+        let level = Level::detect();
         output.par_chunks_mut(out_w * c).enumerate().for_each(|(row, out_row)| {
             let (b, oy) = (row / out_h, row % out_h);
             let image = &input[b * height * width * c..(b + 1) * height * width * c];
-            for ox in 0..out_w {
-                let out = &mut out_row[ox * c..(ox + 1) * c];
-                out.copy_from_slice(&self.bias);
-                for ky in 0..self.kernel {
-                    let y = (oy * self.stride) as isize + ky as isize - pad;
-                    if y < 0 || y >= height as isize {
-                        continue;
-                    }
-                    for kx in 0..self.kernel {
-                        let x = (ox * self.stride) as isize + kx as isize - pad;
-                        if x < 0 || x >= width as isize {
-                            continue;
-                        }
-                        let at = (y as usize * width + x as usize) * c;
-                        let pixel = &image[at..at + c];
-                        let tap = &self.weights[(ky * self.kernel + kx) * c..(ky * self.kernel + kx + 1) * c];
-                        multiply_add(out, pixel, tap);
-                    }
-                }
-                if relu6 {
-                    for v in out.iter_mut() {
-                        *v = v.clamp(0.0, 6.0);
-                    }
-                }
+            match level {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `Level::detect` saw the CPU support these instructions.
+                Level::V4 => unsafe { self.output_row_v4(image, oy, out_row, height, width, relu6) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: as above.
+                Level::V3 => unsafe { self.output_row_v3(image, oy, out_row, height, width, relu6) },
+                Level::Baseline => self.output_row(image, oy, out_row, height, width, relu6),
             }
         });
         output
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    fn output_row_v4(&self, image: &[f32], oy: usize, out_row: &mut [f32], height: usize, width: usize, relu6: bool) {
+        self.output_row(image, oy, out_row, height, width, relu6)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn output_row_v3(&self, image: &[f32], oy: usize, out_row: &mut [f32], height: usize, width: usize, relu6: bool) {
+        self.output_row(image, oy, out_row, height, width, relu6)
+    }
+
+    /// Output row `oy` of one image (`[H, W, C]`): compiled anew, inlined, inside each of the
+    /// functions above for the vector instructions they enable.
+    #[inline(always)]
+    fn output_row(&self, image: &[f32], oy: usize, out_row: &mut [f32], height: usize, width: usize, relu6: bool) {
+        let c = self.channels;
+        let pad = (self.kernel / 2) as isize;
+        for (ox, out) in out_row.chunks_exact_mut(c).enumerate() {
+            out.copy_from_slice(&self.bias);
+            for ky in 0..self.kernel {
+                let y = (oy * self.stride) as isize + ky as isize - pad;
+                if y < 0 || y >= height as isize {
+                    continue;
+                }
+                for kx in 0..self.kernel {
+                    let x = (ox * self.stride) as isize + kx as isize - pad;
+                    if x < 0 || x >= width as isize {
+                        continue;
+                    }
+                    let at = (y as usize * width + x as usize) * c;
+                    let tap = (ky * self.kernel + kx) * c;
+                    multiply_add(out, &image[at..at + c], &self.weights[tap..tap + c]);
+                }
+            }
+            if relu6 {
+                for v in out.iter_mut() {
+                    *v = v.clamp(0.0, 6.0);
+                }
+            }
+        }
+    }
+}
+
+/// The widest vector instructions the CPU offers.
+#[derive(Clone, Copy)]
+enum Level {
+    #[cfg(target_arch = "x86_64")]
+    V4,
+    #[cfg(target_arch = "x86_64")]
+    V3,
+    Baseline,
+}
+
+impl Level {
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") {
+                return Level::V4;
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                return Level::V3;
+            }
+        }
+        Level::Baseline
     }
 }
 

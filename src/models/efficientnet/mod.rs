@@ -4,18 +4,18 @@
 //!
 //! Two paths compute the same function. The differentiable one is plain candle (grouped
 //! convolutions, BatchNorm in eval or train mode) and is what training uses. The inference
-//! path on the CPU folds every BatchNorm into its convolution, runs the 1x1 convolutions as one
-//! matrix product over all pixels of the batch and the depthwise ones with
-//! [`depthwise::DepthwiseConv`], channels last throughout.
+//! path on the CPU (`cpu.rs`) folds every BatchNorm into its convolution and runs channels
+//! last, the depthwise convolutions with [`depthwise::DepthwiseConv`].
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 
-use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Result, Shape, Tensor, Var};
+use candle_core::{DType, Device, Module, Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 
 mod config;
+mod cpu;
 pub mod depthwise;
 mod fetch;
 mod weights;
@@ -171,7 +171,7 @@ pub struct EfficientNet {
     blocks: Vec<Block>,
     head: ConvBn,
     /// The folded channels-last layers of the CPU inference path, prepared on first use.
-    fused: OnceLock<FusedNetwork>,
+    fused: OnceLock<cpu::Network>,
     /// Serialises train-mode passes: they update the running statistics.
     training: Mutex<()>,
 }
@@ -287,7 +287,7 @@ impl EfficientNet {
             let fused = match self.fused.get() {
                 Some(f) => f,
                 None => {
-                    let built = FusedNetwork::new(self)?;
+                    let built = cpu::Network::new(self)?;
                     self.fused.get_or_init(|| built)
                 }
             };
@@ -430,133 +430,34 @@ impl Backbone for EfficientNet {
     }
 }
 
-/// A 1x1 convolution as a matrix product over channels-last pixels: `[in, out]` weights.
-struct Pointwise {
-    weight: Tensor,
-    bias: Tensor,
-}
-
-impl Pointwise {
-    fn new(conv: &ConvBn) -> Result<Self> {
-        let (w, bias) = conv.folded()?;
-        let (out, input) = (w.dim(0)?, w.dim(1)?);
-        Ok(Self { weight: w.reshape((out, input))?.t()?.contiguous()?, bias })
-    }
-
-    /// `x` `[pixels, in]` -> `[pixels, out]`.
-    fn forward(&self, x: &Tensor, relu6: bool) -> Result<Tensor> {
-        let y = x.matmul(&self.weight)?.broadcast_add(&self.bias)?;
-        if relu6 { y.clamp(0f32, 6f32) } else { Ok(y) }
-    }
-}
-
-struct FusedBlock {
-    expand: Option<Pointwise>,
-    depthwise: depthwise::DepthwiseConv,
-    project: Pointwise,
-    residual: bool,
-    stage: usize,
-}
-
-/// The inference network: BatchNorm folded, channels last, on the CPU.
-struct FusedNetwork {
-    stem_weight: Tensor,
-    stem_bias: Tensor,
-    blocks: Vec<FusedBlock>,
-    head: Pointwise,
-}
-
-impl FusedNetwork {
+impl cpu::Network {
     fn new(net: &EfficientNet) -> Result<Self> {
-        let (stem_weight, stem_bias) = net.stem.folded()?;
+        let pointwise = |c: &ConvBn| -> Result<cpu::Pointwise> {
+            let (w, bias) = c.folded()?;
+            let out = w.dim(0)?;
+            let input = w.elem_count() / out;
+            cpu::Pointwise::new(&w.reshape((out, input, 1, 1))?, &bias)
+        };
         let blocks = net
             .blocks
             .iter()
             .map(|b| {
                 let (w, bias) = b.depthwise.folded()?;
-                Ok(FusedBlock {
-                    expand: b.expand.as_ref().map(Pointwise::new).transpose()?,
+                Ok(cpu::Block {
+                    expand: b.expand.as_ref().map(pointwise).transpose()?,
                     depthwise: depthwise::DepthwiseConv::new(
                         &w.flatten_all()?.to_vec1()?,
                         bias.to_vec1()?,
                         b.spec.kernel,
                         b.spec.stride,
                     ),
-                    project: Pointwise::new(&b.project)?,
+                    project: pointwise(&b.project)?,
                     residual: b.spec.residual(),
                     stage: b.spec.stage,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { stem_weight, stem_bias, blocks, head: Pointwise::new(&net.head)? })
-    }
-
-    fn forward_taps(&self, images: &Tensor, taps: &[Tap], stages: usize) -> Result<Vec<Tensor>> {
-        let batch = images.dim(0)?;
-        let stem = images.conv2d(&self.stem_weight, 1, 2, 1, 1)?;
-        let stem = stem.broadcast_add(&self.stem_bias.reshape((1, (), 1, 1))?)?.clamp(0f32, 6f32)?;
-        let (_, c, mut h, mut w) = stem.dims4()?;
-        // Channels last: [B*H*W, C].
-        let mut x = stem.permute((0, 2, 3, 1))?.contiguous()?.reshape((batch * h * w, c))?;
-        let as_map = |x: &Tensor, h: usize, w: usize| -> Result<Tensor> {
-            let c = x.dim(1)?;
-            x.reshape((batch, h, w, c))?.permute((0, 3, 1, 2))?.contiguous()
-        };
-        let deepest = taps.iter().map(Tap::depth).max().unwrap_or(0);
-        let mut outputs = Vec::with_capacity(taps.len());
-        let mut blocks = self.blocks.iter().peekable();
-        for done in 0..=deepest {
-            if done > 0 {
-                while let Some(block) = blocks.next_if(|b| b.stage == done - 1) {
-                    let input = x.clone();
-                    let mut y = match &block.expand {
-                        Some(e) => e.forward(&x, true)?,
-                        None => x.clone(),
-                    };
-                    let mid = y.dim(1)?;
-                    let op = DepthwiseOp { conv: &block.depthwise, batch, height: h, width: w };
-                    y = y.apply_op1_no_bwd(&op)?;
-                    (h, w) = (block.depthwise.output_side(h), block.depthwise.output_side(w));
-                    y = y.reshape((batch * h * w, mid))?;
-                    y = block.project.forward(&y, false)?;
-                    x = if block.residual { (y + input)? } else { y };
-                }
-            }
-            for tap in taps.iter().filter(|t| t.depth() == done) {
-                outputs.push(match tap {
-                    Tap::Output(n) if *n == stages => as_map(&self.head.forward(&x, true)?, h, w)?,
-                    _ => as_map(&x, h, w)?,
-                });
-            }
-        }
-        Ok(outputs)
-    }
-}
-
-/// [`depthwise::DepthwiseConv`] as a candle operation on `[B*H*W, C]` channels-last pixels.
-struct DepthwiseOp<'a> {
-    conv: &'a depthwise::DepthwiseConv,
-    batch: usize,
-    height: usize,
-    width: usize,
-}
-
-impl CustomOp1 for DepthwiseOp<'_> {
-    fn name(&self) -> &'static str {
-        "efficientnet-depthwise"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("the depthwise kernel takes f32");
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("the depthwise kernel takes a contiguous tensor");
-        };
-        let channels = layout.dims()[1];
-        let out = self.conv.forward(&data[start..end], self.batch, self.height, self.width, true);
-        let pixels = out.len() / channels.max(1);
-        Ok((CpuStorage::F32(out), Shape::from((pixels, channels))))
+        Ok(Self { stem: pointwise(&net.stem)?, blocks, head: pointwise(&net.head)? })
     }
 }
 
