@@ -33,6 +33,9 @@ impl Architecture {
     }
 }
 
+/// DINOv2's training resolution: the input side when nothing else says.
+pub const DEFAULT_SIZE: u32 = 224;
+
 /// The pretrained backbones whaleid can fetch, by the names the user types
 /// (`--model efficientnet-lite0`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -90,7 +93,7 @@ impl KnownModel {
     /// The input side it was trained at.
     pub fn default_size(self) -> u32 {
         match self.efficientnet() {
-            None => super::DEFAULT_SIZE,
+            None => DEFAULT_SIZE,
             Some(config) => config.resolution as u32,
         }
     }
@@ -100,7 +103,7 @@ impl KnownModel {
 /// where the file is a known model's (by name), else DINOv2's.
 pub fn default_size_for(weights: &Path) -> u32 {
     let stem = weights.file_stem().and_then(|s| s.to_str()).unwrap_or("");
-    KnownModel::parse(stem).map_or(super::DEFAULT_SIZE, KnownModel::default_size)
+    KnownModel::parse(stem).map_or(DEFAULT_SIZE, KnownModel::default_size)
 }
 
 /// Loads the backbone in the safetensors file at `path`, for inference, choosing the

@@ -23,14 +23,14 @@ pub mod onnx;
 mod preprocess;
 pub mod torch_legacy;
 
-pub use architecture::{Architecture, KnownModel, default_size_for, load_backbone};
+pub use architecture::{Architecture, DEFAULT_SIZE, KnownModel, default_size_for, load_backbone};
 pub use backbone::{Backbone, Features, Global, Tap};
 pub use dinov2::{Dinov2, Dinov2Config, Dinov2Weights, WeightTensor, bicubic_resize_matrix};
 pub use efficientnet::{
     BatchNormMode, EfficientNet, EfficientNetConfig, EfficientNetWeights, efficientnet_card_path,
     efficientnet_safetensors_path, fetch_efficientnet,
 };
-pub use embedder::{DEFAULT_SIZE, DeviceChoice, Embedder, EmbedderSpec, select_device};
+pub use embedder::{DeviceChoice, Embedder, EmbedderSpec, select_device};
 pub use error::{EmbedError, WeightsError};
 pub use fetch::{
     FetchedWeights, WeightsCard, WeightsSource, dinov2_card_path, dinov2_safetensors_path, fetch_dinov2,

@@ -482,7 +482,7 @@ fn pop_to_mark(stack: &mut Vec<Value>) -> Option<Vec<Value>> {
 }
 
 fn pairs(items: Vec<Value>) -> Option<Vec<(Value, Value)>> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return None;
     }
     let mut it = items.into_iter();

@@ -26,8 +26,11 @@ impl BlockSpec {
     }
 }
 
-/// The base network's stages: (repeats, kernel, stride, expand ratio, output width).
-const STAGES: [(usize, usize, usize, usize, usize); 7] = [
+/// A stage: (repeats, kernel, stride, expand ratio, output width).
+pub type StageSpec = (usize, usize, usize, usize, usize);
+
+/// The base network's stages.
+const STAGES: [StageSpec; 7] = [
     (1, 3, 1, 1, 16),
     (2, 3, 2, 6, 24),
     (2, 5, 2, 6, 40),
@@ -51,7 +54,7 @@ pub struct EfficientNetConfig {
     pub batch_norm_eps: f64,
     /// Stage widths and repeats are taken from here instead of the scaled base network
     /// (small random networks for tests).
-    pub stages_override: Option<Vec<(usize, usize, usize, usize, usize)>>,
+    pub stages_override: Option<Vec<StageSpec>>,
 }
 
 impl EfficientNetConfig {
@@ -115,7 +118,7 @@ impl EfficientNetConfig {
     /// Every block in order. Lite keeps the first and last stages at one block and the stem
     /// and head at their base widths.
     pub fn blocks(&self) -> Vec<BlockSpec> {
-        let stages: Vec<(usize, usize, usize, usize, usize)> = match &self.stages_override {
+        let stages: Vec<StageSpec> = match &self.stages_override {
             Some(stages) => stages.clone(),
             None => STAGES
                 .iter()

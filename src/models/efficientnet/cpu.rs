@@ -119,10 +119,7 @@ impl Network {
         for done in 0..=deepest {
             if done > 0 {
                 while let Some(block) = blocks.next_if(|b| b.stage == done - 1) {
-                    let expanded = match &block.expand {
-                        Some(e) => Some(e.forward(&x, None, true)),
-                        None => None,
-                    };
+                    let expanded = block.expand.as_ref().map(|e| e.forward(&x, None, true));
                     let mid = expanded.as_deref().unwrap_or(&x);
                     let y = block.depthwise.forward(mid, batch, h, w, true);
                     drop(expanded);
