@@ -11,7 +11,6 @@ use whaleid::models::efficientnet::is_running_statistic;
 use whaleid::models::torch_legacy::writing::legacy_checkpoint;
 use whaleid::models::{Backbone, BatchNormMode, EfficientNet, EfficientNetConfig, Kernels, Tap};
 
-#[allow(dead_code)]
 mod common;
 
 fn models_dir() -> PathBuf {
