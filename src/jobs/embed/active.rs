@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::catalogue::{Catalogue, CatalogueError};
-use crate::models::{DeviceChoice, EmbedderSpec};
+use crate::models::{DeviceChoice, EmbedderSpec, KnownModel};
 
 /// The setting that holds the active head's path (empty: the untrained head).
 pub const ACTIVE_HEAD_SETTING: &str = "active_head";
@@ -54,6 +54,18 @@ pub fn choose_head(asked: Option<&Path>, cat: Option<&Catalogue>) -> anyhow::Res
     }
 }
 
+/// What `--model` names: a file where one is there, else a fetched model by name
+/// (`efficientnet-lite0`: its weights in the models folder), else the path as given.
+pub fn resolve_model(asked: &Path) -> PathBuf {
+    if asked.exists() {
+        return asked.to_path_buf();
+    }
+    match asked.to_str().and_then(KnownModel::parse) {
+        Some(model) => model.weights_path(&crate::models::default_dir()),
+        None => asked.to_path_buf(),
+    }
+}
+
 /// The embedder spec for work on `cat`: backbone weights (default: the models folder's
 /// DINOv2), and the head asked for or else the catalogue's active one. Missing weights are an
 /// error that says how to fetch them.
@@ -67,11 +79,19 @@ pub fn spec_for(
     let dir = crate::models::default_dir();
     let weights = weights.unwrap_or_else(|| crate::models::dinov2_safetensors_path(&dir));
     if !weights.exists() {
-        anyhow::bail!(
-            "no backbone weights at {}: run `whaleid models fetch`\n{}",
-            weights.display(),
-            crate::models::manual_download_help(&dir)
-        );
+        let stem = weights.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+        match KnownModel::parse(stem).filter(|m| m.efficientnet().is_some()) {
+            Some(model) => anyhow::bail!(
+                "no backbone weights at {}: run `whaleid models fetch --model {}`",
+                weights.display(),
+                model.label()
+            ),
+            None => anyhow::bail!(
+                "no backbone weights at {}: run `whaleid models fetch`\n{}",
+                weights.display(),
+                crate::models::manual_download_help(&dir)
+            ),
+        }
     }
     Ok(EmbedderSpec { weights, neck: choose_head(neck, cat)?, device, size })
 }

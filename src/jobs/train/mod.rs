@@ -65,6 +65,14 @@ pub fn train_catalogue(
     // A resumed run goes on with its own settings (depth, loss, split seed...); only the
     // number of epochs is taken from this call.
     let resumed;
+    if config.mode != Mode::Head && embedder.dinov2().is_none() {
+        anyhow::bail!(
+            "--mode {:?} fine-tunes backbone blocks, which whaleid does for DINOv2 only so far; train this \
+             backbone ({}) with --mode head",
+            config.mode,
+            embedder.key()
+        );
+    }
     let config = match &config.resume {
         Some(dir) => {
             let saved: TrainConfig = serde_json::from_value(checkpoint::read_card(dir)?["config"].clone())

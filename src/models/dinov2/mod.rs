@@ -10,7 +10,7 @@ use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder, init};
 
 mod config;
-mod cpu;
+pub(crate) mod cpu;
 mod position;
 mod weights;
 

@@ -1,0 +1,221 @@
+//! `whaleid bench embed --model efficientnet-lite*`: the EfficientNet-Lite backbone's speed and
+//! memory on the CPU, against onnxruntime running the same network (built from the same
+//! weights) with the same thread count, and DINOv2 ViT-S/14's time per image in the same run.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::{peak_rss_mib, python_with, reset_peak_rss};
+use crate::models::{Dinov2, EfficientNet, EfficientNetConfig, Kernels, efficientnet_safetensors_path};
+
+/// The reference script, carried inside the binary so that the bench runs from anywhere.
+const REFERENCE_SCRIPT: &str = include_str!("../../../benches/efficientnet_reference.py");
+
+#[derive(Serialize)]
+struct CnnBench {
+    model: String,
+    images: usize,
+    batch: usize,
+    size: usize,
+    threads: usize,
+    seconds: f64,
+    ms_per_image: f64,
+    images_per_second: f64,
+    best_batch_ms_per_image: f64,
+    /// Weights plus everything one batch needs (the mark is reset after loading the model).
+    peak_rss_mib: Option<f64>,
+    /// The same work through candle's own grouped convolutions (the differentiable path).
+    stock_candle_ms_per_image: f64,
+    reference: Option<Reference>,
+    /// onnxruntime ms/image ÷ whaleid ms/image: >= 1.0 means whaleid is at least as fast.
+    ratio_vs_onnxruntime: Option<f64>,
+    best_batch_ratio_vs_onnxruntime: Option<f64>,
+    no_reference: Option<String>,
+    /// DINOv2 ViT-S/14 at 224 px, same batches, whaleid's fused kernels.
+    dinov2_ms_per_image: Option<f64>,
+    /// DINOv2 ms/image ÷ this model's ms/image.
+    speedup_vs_dinov2: Option<f64>,
+}
+
+/// What `benches/efficientnet_reference.py` prints.
+#[derive(Serialize, Deserialize)]
+struct Reference {
+    onnxruntime: String,
+    threads: usize,
+    images: usize,
+    seconds: f64,
+    ms_per_image: f64,
+    images_per_second: f64,
+    best_batch_ms_per_image: f64,
+    peak_rss_mib: f64,
+}
+
+/// Runs `forward` over `images` inputs in batches: (seconds, best batch ms per image).
+fn time_batches(
+    images: usize,
+    batch: usize,
+    input: &Tensor,
+    forward: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<(f64, f64)> {
+    drop(forward(input)?);
+    let start = Instant::now();
+    let (mut done, mut best) = (0, f64::INFINITY);
+    while done < images {
+        let n = batch.min(images - done);
+        let batch_start = Instant::now();
+        drop(forward(&input.narrow(0, 0, n)?)?);
+        best = best.min(batch_start.elapsed().as_secs_f64() * 1e3 / n as f64);
+        done += n;
+    }
+    Ok((start.elapsed().as_secs_f64(), best))
+}
+
+pub(super) fn bench_embed_cnn(
+    config: &EfficientNetConfig,
+    images: usize,
+    batch: usize,
+    size: usize,
+    models_dir: &Path,
+    json: bool,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(images > 0 && batch > 0 && size > 0, "--images, --batch and --size must be positive");
+    let weights = efficientnet_safetensors_path(models_dir, config);
+    let label = config.name.replace('_', "-");
+    anyhow::ensure!(
+        weights.is_file(),
+        "{} is absent: run `whaleid models fetch --model {label}` first",
+        weights.display()
+    );
+    let threads = rayon::current_num_threads();
+    let device = Device::Cpu;
+    let mut model = EfficientNet::load(&weights, &device)?;
+    let input = Tensor::randn(0f32, 1.0, (batch, 3, size, size), &device)?;
+
+    reset_peak_rss();
+    let (seconds, best) = time_batches(images, batch, &input, |x| model.forward(x))?;
+    let peak = peak_rss_mib();
+    model.set_kernels(Kernels::Differentiable);
+    let stock_images = images.min(2 * batch);
+    let (stock_seconds, _) = time_batches(stock_images, batch, &input, |x| model.forward(x))?;
+    drop(model);
+
+    let dinov2_ms = match Dinov2::load(&crate::models::dinov2_safetensors_path(models_dir), &device) {
+        Ok(dinov2) => {
+            let input = Tensor::randn(0f32, 1.0, (batch, 3, 224, 224), &device)?;
+            let n = images.min(2 * batch);
+            let (s, _) = time_batches(n, batch, &input, |x| dinov2.forward(x))?;
+            Some(s * 1e3 / n as f64)
+        }
+        Err(_) => None,
+    };
+    let (reference, no_reference) = match onnxruntime_reference(&weights, images, batch, size, threads) {
+        Ok(r) => (Some(r), None),
+        Err(why) => (None, Some(why)),
+    };
+    let ms_per_image = seconds * 1e3 / images as f64;
+    let out = CnnBench {
+        model: label,
+        images,
+        batch,
+        size,
+        threads,
+        seconds,
+        ms_per_image,
+        images_per_second: images as f64 / seconds,
+        best_batch_ms_per_image: best,
+        peak_rss_mib: peak,
+        stock_candle_ms_per_image: stock_seconds * 1e3 / stock_images as f64,
+        ratio_vs_onnxruntime: reference.as_ref().map(|r| r.ms_per_image / ms_per_image),
+        best_batch_ratio_vs_onnxruntime: reference.as_ref().map(|r| r.best_batch_ms_per_image / best),
+        reference,
+        no_reference,
+        dinov2_ms_per_image: dinov2_ms,
+        speedup_vs_dinov2: dinov2_ms.map(|d| d / ms_per_image),
+    };
+    crate::base::console::emit(json, &out, |o| {
+        let mut text = format!(
+            "{} on {} random images of {}x{} px, batch {}, {} threads, CPU\n  \
+             whaleid (candle, fused kernels) {:7.2} images/s  {:7.1} ms/image (best batch {:.1})  peak RSS {}\n  \
+             stock candle (grouped convolutions) {:.1} ms/image: the fused path is {:.1}x faster",
+            o.model,
+            o.images,
+            o.size,
+            o.size,
+            o.batch,
+            o.threads,
+            o.images_per_second,
+            o.ms_per_image,
+            o.best_batch_ms_per_image,
+            super::mib(o.peak_rss_mib),
+            o.stock_candle_ms_per_image,
+            o.stock_candle_ms_per_image / o.ms_per_image,
+        );
+        match (&o.reference, o.ratio_vs_onnxruntime, o.best_batch_ratio_vs_onnxruntime) {
+            (Some(r), Some(ratio), Some(best)) => text.push_str(&format!(
+                "\n  onnxruntime {:<16} {:7.2} images/s  {:7.1} ms/image (best batch {:.1})  peak RSS {:.0} MiB\n  \
+                 ratio onnxruntime/whaleid time per image: {ratio:.2}x, best batches {best:.2}x ({})",
+                r.onnxruntime,
+                r.images_per_second,
+                r.ms_per_image,
+                r.best_batch_ms_per_image,
+                r.peak_rss_mib,
+                if ratio >= 1.0 { "whaleid is at least as fast" } else { "onnxruntime is faster" }
+            )),
+            _ => text.push_str(&format!(
+                "\n  no ratio against onnxruntime: {}",
+                o.no_reference.as_deref().unwrap_or("no reference measurement")
+            )),
+        }
+        if let (Some(d), Some(s)) = (o.dinov2_ms_per_image, o.speedup_vs_dinov2) {
+            text.push_str(&format!(
+                "\n  DINOv2 ViT-S/14 at 224 px (whaleid): {d:.1} ms/image; this model is {s:.1}x faster"
+            ));
+        }
+        text
+    })
+}
+
+/// Runs `benches/efficientnet_reference.py` on the same weights, work and thread count.
+fn onnxruntime_reference(
+    weights: &Path,
+    images: usize,
+    batch: usize,
+    size: usize,
+    threads: usize,
+) -> Result<Reference, String> {
+    let python = python_with(&["onnxruntime", "numpy", "onnx"])?;
+    let scratch = tempfile::Builder::new()
+        .prefix("whaleid-bench-embed")
+        .tempdir()
+        .map_err(|e| format!("no temporary folder for the reference script ({e})"))?;
+    let script = scratch.path().join("efficientnet_reference.py");
+    std::fs::write(&script, REFERENCE_SCRIPT).map_err(|e| format!("cannot write {} ({e})", script.display()))?;
+    eprintln!("measuring onnxruntime on the same network ({})", weights.display());
+    let output = Command::new(&python)
+        .arg(&script)
+        .arg("--weights")
+        .arg(weights)
+        .args(["--images", &images.to_string(), "--batch", &batch.to_string()])
+        .args(["--size", &size.to_string(), "--threads", &threads.to_string()])
+        .output()
+        .map_err(|e| format!("cannot run {} ({e})", python.display()))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().rev().find(|l| l.trim_start().starts_with('{')).unwrap_or("");
+    let value: serde_json::Value = serde_json::from_str(line).unwrap_or(serde_json::Value::Null);
+    if value["ok"] == serde_json::Value::Bool(true) {
+        return serde_json::from_value(value).map_err(|e| format!("unexpected reference output {line:?} ({e})"));
+    }
+    let reason = match value["error"].as_str() {
+        Some(error) => error.to_string(),
+        None => {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
+            format!("{} ({})", output.status, tail.into_iter().rev().collect::<Vec<_>>().join(" / "))
+        }
+    };
+    Err(format!("the onnxruntime reference failed: {reason}"))
+}
