@@ -3,7 +3,7 @@
 //! files are refused by name, and the network trains.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -13,17 +13,9 @@ use whaleid::models::{Backbone, BatchNormMode, EfficientNet, EfficientNetConfig,
 
 mod common;
 
-fn models_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
-}
-
-fn fixture_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/efficientnet_lite0_224_reference.safetensors")
-}
-
 /// `whaleid ARGS`: (success, stderr).
 fn whaleid(args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(common::bin()).args(args).output().expect("whaleid runs");
+    let out = common::whaleid().args(args).output().expect("whaleid runs");
     (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
@@ -37,13 +29,8 @@ fn checkpoint_of(config: &EfficientNetConfig, fill: f32) -> Vec<u8> {
 
 #[test]
 fn lite0_reproduces_the_reference_features() {
-    let (weights, fixture) = (models_dir().join("efficientnet_lite0.safetensors"), fixture_path());
-    for path in [&weights, &fixture] {
-        if !path.exists() {
-            eprintln!("skipped: {} is absent", path.display());
-            return;
-        }
-    }
+    let Some(weights) = common::models_file("efficientnet_lite0.safetensors") else { return };
+    let Some(fixture) = common::shared_file("fixtures/efficientnet_lite0_224_reference.safetensors") else { return };
     let device = Device::Cpu;
     let reference = candle_core::safetensors::load(&fixture, &device).unwrap();
     let (input, expected) = (&reference["input"], &reference["features"]);

