@@ -10,23 +10,16 @@ use crate::catalogue::Catalogue;
 use crate::jobs::embed::{set_active_head, spec_for};
 use crate::jobs::import::ImportOptions;
 use crate::jobs::train::{TrainConfig, TrainEvent};
-use crate::models::{DEFAULT_SIZE, DeviceChoice, Embedder, WeightsSource, fetch_dinov2, fetch_efficientnet};
+use crate::models::{
+    DEFAULT_SIZE, DeviceChoice, Embedder, FetchedWeights, WeightsSource, fetch_dinov2, fetch_efficientnet,
+};
 
 pub fn fetch(args: FetchArgs) -> Result<()> {
     if let Some(config) = args.model.efficientnet() {
         if !args.json {
             eprintln!("fetching {} weights into {} ...", args.model.label(), args.dir.display());
         }
-        let fetched = fetch_efficientnet(&config, args.from.as_deref(), &args.dir)?;
-        return emit(args.json, &fetched.card, |c| {
-            format!(
-                "wrote {} ({} parameters, source {}, sha256 {})",
-                fetched.safetensors.display(),
-                c.parameter_count,
-                c.source,
-                c.weights_sha256
-            )
-        });
+        return report_fetched(args.json, &fetch_efficientnet(&config, args.from.as_deref(), &args.dir)?);
     }
     let source = match &args.from {
         Some(file) => WeightsSource::from_path(file)?,
@@ -35,8 +28,12 @@ pub fn fetch(args: FetchArgs) -> Result<()> {
     if !args.json {
         eprintln!("fetching DINOv2 ViT-S/14 weights into {} ...", args.dir.display());
     }
-    let fetched = fetch_dinov2(&source, &args.dir)?;
-    emit(args.json, &fetched.card, |c| {
+    report_fetched(args.json, &fetch_dinov2(&source, &args.dir)?)
+}
+
+/// What `models fetch` wrote: the card as JSON, or one line.
+fn report_fetched(json: bool, fetched: &FetchedWeights) -> Result<()> {
+    emit(json, &fetched.card, |c| {
         format!(
             "wrote {} ({} parameters, source {}, sha256 {})",
             fetched.safetensors.display(),
