@@ -128,9 +128,11 @@ impl MapPanel {
             (distance * self.view.scale(canvas.size()) <= HOVER_REACH).then_some(row)
         });
 
-        // Box or lasso with the primary button; Shift adds to the selection.
+        // Box or lasso with the primary button; Shift adds to the selection. It starts where
+        // the button went down: a drag is only recognised once the pointer has moved a few
+        // points from there.
         if response.drag_started_by(egui::PointerButton::Primary)
-            && let Some(pos) = response.interact_pointer_pos()
+            && let Some(pos) = ui.input(|i| i.pointer.press_origin())
         {
             self.drag = Some(vec![self.view.map_from_screen(canvas, pos)]);
         }
