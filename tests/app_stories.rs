@@ -4,17 +4,20 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
-use common::app::{app, demo_copy, identifying_app, run_until, settled, shows, unidentify};
+use common::app::{app, demo_copy, identifying_app, label_of, noticed, run_until, settled, shows, unidentify};
 use eframe::egui;
 use eframe::egui::accesskit::Role;
 use egui_kittest::Harness;
-use egui_kittest::kittest::Queryable;
+use egui_kittest::kittest::{Queryable, by};
 use whaleid::app::embedding::ModelStatus;
+use whaleid::app::map_picture::MapView;
 use whaleid::app::messages::Level;
 use whaleid::app::{AppOptions, Embedding, WhaleApp};
 use whaleid::base::ids::{AnnotationId, IndividualId};
+use whaleid::base::vocabulary::How;
 use whaleid::catalogue::Catalogue;
 
 fn id_of(catalogue: &Path, code: &str) -> IndividualId {
@@ -152,6 +155,245 @@ fn splitting_chosen_sightings_off_makes_a_new_individual_and_undo_puts_them_back
     let cat = Catalogue::open(&catalogue).unwrap();
     assert!(cat.individual_by_code("WID-00001").unwrap().is_none());
     assert_eq!(cat.sightings(syn2).unwrap().len(), 6);
+}
+
+// ---- Map --------------------------------------------------------------------------------
+
+/// The map as the window shows it: the canvas, and each embedded crop's annotation with its
+/// point on screen (the panel's default view, the one a freshly opened map has).
+fn map_on_screen(h: &Harness<'_, WhaleApp>) -> (egui::Rect, Vec<(AnnotationId, egui::Pos2)>) {
+    let canvas = h.get_by_label_contains("Embedding map of").rect();
+    let data = h.state().state().model.gallery.clone().expect("the gallery is read");
+    let view = MapView::default();
+    let points = data
+        .map
+        .points()
+        .iter()
+        .zip(data.load.gallery.entries())
+        .map(|(p, e)| (e.annotation, view.screen_from_map(canvas, *p)))
+        .collect();
+    (canvas, points)
+}
+
+/// Presses the primary button at the first corner, moves through the others a frame at a
+/// time in steps of a few points (as a hand moves a mouse: the drag is told from a click
+/// only after the first step), and lets go at the last.
+fn drag_through(h: &mut Harness<'_, WhaleApp>, corners: &[egui::Pos2]) {
+    const STEP: f32 = 8.0;
+    h.hover_at(corners[0]);
+    h.step();
+    h.drag_at(corners[0]);
+    h.step();
+    for pair in corners.windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        let steps = ((b - a).length() / STEP).ceil().max(1.0) as usize;
+        for i in 1..=steps {
+            h.hover_at(a + (b - a) * (i as f32 / steps as f32));
+            h.step();
+        }
+    }
+    h.drop_at(*corners.last().unwrap());
+    h.step();
+}
+
+/// Checks the side panel's count of the map's selection, assigns the selection with its field
+/// and button to an individual none of `expected` belongs to, and checks in the catalogue that
+/// exactly `expected` joined that individual; undo takes it back.
+fn assign_selection_and_undo(h: &mut Harness<'_, WhaleApp>, catalogue: &Path, expected: &BTreeSet<AnnotationId>) {
+    let cat = Catalogue::open(catalogue).unwrap();
+    let identified = |a: AnnotationId| cat.identification(a).unwrap().map(|i| i.individual_id);
+    let individuals: BTreeSet<IndividualId> = expected.iter().filter_map(|&a| identified(a)).collect();
+    let n = expected.len();
+    run_until(h, "the selection to be counted", |h| settled(h) && shows(h, " crop(s) selected, "));
+    let counted = format!("{n} crop(s) selected, {} individual(s)", individuals.len());
+    assert_eq!(label_of(h, " crop(s) selected, "), counted);
+    // An individual none of the selected crops belongs to.
+    let target = cat.individuals().unwrap().into_iter().find(|i| !individuals.contains(&i.id)).unwrap();
+    let sightings = |cat: &Catalogue| -> BTreeSet<AnnotationId> {
+        cat.sightings(target.id).unwrap().iter().map(|a| a.id).collect()
+    };
+    let before = sightings(&cat);
+    drop(cat);
+
+    let field = h.get_by_role_and_label(Role::TextInput, "Assign to");
+    field.click();
+    field.type_text(&target.code);
+    h.step();
+    h.get_by_role_and_label(Role::Button, "Assign").click();
+    run_until(h, "the assignment", |h| settled(h) && shows(h, &format!("{n} crop(s) selected, 1 individual(s)")));
+    let after = sightings(&Catalogue::open(catalogue).unwrap());
+    assert_eq!(after, before.union(expected).copied().collect(), "exactly the selected crops joined {}", target.code);
+
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Z);
+    run_until(h, "the undo", |h| settled(h) && shows(h, "Undid: assigned "));
+    assert_eq!(sightings(&Catalogue::open(catalogue).unwrap()), before);
+}
+
+#[test]
+fn a_box_dragged_on_the_map_selects_exactly_the_crops_inside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalogue = demo_copy(dir.path());
+    let home = tempfile::tempdir().unwrap();
+    let mut h = identifying_app(home.path(), &catalogue, "map");
+    run_until(&mut h, "the map", |h| settled(h) && shows(h, "Embedding map of 180 crops"));
+    let (canvas, points) = map_on_screen(&h);
+
+    // A box whose pressed corner lies just beside a crop (a box started where the drag is
+    // recognised, a step later, would leave it out), well inside the canvas and below the
+    // hover caption, with no crop within a point of its edges.
+    const SIZE: egui::Vec2 = egui::vec2(220.0, 160.0);
+    let room = egui::Rect::from_min_max(canvas.min + egui::vec2(10.0, 40.0), canvas.max - egui::vec2(10.0, 10.0));
+    let on_edge = |r: egui::Rect, p: egui::Pos2| r.expand(1.0).contains(p) && !r.shrink(1.0).contains(p);
+    let (press, rect) = points
+        .iter()
+        .map(|&(_, p)| {
+            let press = p - egui::vec2(3.0, 3.0);
+            (press, egui::Rect::from_min_size(press, SIZE))
+        })
+        .find(|&(_, r)| {
+            room.contains_rect(r)
+                && !points.iter().any(|&(_, p)| on_edge(r, p))
+                && points.iter().filter(|&&(_, p)| r.contains(p)).count() >= 4
+        })
+        .expect("a box with a few crops somewhere on the map");
+    let expected: BTreeSet<AnnotationId> = points.iter().filter(|&&(_, p)| rect.contains(p)).map(|&(a, _)| a).collect();
+    assert!(expected.len() < points.len());
+
+    drag_through(&mut h, &[press, rect.max]);
+    assign_selection_and_undo(&mut h, &catalogue, &expected);
+}
+
+#[test]
+fn a_lasso_drawn_on_the_map_selects_exactly_the_crops_it_encloses() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalogue = demo_copy(dir.path());
+    let home = tempfile::tempdir().unwrap();
+    let mut h = identifying_app(home.path(), &catalogue, "map");
+    run_until(&mut h, "the map", |h| settled(h) && shows(h, "Embedding map of 180 crops"));
+    h.get_by_label("lasso").click();
+    h.step();
+    let (canvas, points) = map_on_screen(&h);
+
+    // A triangle drawn from a corner just beside a crop, let go at the third corner (the
+    // lasso closes itself); a lasso that began where the drag is recognised, a step along
+    // the first side, would cut that crop off.
+    let corners = |a: egui::Pos2| [a, a + egui::vec2(200.0, 40.0), a + egui::vec2(40.0, 200.0)];
+    // Signed distances to the three sides, positive inside.
+    let inside_by = |t: &[egui::Pos2; 3], p: egui::Pos2| {
+        (0..3)
+            .map(|k| {
+                let (a, b) = (t[k], t[(k + 1) % 3]);
+                let d = b - a;
+                (d.x * (p.y - a.y) - d.y * (p.x - a.x)) / d.length()
+            })
+            .fold(f32::INFINITY, f32::min)
+    };
+    let room = egui::Rect::from_min_max(canvas.min + egui::vec2(10.0, 40.0), canvas.max - egui::vec2(10.0, 10.0));
+    let triangle = points
+        .iter()
+        .map(|&(_, p)| corners(p - egui::vec2(4.0, 4.0)))
+        .find(|t| {
+            t.iter().all(|&c| room.contains(c))
+                && !points.iter().any(|&(_, p)| inside_by(t, p).abs() <= 1.0)
+                && points.iter().filter(|&&(_, p)| inside_by(t, p) > 0.0).count() >= 4
+        })
+        .expect("a triangle with a few crops somewhere on the map");
+    let expected: BTreeSet<AnnotationId> =
+        points.iter().filter(|&&(_, p)| inside_by(&triangle, p) > 0.0).map(|&(a, _)| a).collect();
+    assert!(expected.len() < points.len());
+
+    drag_through(&mut h, &triangle);
+    assign_selection_and_undo(&mut h, &catalogue, &expected);
+}
+
+// ---- Errors -----------------------------------------------------------------------------
+
+/// Stores, under the tiny embedder's key and each crop's current box, embeddings that put
+/// every individual's crops in a tight cluster of their own, but `stray` (still labelled as
+/// its own individual) in the cluster of `among`. The window finds them up to date and
+/// computes none, so the leave-one-out review has exactly one mistake: `stray`.
+fn one_stray_among_clusters(catalogue: &Path, stray: AnnotationId, among: IndividualId) {
+    let embedder = whaleid::app::tiny_random_embedder().unwrap();
+    let dim = embedder.dim();
+    let mut cat = Catalogue::open(catalogue).unwrap();
+    let individuals: Vec<IndividualId> = cat.individuals().unwrap().iter().map(|i| i.id).collect();
+    assert!(dim > individuals.len() + 1, "one direction per individual, and room for the spread");
+    let axis = |i: IndividualId| individuals.iter().position(|&x| x == i).unwrap();
+    let states = cat.embedding_states(embedder.key()).unwrap();
+    let rows: Vec<(AnnotationId, String, Vec<f32>)> = states
+        .iter()
+        .enumerate()
+        .map(|(k, s)| {
+            let a = s.annotation.id;
+            let own = axis(cat.identification(a).unwrap().expect("every demo crop is labelled").individual_id);
+            let mut v = vec![0.0f32; dim];
+            if a == stray {
+                v[axis(among)] = 1.0;
+                v[own] = 0.3;
+            } else {
+                v[own] = 1.0;
+                // A little spread, so no two crops are the same point.
+                v[individuals.len() + k % (dim - individuals.len())] += 0.05;
+            }
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            (a, s.annotation.box_key(), v.iter().map(|x| x / norm).collect())
+        })
+        .collect();
+    assert_eq!(rows.len(), 180);
+    cat.put_embeddings(embedder.key(), &rows).unwrap();
+}
+
+#[test]
+fn a_crop_labelled_as_the_wrong_individual_is_listed_in_errors_fixed_in_identify_and_undo_restores_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalogue = demo_copy(dir.path());
+    let (syn3, syn7) = (id_of(&catalogue, "SYN-0003"), id_of(&catalogue, "SYN-0007"));
+    let stray = {
+        let cat = Catalogue::open(&catalogue).unwrap();
+        let photo = cat.photo_id_by_path("photos/images/whale_0003_02.jpg").unwrap().unwrap();
+        cat.annotations_of_photo(photo).unwrap()[0].id
+    };
+    one_stray_among_clusters(&catalogue, stray, syn7);
+    let home = tempfile::tempdir().unwrap();
+    let mut h = identifying_app(home.path(), &catalogue, "errors");
+    run_until(&mut h, "the review", |h| {
+        settled(h) && shows(h, "Leave-one-out over 180 labelled crop(s)") && shows(h, "Misidentified (")
+    });
+
+    // The one mistake, and nothing else: the query, the wrong top match, the true individual.
+    assert!(shows(&h, "Misidentified (1)"));
+    let queries = h.query_all(by().role(Role::Button).label_contains("query, truly ")).count();
+    assert_eq!(queries, 1, "the clean crops are not listed");
+    assert!(shows(&h, "query, truly SYN-0003 whale_0003_02.jpg"));
+    assert!(shows(&h, "top match SYN-0007 · "));
+    assert!(shows(&h, "true SYN-0003 · "));
+
+    // Clicking the query opens it in Identify, where its nearest individual is the first
+    // candidate; 1 confirms it.
+    h.get_by_label("query, truly SYN-0003 whale_0003_02.jpg").click();
+    run_until(&mut h, "the stray crop in Identify", |h| {
+        settled(h) && shows(h, "whale_0003_02.jpg · fluke") && shows(h, "Candidate 1: SYN-0007")
+    });
+    assert_eq!(h.state().active_panel().0, "identify");
+    assert!(shows(&h, "labelled SYN-0003 (imported)"));
+    h.key_press(egui::Key::Num1);
+    run_until(&mut h, "the fix to be written", |h| settled(h) && !shows(h, "whale_0003_02.jpg · fluke"));
+    let label = |catalogue: &Path| {
+        let ident = Catalogue::open(catalogue).unwrap().identification(stray).unwrap().unwrap();
+        (ident.individual_id, ident.how)
+    };
+    assert_eq!(label(&catalogue), (syn7, How::Confirmed));
+
+    // Errors, reviewed again, has nothing left; undo brings the label and the mistake back.
+    h.get_by_label("Errors").click();
+    run_until(&mut h, "the review of the fixed catalogue", |h| settled(h) && shows(h, "Misidentified (0)"));
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Z);
+    run_until(&mut h, "the undo", |h| settled(h) && shows(h, "Misidentified (1)"));
+    assert!(noticed(&h, "Undid: assigned 1 box"));
+    assert!(shows(&h, "query, truly SYN-0003 whale_0003_02.jpg"));
+    h.check_accessibility();
+    drop(h);
+    assert_eq!(label(&catalogue), (syn3, How::Imported));
 }
 
 // ---- The weights ------------------------------------------------------------------------
