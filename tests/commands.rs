@@ -621,3 +621,61 @@ fn cli_train_resumes_from_the_saved_epoch_and_models_activate_switches_the_model
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("other training data") && err.contains("head.json"), "{err}");
 }
+
+/// `search` on a catalogue nobody embedded computes what is missing first and searches every
+/// crop, the photo's own individual first; `--neck` refuses the training state a run wrote
+/// beside its head, naming it, and takes the head itself.
+#[test]
+fn cli_search_embeds_what_is_missing_and_neck_refuses_a_training_state() {
+    let Some(weights) = common::real_weights() else { return };
+    let w = weights.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("synth");
+    let d = data.to_str().unwrap();
+    let synth = ["synth", "--out", d, "--individuals", "3", "--images-per-individual", "2", "--seed", "5"];
+    let out = common::whaleid_in(dir.path()).args(synth).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cat_path = dir.path().join("c.whaleid");
+    let c = cat_path.to_str().unwrap();
+    common::whaleid_json_in(dir.path(), &["import", "--catalog", c, d, "--json"]);
+    let crops = Catalogue::open(&cat_path).unwrap().embedding_states("any").unwrap().len();
+    assert_eq!(crops, 6);
+    let labels = std::fs::read_to_string(data.join("labels.csv")).unwrap();
+    let (image, individual) = labels.lines().nth(1).and_then(|l| l.split_once(',')).unwrap();
+    let individual = individual.split(',').next().unwrap();
+    let query = data.join("images").join(Path::new(image).file_name().unwrap());
+    let search = |extra: &[&str]| {
+        let mut args = vec!["search", "--catalog", c, "--model", w, "--size", "56", "--json"];
+        args.extend_from_slice(extra);
+        common::whaleid_in(dir.path()).args(&args).arg(&query).output().unwrap()
+    };
+    let out = search(&[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["searched_images"].as_u64(), Some(crops as u64), "{r}");
+    assert_eq!(r["matches"][0]["individual"], individual, "{r}");
+
+    // A short training run leaves a head and a training state side by side.
+    let run = dir.path().join("run");
+    let settings = write(&dir.path().join("train.toml"), "blocks = 2\nrefit = false\ngrid = 2\nembedding_dim = 8\n");
+    let out = common::whaleid_in(dir.path())
+        .args(["train", "--catalog", c, "--model", w, "--size", "56", "--epochs", "1", "--json", "--out"])
+        .arg(&run)
+        .arg("--config")
+        .arg(&settings)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let state = run.join("train_state.safetensors");
+    let out = search(&["--neck", state.to_str().unwrap()]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&state.display().to_string()) && err.contains("a training state, not a trained head"),
+        "{err}"
+    );
+    let out = search(&["--neck", run.join("head.safetensors").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["searched_images"].as_u64(), Some(crops as u64), "{r}");
+}

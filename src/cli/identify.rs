@@ -21,15 +21,23 @@ pub fn embed(args: EmbedArgs) -> Result<()> {
 }
 
 pub fn search(args: SearchArgs) -> Result<()> {
-    let cat = open(&args.catalog)?;
+    let mut cat = open(&args.catalog)?;
     let embedder = args.model.load_for(Some(&cat))?;
     let photo = &args.photo;
     let img = crate::base::photo::decode_file(photo).map_err(|e| anyhow::anyhow!("{}: {e}", photo.display()))?;
     let query = embedder.embed(&[crate::models::prepare(&img, args.bbox, embedder.size())])?;
-    let load = Gallery::from_catalogue(&cat, embedder.key())?;
+    let console = Console::new(args.json);
+    let (load, embedded) = Gallery::embedded(&mut cat, &embedder, &EmbedOptions::default(), &console)?;
+    drop(console);
+    if embedded.cancelled {
+        anyhow::bail!("cancelled while embedding {}", cat.path().display());
+    }
+    for problem in &embedded.problems {
+        eprintln!("warning: {problem}");
+    }
     let left_out = load.describe();
     if !left_out.is_empty() {
-        eprintln!("warning: {left_out} (run `whaleid embed`)");
+        eprintln!("warning: {left_out}");
     }
     let filter = Filter { species: args.species, part: args.part, side: args.side };
     let threshold = crate::jobs::eval::stored_threshold(&cat, embedder.key());
@@ -63,10 +71,10 @@ pub fn eval(args: EvalArgs) -> Result<()> {
 }
 
 pub fn submit(args: SubmitArgs) -> Result<()> {
-    let cat = open(&args.catalog)?;
+    let mut cat = open(&args.catalog)?;
     let embedder = args.model.load_for(Some(&cat))?;
     let console = Console::new(args.json);
-    let report = crate::jobs::submit::submit(&cat, &embedder, &args.queries, &args.out, &console)?;
+    let report = crate::jobs::submit::submit(&mut cat, &embedder, &args.queries, &args.out, &console)?;
     drop(console);
     emit(args.json, &report, |r| r.to_string())
 }

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::base::progress::Progress;
 use crate::catalogue::Catalogue;
+use crate::jobs::embed::EmbedOptions;
 use crate::jobs::search::{Filter, Gallery};
 use crate::models::{Embedder, prepare};
 
@@ -23,7 +24,8 @@ pub struct SubmitReport {
     pub queries: usize,
     pub threshold: Option<f32>,
     pub searched_individuals: usize,
-    /// Query photos that could not be read (listed in the CSV with `new_whale` only).
+    /// Query photos that could not be read (listed in the CSV with `new_whale` only), and
+    /// catalogue crops that could not be embedded.
     pub problems: Vec<String>,
 }
 
@@ -59,8 +61,10 @@ pub fn predictions(ranking: &[(String, f32)], threshold: Option<f32>) -> Vec<Str
     out
 }
 
+/// Computes what is missing of `cat`'s embeddings, then ranks its individuals for each photo
+/// under `queries`.
 pub fn submit(
-    cat: &Catalogue,
+    cat: &mut Catalogue,
     embedder: &Embedder,
     queries: &Path,
     out: &Path,
@@ -77,19 +81,17 @@ pub fn submit(
     if photos.is_empty() {
         anyhow::bail!("{}: no photos found", queries.display());
     }
-    let load = Gallery::from_catalogue(cat, embedder.key())?;
+    let (load, embedded) = Gallery::embedded(cat, embedder, &EmbedOptions::default(), progress)?;
+    if embedded.cancelled {
+        anyhow::bail!("cancelled while embedding {}", cat.path().display());
+    }
     if load.gallery.is_empty() {
-        anyhow::bail!(
-            "{}: no embeddings for {} yet: run `whaleid embed --catalog {}` first",
-            cat.path().display(),
-            embedder.key(),
-            cat.path().display()
-        );
+        anyhow::bail!("{}: no crop could be embedded to search", cat.path().display());
     }
     let threshold = crate::jobs::eval::stored_threshold(cat, embedder.key());
     let mut writer = csv::Writer::from_writer(Vec::new());
     writer.write_record(["Image", "Id"])?;
-    let mut problems = Vec::new();
+    let mut problems = embedded.problems;
     let mut searched_individuals = 0;
     progress.stage("searching", photos.len() as u64);
     for chunk in photos.chunks(BATCH) {

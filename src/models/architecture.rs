@@ -10,6 +10,7 @@ use super::backbone::Backbone;
 use super::dinov2::Dinov2;
 use super::efficientnet::{EfficientNet, EfficientNetConfig};
 use super::error::EmbedError;
+use super::file_kind::FileKind;
 
 /// The architectures whaleid can run, told apart by the tensor names of their weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +111,7 @@ pub fn default_size_for(weights: &Path) -> u32 {
 /// architecture from its tensor names.
 pub fn load_backbone(path: &Path, device: &Device) -> Result<Arc<dyn Backbone>, EmbedError> {
     let bytes = std::fs::read(path).map_err(|source| EmbedError::Io { path: path.to_path_buf(), source })?;
+    FileKind::check_bytes(&bytes, path, FileKind::Backbone)?;
     let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| EmbedError::Weights {
         path: path.to_path_buf(),
         source: candle_core::Error::msg(format!("not a readable safetensors file: {e}")),

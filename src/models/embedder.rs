@@ -11,6 +11,7 @@ use super::architecture::load_backbone;
 use super::backbone::{Backbone, Features, Tap};
 use super::dinov2::{Dinov2, Dinov2Config};
 use super::error::EmbedError;
+use super::file_kind::FileKind;
 use super::head::{Head, TUNED_PREFIX, pool_features};
 use super::layers::Kernels;
 
@@ -101,6 +102,7 @@ impl Embedder {
     /// backbone's, then `neck-` and a hash of the file, so another run means recomputing.
     pub fn with_head_file(&self, path: &Path) -> Result<Self, EmbedError> {
         let bytes = std::fs::read(path).map_err(|source| EmbedError::Io { path: path.to_path_buf(), source })?;
+        FileKind::check_bytes(&bytes, path, FileKind::Head)?;
         let head =
             Head::load_for(path, self.backbone.as_ref(), &self.device).map_err(|source| weights_error(path, source))?;
         let tuned: HashMap<String, Tensor> = candle_core::safetensors::load_buffer(&bytes, &self.device)
@@ -279,7 +281,7 @@ mod tests {
 
         std::fs::write(&path, b"not safetensors").map_err(candle_core::Error::wrap)?;
         let err = Embedder::load(&EmbedderSpec::new(path)).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(err.contains("not usable weights"), "{err}");
+        assert!(err.contains("not a safetensors file"), "{err}");
         Ok(())
     }
 }

@@ -64,6 +64,8 @@ pub enum EmbedError {
     UnknownArchitecture { path: PathBuf },
     #[error("{0}")]
     Config(String),
+    #[error(transparent)]
+    Kind(#[from] super::file_kind::FileKindError),
     #[error("embedding failed: {0}")]
     Model(#[from] candle_core::Error),
 }

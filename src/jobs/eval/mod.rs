@@ -25,7 +25,7 @@ use crate::base::ids::AnnotationId;
 use crate::base::progress::Progress;
 use crate::base::vocabulary::BoxPx;
 use crate::catalogue::Catalogue;
-use crate::jobs::embed::{EmbedOptions, embed_catalogue};
+use crate::jobs::embed::EmbedOptions;
 use crate::jobs::eval::metrics::{ClosedSet, OpenSet, Ranked, closed_set, open_set, tune_threshold};
 use crate::jobs::import::{ImportOptions, import};
 use crate::jobs::search::{Filter, Gallery};
@@ -108,9 +108,9 @@ pub fn evaluate_catalogue(
     progress: &dyn Progress,
 ) -> anyhow::Result<EvalReport> {
     let started = Instant::now();
-    let embedded = embed_catalogue(cat, embedder, &EmbedOptions { batch: options.batch }, progress)?;
+    let (load, embedded) = Gallery::embedded(cat, embedder, &EmbedOptions { batch: options.batch }, progress)?;
     let mut problems = embedded.problems;
-    let gallery = Gallery::from_catalogue(cat, embedder.key())?.gallery;
+    let gallery = load.gallery;
     let queries: HashSet<AnnotationId> = cat.annotations_tagged("role=query")?.into_iter().collect();
 
     progress.stage("pixel baseline", gallery.len() as u64);

@@ -8,7 +8,10 @@ use rayon::prelude::*;
 use super::kernels::{normalise, quantise};
 use super::{Entry, Gallery};
 use crate::base::ids::IndividualId;
+use crate::base::progress::Progress;
 use crate::catalogue::{self, Catalogue};
+use crate::jobs::embed::{EmbedOptions, EmbedReport, RefreshError, embed_catalogue};
+use crate::models::Embedder;
 
 /// A gallery read from a catalogue, with what was left out and why, so the caller can say
 /// "12 embeddings are stale" instead of silently searching fewer images.
@@ -60,6 +63,19 @@ struct Bucket {
 }
 
 impl Gallery {
+    /// Computes `cat`'s missing or stale embeddings under `embedder` (progress on `progress`),
+    /// then reads the gallery: what `search`, `submit` and `eval` search, never fewer crops
+    /// than the catalogue holds because nobody ran `embed` first.
+    pub fn embedded(
+        cat: &mut Catalogue,
+        embedder: &Embedder,
+        options: &EmbedOptions,
+        progress: &dyn Progress,
+    ) -> Result<(GalleryLoad, EmbedReport), RefreshError> {
+        let embedded = embed_catalogue(cat, embedder, options, progress)?;
+        Ok((Self::from_catalogue(cat, embedder.key())?, embedded))
+    }
+
     /// Every non-rejected annotation with a fresh embedding from `model`, with its individual's
     /// code (unidentified crops are kept: they can be found, never proposed), part, side and
     /// species, in one scan of the catalogue's embeddings; the blob bytes go straight into

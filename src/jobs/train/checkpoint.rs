@@ -12,12 +12,13 @@ use super::baseline::Baselines;
 use super::config::TrainConfig;
 use super::error::TrainError;
 use super::validation::Validation;
+use crate::models::FileKind;
 
 /// File names inside the output folder.
-pub const CHECKPOINT: &str = "head.safetensors";
+pub const CHECKPOINT: &str = crate::models::HEAD_FILE;
 pub const CARD: &str = "head.json";
 /// Every trained variable (the loss's class weights too), for resuming.
-pub const STATE: &str = "train_state.safetensors";
+pub const STATE: &str = crate::models::TRAIN_STATE_FILE;
 
 /// The JSON card written beside a trained model: how it was trained and how it validated
 /// (not the card of the pretrained weights in `models`).
@@ -47,7 +48,8 @@ pub fn save_checkpoint(vars: &VarMap, config: &TrainConfig, tuned: &[String], pa
     };
     let state_path = path.with_file_name(STATE);
     let partial = state_path.with_extension("partial");
-    candle_core::safetensors::save(&state, &partial)?;
+    safetensors::serialize_to_file(&state, Some(FileKind::TrainState.metadata()), &partial)
+        .map_err(|e| TrainError::Io { path: partial.clone(), source: std::io::Error::other(e) })?;
     std::fs::rename(&partial, &state_path).map_err(|source| TrainError::Io { path: state_path.clone(), source })?;
     let mut tensors: HashMap<String, Tensor> = {
         let data = vars.data().lock().unwrap_or_else(|p| p.into_inner());
@@ -65,7 +67,8 @@ pub fn save_checkpoint(vars: &VarMap, config: &TrainConfig, tuned: &[String], pa
     }
     tensors.insert(crate::models::GRID_TENSOR.into(), Tensor::new(&[config.grid as f32], &Device::Cpu)?);
     let partial = path.with_extension("partial");
-    candle_core::safetensors::save(&tensors, &partial)?;
+    safetensors::serialize_to_file(&tensors, Some(FileKind::Head.metadata()), &partial)
+        .map_err(|e| TrainError::Io { path: partial.clone(), source: std::io::Error::other(e) })?;
     std::fs::rename(&partial, path).map_err(|source| TrainError::Io { path: path.to_path_buf(), source })
 }
 
@@ -98,7 +101,9 @@ pub fn load_state(vars: &VarMap, dir: &Path, fingerprint: &str) -> Result<usize,
     }
     let state_path = dir.join(STATE);
     let bad = |e: String| TrainError::Data(format!("{}: {e}", state_path.display()));
-    let state = candle_core::safetensors::load(&state_path, &Device::Cpu).map_err(|e| bad(e.to_string()))?;
+    let bytes = std::fs::read(&state_path).map_err(|source| TrainError::Io { path: state_path.clone(), source })?;
+    FileKind::check_bytes(&bytes, &state_path, FileKind::TrainState).map_err(|e| TrainError::Data(e.to_string()))?;
+    let state = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| bad(e.to_string()))?;
     let data = vars.data().lock().unwrap_or_else(|p| p.into_inner());
     for (name, var) in data.iter() {
         let saved = state.get(name).ok_or_else(|| bad(format!("no {name} in it (other settings?)")))?;

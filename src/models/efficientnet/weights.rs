@@ -84,7 +84,7 @@ impl EfficientNetWeights {
                     .map(|tensor| (name.clone(), tensor))
             })
             .collect();
-        let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+        let metadata = crate::models::FileKind::Backbone.metadata();
         safetensors::serialize(views, Some(metadata))
     }
 }
