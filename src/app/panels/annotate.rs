@@ -305,17 +305,16 @@ impl AnnotatePanel {
         if slider.changed() {
             cx.send(Intent::ChangeSetting(SettingChange::ProposalThreshold(at_least.value())));
         }
-        let mut photos = cx.state.queue.clone();
-        if let Some(p) = self.photo.filter(|p| !photos.contains(p)) {
-            photos.push(p);
-        }
+        // The photo shown counts too when it has left the queue (reviewed out of a filter).
+        let outside = self.photo.filter(|_| self.queue_position(cx).is_none());
+        let count = cx.state.queue.len() + usize::from(outside.is_some());
         let button = egui::Button::new(format!("Verify all ≥ {at_least}"));
         let hover = format!(
-            "Verify every unreviewed proposal scoring {at_least} or more on the {} photo(s) of the queue \
-             (the library's view), as one edit: one undo (Ctrl+Z) takes them all back",
-            photos.len()
+            "Verify every unreviewed proposal scoring {at_least} or more on the {count} photo(s) of the queue \
+             (the library's view), as one edit: one undo (Ctrl+Z) takes them all back"
         );
-        if ui.add_enabled(!photos.is_empty(), button).on_hover_text(hover).clicked() {
+        if ui.add_enabled(count > 0, button).on_hover_text(hover).clicked() {
+            let photos = cx.state.queue.iter().copied().chain(outside).collect();
             cx.send(Intent::Edit(CatalogueEdit::VerifyProposals { photos, at_least }));
         }
     }
