@@ -340,6 +340,7 @@ impl Chrome {
         self.settings_window(&ctx, cx);
         self.path_prompt_window(&ctx, cx);
         self.details_window(&ctx);
+        self.save_finished_changes(&ctx, cx);
     }
 
     /// Settings apply at once (the threshold moves the candidates while it is dragged) and are
@@ -421,7 +422,15 @@ impl Chrome {
                 cx.out.push(Intent::LoadEmbedder);
             }
         }
-        // A drag or a click is finished when the pointer is released.
+    }
+
+    /// A setting was changed (here or by a panel); it is written once the change is finished.
+    pub fn settings_changed(&mut self) {
+        self.settings_unsaved = true;
+    }
+
+    /// Writes the settings once a change is finished: a drag or a click is when the pointer is released.
+    fn save_finished_changes(&mut self, ctx: &egui::Context, cx: &mut ChromeContext<'_>) {
         if self.settings_unsaved && !ctx.input(|i| i.pointer.any_down()) {
             self.settings_unsaved = false;
             cx.out.push(Intent::SaveSettings);

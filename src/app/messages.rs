@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::base::ids::{AnnotationId, IndividualId, PhotoId};
-use crate::base::vocabulary::{BoxPx, Part, Side, Status};
+use crate::base::vocabulary::{BoxPx, Hundredths, Part, Side, Status};
 use crate::catalogue::Action;
 use crate::catalogue::stats::Stats;
 use crate::jobs::eval::QueryOutcome;
@@ -19,6 +19,7 @@ use crate::jobs::train::{TrainConfig, TrainEvent};
 use super::embedding::{GalleryData, LoadedModel};
 use super::map_picture::{MapDrawing, MapPicture};
 use super::records::{CropInfo, IndividualRow, PhotoDetail, PhotoRow, SightingHistory};
+use super::settings::SettingChange;
 
 /// A panel's name, as the `WHALEID_PANEL` variable and the View menu use it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -77,6 +78,8 @@ pub enum Intent {
     PromptPath(Pick),
     CancelJob(JobId),
     Notify(Notice),
+    /// Change a setting from a panel; it is written once the change is finished.
+    ChangeSetting(SettingChange),
     /// Write the settings (a change is finished: a drag released, a field committed).
     SaveSettings,
     /// (Re)load the embedder (the catalogue's active model) and bring the embeddings up to date.
@@ -223,6 +226,11 @@ pub enum CatalogueEdit {
     SetStatusOfPhotos {
         photos: Vec<PhotoId>,
         status: Status,
+    },
+    /// Verifies every unreviewed detector proposal of the photos that scores at least `at_least`.
+    VerifyProposals {
+        photos: Vec<PhotoId>,
+        at_least: Hundredths,
     },
     MoveBox {
         annotation: AnnotationId,
@@ -423,7 +431,9 @@ mod tests {
             part: Part::DorsalFin,
             side: Side::Unknown,
             species: Some("bottlenose_dolphin".into()),
+            source: crate::base::vocabulary::Source::Imported,
             status: Status::Verified,
+            score: None,
             individual: None,
             code: None,
             how: None,

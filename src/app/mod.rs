@@ -320,6 +320,10 @@ impl WhaleApp {
                 }
             }
             Intent::Notify(notice) => self.state.notices.push(notice),
+            Intent::ChangeSetting(change) => {
+                self.state.settings.change(change);
+                self.chrome.settings_changed();
+            }
             Intent::SaveSettings => self.save_settings(),
             Intent::LoadEmbedder => self.load_embedder(),
             Intent::EmbedCatalogue => self.embed_catalogue(),

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::base::vocabulary::Hundredths;
+
 /// How many recent catalogues the File menu remembers.
 pub const RECENT_LIMIT: usize = 10;
 
@@ -19,6 +21,10 @@ pub struct Settings {
     pub thumbnail_cache_mb: u64,
     /// After a box is verified or rejected, move on to the next box to review.
     pub advance_after_review: bool,
+    /// Detector proposals (unreviewed) scoring under this are hidden (Annotate's slider).
+    pub proposal_threshold: f64,
+    /// Identify offers crops that are unreviewed detector proposals too (those shown at the threshold).
+    pub identify_proposals: bool,
     /// Where embeddings run: "auto" (CUDA when built with it), "cpu" or "cuda". Training runs
     /// on the CPU (on cached tokens).
     pub device: String,
@@ -34,10 +40,21 @@ impl Default for Settings {
             new_individual_threshold: 0.5,
             thumbnail_cache_mb: 512,
             advance_after_review: true,
+            proposal_threshold: 0.0,
+            identify_proposals: false,
             device: "auto".into(),
             model: String::new(),
         }
     }
+}
+
+/// A setting a panel changes (the others are changed in the Settings window).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SettingChange {
+    /// Annotate's slider: unreviewed proposals scoring under it are hidden.
+    ProposalThreshold(f64),
+    /// Identify's filter: offer unreviewed proposals too.
+    IdentifyProposals(bool),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +106,18 @@ impl Settings {
         self.recent.retain(|p| p != &path);
         self.recent.insert(0, path);
         self.recent.truncate(RECENT_LIMIT);
+    }
+
+    pub fn change(&mut self, change: SettingChange) {
+        match change {
+            SettingChange::ProposalThreshold(t) => self.proposal_threshold = t.clamp(0.0, 1.0),
+            SettingChange::IdentifyProposals(on) => self.identify_proposals = on,
+        }
+    }
+
+    /// The proposal threshold, in the hundredths it is shown and compared in.
+    pub fn proposal_threshold(&self) -> Hundredths {
+        Hundredths::nearest(self.proposal_threshold)
     }
 
     /// The catalogue to open at start: the most recent one that still exists.

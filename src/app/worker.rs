@@ -12,7 +12,7 @@ use eframe::egui;
 use super::messages::{CatalogueEdit, EditFailure, Event, Intent, Notice};
 use super::records;
 use crate::base::ids::{AnnotationId, IndividualId, PhotoId};
-use crate::base::vocabulary::{How, Part, Side, Source, Status};
+use crate::base::vocabulary::{How, Part, Side, Source, Status, is_proposal};
 use crate::catalogue::{Catalogue, CatalogueError, NewAnnotation};
 
 /// Requests to the worker, in the order the user made them.
@@ -111,9 +111,13 @@ impl Worker {
             match request {
                 Request::Edit(edit) => {
                     let label = label(&edit);
-                    let result = apply(cat, &edit);
+                    let mut report = None;
+                    let result = apply(cat, &edit, &mut report);
                     match result {
                         Ok(touched) => {
+                            if let Some(text) = report {
+                                self.send(Event::Intent(Intent::Notify(Notice::info(text))));
+                            }
                             self.send(Event::Edited { label, result: Ok(()) });
                             self.refresh(cat, touched);
                         }
@@ -217,6 +221,9 @@ pub fn label(edit: &CatalogueEdit) -> String {
         CatalogueEdit::SetStatusOfPhotos { photos: p, status } => {
             format!("{} the boxes of {}", verb(*status), photos(p.len()))
         }
+        CatalogueEdit::VerifyProposals { photos: p, at_least } => {
+            format!("verified the proposals scoring {at_least} or more on {}", photos(p.len()))
+        }
         CatalogueEdit::MoveBox { .. } => "moved a box".into(),
         CatalogueEdit::AddBox { part, .. } => format!("drew a {part} box"),
         CatalogueEdit::DeleteBox { .. } => "deleted a box".into(),
@@ -238,7 +245,9 @@ pub fn label(edit: &CatalogueEdit) -> String {
     }
 }
 
-fn apply(cat: &mut Catalogue, edit: &CatalogueEdit) -> anyhow::Result<Touched> {
+/// Writes an edit; what it did, when that is worth a notice (how many boxes a bulk edit
+/// changed), goes into `report`.
+fn apply(cat: &mut Catalogue, edit: &CatalogueEdit, report: &mut Option<String>) -> anyhow::Result<Touched> {
     Ok(match edit {
         CatalogueEdit::SetStatus { annotations, status } => {
             let photos = records::photos_of_annotations(cat, annotations)?;
@@ -252,6 +261,34 @@ fn apply(cat: &mut Catalogue, edit: &CatalogueEdit) -> anyhow::Result<Touched> {
             }
             cat.set_status(&ids, *status)?;
             Touched::Photos(photos.iter().copied().collect())
+        }
+        CatalogueEdit::VerifyProposals { photos, at_least } => {
+            let chosen: Vec<(AnnotationId, PhotoId)> = records::annotations_of_photos(cat, photos)?
+                .iter()
+                .filter(|a| is_proposal(a.source, a.status) && a.score.is_some_and(|s| at_least.reached_by(s)))
+                .map(|a| (a.id, a.photo_id))
+                .collect();
+            if chosen.is_empty() {
+                return Err(Refused(format!(
+                    "no unreviewed proposal scores {at_least} or more on the {} photo(s) of the queue",
+                    photos.len()
+                ))
+                .into());
+            }
+            // One action, so one undo takes every box back to unreviewed.
+            cat.edit(&label(edit), |e| {
+                for &(id, _) in &chosen {
+                    e.set_status(id, Status::Verified)?;
+                }
+                Ok(())
+            })?;
+            let changed: BTreeSet<PhotoId> = chosen.iter().map(|&(_, p)| p).collect();
+            *report = Some(format!(
+                "Verified {} proposal(s) scoring {at_least} or more on {} photo(s)",
+                chosen.len(),
+                changed.len()
+            ));
+            Touched::Photos(changed)
         }
         CatalogueEdit::MoveBox { annotation, bbox } => {
             let photos = records::photos_of_annotations(cat, &[*annotation])?;

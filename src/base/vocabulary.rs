@@ -72,6 +72,49 @@ text_enum!(
     How { Confirmed => "confirmed", Imported => "imported", Predicted => "predicted" }
 );
 
+/// Whether a box is a detector's proposal that nobody has reviewed yet.
+pub fn is_proposal(source: Source, status: Status) -> bool {
+    source == Source::Detector && status == Status::Unreviewed
+}
+
+/// Whether a box is shown when proposals scoring under `threshold` are hidden: anything but a
+/// proposal is; a proposal is when its score reaches the threshold (or it has no score to compare).
+pub fn shown_at(threshold: Hundredths, source: Source, status: Status, score: Option<f64>) -> bool {
+    !is_proposal(source, status) || score.is_none_or(|s| threshold.reached_by(s))
+}
+
+/// A detector's confidence as people read it and filter by it: in whole hundredths, rounded
+/// down, so that a box shown as 0.60 passes a 0.60 threshold and one shown as 0.59 does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Hundredths(pub i64);
+
+impl Hundredths {
+    /// A score, rounded down (the tolerance absorbs `0.83 * 100` landing a hair under 83).
+    pub fn of(score: f64) -> Hundredths {
+        Hundredths((score * 100.0 + 1e-9).floor() as i64)
+    }
+
+    /// A threshold chosen on a slider, to the nearest hundredth.
+    pub fn nearest(value: f64) -> Hundredths {
+        Hundredths((value * 100.0).round() as i64)
+    }
+
+    pub fn value(self) -> f64 {
+        self.0 as f64 / 100.0
+    }
+
+    /// Whether a score reaches this threshold.
+    pub fn reached_by(self, score: f64) -> bool {
+        Hundredths::of(score) >= self
+    }
+}
+
+impl fmt::Display for Hundredths {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:.2}", self.value())
+    }
+}
+
 impl Part {
     /// The part photographed for identification in a species, when a file does not say.
     pub fn usual_for_species(species: &str) -> Part {
@@ -222,6 +265,27 @@ mod tests {
         assert_eq!(BoxPx::new(200.0, 10.0, 20.0, 20.0).fit(100, 100), Fit::Outside);
         assert_eq!(BoxPx::new(f64::NAN, 10.0, 20.0, 20.0).fit(100, 100), Fit::Outside);
         assert_eq!(BoxPx::new(1.0, 1.0, 0.0, 20.0).fit(100, 100), Fit::Outside);
+    }
+
+    #[test]
+    fn a_score_reads_and_compares_in_the_hundredths_it_is_shown_with() {
+        assert_eq!(Hundredths::of(0.83).to_string(), "0.83");
+        assert_eq!(Hundredths::of(0.8399).to_string(), "0.83", "rounded down, not up");
+        assert_eq!(Hundredths::nearest(0.6).to_string(), "0.60");
+        let threshold = Hundredths::nearest(0.6);
+        assert!(threshold.reached_by(0.6), "a score shown as the threshold passes it");
+        assert!(threshold.reached_by(0.60001));
+        assert!(!threshold.reached_by(0.5999), "shown as 0.59, it does not");
+        assert!(Hundredths::nearest(0.0).reached_by(0.0));
+        assert_eq!(Hundredths::of(f64::NAN), Hundredths(0), "a damaged score reads as 0, not a panic");
+        assert!(is_proposal(Source::Detector, Status::Unreviewed));
+        assert!(!is_proposal(Source::Detector, Status::Verified));
+        assert!(!is_proposal(Source::Manual, Status::Unreviewed));
+        let t = Hundredths::nearest(0.5);
+        assert!(!shown_at(t, Source::Detector, Status::Unreviewed, Some(0.4)), "a doubtful proposal is hidden");
+        assert!(shown_at(t, Source::Detector, Status::Unreviewed, Some(0.5)));
+        assert!(shown_at(t, Source::Detector, Status::Verified, Some(0.4)), "a reviewed box always shows");
+        assert!(shown_at(t, Source::Detector, Status::Unreviewed, None), "nothing to compare, nothing hidden");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use super::records::bbox_from_columns;
 use super::{Catalogue, Individual, Result, individual_label};
-use crate::base::vocabulary::{BoxPx, How, Part, Side, Status};
+use crate::base::vocabulary::{BoxPx, How, Hundredths, Part, Side, Source, Status};
 
 /// One photo in the library grid.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +26,8 @@ pub struct PhotoRow {
     pub unreviewed: u32,
     pub verified: u32,
     pub rejected: u32,
+    /// The scores of its detector proposals still unreviewed (those that have a score).
+    pub proposal_scores: Vec<f64>,
     pub parts: Vec<Part>,
     pub species: Vec<String>,
     /// The individuals identified in it, by id.
@@ -42,6 +44,17 @@ impl PhotoRow {
     pub fn date(&self) -> Option<&str> {
         self.taken_at.as_deref().map(|t| t.get(..10).unwrap_or(t))
     }
+
+    /// Unreviewed boxes left to review when proposals scoring under `threshold` are hidden.
+    pub fn unreviewed_shown(&self, threshold: Hundredths) -> u32 {
+        let hidden = self.proposal_scores.iter().filter(|&&s| !threshold.reached_by(s)).count();
+        self.unreviewed.saturating_sub(hidden as u32)
+    }
+
+    /// The lowest score of its proposals that are shown at `threshold`: how doubtful the photo is.
+    pub fn most_doubtful(&self, threshold: Hundredths) -> Option<f64> {
+        self.proposal_scores.iter().copied().filter(|&s| threshold.reached_by(s)).min_by(f64::total_cmp)
+    }
 }
 
 const PHOTO_ROW_SQL: &str = "
@@ -49,6 +62,7 @@ const PHOTO_ROW_SQL: &str = "
            count(a.id), count(a.x),
            coalesce(sum(a.status = 'unreviewed'), 0), coalesce(sum(a.status = 'verified'), 0),
            coalesce(sum(a.status = 'rejected'), 0),
+           group_concat(CASE WHEN a.source = 'detector' AND a.status = 'unreviewed' THEN a.score END),
            group_concat(DISTINCT a.part), group_concat(DISTINCT a.species), group_concat(DISTINCT i.individual_id),
            (SELECT group_concat(t.tag, char(31)) FROM photo_tags t WHERE t.photo_id = p.id)
     FROM photos p
@@ -75,10 +89,11 @@ fn photo_row(cat: &Catalogue, r: &rusqlite::Row) -> rusqlite::Result<PhotoRow> {
         unreviewed: r.get(8)?,
         verified: r.get(9)?,
         rejected: r.get(10)?,
-        parts: list(11, ',')?.iter().filter_map(|p| p.parse().ok()).collect(),
-        species: list(12, ',')?,
-        individuals: list(13, ',')?.iter().filter_map(|i| i.parse().ok().map(IndividualId)).collect(),
-        tags: list(14, '\u{1f}')?,
+        proposal_scores: list(11, ',')?.iter().filter_map(|s| s.parse().ok()).collect(),
+        parts: list(12, ',')?.iter().filter_map(|p| p.parse().ok()).collect(),
+        species: list(13, ',')?,
+        individuals: list(14, ',')?.iter().filter_map(|i| i.parse().ok().map(IndividualId)).collect(),
+        tags: list(15, '\u{1f}')?,
     })
 }
 
@@ -163,7 +178,10 @@ pub struct CropInfo {
     pub part: Part,
     pub side: Side,
     pub species: Option<String>,
+    pub source: Source,
     pub status: Status,
+    /// The detector's confidence, for a box a detector proposed.
+    pub score: Option<f64>,
     pub individual: Option<IndividualId>,
     pub code: Option<String>,
     pub how: Option<How>,
@@ -183,7 +201,7 @@ impl CropInfo {
 /// Every crop that is not rejected, in annotation order, in one query.
 pub fn crop_infos(cat: &Catalogue) -> Result<Vec<CropInfo>> {
     let sql = "SELECT a.id, a.photo_id, p.hash, p.path, p.width, p.height, a.x, a.y, a.w, a.h, a.part, a.side,
-                      a.species, a.status, i.individual_id, v.code, i.how
+                      a.species, a.status, i.individual_id, v.code, i.how, a.source, a.score
                FROM annotations a
                JOIN photos p ON p.id = a.photo_id
                LEFT JOIN identifications i ON i.annotation_id = a.id
@@ -207,7 +225,9 @@ pub fn crop_infos(cat: &Catalogue) -> Result<Vec<CropInfo>> {
                 part: r.get::<_, String>(10)?.parse().unwrap_or(Part::Body),
                 side: r.get::<_, String>(11)?.parse().unwrap_or(Side::Unknown),
                 species: r.get(12)?,
+                source: r.get::<_, String>(17)?.parse().unwrap_or(Source::Manual),
                 status: r.get::<_, String>(13)?.parse().unwrap_or(Status::Unreviewed),
+                score: r.get(18)?,
                 individual: r.get(14)?,
                 code: r.get(15)?,
                 how: how.and_then(|h| h.parse().ok()),

@@ -3,7 +3,8 @@
 //! deleted with Shift+Delete. The review keys walk the library's queue: Enter verifies,
 //! Delete rejects, arrows go to the previous/next photo, U jumps to the next unreviewed box.
 //! Detector proposals are boxes with status `unreviewed` and source `detector`, so they
-//! enter this same review.
+//! enter this same review: drawn dashed with their score, hidden under the toolbar's score
+//! threshold, and verified in bulk only when asked (one edit, one undo).
 
 use eframe::egui;
 
@@ -12,9 +13,10 @@ use super::{Panel, PanelContext};
 use crate::app::images::{ImageRequest, Picture};
 use crate::app::messages::{CatalogueEdit, Event, Intent, Notice, PanelId};
 use crate::app::records::{BoxRecord, PhotoDetail, individual_label};
+use crate::app::settings::SettingChange;
 use crate::app::widgets::{labelled_text, placeholder, submitted};
 use crate::base::ids::{AnnotationId, PhotoId};
-use crate::base::vocabulary::{BoxPx, Fit, Part, Side, Source, Status};
+use crate::base::vocabulary::{BoxPx, Fit, Hundredths, Part, Side, Source, Status, is_proposal, shown_at};
 
 /// Which box to select when the photo's boxes arrive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +57,8 @@ pub struct AnnotatePanel {
     /// Where the photo was in the queue when last seen there: a reviewed photo can leave a
     /// filtered queue, and Next should still go on from where it was.
     queue_hint: usize,
+    /// Unreviewed proposals scoring under this are hidden (the settings' value, read each frame).
+    threshold: Hundredths,
 }
 
 impl Default for AnnotatePanel {
@@ -70,6 +74,7 @@ impl Default for AnnotatePanel {
             assign_to: String::new(),
             missing: None,
             queue_hint: 0,
+            threshold: Hundredths::default(),
         }
     }
 }
@@ -87,7 +92,7 @@ pub fn box_title(index: usize, b: &BoxRecord) -> String {
     let who = b.individual.as_ref().map(individual_label).unwrap_or_else(|| "unidentified".into());
     let source = match b.annotation.source {
         Source::Detector => match b.annotation.score {
-            Some(s) => format!(" · detector {s:.2}"),
+            Some(s) => format!(" · detector {}", Hundredths::of(s)),
             None => " · detector".into(),
         },
         _ => String::new(),
@@ -115,6 +120,19 @@ impl AnnotatePanel {
 
     fn boxes(&self) -> &[BoxRecord] {
         self.detail.as_ref().map(|d| d.boxes.as_slice()).unwrap_or(&[])
+    }
+
+    fn shows(&self, b: &BoxRecord) -> bool {
+        shown_at(self.threshold, b.annotation.source, b.annotation.status, b.annotation.score)
+    }
+
+    /// The boxes drawn and listed: all but the proposals under the threshold.
+    fn shown(&self) -> impl Iterator<Item = &BoxRecord> {
+        self.boxes().iter().filter(|b| self.shows(b))
+    }
+
+    fn first_shown_unreviewed(&self) -> Option<AnnotationId> {
+        self.shown().find(|b| b.annotation.status == Status::Unreviewed).map(|b| b.annotation.id)
     }
 
     fn selected_index(&self) -> Option<usize> {
@@ -159,23 +177,25 @@ impl AnnotatePanel {
     }
 
     fn step_box(&mut self, forward: bool) {
-        let n = self.boxes().len();
+        let shown: Vec<AnnotationId> = self.shown().map(|b| b.annotation.id).collect();
+        let n = shown.len();
         if n == 0 {
             return;
         }
-        let i = match self.selected_index() {
+        let i = match self.selected.and_then(|s| shown.iter().position(|&id| id == s)) {
             Some(i) if forward => (i + 1) % n,
             Some(i) => (i + n - 1) % n,
             None => 0,
         };
-        self.selected = Some(self.boxes()[i].annotation.id);
+        self.selected = Some(shown[i]);
     }
 
-    /// The next unreviewed box: later in this photo, else in the next photo of the queue that has one.
+    /// The next unreviewed box shown: later in this photo, else in the next photo of the queue
+    /// that has one.
     fn next_unreviewed(&mut self, cx: &mut PanelContext<'_>) {
-        let boxes = self.boxes();
         let from = self.selected_index().map(|i| i + 1).unwrap_or(0);
-        if let Some(b) = boxes.iter().skip(from).find(|b| b.annotation.status == Status::Unreviewed) {
+        let later = self.boxes().iter().skip(from).find(|b| b.annotation.status == Status::Unreviewed && self.shows(b));
+        if let Some(b) = later {
             self.selected = Some(b.annotation.id);
             return;
         }
@@ -184,13 +204,13 @@ impl AnnotatePanel {
         let found = (0..queue.len())
             .map(|k| queue[(start + k) % queue.len()])
             .filter(|&p| Some(p) != self.photo)
-            .find(|&p| cx.state.row(p).is_some_and(|r| r.unreviewed > 0));
+            .find(|&p| cx.state.row(p).is_some_and(|r| r.unreviewed_shown(self.threshold) > 0));
         match found {
             Some(p) => self.open(p, Arrival::FirstUnreviewed, cx),
             None => {
                 // Earlier in this photo, then nothing left.
-                if let Some(b) = self.boxes().iter().find(|b| b.annotation.status == Status::Unreviewed) {
-                    self.selected = Some(b.annotation.id);
+                if let Some(id) = self.first_shown_unreviewed() {
+                    self.selected = Some(id);
                 } else {
                     cx.send(Intent::Notify(Notice::info("Nothing left to review in this queue")));
                 }
@@ -210,7 +230,8 @@ impl AnnotatePanel {
         }
         cx.send(Intent::Edit(CatalogueEdit::SetStatus { annotations: vec![id], status }));
         if cx.state.settings.advance_after_review {
-            let later = self.boxes().iter().skip(i + 1).find(|b| b.annotation.status == Status::Unreviewed);
+            let later =
+                self.boxes().iter().skip(i + 1).find(|b| b.annotation.status == Status::Unreviewed && self.shows(b));
             match later {
                 Some(b) => self.selected = Some(b.annotation.id),
                 None => self.step_photo(true, cx),
@@ -256,6 +277,8 @@ impl AnnotatePanel {
             }
             ui.label(format!("zoom {:.0}%", self.zp.zoom * 100.0));
             ui.separator();
+            self.proposals_ui(ui, cx);
+            ui.separator();
             match (self.queue_position(cx), &self.detail) {
                 (Some(i), Some(d)) => {
                     ui.label(format!("{} of {} · {}", i + 1, cx.state.queue.len(), d.photo.stored_path));
@@ -268,6 +291,34 @@ impl AnnotatePanel {
         });
     }
 
+    /// The detector's proposals: the score under which they are hidden, and verifying those at
+    /// or above it in the whole queue (only when asked: proposals are never accepted silently).
+    fn proposals_ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelContext<'_>) {
+        ui.label("Proposals:");
+        let mut threshold = cx.state.settings.proposal_threshold;
+        let slider = ui
+            .add(egui::Slider::new(&mut threshold, 0.0..=1.0).step_by(0.01).fixed_decimals(2).text("minimum score"))
+            .on_hover_text(
+                "Unreviewed detector proposals scoring under this are hidden: not drawn, listed or reviewed",
+            );
+        let at_least = Hundredths::nearest(threshold);
+        if slider.changed() {
+            cx.send(Intent::ChangeSetting(SettingChange::ProposalThreshold(at_least.value())));
+        }
+        // The photo shown counts too when it has left the queue (reviewed out of a filter).
+        let outside = self.photo.filter(|_| self.queue_position(cx).is_none());
+        let count = cx.state.queue.len() + usize::from(outside.is_some());
+        let button = egui::Button::new(format!("Verify all ≥ {at_least}"));
+        let hover = format!(
+            "Verify every unreviewed proposal scoring {at_least} or more on the {count} photo(s) of the queue \
+             (the library's view), as one edit: one undo (Ctrl+Z) takes them all back"
+        );
+        if ui.add_enabled(count > 0, button).on_hover_text(hover).clicked() {
+            let photos = cx.state.queue.iter().copied().chain(outside).collect();
+            cx.send(Intent::Edit(CatalogueEdit::VerifyProposals { photos, at_least }));
+        }
+    }
+
     fn side_ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelContext<'_>) {
         let Some(detail) = self.detail.clone() else { return };
         ui.heading("Boxes");
@@ -275,12 +326,16 @@ impl AnnotatePanel {
             ui.label("No box yet. Press B and drag on the photo to draw one.");
         }
         let mut select = None;
-        for (i, b) in detail.boxes.iter().enumerate() {
+        for (i, b) in detail.boxes.iter().enumerate().filter(|(_, b)| self.shows(b)) {
             let selected = self.selected == Some(b.annotation.id);
             let text = egui::RichText::new(box_title(i, b)).color(status_color(b.annotation.status));
             if ui.selectable_label(selected, text).clicked() {
                 select = Some(b.annotation.id);
             }
+        }
+        let hidden = detail.boxes.len() - self.shown().count();
+        if hidden > 0 {
+            ui.weak(format!("{hidden} proposal(s) scoring under {} hidden", self.threshold));
         }
         if let Some(s) = select {
             self.selected = Some(s);
@@ -473,7 +528,7 @@ impl AnnotatePanel {
         self.handle_drag(&response, &t, (w, h), pointer, origin, cx);
 
         // Boxes, the selected one last (on top) with its grips.
-        let mut order: Vec<&BoxRecord> = self.boxes().iter().collect();
+        let mut order: Vec<&BoxRecord> = self.shown().collect();
         order.sort_by_key(|b| Some(b.annotation.id) == self.selected);
         for b in order {
             let selected = Some(b.annotation.id) == self.selected;
@@ -492,7 +547,12 @@ impl AnnotatePanel {
                 painter.rect_stroke(r, 0.0, stroke, egui::StrokeKind::Outside);
             }
             let who = b.individual.as_ref().map(|i| i.code.as_str()).unwrap_or("?");
-            let label = format!("{} · {} · {}", b.annotation.part, b.annotation.status, who);
+            let mut label = format!("{} · {} · {}", b.annotation.part, b.annotation.status, who);
+            if is_proposal(b.annotation.source, b.annotation.status)
+                && let Some(score) = b.annotation.score
+            {
+                label = format!("{} {label}", Hundredths::of(score));
+            }
             let font = egui::FontId::proportional(13.0);
             let galley = painter.layout_no_wrap(label, font, egui::Color32::BLACK);
             let at = egui::pos2(r.left(), (r.top() - galley.size().y - 2.0).max(rect.top()));
@@ -526,6 +586,17 @@ impl AnnotatePanel {
         }
     }
 
+    /// Selects a shown box of the photo as it arrives (or as the threshold changes).
+    fn select_on(&mut self, arrival: Arrival) {
+        let first = self.shown().next().map(|b| b.annotation.id);
+        let still_there = self.selected.filter(|s| self.shown().any(|b| b.annotation.id == *s));
+        self.selected = match arrival {
+            Arrival::FirstUnreviewed => self.first_shown_unreviewed().or(first),
+            Arrival::Last => self.shown().last().map(|b| b.annotation.id),
+            Arrival::Keep => still_there.or(first),
+        };
+    }
+
     fn selected_rect(&self, t: &ViewTransform, (w, h): (u32, u32)) -> Option<egui::Rect> {
         let b = &self.boxes()[self.selected_index()?];
         Some(t.screen_from_box(&b.annotation.bbox.unwrap_or(BoxPx::whole(w, h))))
@@ -533,8 +604,7 @@ impl AnnotatePanel {
 
     /// The topmost (smallest) box under a screen point.
     fn box_at(&self, t: &ViewTransform, (w, h): (u32, u32), p: egui::Pos2) -> Option<AnnotationId> {
-        self.boxes()
-            .iter()
+        self.shown()
             .map(|b| (b, t.screen_from_box(&b.annotation.bbox.unwrap_or(BoxPx::whole(w, h)))))
             .filter(|(_, r)| r.expand(4.0).contains(p))
             .min_by(|a, b| a.1.area().total_cmp(&b.1.area()))
@@ -651,22 +721,16 @@ impl Panel for AnnotatePanel {
         ]
     }
 
-    fn on_event(&mut self, event: &Event, _cx: &mut PanelContext<'_>) {
+    fn on_event(&mut self, event: &Event, cx: &mut PanelContext<'_>) {
+        self.threshold = cx.state.settings.proposal_threshold();
         match event {
             Event::Opened { .. } => *self = AnnotatePanel::default(),
             Event::Photo { id, detail } if Some(*id) == self.photo => match detail {
                 Some(d) => {
-                    let d: PhotoDetail = (**d).clone();
-                    let first_unreviewed =
-                        d.boxes.iter().find(|b| b.annotation.status == Status::Unreviewed).map(|b| b.annotation.id);
-                    let still_there = self.selected.filter(|s| d.boxes.iter().any(|b| b.annotation.id == *s));
-                    self.selected = match self.arrival {
-                        Arrival::FirstUnreviewed => first_unreviewed.or(d.boxes.first().map(|b| b.annotation.id)),
-                        Arrival::Last => d.boxes.last().map(|b| b.annotation.id),
-                        Arrival::Keep => still_there.or(d.boxes.first().map(|b| b.annotation.id)),
-                    };
+                    let arrival = self.arrival;
+                    self.detail = Some((**d).clone());
                     self.arrival = Arrival::Keep;
-                    self.detail = Some(d);
+                    self.select_on(arrival);
                 }
                 None => {
                     self.detail = None;
@@ -684,6 +748,12 @@ impl Panel for AnnotatePanel {
     }
 
     fn ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelContext<'_>) {
+        let threshold = cx.state.settings.proposal_threshold();
+        if threshold != self.threshold {
+            self.threshold = threshold;
+            // The selected box may have just been hidden.
+            self.select_on(Arrival::Keep);
+        }
         self.track_queue(cx);
         if self.photo.is_none()
             && let Some(&first) = cx.state.queue.first()

@@ -3,7 +3,9 @@
 //! beside the query with one zoom for both. Keys 1-9 confirm a candidate, N makes a new
 //! individual, S skips, M shows more of the candidate. The filter and the number of crops
 //! searched are always on screen, and a best score under the new-individual threshold is
-//! flagged. Searching runs as a background job, never in the frame.
+//! flagged. Crops that are unreviewed detector proposals are not offered unless the filter
+//! "include unreviewed proposals" is on (then those shown at Annotate's score threshold are).
+//! Searching runs as a background job, never in the frame.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -15,9 +17,10 @@ use crate::app::embedding::GalleryData;
 use crate::app::images::{ImageCache, ImageRequest, Picture};
 use crate::app::messages::{CatalogueEdit, Event, FilterChoice, Intent, Notice, PanelId, SearchRequest, Searched};
 use crate::app::records::CropInfo;
+use crate::app::settings::{SettingChange, Settings};
 use crate::app::widgets::{accessible_label, labelled_text, model_status_ui, paint_picture, placeholder};
 use crate::base::ids::AnnotationId;
-use crate::base::vocabulary::Side;
+use crate::base::vocabulary::{Hundredths, Side, is_proposal, shown_at};
 
 /// Candidates shown (keys 1-9).
 pub const CANDIDATES: usize = 9;
@@ -110,6 +113,25 @@ pub fn paint_crop(ui: &egui::Ui, rect: egui::Rect, images: &mut ImageCache, crop
     }
 }
 
+/// Which crops Identify offers: every crop but the unreviewed detector proposals, unless they
+/// are asked for (and then those shown at the threshold).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Offer {
+    proposals: bool,
+    threshold: Hundredths,
+}
+
+impl Offer {
+    fn from_settings(s: &Settings) -> Offer {
+        Offer { proposals: s.identify_proposals, threshold: s.proposal_threshold() }
+    }
+
+    fn offers(self, crop: &CropInfo) -> bool {
+        !is_proposal(crop.source, crop.status)
+            || (self.proposals && shown_at(self.threshold, crop.source, crop.status, crop.score))
+    }
+}
+
 #[derive(Default)]
 pub struct IdentifyPanel {
     /// The crop being identified.
@@ -121,7 +143,10 @@ pub struct IdentifyPanel {
     skipped: usize,
     /// Where in the gallery's `to_identify` the next crop is looked for.
     queue_pos: usize,
-    queue_for: Option<u64>,
+    queue_for: Option<(u64, Offer)>,
+    offer: Offer,
+    /// How many crops of the gallery's queue are offered, for the queue it was counted for.
+    offered: usize,
     choice: FilterChoice,
     result: Option<Searched>,
     /// What the last search asked for: (annotation, gallery generation, filter, threshold bits).
@@ -139,24 +164,36 @@ impl IdentifyPanel {
         self.current
     }
 
-    fn requeue(&mut self, generation: u64) {
-        if self.queue_for == Some(generation) {
+    /// Starts the queue over for a new gallery or a new choice of what is offered.
+    fn requeue(&mut self, generation: u64, data: &GalleryData) {
+        let key = (generation, self.offer);
+        if self.queue_for == Some(key) {
             return;
         }
-        self.queue_for = Some(generation);
+        self.queue_for = Some(key);
         self.queue_pos = 0;
+        let offer = self.offer;
+        self.offered = data.to_identify.iter().filter(|&&a| data.crop(a).is_some_and(|c| offer.offers(c))).count();
+    }
+
+    fn offered(&self, data: &GalleryData, annotation: AnnotationId) -> bool {
+        data.crop(annotation).is_some_and(|c| self.offer.offers(c))
     }
 
     fn remaining(&self, data: &GalleryData) -> usize {
-        let done = self.done.iter().filter(|&&a| data.crop(a).is_some_and(CropInfo::needs_identification)).count();
-        data.to_identify.len().saturating_sub(done)
+        let done = self
+            .done
+            .iter()
+            .filter(|&&a| data.crop(a).is_some_and(|c| c.needs_identification() && self.offer.offers(c)))
+            .count();
+        self.offered.saturating_sub(done)
     }
 
     fn next_crop(&mut self, data: &GalleryData) {
         self.pinned = false;
         // The queue only loses crops as they are done: the search goes on from the last place.
         let skip = self.queue_pos.min(data.to_identify.len());
-        let next = data.to_identify[skip..].iter().position(|a| !self.done.contains(a));
+        let next = data.to_identify[skip..].iter().position(|&a| !self.done.contains(&a) && self.offered(data, a));
         self.queue_pos = skip + next.unwrap_or(data.to_identify.len() - skip);
         self.current = next.map(|k| data.to_identify[skip + k]);
         self.compared = 0;
@@ -278,6 +315,27 @@ impl IdentifyPanel {
                 egui::Checkbox::new(&mut self.choice.side, format!("side ({})", crop.side)),
             );
         });
+        ui.horizontal_wrapped(|ui| {
+            let mut proposals = self.offer.proposals;
+            let text = format!("include unreviewed proposals (scoring {} or more)", self.offer.threshold);
+            if ui
+                .checkbox(&mut proposals, text)
+                .on_hover_text(
+                    "Offer crops that are detector proposals nobody has reviewed yet; the threshold is \
+                     Annotate's minimum score",
+                )
+                .changed()
+            {
+                cx.send(Intent::ChangeSetting(SettingChange::IdentifyProposals(proposals)));
+            }
+            if is_proposal(crop.source, crop.status) {
+                let score = crop.score.map(|s| format!(" scoring {}", Hundredths::of(s))).unwrap_or_default();
+                ui.colored_label(
+                    ui.visuals().warn_fg_color,
+                    format!("This crop is an unreviewed detector proposal{score}: verify its box in Annotate"),
+                );
+            }
+        });
         match self.candidates() {
             Some(s) => {
                 ui.label(format!(
@@ -313,7 +371,6 @@ impl IdentifyPanel {
                 ui.weak(format!("New-individual threshold {threshold:.2} ({})", s.threshold_source));
             }
         }
-        let _ = cx;
     }
 
     fn compare_ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelContext<'_>, data: &GalleryData, crop: &CropInfo) {
@@ -489,10 +546,15 @@ impl Panel for IdentifyPanel {
 
     fn update(&mut self, cx: &mut PanelContext<'_>) {
         let Some(data) = cx.state.model.gallery.clone() else { return };
-        self.requeue(cx.state.model.generation);
+        let offer = Offer::from_settings(&cx.state.settings);
+        let offer_changed = offer != self.offer;
+        self.offer = offer;
+        self.requeue(cx.state.model.generation, &data);
         let current_gone = self.current.is_some_and(|a| data.crop(a).is_none());
         let current_done = self.current.is_some_and(|a| self.done.contains(&a)) && !self.pinned;
-        if self.current.is_none() || current_gone || current_done {
+        // A new choice of what is offered starts the queue over from its head.
+        let reordered = offer_changed && !self.pinned;
+        if self.current.is_none() || current_gone || current_done || reordered {
             self.next_crop(&data);
         }
     }

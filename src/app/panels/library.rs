@@ -2,7 +2,7 @@
 //! on screen are laid out, so 100,000 photos scroll like 100), with filters, sorting,
 //! multi-select and bulk review, assignment and tagging.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use eframe::egui;
 
@@ -13,7 +13,7 @@ use crate::app::records::PhotoRow;
 use crate::app::state::AppState;
 use crate::app::widgets::{accessible_label, labelled_text, paint_picture, submitted};
 use crate::base::ids::{IndividualId, PhotoId};
-use crate::base::vocabulary::{Part, Status};
+use crate::base::vocabulary::{Hundredths, Part, Status};
 
 const TILE: egui::Vec2 = egui::vec2(168.0, 162.0);
 const THUMB_HEIGHT: f32 = 124.0;
@@ -65,10 +65,14 @@ pub enum SortBy {
     DateTaken,
     FileName,
     MostUnreviewed,
+    /// Photos with the lowest-scoring proposal first (those shown at the threshold); photos
+    /// without one after them, in import order.
+    DoubtfulFirst,
 }
 
 impl SortBy {
-    const ALL: [SortBy; 4] = [SortBy::Imported, SortBy::DateTaken, SortBy::FileName, SortBy::MostUnreviewed];
+    const ALL: [SortBy; 5] =
+        [SortBy::Imported, SortBy::DateTaken, SortBy::FileName, SortBy::MostUnreviewed, SortBy::DoubtfulFirst];
 
     fn label(self) -> &'static str {
         match self {
@@ -76,6 +80,7 @@ impl SortBy {
             SortBy::DateTaken => "date taken",
             SortBy::FileName => "file name",
             SortBy::MostUnreviewed => "most unreviewed first",
+            SortBy::DoubtfulFirst => "doubtful proposals first (lowest score)",
         }
     }
 }
@@ -143,6 +148,17 @@ impl PhotoQuery {
             SortBy::DateTaken => out.sort_by(|&a, &b| rows[a].taken_at.cmp(&rows[b].taken_at)),
             SortBy::FileName => out.sort_by(|&a, &b| rows[a].file_name().cmp(rows[b].file_name())),
             SortBy::MostUnreviewed => out.sort_by(|&a, &b| rows[b].unreviewed.cmp(&rows[a].unreviewed)),
+            SortBy::DoubtfulFirst => {
+                let threshold = state.settings.proposal_threshold();
+                let doubt: HashMap<usize, f64> =
+                    out.iter().filter_map(|&i| Some((i, rows[i].most_doubtful(threshold)?))).collect();
+                out.sort_by(|a, b| match (doubt.get(a), doubt.get(b)) {
+                    (Some(x), Some(y)) => x.total_cmp(y),
+                    (Some(_), None) => std::cmp::Ordering::Less,
+                    (None, Some(_)) => std::cmp::Ordering::Greater,
+                    (None, None) => std::cmp::Ordering::Equal,
+                });
+            }
         }
         out
     }
@@ -153,7 +169,8 @@ pub struct LibraryPanel {
     pub query: PhotoQuery,
     /// Indices into `state.rows` of the photos shown, in order.
     visible: Vec<usize>,
-    shown_for: Option<(u64, u64, PhotoQuery)>,
+    /// What `visible` was computed for: rows, individuals, the query and the proposal threshold.
+    shown_for: Option<(u64, u64, PhotoQuery, Hundredths)>,
     species: Vec<String>,
     selected: BTreeSet<PhotoId>,
     /// Where a shift-click range starts (an index into `visible`).
@@ -166,7 +183,8 @@ pub struct LibraryPanel {
 impl LibraryPanel {
     fn refilter(&mut self, cx: &mut PanelContext<'_>) {
         let state = cx.state;
-        let key = (state.rows_generation, state.individuals_generation, self.query.clone());
+        let threshold = state.settings.proposal_threshold();
+        let key = (state.rows_generation, state.individuals_generation, self.query.clone(), threshold);
         if self.shown_for.as_ref() == Some(&key) {
             return;
         }
@@ -439,6 +457,13 @@ impl LibraryPanel {
                     "{} annotation(s): {} unreviewed, {} verified, {} rejected",
                     row.annotations, row.unreviewed, row.verified, row.rejected
                 ));
+                if let Some(lowest) = row.proposal_scores.iter().copied().min_by(f64::total_cmp) {
+                    ui.label(format!(
+                        "{} unreviewed detector proposal(s), the lowest scoring {}",
+                        row.proposal_scores.len(),
+                        Hundredths::of(lowest)
+                    ));
+                }
                 if !row.tags.is_empty() {
                     ui.label(format!("tags: {}", row.tags.join(", ")));
                 }
