@@ -56,6 +56,15 @@ pub enum Command {
     /// tokens, or with the last blocks of the backbone, or all of it; individuals held out for
     /// validation are never trained on.
     Train(TrainArgs),
+    /// Train the catalogue's detector on its verified boxes (photos split for validation), write
+    /// it with a card and make it the catalogue's active detector (undoable).
+    TrainDetector(TrainDetectorArgs),
+    /// Propose boxes: on the catalogue's photos without boxes (as unreviewed detector
+    /// annotations), or on a folder's photos (COCO-style results, no catalogue touched).
+    Detect(DetectArgs),
+    /// Measure the catalogue's detector and the zero-shot proposals against a dataset's
+    /// labelled boxes (YOLO or COCO): AP50, AP50:95, mean best IoU per true box.
+    EvalDetect(EvalDetectArgs),
     /// Pretrained weights: `whaleid models fetch [--from FILE]`.
     Models {
         #[command(subcommand)]
@@ -172,6 +181,78 @@ pub struct HistoryArgs {
 pub struct DemoArgs {
     #[arg(long = "catalog")]
     pub catalog: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The detector's backbone and detector file.
+#[derive(clap::Args, Debug)]
+pub struct DetectorArgs {
+    /// The backbone whose features the detector reads: a fetched model by name or a weights
+    /// file (default: efficientnet-lite0).
+    #[arg(long = "backbone")]
+    pub backbone: Option<PathBuf>,
+    /// A detector file written by `whaleid train-detector` (default: the catalogue's active
+    /// detector, else zero-shot proposals).
+    #[arg(long)]
+    pub detector: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t)]
+    pub device: DeviceChoice,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TrainDetectorArgs {
+    #[arg(long = "catalog")]
+    pub catalog: PathBuf,
+    /// The backbone (default: efficientnet-lite0).
+    #[arg(long = "backbone")]
+    pub backbone: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t)]
+    pub device: DeviceChoice,
+    /// Where to write the detector (default: detectors/ beside the catalogue).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long, default_value_t = 30)]
+    pub epochs: usize,
+    /// Photos are read with this many pixels on their longer side.
+    #[arg(long, default_value_t = 768)]
+    pub long_side: u32,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DetectArgs {
+    #[arg(long = "catalog")]
+    pub catalog: Option<PathBuf>,
+    /// A folder of photos: write COCO-style results for it instead of touching a catalogue.
+    pub folder: Option<PathBuf>,
+    /// Where the folder's results go (default: standard output).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Proposals scoring below this are dropped.
+    #[arg(long, default_value_t = 0.3)]
+    pub threshold: f32,
+    /// The part zero-shot proposals are labelled with (fluke, dorsal_fin, head, body).
+    #[arg(long)]
+    pub part: Option<Part>,
+    #[command(flatten)]
+    pub detector: DetectorArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct EvalDetectArgs {
+    /// A folder of photos with YOLO labels or COCO JSON.
+    pub dataset: PathBuf,
+    /// Use this catalogue's active detector.
+    #[arg(long = "catalog")]
+    pub catalog: Option<PathBuf>,
+    #[command(flatten)]
+    pub detector: DetectorArgs,
     #[arg(long)]
     pub json: bool,
 }

@@ -5,6 +5,7 @@
 pub mod args;
 pub mod bench;
 mod catalogue;
+mod detect;
 mod identify;
 mod models;
 
@@ -34,6 +35,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(args) => identify::eval(args),
         Command::Submit(args) => identify::submit(args),
         Command::Train(args) => models::train(args),
+        Command::TrainDetector(args) => detect::train_detector(args),
+        Command::Detect(args) => detect::detect(args),
+        Command::EvalDetect(args) => detect::eval_detect(args),
         Command::Models { which: ModelsCommand::Fetch(args) } => models::fetch(args),
         Command::Models { which: ModelsCommand::Activate(args) } => models::activate(args),
         Command::Bench { which } => bench::run(which),

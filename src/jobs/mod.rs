@@ -2,6 +2,7 @@
 //! export, embed, search, map, eval, submit, train and the synthetic whales.
 
 pub mod demo;
+pub mod detect;
 pub mod embed;
 pub mod eval;
 pub mod export;

@@ -12,6 +12,7 @@
 
 mod architecture;
 pub mod backbone;
+pub mod detector;
 pub mod dinov2;
 pub mod efficientnet;
 mod embedder;

@@ -1,0 +1,107 @@
+//! The detection commands: training the catalogue's detector, proposing boxes, and measuring
+//! detection against labelled boxes.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Result;
+
+use super::args::{DetectArgs, DetectorArgs, EvalDetectArgs, TrainDetectorArgs};
+use super::open;
+use crate::base::console::{Console, emit};
+use crate::base::vocabulary::Part;
+use crate::catalogue::Catalogue;
+use crate::jobs::detect::{Finder, TrainDetectorOptions};
+use crate::models::{Backbone, DeviceChoice};
+
+fn backbone(asked: Option<&Path>, device: DeviceChoice) -> Result<Arc<dyn Backbone>> {
+    let path = match asked {
+        Some(p) => crate::jobs::embed::resolve_model(p),
+        None => crate::jobs::detect::default_backbone_path()?,
+    };
+    let (device, notice) = crate::models::select_device(device);
+    if let Some(notice) = notice {
+        eprintln!("notice: {notice}");
+    }
+    Ok(crate::models::load_backbone(&path, &device)?)
+}
+
+/// The detector asked for, else the catalogue's active one, else zero-shot proposals.
+fn finder(args: &DetectorArgs, cat: Option<&Catalogue>, part: Part) -> Result<Finder> {
+    let backbone = backbone(args.backbone.as_deref(), args.device)?;
+    let file = match (&args.detector, cat) {
+        (Some(file), _) => Some(file.clone()),
+        (None, Some(cat)) => crate::jobs::detect::active_detector(cat)?,
+        (None, None) => None,
+    };
+    match file {
+        Some(file) if !file.is_file() => anyhow::bail!("{}: the detector file is missing", file.display()),
+        Some(file) => Finder::learned(backbone, &file),
+        None => Ok(Finder::zero_shot(backbone, part)),
+    }
+}
+
+pub fn train_detector(args: TrainDetectorArgs) -> Result<()> {
+    let mut cat = open(&args.catalog)?;
+    let backbone = backbone(args.backbone.as_deref(), args.device)?;
+    let opts = TrainDetectorOptions {
+        epochs: args.epochs,
+        long_side: args.long_side,
+        seed: args.seed,
+        out: args.out.clone(),
+        ..Default::default()
+    };
+    let console = Console::new(args.json);
+    let report = crate::jobs::detect::train_detector(&mut cat, backbone, &opts, &console)?;
+    drop(console);
+    emit(args.json, &report, |r| r.to_string())
+}
+
+pub fn detect(args: DetectArgs) -> Result<()> {
+    let part = args.part.unwrap_or(Part::Body);
+    match (&args.catalog, &args.folder) {
+        (Some(catalog), None) => {
+            let mut cat = open(catalog)?;
+            let finder = finder(&args.detector, Some(&cat), part)?;
+            let console = Console::new(args.json);
+            let mut report = crate::jobs::detect::detect_catalogue(&mut cat, &finder, args.threshold, &console)?;
+            drop(console);
+            report.detector = args
+                .detector
+                .detector
+                .clone()
+                .or(crate::jobs::detect::active_detector(&cat)?)
+                .map(|p| p.display().to_string());
+            emit(args.json, &report, |r| r.to_string())
+        }
+        (catalog, Some(folder)) => {
+            let cat = catalog.as_deref().map(open).transpose()?;
+            let finder = finder(&args.detector, cat.as_ref(), part)?;
+            let console = Console::new(true);
+            let (boxes, problems) = crate::jobs::detect::detect_folder(folder, &finder, args.threshold, &console)?;
+            drop(console);
+            for p in &problems {
+                eprintln!("{}: {}", p.photo, p.problem);
+            }
+            let text = serde_json::to_string_pretty(&boxes)?;
+            match &args.out {
+                Some(out) => {
+                    std::fs::write(out, text).map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+                    eprintln!("{} box(es) written to {}", boxes.len(), out.display());
+                }
+                None => println!("{text}"),
+            }
+            Ok(())
+        }
+        (None, None) => anyhow::bail!("give --catalog C (boxes into the catalogue) or a FOLDER of photos"),
+    }
+}
+
+pub fn eval_detect(args: EvalDetectArgs) -> Result<()> {
+    let cat = args.catalog.as_deref().map(open).transpose()?;
+    let finder = finder(&args.detector, cat.as_ref(), Part::Body)?;
+    let console = Console::new(args.json);
+    let report = crate::jobs::detect::eval::eval_detect(&args.dataset, &finder, &console)?;
+    drop(console);
+    emit(args.json, &report, |r| r.to_string())
+}

@@ -1,0 +1,323 @@
+//! `whaleid train-detector`: the learned detector's head, trained on the frozen backbone's
+//! feature grids of the catalogue's photos with true boxes (and photos whose only boxes were
+//! rejected: known sea). Photos are split for validation (20 %, by photo); each photo's
+//! grid is computed once, for the photo and its mirror image, and the head trains on the
+//! cached grids in minutes on a CPU. The validation photos give AP50, AP50:95 and the data
+//! to calibrate the scores.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+
+use super::ap::{self, Scored};
+use super::{Finder, PhotoProblem, is_true_box, is_unknown_box};
+use crate::base::progress::Progress;
+use crate::base::vocabulary::{BoxPx, Part};
+use crate::catalogue::Catalogue;
+use crate::models::Backbone;
+use crate::models::detector::{self, Calibration, Detector, DetectorCard, DetectorConfig};
+
+#[derive(Debug, Clone)]
+pub struct TrainDetectorOptions {
+    pub epochs: usize,
+    pub hidden: usize,
+    pub learning_rate: f64,
+    pub long_side: u32,
+    /// Share of photos held out for validation.
+    pub validation: f64,
+    pub seed: u64,
+    /// Where the detector file goes (default: `detectors/` beside the catalogue).
+    pub out: Option<PathBuf>,
+}
+
+impl Default for TrainDetectorOptions {
+    fn default() -> Self {
+        TrainDetectorOptions {
+            epochs: 30,
+            hidden: 128,
+            learning_rate: 1e-3,
+            long_side: super::DEFAULT_LONG_SIDE,
+            validation: 0.2,
+            seed: 1,
+            out: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TrainDetectorReport {
+    pub detector: PathBuf,
+    pub card: DetectorCard,
+    pub calibration: Calibration,
+    pub problems: Vec<PhotoProblem>,
+}
+
+/// A photo the detector learns from.
+struct Sample {
+    file: PathBuf,
+    hash: String,
+    truths: Vec<(BoxPx, Part)>,
+    unknown: Vec<BoxPx>,
+}
+
+/// One cached view: a photo's feature grid (f16 to halve the memory) and its targets.
+struct View {
+    grid: Tensor,
+    targets: detector::Targets,
+}
+
+fn samples(cat: &Catalogue) -> anyhow::Result<Vec<Sample>> {
+    let mut out = Vec::new();
+    for photo in cat.photos()? {
+        let annotations = cat.annotations_of_photo(photo.id)?;
+        let truths: Vec<(BoxPx, Part)> =
+            annotations.iter().filter(|a| is_true_box(a)).filter_map(|a| a.bbox.map(|b| (b, a.part))).collect();
+        let rejected =
+            annotations.iter().any(|a| a.bbox.is_some() && a.status == crate::base::vocabulary::Status::Rejected);
+        if truths.is_empty() && !rejected {
+            continue;
+        }
+        let unknown = annotations.iter().filter(|a| is_unknown_box(a)).filter_map(|a| a.bbox).collect();
+        out.push(Sample { file: cat.photo_file(&photo.stored_path), hash: photo.facts.hash.clone(), truths, unknown });
+    }
+    Ok(out)
+}
+
+fn fingerprint(samples: &[Sample]) -> String {
+    let mut hasher = blake3::Hasher::new();
+    let mut keyed: Vec<String> = samples
+        .iter()
+        .map(|s| {
+            let boxes: Vec<String> =
+                s.truths.iter().map(|(b, p)| format!("{:.1},{:.1},{:.1},{:.1},{p}", b.x, b.y, b.w, b.h)).collect();
+            format!("{}:{}", s.hash, boxes.join(";"))
+        })
+        .collect();
+    keyed.sort();
+    for k in keyed {
+        hasher.update(k.as_bytes());
+        hasher.update(b"\n");
+    }
+    hasher.finalize().to_hex()[..16].to_string()
+}
+
+/// The photo's views (as is, and mirrored left-right) for training.
+fn views(finder: &Finder, sample: &Sample, parts: &[Part]) -> anyhow::Result<Vec<View>> {
+    let img = crate::base::photo::decode_file(&sample.file).map_err(anyhow::Error::msg)?;
+    let mut out = Vec::new();
+    for mirrored in [false, true] {
+        let shown = if mirrored { img.fliph() } else { img.clone() };
+        let (input, grid, stride) = finder.features(&shown)?;
+        let (_, _, rows, cols) = grid.dims4()?;
+        let w = img.width() as f64;
+        let place = |b: &BoxPx| {
+            let x = if mirrored { w - b.x - b.w } else { b.x };
+            BoxPx::new(x * input.scale, b.y * input.scale, b.w * input.scale, b.h * input.scale)
+        };
+        let truths: Vec<(BoxPx, u32)> = sample
+            .truths
+            .iter()
+            .map(|(b, p)| (place(b), parts.iter().position(|q| q == p).unwrap_or(0) as u32))
+            .collect();
+        let unknown: Vec<BoxPx> = sample.unknown.iter().map(place).collect();
+        let targets = detector::targets(rows, cols, stride as f64, &truths, &unknown);
+        out.push(View { grid: grid.to_dtype(DType::F16)?, targets });
+    }
+    Ok(out)
+}
+
+/// Trains a detector on `cat`'s boxes over `backbone`, writes it with its card and makes it
+/// the catalogue's active detector (an undoable edit).
+pub fn train_detector(
+    cat: &mut Catalogue,
+    backbone: Arc<dyn Backbone>,
+    opts: &TrainDetectorOptions,
+    progress: &dyn Progress,
+) -> anyhow::Result<TrainDetectorReport> {
+    let started = Instant::now();
+    let mut all = samples(cat)?;
+    let boxes: usize = all.iter().map(|s| s.truths.len()).sum();
+    if boxes == 0 {
+        anyhow::bail!(
+            "{}: no boxes to train a detector on; draw or verify boxes around the animals in a few photos first",
+            cat.path().display()
+        );
+    }
+    let mut parts: Vec<Part> = all.iter().flat_map(|s| s.truths.iter().map(|t| t.1)).collect();
+    parts.sort_by_key(|p| p.as_str());
+    parts.dedup();
+    let data_fingerprint = fingerprint(&all);
+
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed);
+    all.sort_by(|a, b| a.hash.cmp(&b.hash));
+    all.shuffle(&mut rng);
+    let n_val = if all.len() >= 5 { ((all.len() as f64 * opts.validation).round() as usize).max(1) } else { 0 };
+    let validation: Vec<Sample> = all.drain(..n_val).collect();
+    let training = all;
+
+    let device = backbone.device().clone();
+    let mut finder = Finder::zero_shot(backbone.clone(), parts[0]);
+    finder.long_side = opts.long_side;
+    let mut problems = Vec::new();
+    progress.stage("reading photos", training.len() as u64);
+    let mut cache: Vec<View> = Vec::new();
+    for s in &training {
+        if progress.cancelled() {
+            anyhow::bail!("cancelled");
+        }
+        match views(&finder, s, &parts) {
+            Ok(v) => cache.extend(v),
+            Err(e) => problems.push(PhotoProblem { photo: s.file.display().to_string(), problem: format!("{e:#}") }),
+        }
+        progress.advance(1);
+    }
+    if cache.is_empty() {
+        anyhow::bail!("{}: none of the photos with boxes could be read", cat.path().display());
+    }
+    let channels = cache[0].grid.dim(1)?;
+    let stride = {
+        let probe = crate::models::detector::prepare_photo(
+            &image::DynamicImage::new_rgb8(64, 64),
+            64,
+            backbone.input_multiple(),
+            &device,
+        )?;
+        crate::models::detector::feature_grid(backbone.as_ref(), &probe.image, &finder.taps)?.1
+    };
+
+    let config = DetectorConfig {
+        backbone: backbone.name().to_string(),
+        taps: finder.taps.clone(),
+        long_side: opts.long_side,
+        stride,
+        channels,
+        hidden: opts.hidden,
+        parts: parts.clone(),
+        calibration: Calibration::default(),
+        card: DetectorCard::default(),
+    };
+    let vars = VarMap::new();
+    let det = Detector::new(config.clone(), &vars, &device)?;
+    standardise(&vars, &cache, channels, &device)?;
+    let trainable: Vec<candle_core::Var> = {
+        let data = vars.data().lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        data.iter().filter(|(k, _)| !k.starts_with("feature_")).map(|(_, v)| v.clone()).collect()
+    };
+    let mut opt =
+        AdamW::new(trainable, ParamsAdamW { lr: opts.learning_rate, weight_decay: 1e-4, ..Default::default() })?;
+    let steps = opts.epochs * cache.len();
+    progress.stage("training", opts.epochs as u64);
+    let mut order: Vec<usize> = (0..cache.len()).collect();
+    let mut step = 0usize;
+    for _ in 0..opts.epochs {
+        if progress.cancelled() {
+            anyhow::bail!("cancelled");
+        }
+        order.shuffle(&mut rng);
+        for &i in &order {
+            let warm = (step as f64 / 50.0).min(1.0);
+            let cosine = 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / steps as f64).cos());
+            opt.set_learning_rate(opts.learning_rate * warm * (0.02 + 0.98 * cosine));
+            let view = &cache[i];
+            let out = det.net.forward(&view.grid.to_dtype(DType::F32)?)?;
+            let loss = detector::loss(&out, &view.targets, &device)?;
+            opt.backward_step(&loss)?;
+            step += 1;
+        }
+        progress.advance(1);
+    }
+    drop(cache);
+
+    // Validation: AP on photos never trained on, and the calibration of the scores.
+    let mut detections = Vec::new();
+    let mut truths = Vec::new();
+    progress.stage("validating", validation.len() as u64);
+    for s in &validation {
+        let found = crate::base::photo::decode_file(&s.file).map_err(anyhow::Error::msg).and_then(|img| {
+            let (input, grid, _) = finder.features(&img)?;
+            Ok(det.detect(&grid, &input, 0.01)?)
+        });
+        match found {
+            Ok(found) => {
+                let image = truths.len();
+                detections.extend(found.into_iter().map(|d| Scored { image, bbox: d.bbox, score: d.score }));
+                truths.push(s.truths.iter().map(|t| t.0).collect::<Vec<_>>());
+            }
+            Err(e) => problems.push(PhotoProblem { photo: s.file.display().to_string(), problem: format!("{e:#}") }),
+        }
+        progress.advance(1);
+    }
+    let (ap50, ap50_95, calibration) = if truths.iter().any(|t| !t.is_empty()) {
+        let calibration = Calibration::fit(&ap::outcomes(&detections, &truths, 0.5));
+        (
+            Some(ap::average_precision(&detections, &truths, 0.5)),
+            Some(ap::average_precision_50_95(&detections, &truths)),
+            calibration,
+        )
+    } else {
+        (None, None, Calibration::default())
+    };
+
+    let card = DetectorCard {
+        catalogue: cat.path().display().to_string(),
+        data_fingerprint,
+        train_photos: training.len(),
+        train_boxes: training.iter().map(|s| s.truths.len()).sum(),
+        validation_photos: validation.len(),
+        validation_boxes: validation.iter().map(|s| s.truths.len()).sum(),
+        epochs: opts.epochs,
+        seconds: started.elapsed().as_secs_f64(),
+        validation_ap50: ap50,
+        validation_ap50_95: ap50_95,
+        created: crate::catalogue::now(),
+    };
+    let config = DetectorConfig { calibration, card: card.clone(), ..config };
+    let out = opts.out.clone().unwrap_or_else(|| default_out(cat.path()));
+    Detector::save(&vars, &config, &out)?;
+    std::fs::write(out.with_extension("json"), serde_json::to_string_pretty(&config)?)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", out.with_extension("json").display()))?;
+    super::set_active_detector(cat, Some(&out))?;
+    Ok(TrainDetectorReport { detector: out, card, calibration, problems })
+}
+
+/// `detectors/detector-<time>.safetensors` beside the catalogue.
+fn default_out(catalogue: &Path) -> PathBuf {
+    let dir = catalogue.parent().unwrap_or(Path::new(".")).join("detectors");
+    let stem = catalogue.file_stem().and_then(|s| s.to_str()).unwrap_or("catalogue");
+    dir.join(format!("{stem}-{}.safetensors", chrono::Utc::now().format("%Y%m%d-%H%M%S")))
+}
+
+/// Sets the head's feature standardisation to the cached grids' per-channel mean and
+/// standard deviation.
+fn standardise(vars: &VarMap, cache: &[View], channels: usize, device: &Device) -> anyhow::Result<()> {
+    let mut sum = vec![0f64; channels];
+    let mut sq = vec![0f64; channels];
+    let mut n = 0usize;
+    for view in cache.iter().step_by(2) {
+        let g = view.grid.to_dtype(DType::F32)?;
+        let (_, c, r, k) = g.dims4()?;
+        let flat = g.reshape((c, r * k))?.to_vec2::<f32>()?;
+        for (ch, row) in flat.iter().enumerate() {
+            for &v in row {
+                sum[ch] += v as f64;
+                sq[ch] += (v as f64) * (v as f64);
+            }
+        }
+        n += r * k;
+    }
+    let n = n.max(1) as f64;
+    let mean: Vec<f32> = sum.iter().map(|s| (s / n) as f32).collect();
+    let std: Vec<f32> =
+        sq.iter().zip(&sum).map(|(q, s)| ((q / n - (s / n).powi(2)).max(0.0).sqrt() as f32).max(1e-3)).collect();
+    let data = vars.data().lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    for (name, values) in [("feature_mean", mean), ("feature_std", std)] {
+        let var = data.get(name).ok_or_else(|| anyhow::anyhow!("the detector has no {name}"))?;
+        var.set(&Tensor::from_vec(values, channels, device)?)?;
+    }
+    Ok(())
+}

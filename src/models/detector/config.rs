@@ -1,0 +1,47 @@
+//! What a detector file records about how it was made: the backbone and where its features
+//! are read, the input size, the parts it knows, and how well it did.
+
+use serde::{Deserialize, Serialize};
+
+use super::boxes::Calibration;
+use crate::base::vocabulary::Part;
+
+/// The safetensors metadata key that holds the [`DetectorConfig`] as JSON.
+pub const CONFIG_KEY: &str = "whaleid.detector";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetectorConfig {
+    /// The backbone whose features the head reads (`efficientnet_lite0`): another backbone's
+    /// features mean nothing to it.
+    pub backbone: String,
+    /// Feature depths read (blocks or stages), concatenated on the finest grid.
+    pub taps: Vec<usize>,
+    /// Photos are resized so their longer side is this many input pixels.
+    pub long_side: u32,
+    /// Input pixels per grid cell.
+    pub stride: usize,
+    /// Width of the concatenated feature grid.
+    pub channels: usize,
+    pub hidden: usize,
+    pub parts: Vec<Part>,
+    pub calibration: Calibration,
+    /// What the training run measured and on what (the card).
+    pub card: DetectorCard,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DetectorCard {
+    pub catalogue: String,
+    /// blake3 over the training photos' hashes and boxes: the same data gives the same value.
+    pub data_fingerprint: String,
+    pub train_photos: usize,
+    pub train_boxes: usize,
+    pub validation_photos: usize,
+    pub validation_boxes: usize,
+    pub epochs: usize,
+    pub seconds: f64,
+    /// AP at IoU 0.5 on the validation photos (none without validation photos).
+    pub validation_ap50: Option<f64>,
+    pub validation_ap50_95: Option<f64>,
+    pub created: String,
+}

@@ -1,0 +1,223 @@
+//! Detection: boxes around flukes, dorsal fins and heads in whole field photos, from the
+//! features of a frozen backbone.
+//!
+//! Two sources of boxes share one feature pass: [`zero_shot`] proposals, which need no
+//! whale training (the cells that look least like the rest of the photo, grouped into
+//! regions), and the learned [`Detector`], a small convolutional head over the feature grid
+//! trained from the catalogue's verified boxes (`jobs::detect`). A detector file is a
+//! safetensors file whose metadata says it is a detector and records its
+//! [`DetectorConfig`]; it is refused for any other backbone than the one it was trained on.
+
+mod boxes;
+mod config;
+mod network;
+pub mod zero_shot;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use image::DynamicImage;
+
+pub use boxes::{Calibration, Detection, nms};
+pub use config::{CONFIG_KEY, DetectorCard, DetectorConfig};
+pub use network::{DetectorNet, HeadOutput, Targets, decode, loss, targets};
+
+use super::backbone::{Backbone, Tap};
+use super::preprocess::{IMAGENET_MEAN, IMAGENET_STD};
+
+/// The metadata key and value that mark a whaleid detector file.
+pub const KIND_KEY: &str = "whaleid.kind";
+pub const KIND: &str = "detector";
+
+/// Boxes that overlap a better one by more than this are the same animal.
+pub const NMS_IOU: f64 = 0.5;
+/// At most this many boxes per photo.
+pub const MAX_BOXES: usize = 20;
+
+/// Why a detector file could not be used. Each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum DetectorError {
+    #[error("{}: cannot read it: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}: not a detector file ({reason})", path.display())]
+    NotADetector { path: PathBuf, reason: String },
+    #[error(
+        "{}: this detector was trained on the features of {trained}, but the backbone given is {given}; \
+         train a detector for {given} (`whaleid train-detector`)",
+        path.display()
+    )]
+    OtherBackbone { path: PathBuf, trained: String, given: String },
+    #[error("{}: {source}", path.display())]
+    Tensors { path: PathBuf, source: candle_core::Error },
+}
+
+/// A photo resized for the detector: `[1, 3, H, W]` normalised, and input pixels per photo
+/// pixel.
+pub struct DetectorInput {
+    pub image: Tensor,
+    pub scale: f64,
+    pub photo: (u32, u32),
+}
+
+/// Resizes `img` so its longer side is `long_side` (sides rounded to `multiple`), normalised
+/// with the ImageNet statistics the backbones were trained with.
+pub fn prepare_photo(
+    img: &DynamicImage,
+    long_side: u32,
+    multiple: usize,
+    device: &Device,
+) -> candle_core::Result<DetectorInput> {
+    let (w, h) = (img.width().max(1), img.height().max(1));
+    let scale = long_side as f64 / w.max(h) as f64;
+    let round = |v: u32| {
+        let m = multiple.max(1) as u32;
+        (((v as f64 * scale) / m as f64).round() as u32).max(1) * m
+    };
+    let (nw, nh) = (round(w), round(h));
+    let rgb = img.to_rgb8();
+    let resized = if scale < 1.0 {
+        image::imageops::thumbnail(&rgb, nw, nh)
+    } else {
+        image::imageops::resize(&rgb, nw, nh, image::imageops::FilterType::Triangle)
+    };
+    let plane = (nw * nh) as usize;
+    let mut data = vec![0f32; 3 * plane];
+    for (i, p) in resized.pixels().enumerate() {
+        for c in 0..3 {
+            data[c * plane + i] = (p[c] as f32 / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
+        }
+    }
+    let image = Tensor::from_vec(data, (1, 3, nh as usize, nw as usize), device)?;
+    // The scale actually applied along the longer side (after rounding).
+    let applied = if w >= h { nw as f64 / w as f64 } else { nh as f64 / h as f64 };
+    Ok(DetectorInput { image, scale: applied, photo: (w, h) })
+}
+
+/// The feature grid the detector reads: the backbone's features at `taps`, each as a map
+/// `[1, C, rows, cols]`, brought to the finest grid among them (nearest neighbour) and
+/// concatenated. Returns the grid and its stride in input pixels.
+pub fn feature_grid(backbone: &dyn Backbone, input: &Tensor, taps: &[usize]) -> candle_core::Result<(Tensor, usize)> {
+    let taps: Vec<Tap> = taps.iter().map(|&d| Tap::Output(d)).collect();
+    let features = backbone.features(input, &taps)?;
+    let finest = features.iter().min_by_key(|f| f.stride()).ok_or_else(|| candle_core::Error::Msg("no taps".into()))?;
+    let (rows, cols, stride) = (finest.rows(), finest.cols(), finest.stride());
+    let mut maps = Vec::with_capacity(features.len());
+    for f in &features {
+        let (b, n, d) = f.grid()?.dims3()?;
+        debug_assert_eq!(n, f.rows() * f.cols());
+        let map = f.grid()?.transpose(1, 2)?.reshape((b, d, f.rows(), f.cols()))?;
+        let map = if (f.rows(), f.cols()) == (rows, cols) { map } else { map.upsample_nearest2d(rows, cols)? };
+        maps.push(map);
+    }
+    Ok((Tensor::cat(&maps, 1)?.contiguous()?, stride))
+}
+
+/// The default feature depths for a backbone: for a CNN the last stage at stride 16 (fine
+/// enough for a fin a few dozen pixels wide) beside the final map (what the animal is); for
+/// a ViT the last block.
+pub fn default_taps(backbone: &dyn Backbone) -> Vec<usize> {
+    let depth = backbone.depth();
+    if backbone.input_multiple() == 1 && depth >= 7 { vec![depth - 2, depth] } else { vec![depth] }
+}
+
+/// A learned detector: the head and what it was made from.
+pub struct Detector {
+    pub config: DetectorConfig,
+    pub net: DetectorNet,
+}
+
+impl Detector {
+    /// A fresh head (for training), its variables in `vars`.
+    pub fn new(config: DetectorConfig, vars: &VarMap, device: &Device) -> candle_core::Result<Self> {
+        let vb = VarBuilder::from_varmap(vars, DType::F32, device);
+        let net = DetectorNet::new(vb, config.channels, config.hidden, config.parts.len().max(1))?;
+        Ok(Self { config, net })
+    }
+
+    /// Reads a detector file, refusing anything else and any other backbone than `backbone`.
+    pub fn load(path: &Path, backbone: &str, device: &Device) -> Result<Self, DetectorError> {
+        let config = read_config(path)?;
+        if config.backbone != backbone {
+            return Err(DetectorError::OtherBackbone {
+                path: path.to_path_buf(),
+                trained: config.backbone.clone(),
+                given: backbone.to_string(),
+            });
+        }
+        let bytes = std::fs::read(path).map_err(|source| DetectorError::Io { path: path.to_path_buf(), source })?;
+        let tensors = |source| DetectorError::Tensors { path: path.to_path_buf(), source };
+        let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, device).map_err(tensors)?;
+        let net = DetectorNet::new(vb, config.channels, config.hidden, config.parts.len().max(1)).map_err(tensors)?;
+        Ok(Self { config, net })
+    }
+
+    /// Writes the head in `vars` with `config` as a detector file.
+    pub fn save(vars: &VarMap, config: &DetectorConfig, path: &Path) -> anyhow::Result<()> {
+        let data = vars.data().lock().map_err(|_| anyhow::anyhow!("the detector's variables are poisoned"))?;
+        let tensors: Vec<(String, Tensor)> = data.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+        let metadata = std::collections::HashMap::from([
+            (KIND_KEY.to_string(), KIND.to_string()),
+            (CONFIG_KEY.to_string(), serde_json::to_string(config)?),
+        ]);
+        let bytes = safetensors::serialize(tensors, Some(metadata))?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+        }
+        let partial = path.with_extension("safetensors.partial");
+        std::fs::write(&partial, bytes).map_err(|e| anyhow::anyhow!("{}: {e}", partial.display()))?;
+        std::fs::rename(&partial, path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok(())
+    }
+
+    /// Boxes in one photo from its feature grid, calibrated, suppressed, best first.
+    pub fn detect(&self, grid: &Tensor, input: &DetectorInput, min_score: f32) -> candle_core::Result<Vec<Detection>> {
+        let (_, _, rows, cols) = grid.dims4()?;
+        let out = self.net.forward(grid)?;
+        let raw =
+            decode(&out, rows, cols, self.config.stride as f64, input.scale, input.photo, &self.config.parts, 0.01)?;
+        let calibrated = raw
+            .into_iter()
+            .map(|mut d| {
+                d.score = self.config.calibration.apply(d.score);
+                d
+            })
+            .filter(|d| d.score >= min_score)
+            .collect();
+        Ok(nms(calibrated, NMS_IOU, MAX_BOXES))
+    }
+}
+
+/// The config recorded in a detector file, after checking that it is one.
+pub fn read_config(path: &Path) -> Result<DetectorConfig, DetectorError> {
+    let not = |reason: String| DetectorError::NotADetector { path: path.to_path_buf(), reason };
+    let file = std::fs::File::open(path).map_err(|source| DetectorError::Io { path: path.to_path_buf(), source })?;
+    let mut reader = std::io::BufReader::new(file);
+    let mut len = [0u8; 8];
+    std::io::Read::read_exact(&mut reader, &mut len).map_err(|_| not("too short to be a safetensors file".into()))?;
+    let len = u64::from_le_bytes(len);
+    if len > 100_000_000 {
+        return Err(not("its header is not a safetensors header".into()));
+    }
+    let mut header = vec![0u8; len as usize];
+    std::io::Read::read_exact(&mut reader, &mut header)
+        .map_err(|_| not("its safetensors header is cut short".into()))?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|_| not("its header is not a safetensors header".into()))?;
+    let metadata = header.get("__metadata__");
+    let kind = metadata.and_then(|m| m.get(KIND_KEY)).and_then(|k| k.as_str());
+    match kind {
+        Some(KIND) => {}
+        Some(other) => return Err(not(format!("it is a whaleid {other} file"))),
+        None => {
+            return Err(not(
+                "it does not say it is a whaleid detector; an embedding head or another network's weights?".into(),
+            ));
+        }
+    }
+    let config = metadata
+        .and_then(|m| m.get(CONFIG_KEY))
+        .and_then(|c| c.as_str())
+        .ok_or_else(|| not("its configuration is missing".into()))?;
+    serde_json::from_str(config).map_err(|e| not(format!("its configuration cannot be read: {e}")))
+}
