@@ -24,11 +24,8 @@ pub use config::{CONFIG_KEY, DetectorCard, DetectorConfig};
 pub use network::{DetectorNet, HeadOutput, Targets, decode, loss, targets};
 
 use super::backbone::{Backbone, Tap};
+use super::file_kind::FileKind;
 use super::preprocess::{IMAGENET_MEAN, IMAGENET_STD};
-
-/// The metadata key and value that mark a whaleid detector file.
-pub const KIND_KEY: &str = "whaleid.kind";
-pub const KIND: &str = "detector";
 
 /// Boxes that overlap a better one by more than this are the same animal.
 pub const NMS_IOU: f64 = 0.5;
@@ -42,6 +39,8 @@ pub enum DetectorError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{}: not a detector file ({reason})", path.display())]
     NotADetector { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Kind(#[from] super::file_kind::FileKindError),
     #[error(
         "{}: this detector was trained on the features of {trained}, but the backbone given is {given}; \
          train a detector for {given} (`whaleid train-detector`)",
@@ -156,10 +155,8 @@ impl Detector {
     pub fn save(vars: &VarMap, config: &DetectorConfig, path: &Path) -> anyhow::Result<()> {
         let data = vars.data().lock().map_err(|_| anyhow::anyhow!("the detector's variables are poisoned"))?;
         let tensors: Vec<(String, Tensor)> = data.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
-        let metadata = std::collections::HashMap::from([
-            (KIND_KEY.to_string(), KIND.to_string()),
-            (CONFIG_KEY.to_string(), serde_json::to_string(config)?),
-        ]);
+        let mut metadata = FileKind::Detector.metadata();
+        metadata.insert(CONFIG_KEY.to_string(), serde_json::to_string(config)?);
         let bytes = safetensors::serialize(tensors, Some(metadata))?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
@@ -190,6 +187,7 @@ impl Detector {
 
 /// The config recorded in a detector file, after checking that it is one.
 pub fn read_config(path: &Path) -> Result<DetectorConfig, DetectorError> {
+    FileKind::check(path, FileKind::Detector)?;
     let not = |reason: String| DetectorError::NotADetector { path: path.to_path_buf(), reason };
     let file = std::fs::File::open(path).map_err(|source| DetectorError::Io { path: path.to_path_buf(), source })?;
     let mut reader = std::io::BufReader::new(file);
@@ -205,16 +203,6 @@ pub fn read_config(path: &Path) -> Result<DetectorConfig, DetectorError> {
     let header: serde_json::Value =
         serde_json::from_slice(&header).map_err(|_| not("its header is not a safetensors header".into()))?;
     let metadata = header.get("__metadata__");
-    let kind = metadata.and_then(|m| m.get(KIND_KEY)).and_then(|k| k.as_str());
-    match kind {
-        Some(KIND) => {}
-        Some(other) => return Err(not(format!("it is a whaleid {other} file"))),
-        None => {
-            return Err(not(
-                "it does not say it is a whaleid detector; an embedding head or another network's weights?".into(),
-            ));
-        }
-    }
     let config = metadata
         .and_then(|m| m.get(CONFIG_KEY))
         .and_then(|c| c.as_str())
