@@ -147,7 +147,7 @@ pub fn targets(rows: usize, cols: usize, stride: f64, truths: &[(BoxPx, u32)], i
         let (bx, by) = (b.x + b.w / 2.0, b.y + b.h / 2.0);
         let radius = CENTRE_RADIUS * stride;
         let mut nearest: Option<(usize, f64)> = None;
-        for i in 0..cells {
+        for (i, slot) in owner.iter_mut().enumerate() {
             let (x, y) = centre(i);
             let dist = (x - bx).abs().max((y - by).abs());
             if nearest.is_none_or(|(_, d)| dist < d) {
@@ -155,14 +155,12 @@ pub fn targets(rows: usize, cols: usize, stride: f64, truths: &[(BoxPx, u32)], i
             }
             let inside = x > b.x && x < b.x + b.w && y > b.y && y < b.y + b.h;
             if inside && (x - bx).abs() <= radius && (y - by).abs() <= radius {
-                claim(&mut owner[i], b, (x, y), stride, part);
+                claim(slot, b, (x, y), stride, part);
             }
         }
         // A box smaller than a cell still owns the cell its centre falls in.
-        if let Some((i, _)) = nearest {
-            if owner[i].is_none() {
-                claim(&mut owner[i], b, centre(i), stride, part);
-            }
+        if let Some((i, _)) = nearest.filter(|(i, _)| owner[*i].is_none()) {
+            claim(&mut owner[i], b, centre(i), stride, part);
         }
     }
     let mut positives = Vec::new();

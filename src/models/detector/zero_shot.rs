@@ -34,7 +34,9 @@ pub fn propose(grid: &Tensor, stride: usize, input: &DetectorInput, part: Part) 
     let mut found = Vec::new();
     for region in regions(&mask, rows, cols) {
         // A region as large as most of the photo is the sea's own variety, not an animal.
-        if region.len() * 2 > n {
+        // A lone cell is a wave's glint: at the detector's resolution an animal spans two
+        // cells or more.
+        if region.len() * 2 > n || region.len() < 2 {
             continue;
         }
         let (mut r0, mut r1, mut c0, mut c1) = (usize::MAX, 0, usize::MAX, 0);
