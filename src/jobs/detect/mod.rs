@@ -19,7 +19,7 @@ use image::DynamicImage;
 use crate::base::progress::Progress;
 use crate::base::vocabulary::{Part, Source, Status};
 use crate::catalogue::{Catalogue, CatalogueError, NewAnnotation};
-use crate::models::detector::{self, Detection, Detector, DetectorInput};
+use crate::models::detector::{self, Detection, Detector, DetectorInput, FeatureMaps};
 use crate::models::{Backbone, KnownModel};
 
 pub use train::{TrainDetectorOptions, TrainDetectorReport, train_detector};
@@ -100,21 +100,22 @@ impl Finder {
         self.detector.is_some()
     }
 
-    /// The resized photo and its feature grid (with its stride).
-    pub fn features(&self, img: &DynamicImage) -> anyhow::Result<(DetectorInput, candle_core::Tensor, usize)> {
+    /// The resized photo and its features.
+    pub fn features(&self, img: &DynamicImage) -> anyhow::Result<(DetectorInput, FeatureMaps)> {
         let input =
             detector::prepare_photo(img, self.long_side, self.backbone.input_multiple(), self.backbone.device())?;
-        let (grid, stride) = detector::feature_grid(self.backbone.as_ref(), &input.image, &self.taps)?;
-        Ok((input, grid, stride))
+        let features = FeatureMaps::new(self.backbone.as_ref(), &input.image, &self.taps)?;
+        Ok((input, features))
     }
 
     /// Boxes in one photo scoring at least `min_score`, best first.
     pub fn find(&self, img: &DynamicImage, min_score: f32) -> anyhow::Result<Vec<Detection>> {
-        let (input, grid, stride) = self.features(img)?;
+        let (input, features) = self.features(img)?;
         Ok(match &self.detector {
-            Some(det) => det.detect(&grid, &input, min_score)?,
+            Some(det) => det.detect(&features, &input, min_score)?,
             None => {
-                let mut found = detector::zero_shot::propose(&grid, stride, &input, self.part)?;
+                let grid = features.concatenated()?;
+                let mut found = detector::zero_shot::propose(&grid, features.stride, &input, self.part)?;
                 found.retain(|d| d.score >= min_score);
                 found
             }
@@ -124,12 +125,12 @@ impl Finder {
     /// Both kinds of boxes from one feature pass: the learned detector's (empty without one)
     /// and the zero-shot proposals.
     pub fn find_both(&self, img: &DynamicImage) -> anyhow::Result<(Vec<Detection>, Vec<Detection>)> {
-        let (input, grid, stride) = self.features(img)?;
+        let (input, features) = self.features(img)?;
         let learned = match &self.detector {
-            Some(det) => det.detect(&grid, &input, 0.01)?,
+            Some(det) => det.detect(&features, &input, 0.01)?,
             None => Vec::new(),
         };
-        let zero = detector::zero_shot::propose(&grid, stride, &input, self.part)?;
+        let zero = detector::zero_shot::propose(&features.concatenated()?, features.stride, &input, self.part)?;
         Ok((learned, zero))
     }
 }

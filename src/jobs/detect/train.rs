@@ -20,7 +20,7 @@ use crate::base::progress::Progress;
 use crate::base::vocabulary::{BoxPx, Part};
 use crate::catalogue::Catalogue;
 use crate::models::Backbone;
-use crate::models::detector::{self, Calibration, Detector, DetectorCard, DetectorConfig};
+use crate::models::detector::{self, Calibration, Detector, DetectorCard, DetectorConfig, FeatureMaps};
 
 #[derive(Debug, Clone)]
 pub struct TrainDetectorOptions {
@@ -65,9 +65,9 @@ struct Sample {
     unknown: Vec<BoxPx>,
 }
 
-/// One cached view: a photo's feature grid (f16 to halve the memory) and its targets.
+/// One cached view: a photo's features (f16 to halve the memory) and its targets.
 struct View {
-    grid: Tensor,
+    features: FeatureMaps,
     targets: detector::Targets,
 }
 
@@ -112,8 +112,8 @@ fn views(finder: &Finder, sample: &Sample, parts: &[Part]) -> anyhow::Result<Vec
     let mut out = Vec::new();
     for mirrored in [false, true] {
         let shown = if mirrored { img.fliph() } else { img.clone() };
-        let (input, grid, stride) = finder.features(&shown)?;
-        let (_, _, rows, cols) = grid.dims4()?;
+        let (input, features) = finder.features(&shown)?;
+        let (rows, cols) = features.grid();
         let w = img.width() as f64;
         let place = |b: &BoxPx| {
             let x = if mirrored { w - b.x - b.w } else { b.x };
@@ -125,8 +125,8 @@ fn views(finder: &Finder, sample: &Sample, parts: &[Part]) -> anyhow::Result<Vec
             .map(|(b, p)| (place(b), parts.iter().position(|q| q == p).unwrap_or(0) as u32))
             .collect();
         let unknown: Vec<BoxPx> = sample.unknown.iter().map(place).collect();
-        let targets = detector::targets(rows, cols, stride as f64, &truths, &unknown);
-        out.push(View { grid: grid.to_dtype(DType::F16)?, targets });
+        let targets = detector::targets(rows, cols, features.stride as f64, &truths, &unknown);
+        out.push(View { features: features.to_dtype(DType::F16)?, targets });
     }
     Ok(out)
 }
@@ -179,16 +179,8 @@ pub fn train_detector(
     if cache.is_empty() {
         anyhow::bail!("{}: none of the photos with boxes could be read", cat.path().display());
     }
-    let channels = cache[0].grid.dim(1)?;
-    let stride = {
-        let probe = crate::models::detector::prepare_photo(
-            &image::DynamicImage::new_rgb8(64, 64),
-            64,
-            backbone.input_multiple(),
-            &device,
-        )?;
-        crate::models::detector::feature_grid(backbone.as_ref(), &probe.image, &finder.taps)?.1
-    };
+    let channels = cache[0].features.channels();
+    let stride = cache[0].features.stride;
 
     let config = DetectorConfig {
         backbone: backbone.name().to_string(),
@@ -203,10 +195,10 @@ pub fn train_detector(
     };
     let vars = VarMap::new();
     let det = Detector::new(config.clone(), &vars, &device)?;
-    standardise(&vars, &cache, channels, &device)?;
+    standardise(&vars, &cache, &device)?;
     let trainable: Vec<candle_core::Var> = {
         let data = vars.data().lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-        data.iter().filter(|(k, _)| !k.starts_with("feature_")).map(|(_, v)| v.clone()).collect()
+        data.iter().filter(|(k, _)| !k.contains("feature_")).map(|(_, v)| v.clone()).collect()
     };
     let mut opt =
         AdamW::new(trainable, ParamsAdamW { lr: opts.learning_rate, weight_decay: 1e-4, ..Default::default() })?;
@@ -224,7 +216,7 @@ pub fn train_detector(
             let cosine = 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / steps as f64).cos());
             opt.set_learning_rate(opts.learning_rate * warm * (0.02 + 0.98 * cosine));
             let view = &cache[i];
-            let out = det.net.forward(&view.grid.to_dtype(DType::F32)?)?;
+            let out = det.net.forward(&view.features.to_dtype(DType::F32)?.maps)?;
             let loss = detector::loss(&out, &view.targets, &device)?;
             opt.backward_step(&loss)?;
             step += 1;
@@ -239,8 +231,8 @@ pub fn train_detector(
     progress.stage("validating", validation.len() as u64);
     for s in &validation {
         let found = crate::base::photo::decode_file(&s.file).map_err(anyhow::Error::msg).and_then(|img| {
-            let (input, grid, _) = finder.features(&img)?;
-            Ok(det.detect(&grid, &input, 0.01)?)
+            let (input, features) = finder.features(&img)?;
+            Ok(det.detect(&features, &input, 0.01)?)
         });
         match found {
             Ok(found) => {
@@ -292,32 +284,39 @@ fn default_out(catalogue: &Path) -> PathBuf {
     dir.join(format!("{stem}-{}.safetensors", chrono::Utc::now().format("%Y%m%d-%H%M%S")))
 }
 
-/// Sets the head's feature standardisation to the cached grids' per-channel mean and
-/// standard deviation.
-fn standardise(vars: &VarMap, cache: &[View], channels: usize, device: &Device) -> anyhow::Result<()> {
-    let mut sum = vec![0f64; channels];
-    let mut sq = vec![0f64; channels];
-    let mut n = 0usize;
-    for view in cache.iter().step_by(2) {
-        let g = view.grid.to_dtype(DType::F32)?;
-        let (_, c, r, k) = g.dims4()?;
-        let flat = g.reshape((c, r * k))?.to_vec2::<f32>()?;
-        for (ch, row) in flat.iter().enumerate() {
-            for &v in row {
-                sum[ch] += v as f64;
-                sq[ch] += (v as f64) * (v as f64);
-            }
-        }
-        n += r * k;
-    }
-    let n = n.max(1) as f64;
-    let mean: Vec<f32> = sum.iter().map(|s| (s / n) as f32).collect();
-    let std: Vec<f32> =
-        sq.iter().zip(&sum).map(|(q, s)| ((q / n - (s / n).powi(2)).max(0.0).sqrt() as f32).max(1e-3)).collect();
+/// Sets the head's feature standardisation to the cached maps' per-channel mean and standard
+/// deviation, tap by tap.
+fn standardise(vars: &VarMap, cache: &[View], device: &Device) -> anyhow::Result<()> {
+    let taps = cache.first().map(|v| v.features.maps.len()).unwrap_or(0);
     let data = vars.data().lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-    for (name, values) in [("feature_mean", mean), ("feature_std", std)] {
-        let var = data.get(name).ok_or_else(|| anyhow::anyhow!("the detector has no {name}"))?;
-        var.set(&Tensor::from_vec(values, channels, device)?)?;
+    for tap in 0..taps {
+        let mut sum: Vec<f64> = Vec::new();
+        let mut sq: Vec<f64> = Vec::new();
+        let mut n = 0usize;
+        for view in cache.iter().step_by(2) {
+            let g = view.features.maps[tap].to_dtype(DType::F32)?;
+            let (_, c, r, k) = g.dims4()?;
+            sum.resize(c, 0.0);
+            sq.resize(c, 0.0);
+            let flat = g.reshape((c, r * k))?.to_vec2::<f32>()?;
+            for (ch, row) in flat.iter().enumerate() {
+                for &v in row {
+                    sum[ch] += v as f64;
+                    sq[ch] += (v as f64) * (v as f64);
+                }
+            }
+            n += r * k;
+        }
+        let n = n.max(1) as f64;
+        let mean: Vec<f32> = sum.iter().map(|s| (s / n) as f32).collect();
+        let std: Vec<f32> =
+            sq.iter().zip(&sum).map(|(q, s)| ((q / n - (s / n).powi(2)).max(0.0).sqrt() as f32).max(1e-3)).collect();
+        for (name, values) in [("feature_mean", mean), ("feature_std", std)] {
+            let name = format!("tap{tap}.{name}");
+            let var = data.get(&name).ok_or_else(|| anyhow::anyhow!("the detector has no {name}"))?;
+            let len = values.len();
+            var.set(&Tensor::from_vec(values, len, device)?)?;
+        }
     }
     Ok(())
 }

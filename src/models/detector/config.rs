@@ -14,14 +14,14 @@ pub struct DetectorConfig {
     /// The backbone whose features the head reads (`efficientnet_lite0`): another backbone's
     /// features mean nothing to it.
     pub backbone: String,
-    /// Feature depths read (blocks or stages), concatenated on the finest grid.
+    /// Feature depths read (blocks or stages).
     pub taps: Vec<usize>,
     /// Photos are resized so their longer side is this many input pixels.
     pub long_side: u32,
     /// Input pixels per grid cell.
     pub stride: usize,
-    /// Width of the concatenated feature grid.
-    pub channels: usize,
+    /// Width of each tap's features.
+    pub channels: Vec<usize>,
     pub hidden: usize,
     pub parts: Vec<Part>,
     pub calibration: Calibration,

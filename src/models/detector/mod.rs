@@ -93,23 +93,66 @@ pub fn prepare_photo(
     Ok(DetectorInput { image, scale: applied, photo: (w, h) })
 }
 
-/// The feature grid the detector reads: the backbone's features at `taps`, each as a map
-/// `[1, C, rows, cols]`, brought to the finest grid among them (nearest neighbour) and
-/// concatenated. Returns the grid and its stride in input pixels.
-pub fn feature_grid(backbone: &dyn Backbone, input: &Tensor, taps: &[usize]) -> candle_core::Result<(Tensor, usize)> {
-    let taps: Vec<Tap> = taps.iter().map(|&d| Tap::Output(d)).collect();
-    let features = backbone.features(input, &taps)?;
-    let finest = features.iter().min_by_key(|f| f.stride()).ok_or_else(|| candle_core::Error::Msg("no taps".into()))?;
-    let (rows, cols, stride) = (finest.rows(), finest.cols(), finest.stride());
-    let mut maps = Vec::with_capacity(features.len());
-    for f in &features {
-        let (b, n, d) = f.grid()?.dims3()?;
-        debug_assert_eq!(n, f.rows() * f.cols());
-        let map = f.grid()?.transpose(1, 2)?.reshape((b, d, f.rows(), f.cols()))?;
-        let map = if (f.rows(), f.cols()) == (rows, cols) { map } else { map.upsample_nearest2d(rows, cols)? };
-        maps.push(map);
+/// The features the detector reads: the backbone's maps at its taps, each `[1, C, rows,
+/// cols]` on its own grid, and the finest grid's stride in input pixels.
+pub struct FeatureMaps {
+    pub maps: Vec<Tensor>,
+    pub stride: usize,
+}
+
+impl FeatureMaps {
+    pub fn new(backbone: &dyn Backbone, input: &Tensor, taps: &[usize]) -> candle_core::Result<Self> {
+        let taps: Vec<Tap> = taps.iter().map(|&d| Tap::Output(d)).collect();
+        let features = backbone.features(input, &taps)?;
+        let stride =
+            features.iter().map(|f| f.stride()).min().ok_or_else(|| candle_core::Error::Msg("no taps".into()))?;
+        let maps = features
+            .iter()
+            .map(|f| {
+                let (b, n, d) = f.grid()?.dims3()?;
+                debug_assert_eq!(n, f.rows() * f.cols());
+                f.grid()?.transpose(1, 2)?.reshape((b, d, f.rows(), f.cols()))?.contiguous()
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(FeatureMaps { maps, stride })
     }
-    Ok((Tensor::cat(&maps, 1)?.contiguous()?, stride))
+
+    /// The finest grid's rows and columns.
+    pub fn grid(&self) -> (usize, usize) {
+        self.maps
+            .iter()
+            .filter_map(|m| m.dims4().ok().map(|(_, _, r, k)| (r, k)))
+            .max_by_key(|(r, k)| r * k)
+            .unwrap_or((0, 0))
+    }
+
+    /// Every map's width.
+    pub fn channels(&self) -> Vec<usize> {
+        self.maps.iter().map(|m| m.dim(1).unwrap_or(0)).collect()
+    }
+
+    /// All maps on the finest grid (nearest neighbour), concatenated: `[1, sum C, rows, cols]`.
+    pub fn concatenated(&self) -> candle_core::Result<Tensor> {
+        let (rows, cols) = self.grid();
+        let maps = self
+            .maps
+            .iter()
+            .map(|m| {
+                if m.dims4()?.2 == rows && m.dims4()?.3 == cols {
+                    Ok(m.clone())
+                } else {
+                    m.upsample_nearest2d(rows, cols)
+                }
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Tensor::cat(&maps, 1)?.contiguous()
+    }
+
+    /// The same maps in another dtype (f16 to cache them, f32 to use them).
+    pub fn to_dtype(&self, dtype: DType) -> candle_core::Result<Self> {
+        let maps = self.maps.iter().map(|m| m.to_dtype(dtype)).collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(FeatureMaps { maps, stride: self.stride })
+    }
 }
 
 /// The default feature depths for a backbone: for a CNN the last stage at stride 16 (fine
@@ -130,7 +173,7 @@ impl Detector {
     /// A fresh head (for training), its variables in `vars`.
     pub fn new(config: DetectorConfig, vars: &VarMap, device: &Device) -> candle_core::Result<Self> {
         let vb = VarBuilder::from_varmap(vars, DType::F32, device);
-        let net = DetectorNet::new(vb, config.channels, config.hidden, config.parts.len().max(1))?;
+        let net = DetectorNet::new(vb, &config.channels, config.hidden, config.parts.len().max(1))?;
         Ok(Self { config, net })
     }
 
@@ -147,7 +190,7 @@ impl Detector {
         let bytes = std::fs::read(path).map_err(|source| DetectorError::Io { path: path.to_path_buf(), source })?;
         let tensors = |source| DetectorError::Tensors { path: path.to_path_buf(), source };
         let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, device).map_err(tensors)?;
-        let net = DetectorNet::new(vb, config.channels, config.hidden, config.parts.len().max(1)).map_err(tensors)?;
+        let net = DetectorNet::new(vb, &config.channels, config.hidden, config.parts.len().max(1)).map_err(tensors)?;
         Ok(Self { config, net })
     }
 
@@ -167,10 +210,15 @@ impl Detector {
         Ok(())
     }
 
-    /// Boxes in one photo from its feature grid, calibrated, suppressed, best first.
-    pub fn detect(&self, grid: &Tensor, input: &DetectorInput, min_score: f32) -> candle_core::Result<Vec<Detection>> {
-        let (_, _, rows, cols) = grid.dims4()?;
-        let out = self.net.forward(grid)?;
+    /// Boxes in one photo from its features, calibrated, suppressed, best first.
+    pub fn detect(
+        &self,
+        features: &FeatureMaps,
+        input: &DetectorInput,
+        min_score: f32,
+    ) -> candle_core::Result<Vec<Detection>> {
+        let (rows, cols) = features.grid();
+        let out = self.net.forward(&features.maps)?;
         let raw =
             decode(&out, rows, cols, self.config.stride as f64, input.scale, input.photo, &self.config.parts, 0.01)?;
         let calibrated = raw

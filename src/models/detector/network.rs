@@ -12,11 +12,19 @@ use crate::base::vocabulary::{BoxPx, Part};
 /// first steps are not spent learning that.
 const OBJECT_PRIOR: f64 = 0.01;
 
-pub struct DetectorNet {
-    /// Per-channel standardisation of the features, measured on the training photos.
+/// One tap's input layer: the tap's features standardised (per channel, measured on the
+/// training photos) and projected to the head's width on the tap's own grid.
+struct TapInput {
     mean: Tensor,
     std: Tensor,
-    hidden: [Linear; 2],
+    linear: Linear,
+}
+
+pub struct DetectorNet {
+    taps: Vec<TapInput>,
+    /// Reads each cell's 3 x 3 neighbourhood of the first layer: where the edges of the
+    /// animal lie around the cell, which the box's sides are measured from.
+    context: Linear,
     objectness: Linear,
     regression: Linear,
     parts: usize,
@@ -31,18 +39,28 @@ pub struct HeadOutput {
 }
 
 impl DetectorNet {
-    /// `channels`: the feature grid's width; `hidden`: the head's; `parts`: the classes.
+    /// `channels`: the width of each tap's features; `hidden`: the head's; `parts`: the
+    /// classes.
     ///
-    /// The head looks at each cell on its own (two hidden layers): the backbone's deep
-    /// features already see far beyond their cell, and matrix products train fast on a CPU
-    /// where convolutions' gradients do not.
-    pub fn new(vb: VarBuilder, channels: usize, hidden: usize, parts: usize) -> Result<Self> {
-        let mean = vb.get_with_hints(channels, "feature_mean", Init::Const(0.0))?;
-        let std = vb.get_with_hints(channels, "feature_std", Init::Const(1.0))?;
-        let hidden_layers = [
-            candle_nn::linear(channels, hidden, vb.pp("hidden0"))?,
-            candle_nn::linear(hidden, hidden, vb.pp("hidden1"))?,
-        ];
+    /// Each tap is projected on its own grid and the coarser ones are brought to the finest
+    /// afterwards (a linear map commutes with repeating cells, so this is the same as
+    /// projecting the upsampled features, at a fraction of the cost); one layer then reads
+    /// each cell's neighbourhood. Matrix products throughout: they train fast on a CPU where
+    /// convolutions' gradients do not.
+    pub fn new(vb: VarBuilder, channels: &[usize], hidden: usize, parts: usize) -> Result<Self> {
+        let taps = channels
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| {
+                let vb = vb.pp(format!("tap{i}"));
+                Ok(TapInput {
+                    mean: vb.get_with_hints(c, "feature_mean", Init::Const(0.0))?,
+                    std: vb.get_with_hints(c, "feature_std", Init::Const(1.0))?,
+                    linear: candle_nn::linear(c, hidden, vb.pp("linear"))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let context = candle_nn::linear(9 * hidden, hidden, vb.pp("context"))?;
         let bias_prior = -((1.0 - OBJECT_PRIOR) / OBJECT_PRIOR).ln();
         let objectness = {
             let vb = vb.pp("objectness");
@@ -51,23 +69,72 @@ impl DetectorNet {
             Linear::new(w, Some(b))
         };
         let regression = candle_nn::linear(hidden, 4 + parts, vb.pp("regression"))?;
-        Ok(Self { mean, std, hidden: hidden_layers, objectness, regression, parts })
+        Ok(Self { taps, context, objectness, regression, parts })
     }
 
-    /// `features` `[1, C, rows, cols]` -> the head's outputs, cell by cell, row by row.
-    pub fn forward(&self, features: &Tensor) -> Result<HeadOutput> {
-        let (_, c, rows, cols) = features.dims4()?;
+    /// `maps`: one `[1, C, rows, cols]` map per tap -> the head's outputs on the finest
+    /// grid, cell by cell, row by row.
+    pub fn forward(&self, maps: &[Tensor]) -> Result<HeadOutput> {
+        if maps.len() != self.taps.len() {
+            candle_core::bail!("the detector reads {} feature maps, got {}", self.taps.len(), maps.len());
+        }
+        let (rows, cols) = maps
+            .iter()
+            .filter_map(|m| m.dims4().ok().map(|(_, _, r, k)| (r, k)))
+            .max_by_key(|(r, k)| r * k)
+            .unwrap_or((0, 0));
         let cells = rows * cols;
-        let x = features.reshape((c, cells))?.t()?;
-        let x = x.broadcast_sub(&self.mean.unsqueeze(0)?)?.broadcast_div(&self.std.unsqueeze(0)?)?;
-        let mut x = self.hidden[0].forward(&x)?.relu()?;
-        x = (self.hidden[1].forward(&x)?.relu()? + &x)?;
+        let mut first: Option<Tensor> = None;
+        for (tap, map) in self.taps.iter().zip(maps) {
+            let (_, c, r, k) = map.dims4()?;
+            let x = map.reshape((c, r * k))?.t()?;
+            let x = x.broadcast_sub(&tap.mean.unsqueeze(0)?)?.broadcast_div(&tap.std.unsqueeze(0)?)?;
+            let y = tap.linear.forward(&x)?.t()?.reshape((1, (), r, k))?;
+            let y = upsample_nearest(&y, rows, cols)?;
+            first = Some(match first {
+                Some(sum) => (sum + y)?,
+                None => y,
+            });
+        }
+        let first = first.ok_or_else(|| candle_core::Error::Msg("no feature maps".into()))?.relu()?;
+        let hidden = first.dim(1)?;
+        let flat = first.reshape((hidden, cells))?.t()?;
+        let x = (self.context.forward(&neighbourhoods(&first)?)?.relu()? + flat)?;
         let objectness = self.objectness.forward(&x)?.reshape(cells)?;
         let regression = self.regression.forward(&x)?;
         let distances = regression.narrow(1, 0, 4)?.contiguous()?;
         let parts = regression.narrow(1, 4, self.parts)?.contiguous()?;
         Ok(HeadOutput { objectness, distances, parts })
     }
+}
+
+/// `[1, C, r, k]` -> `[1, C, rows, cols]`, each cell taking the value of the cell it falls
+/// in (index selection, so gradients flow back through it whatever the ratio).
+fn upsample_nearest(map: &Tensor, rows: usize, cols: usize) -> Result<Tensor> {
+    let (_, _, r, k) = map.dims4()?;
+    if (r, k) == (rows, cols) {
+        return Ok(map.clone());
+    }
+    let index =
+        |from: usize, to: usize| -> Vec<u32> { (0..to).map(|i| ((i * from) / to).min(from - 1) as u32).collect() };
+    let dev = map.device();
+    let row_index = Tensor::from_vec(index(r, rows), rows, dev)?;
+    let col_index = Tensor::from_vec(index(k, cols), cols, dev)?;
+    map.index_select(&row_index, 2)?.index_select(&col_index, 3)
+}
+
+/// `[1, C, rows, cols]` -> `[rows * cols, 9 C]`: each cell's 3 x 3 neighbourhood (zeros
+/// beyond the border), neighbour by neighbour.
+fn neighbourhoods(map: &Tensor) -> Result<Tensor> {
+    let (_, c, rows, cols) = map.dims4()?;
+    let padded = map.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?;
+    let mut shifted = Vec::with_capacity(9);
+    for dy in 0..3 {
+        for dx in 0..3 {
+            shifted.push(padded.narrow(2, dy, rows)?.narrow(3, dx, cols)?);
+        }
+    }
+    Tensor::cat(&shifted, 1)?.reshape((9 * c, rows * cols))?.t()
 }
 
 /// Turns one photo's head outputs into boxes in photo pixels: every cell whose objectness is
@@ -226,4 +293,106 @@ pub fn loss(out: &HeadOutput, t: &Targets, device: &Device) -> Result<Tensor> {
         }
     }
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
+
+    #[test]
+    fn upsampling_repeats_each_cell_and_passes_gradients_back_to_it() -> Result<()> {
+        let map = candle_core::Var::from_vec((0..6).map(|v| v as f32).collect::<Vec<_>>(), (1, 1, 2, 3), &Device::Cpu)?;
+        let up = upsample_nearest(map.as_tensor(), 4, 6)?;
+        let rows = up.reshape((4, 6))?.to_vec2::<f32>()?;
+        assert_eq!(rows[0], [0., 0., 1., 1., 2., 2.]);
+        assert_eq!(rows[3], [3., 3., 4., 4., 5., 5.]);
+        // An uneven ratio still maps every cell to the cell it falls in.
+        let odd = upsample_nearest(map.as_tensor(), 3, 5)?.reshape((3, 5))?.to_vec2::<f32>()?;
+        assert_eq!(odd[0], [0., 0., 1., 1., 2.]);
+        assert_eq!(odd[2], [3., 3., 4., 4., 5.]);
+        let grads = up.sum_all()?.backward()?;
+        let g = grads.get(map.as_tensor()).expect("a gradient").flatten_all()?.to_vec1::<f32>()?;
+        assert_eq!(g, vec![4.0; 6]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_cells_neighbourhood_lists_its_eight_neighbours_and_zeros_beyond_the_border() -> Result<()> {
+        // A 3 x 4 map whose value is its cell's index.
+        let map = Tensor::from_vec((0..12).map(|v| v as f32).collect::<Vec<_>>(), (1, 1, 3, 4), &Device::Cpu)?;
+        let n = neighbourhoods(&map)?.to_vec2::<f32>()?;
+        assert_eq!(n.len(), 12);
+        // Cell (1, 1) = index 5: rows 0..2, columns 0..2 around it.
+        assert_eq!(n[5], [0., 1., 2., 4., 5., 6., 8., 9., 10.]);
+        // Cell (0, 0): the row above and the column to the left are beyond the border.
+        assert_eq!(n[0], [0., 0., 0., 0., 0., 1., 0., 4., 5.]);
+        Ok(())
+    }
+
+    #[test]
+    fn targets_mark_the_cells_near_a_box_centre_and_leave_out_unreviewed_boxes() {
+        // An 8 x 10 grid of 16-px cells; a box centred on cell (3, 4), 4 cells wide.
+        let b = BoxPx::new(40.0, 24.0, 64.0, 64.0);
+        let unreviewed = BoxPx::new(128.0, 96.0, 16.0, 16.0);
+        let t = targets(8, 10, 16.0, &[(b, 0)], &[unreviewed]);
+        let positive: Vec<usize> = (0..80).filter(|&i| t.objectness[i] == 1.0).collect();
+        assert_eq!(positive, vec![23, 24, 25, 33, 34, 35, 43, 44, 45]);
+        // The centre cell (3, 4): its centre (72, 56) is 32 px from each side = log(2) cells.
+        let centre = t.positives.iter().find(|p| p.0 == 34).expect("the centre cell");
+        for d in centre.1 {
+            assert!((d - 2f32.ln()).abs() < 1e-5, "{d}");
+        }
+        assert_eq!(t.weight[6 * 10 + 8], 0.0, "the unreviewed box's cell is left out");
+        assert_eq!(t.weight[0], 1.0);
+    }
+
+    /// A synthetic photo's features: `[1, 6, rows, cols]` of "sea" with an "animal" block.
+    fn photo(rows: usize, cols: usize, block: (usize, usize, usize, usize), seed: u32) -> Tensor {
+        let (r0, c0, h, w) = block;
+        let mut data = vec![0f32; 6 * rows * cols];
+        for r in 0..rows {
+            for c in 0..cols {
+                let inside = r >= r0 && r < r0 + h && c >= c0 && c < c0 + w;
+                let noise = |k: usize| (((r * 31 + c * 17 + k * 7) as u32 ^ seed) % 13) as f32 / 13.0 - 0.5;
+                for k in 0..6 {
+                    let base =
+                        if inside { [2.0, -1.0, 1.5, 0.0, 0.5, 1.0][k] } else { [0.0, 0.5, -0.5, 0.2, 0.0, -0.3][k] };
+                    data[k * rows * cols + r * cols + c] = base + 0.3 * noise(k);
+                }
+            }
+        }
+        Tensor::from_vec(data, (1, 6, rows, cols), &Device::Cpu).expect("a map")
+    }
+
+    #[test]
+    fn the_head_learns_to_box_an_animal_it_then_finds_elsewhere_in_another_photo() -> Result<()> {
+        let dev = Device::Cpu;
+        let vars = VarMap::new();
+        let net = DetectorNet::new(VarBuilder::from_varmap(&vars, DType::F32, &dev), &[6], 16, 1)?;
+        let stride = 16.0;
+        let training: Vec<(Tensor, Targets)> = [(2, 3, 3, 4), (6, 9, 4, 3), (1, 10, 2, 5)]
+            .iter()
+            .enumerate()
+            .map(|(i, &(r, c, h, w))| {
+                let truth = BoxPx::new(c as f64 * stride, r as f64 * stride, w as f64 * stride, h as f64 * stride);
+                (photo(12, 16, (r, c, h, w), i as u32), targets(12, 16, stride, &[(truth, 0)], &[]))
+            })
+            .collect();
+        let mut opt = AdamW::new(vars.all_vars(), ParamsAdamW { lr: 1e-2, ..Default::default() })?;
+        for step in 0..300 {
+            let (x, t) = &training[step % training.len()];
+            let out = net.forward(std::slice::from_ref(x))?;
+            opt.backward_step(&loss(&out, t, &dev)?)?;
+        }
+        // A photo never trained on, the animal somewhere else.
+        let (r, c, h, w) = (7, 2, 3, 5);
+        let truth = BoxPx::new(c as f64 * stride, r as f64 * stride, w as f64 * stride, h as f64 * stride);
+        let out = net.forward(&[photo(12, 16, (r, c, h, w), 99)])?;
+        let found = super::super::nms(decode(&out, 12, 16, stride, 1.0, (256, 192), &[Part::Fluke], 0.05)?, 0.5, 5);
+        let best = found.first().expect("a box");
+        assert!(best.bbox.iou(&truth) > 0.6, "best box {:?} against {truth:?}", best.bbox);
+        assert!(best.score > 0.5, "score {}", best.score);
+        Ok(())
+    }
 }
