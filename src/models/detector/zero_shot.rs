@@ -1,9 +1,10 @@
 //! Boxes without any whale training, from the backbone's feature grid alone (after LOST,
 //! Siméoni et al. 2021): in a field photo most cells are sea and sky, alike each other; the
 //! animal's cells resemble few others. Each cell's "degree" is the share of cells its
-//! centred feature correlates with positively; cells of low degree, split from the rest at
-//! Otsu's threshold, grouped into connected regions, give the boxes (several animals give
-//! several regions). Good first proposals, not final ones: the learned detector replaces
+//! centred feature correlates with positively. The least connected cell seeds an animal; its
+//! kin (the least connected cells that correlate with it) expand it to every cell that
+//! correlates with them, joined to the seed; its box is taken, and the next seed among the
+//! cells left gives the next animal, while seeds stand out from the sea (Otsu's cut). Good first proposals, not final ones: the learned detector replaces
 //! them once the catalogue has verified boxes.
 
 use candle_core::{D, Result, Tensor};
@@ -25,14 +26,41 @@ pub fn propose(grid: &Tensor, stride: usize, input: &DetectorInput, part: Part) 
     let centred = cells.broadcast_sub(&cells.mean_keepdim(0)?)?;
     let norm = centred.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-6, f64::MAX)?;
     let unit = centred.broadcast_div(&norm)?;
-    let similar = unit.matmul(&unit.t()?)?.gt(0.0)?.to_dtype(candle_core::DType::F32)?;
-    let degree = similar.sum(1)?.to_vec1::<f32>()?;
+    let similarity = unit.matmul(&unit.t()?)?;
+    let degree = similarity.gt(0.0)?.to_dtype(candle_core::DType::F32)?.sum(1)?.to_vec1::<f32>()?;
+    let similarity = similarity.to_vec2::<f32>()?;
     let unlike: Vec<f32> = degree.iter().map(|d| 1.0 - d / n as f32).collect();
     let threshold = otsu(&unlike);
-    let mask: Vec<bool> = unlike.iter().map(|&u| u > threshold).collect();
+    // Seeds are tried from the least connected cell up, as long as they stand out from the
+    // sea (above Otsu's cut).
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| unlike[b].total_cmp(&unlike[a]));
+    let expand = ((n as f64 * EXPAND_SHARE).round() as usize).clamp(3, 100);
     let (pw, ph) = (input.photo.0 as f64, input.photo.1 as f64);
+    let mut taken = vec![false; n];
     let mut found = Vec::new();
-    for region in regions(&mask, rows, cols) {
+    for &seed in &order {
+        if unlike[seed] <= threshold || found.len() >= MAX_BOXES {
+            break;
+        }
+        if taken[seed] {
+            continue;
+        }
+        taken[seed] = true;
+        // The seed's kin: the least connected cells that correlate with it; the animal is
+        // then every cell that correlates with them as a whole, joined to the seed.
+        let kin: Vec<usize> = order
+            .iter()
+            .copied()
+            .filter(|&j| !taken[j] || j == seed)
+            .filter(|&j| similarity[seed][j] > 0.0)
+            .take(expand)
+            .collect();
+        let kin = if kin.contains(&seed) { kin } else { [vec![seed], kin].concat() };
+        let mask: Vec<bool> = (0..n)
+            .map(|j| j == seed || (!taken[j] && kin.iter().map(|&k| similarity[k][j]).sum::<f32>() > 0.0))
+            .collect();
+        let Some(region) = regions(&mask, rows, cols).into_iter().find(|r| r.contains(&seed)) else { continue };
         // A region as large as most of the photo is the sea's own variety, not an animal.
         // A lone cell is a wave's glint: at the detector's resolution an animal spans two
         // cells or more.
@@ -42,6 +70,7 @@ pub fn propose(grid: &Tensor, stride: usize, input: &DetectorInput, part: Part) 
         let (mut r0, mut r1, mut c0, mut c1) = (usize::MAX, 0, usize::MAX, 0);
         let mut sum = 0.0;
         for &i in &region {
+            taken[i] = true;
             let (r, c) = (i / cols, i % cols);
             r0 = r0.min(r);
             r1 = r1.max(r);
@@ -59,6 +88,10 @@ pub fn propose(grid: &Tensor, stride: usize, input: &DetectorInput, part: Part) 
     }
     Ok(nms(found, NMS_IOU, MAX_BOXES))
 }
+
+/// The seed's kin are this share of the photo's cells (LOST's k, as a share: an animal
+/// covers a few percent of a field photo).
+const EXPAND_SHARE: f64 = 0.02;
 
 /// Otsu's threshold of values in 0..1 (64 bins): the cut that best separates two groups.
 fn otsu(values: &[f32]) -> f32 {
