@@ -276,8 +276,11 @@ pub struct SearchArgs {
     pub catalog: PathBuf,
     pub photo: PathBuf,
     /// The crop, in photo pixels: x,y,w,h (default: the whole photo).
-    #[arg(long = "box", value_parser = parse_box)]
+    #[arg(long = "box", value_parser = parse_box, conflicts_with = "detect")]
     pub bbox: Option<BoxPx>,
+    /// Search through the box the catalogue's active detector scores highest in the photo.
+    #[arg(long)]
+    pub detect: bool,
     #[arg(long, default_value_t = 5)]
     pub top: usize,
     #[arg(long)]

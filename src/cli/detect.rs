@@ -5,11 +5,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Result;
+use image::DynamicImage;
 
 use super::args::{DetectArgs, DetectorArgs, EvalDetectArgs, TrainDetectorArgs};
 use super::open;
 use crate::base::console::{Console, emit};
-use crate::base::vocabulary::Part;
+use crate::base::vocabulary::{BoxPx, Part};
 use crate::catalogue::Catalogue;
 use crate::jobs::detect::{Finder, TrainDetectorOptions};
 use crate::models::{Backbone, DeviceChoice};
@@ -39,6 +40,33 @@ fn finder(args: &DetectorArgs, cat: Option<&Catalogue>, part: Part) -> Result<Fi
         Some(file) => Finder::learned(backbone, &file),
         None => Ok(Finder::zero_shot(backbone, part)),
     }
+}
+
+/// The box the catalogue's active detector scores highest in `img` (read from `photo`).
+pub(super) fn best_box(cat: &Catalogue, img: &DynamicImage, photo: &Path, device: DeviceChoice) -> Result<BoxPx> {
+    let Some(file) = crate::jobs::detect::active_detector(cat)? else {
+        anyhow::bail!(
+            "{}: no active detector to find the animal in {} with; train one (`whaleid train-detector --catalog {}`) or give --box",
+            cat.path().display(),
+            photo.display(),
+            cat.path().display()
+        );
+    };
+    let args = DetectorArgs { backbone: None, detector: Some(file), device };
+    let found = finder(&args, Some(cat), Part::Body)?.find(img, 0.0)?;
+    let best =
+        found.first().ok_or_else(|| anyhow::anyhow!("{}: the detector found no animal in it", photo.display()))?;
+    eprintln!(
+        "{}: searching through the detected {} at {:.0},{:.0},{:.0},{:.0} (score {:.2})",
+        photo.display(),
+        best.part,
+        best.bbox.x,
+        best.bbox.y,
+        best.bbox.w,
+        best.bbox.h,
+        best.score
+    );
+    Ok(best.bbox)
 }
 
 pub fn train_detector(args: TrainDetectorArgs) -> Result<()> {

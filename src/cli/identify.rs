@@ -25,7 +25,9 @@ pub fn search(args: SearchArgs) -> Result<()> {
     let embedder = args.model.load_for(Some(&cat))?;
     let photo = &args.photo;
     let img = crate::base::photo::decode_file(photo).map_err(|e| anyhow::anyhow!("{}: {e}", photo.display()))?;
-    let query = embedder.embed(&[crate::models::prepare(&img, args.bbox, embedder.size())])?;
+    let bbox =
+        if args.detect { Some(super::detect::best_box(&cat, &img, photo, args.model.device)?) } else { args.bbox };
+    let query = embedder.embed(&[crate::models::prepare(&img, bbox, embedder.size())])?;
     let console = Console::new(args.json);
     let (load, embedded) = Gallery::embedded(&mut cat, &embedder, &EmbedOptions::default(), &console)?;
     drop(console);
