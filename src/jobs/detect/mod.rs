@@ -141,6 +141,16 @@ pub struct PhotoProblem {
     pub problem: String,
 }
 
+/// Decodes the photo at `file` and runs `work` on it. Whatever goes wrong (the file cannot be
+/// read or decoded, or the work fails) comes back as a [`PhotoProblem`] naming the file, so
+/// that a job records it and goes on with the other photos.
+fn with_photo<T>(file: &Path, work: impl FnOnce(DynamicImage) -> anyhow::Result<T>) -> Result<T, PhotoProblem> {
+    crate::base::photo::decode_file(file)
+        .map_err(anyhow::Error::msg)
+        .and_then(work)
+        .map_err(|e| PhotoProblem { photo: file.display().to_string(), problem: format!("{e:#}") })
+}
+
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct DetectReport {
     /// The detector file used; none for zero-shot proposals.
@@ -188,13 +198,10 @@ pub fn detect_catalogue(
             break;
         }
         let file = cat.photo_file(&photo.stored_path);
-        let found = match crate::base::photo::decode_file(&file)
-            .map_err(anyhow::Error::msg)
-            .and_then(|img| finder.find(&img, threshold))
-        {
+        let found = match with_photo(&file, |img| finder.find(&img, threshold)) {
             Ok(found) => found,
-            Err(e) => {
-                report.problems.push(PhotoProblem { photo: file.display().to_string(), problem: format!("{e:#}") });
+            Err(problem) => {
+                report.problems.push(problem);
                 progress.advance(1);
                 continue;
             }
@@ -261,17 +268,14 @@ pub fn detect_folder(
             break;
         }
         let name = path.strip_prefix(folder).unwrap_or(&path).to_string_lossy().replace('\\', "/");
-        match crate::base::photo::decode_file(&path)
-            .map_err(anyhow::Error::msg)
-            .and_then(|img| finder.find(&img, threshold))
-        {
+        match with_photo(&path, |img| finder.find(&img, threshold)) {
             Ok(found) => boxes.extend(found.into_iter().map(|d| FolderBox {
                 image: name.clone(),
                 bbox: [d.bbox.x, d.bbox.y, d.bbox.w, d.bbox.h],
                 score: d.score,
                 category: d.part,
             })),
-            Err(e) => problems.push(PhotoProblem { photo: path.display().to_string(), problem: format!("{e:#}") }),
+            Err(problem) => problems.push(problem),
         }
         progress.advance(1);
     }

@@ -15,7 +15,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 
 use super::ap::{self, Scored};
-use super::{Finder, PhotoProblem, is_true_box, is_unknown_box};
+use super::{Finder, PhotoProblem, is_true_box, is_unknown_box, with_photo};
 use crate::base::progress::Progress;
 use crate::base::vocabulary::{BoxPx, Part};
 use crate::catalogue::Catalogue;
@@ -106,9 +106,8 @@ fn fingerprint(samples: &[Sample]) -> String {
     hasher.finalize().to_hex()[..16].to_string()
 }
 
-/// The photo's views (as is, and mirrored left-right) for training.
-fn views(finder: &Finder, sample: &Sample, parts: &[Part]) -> anyhow::Result<Vec<View>> {
-    let img = crate::base::photo::decode_file(&sample.file).map_err(anyhow::Error::msg)?;
+/// The views of `img`, the photo of `sample` (as is, and mirrored left-right), for training.
+fn views(finder: &Finder, img: &image::DynamicImage, sample: &Sample, parts: &[Part]) -> anyhow::Result<Vec<View>> {
     let mut out = Vec::new();
     for mirrored in [false, true] {
         let shown = if mirrored { img.fliph() } else { img.clone() };
@@ -170,9 +169,9 @@ pub fn train_detector(
         if progress.cancelled() {
             anyhow::bail!("cancelled");
         }
-        match views(&finder, s, &parts) {
+        match with_photo(&s.file, |img| views(&finder, &img, s, &parts)) {
             Ok(v) => cache.extend(v),
-            Err(e) => problems.push(PhotoProblem { photo: s.file.display().to_string(), problem: format!("{e:#}") }),
+            Err(problem) => problems.push(problem),
         }
         progress.advance(1);
     }
@@ -238,7 +237,7 @@ pub fn train_detector(
     let mut truths = Vec::new();
     progress.stage("validating", validation.len() as u64);
     for s in &validation {
-        let found = crate::base::photo::decode_file(&s.file).map_err(anyhow::Error::msg).and_then(|img| {
+        let found = with_photo(&s.file, |img| {
             let (input, grid, _) = finder.features(&img)?;
             Ok(det.detect(&grid, &input, 0.01)?)
         });
@@ -248,7 +247,7 @@ pub fn train_detector(
                 detections.extend(found.into_iter().map(|d| Scored { image, bbox: d.bbox, score: d.score }));
                 truths.push(s.truths.iter().map(|t| t.0).collect::<Vec<_>>());
             }
-            Err(e) => problems.push(PhotoProblem { photo: s.file.display().to_string(), problem: format!("{e:#}") }),
+            Err(problem) => problems.push(problem),
         }
         progress.advance(1);
     }
