@@ -4,7 +4,8 @@
 //!
 //! The backbone is EfficientNet-Lite0 by default: at the resolution where a fin is a few
 //! cells wide (a 1600-px photo read at 768 px on the longer side), it costs a fraction of a
-//! ViT's pass (`whaleid bench detect` measures both).
+//! ViT's pass (`whaleid bench embed --model efficientnet-lite0` sets them side by side;
+//! `whaleid bench detect` times detection per photo).
 
 pub mod ap;
 pub mod eval;
@@ -22,7 +23,7 @@ use crate::catalogue::{Catalogue, CatalogueError, NewAnnotation};
 use crate::models::detector::{self, Detection, Detector, DetectorInput};
 use crate::models::{Backbone, KnownModel};
 
-pub use train::{TrainDetectorOptions, TrainDetectorReport, train_detector};
+pub use train::{TrainDetectorOptions, TrainDetectorReport, train_detector, untrained_detector};
 
 /// The setting that holds the active detector's path (empty: none, zero-shot proposals).
 pub const ACTIVE_DETECTOR_SETTING: &str = "active_detector";
@@ -86,14 +87,13 @@ impl Finder {
     /// The detector in `file` over `backbone`, refused if it was trained on another one.
     pub fn learned(backbone: Arc<dyn Backbone>, file: &Path) -> anyhow::Result<Self> {
         let det = Detector::load(file, backbone.name(), backbone.device())?;
+        Ok(Self::with_detector(backbone, det))
+    }
+
+    /// `det` over `backbone` (the one it was made for), reading photos as `det` says.
+    pub fn with_detector(backbone: Arc<dyn Backbone>, det: Detector) -> Self {
         let part = det.config.parts.first().copied().unwrap_or(Part::Body);
-        Ok(Finder {
-            taps: det.config.taps.clone(),
-            long_side: det.config.long_side,
-            backbone,
-            detector: Some(det),
-            part,
-        })
+        Finder { taps: det.config.taps.clone(), long_side: det.config.long_side, backbone, detector: Some(det), part }
     }
 
     pub fn is_learned(&self) -> bool {

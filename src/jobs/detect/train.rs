@@ -178,31 +178,9 @@ pub fn train_detector(
     if cache.is_empty() {
         anyhow::bail!("{}: none of the photos with boxes could be read", cat.path().display());
     }
-    let channels = cache[0].grid.dim(1)?;
-    let stride = {
-        let probe = crate::models::detector::prepare_photo(
-            &image::DynamicImage::new_rgb8(64, 64),
-            64,
-            backbone.input_multiple(),
-            &device,
-        )?;
-        crate::models::detector::feature_grid(backbone.as_ref(), &probe.image, &finder.taps)?.1
-    };
-
-    let config = DetectorConfig {
-        backbone: backbone.name().to_string(),
-        taps: finder.taps.clone(),
-        long_side: opts.long_side,
-        stride,
-        channels,
-        hidden: opts.hidden,
-        parts: parts.clone(),
-        calibration: Calibration::default(),
-        card: DetectorCard::default(),
-    };
-    let vars = VarMap::new();
-    let det = Detector::new(config.clone(), &vars, &device)?;
-    standardise(&vars, &cache, channels, &device)?;
+    let (vars, det) = untrained_detector(backbone.as_ref(), opts, parts.clone())?;
+    let config = det.config.clone();
+    standardise(&vars, &cache, config.channels, &device)?;
     let trainable: Vec<candle_core::Var> = {
         let data = vars.data().lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
         data.iter().filter(|(k, _)| !k.starts_with("feature_")).map(|(_, v)| v.clone()).collect()
@@ -282,6 +260,34 @@ pub fn train_detector(
         .map_err(|e| anyhow::anyhow!("{}: {e}", out.with_extension("json").display()))?;
     super::set_active_detector(cat, Some(&out))?;
     Ok(TrainDetectorReport { detector: out, card, calibration, problems })
+}
+
+/// A detector over `backbone` before any training (its variables in the map returned), for
+/// `parts`, reading photos at `opts.long_side` and the backbone's default feature depths.
+pub fn untrained_detector(
+    backbone: &dyn Backbone,
+    opts: &TrainDetectorOptions,
+    parts: Vec<Part>,
+) -> anyhow::Result<(VarMap, Detector)> {
+    let taps = detector::default_taps(backbone);
+    // The grid's width and stride, read off a small blank photo.
+    let blank = image::DynamicImage::new_rgb8(64, 64);
+    let probe = detector::prepare_photo(&blank, 64, backbone.input_multiple(), backbone.device())?;
+    let (grid, stride) = detector::feature_grid(backbone, &probe.image, &taps)?;
+    let config = DetectorConfig {
+        backbone: backbone.name().to_string(),
+        taps,
+        long_side: opts.long_side,
+        stride,
+        channels: grid.dim(1)?,
+        hidden: opts.hidden,
+        parts,
+        calibration: Calibration::default(),
+        card: DetectorCard::default(),
+    };
+    let vars = VarMap::new();
+    let det = Detector::new(config, &vars, backbone.device())?;
+    Ok((vars, det))
 }
 
 /// `detectors/detector-<time>.safetensors` beside the catalogue.
