@@ -1,9 +1,11 @@
-"""Reference for `whaleid bench embed --model efficientnet-lite*`: onnxruntime (CPU) running
-the same EfficientNet-Lite network, built as an ONNX graph from the same safetensors file
-whaleid reads (BatchNorm folded into the convolutions, as onnxruntime would fold it itself).
+"""Reference for `whaleid bench embed --model efficientnet-lite*` and `whaleid bench detect`:
+onnxruntime (CPU) running the same EfficientNet-Lite network, built as an ONNX graph from the
+same safetensors file whaleid reads (BatchNorm folded into the convolutions, as onnxruntime
+would fold it itself).
 
 Times the same work as whaleid's side: one warm-up batch, then --images random normalised
-images in batches of --batch. Prints exactly one JSON line on stdout: {"ok": true, ...} or
+images in batches of --batch, each --size pixels square, or --height x --width (the
+detector's input is a whole photo resized, not a square). Prints exactly one JSON line on stdout: {"ok": true, ...} or
 {"ok": false, "error": "..."}.
 """
 
@@ -120,6 +122,8 @@ def main():
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--height", type=int, help="input height (default: --size)")
+    parser.add_argument("--width", type=int, help="input width (default: --size)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
 
@@ -133,7 +137,8 @@ def main():
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
-    images = rng.standard_normal((args.batch, 3, args.size, args.size), dtype=np.float32)
+    height, width = args.height or args.size, args.width or args.size
+    images = rng.standard_normal((args.batch, 3, height, width), dtype=np.float32)
 
     out = session.run(None, {"input": images})[0]  # warm-up
     start = time.perf_counter()

@@ -8,7 +8,8 @@
 //! it already read) with the kind it expects; the error names the file, the kind found and
 //! the kind expected. A file without a kind is refused, except for backbones: users bring
 //! Hugging Face safetensors, and for those the backbone's tensor-name and shape checks decide.
-//! A detector loader calls `FileKind::check(path, FileKind::Detector)`.
+//! A loader that keeps more in the metadata (a detector's configuration) takes the map from
+//! [`FileKind::checked_metadata`], so the header is read in one place.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -99,22 +100,14 @@ impl FileKind {
         }
     }
 
-    /// The kind a safetensors file says it is (`None`: it says nothing).
-    fn found_in(
-        bytes: &[u8],
-        path: &Path,
-        expected: FileKind,
-    ) -> Result<Option<Result<FileKind, String>>, FileKindError> {
+    /// A safetensors file's `__metadata__` map (empty where it has none).
+    fn metadata_in(bytes: &[u8], path: &Path, expected: FileKind) -> Result<HashMap<String, String>, FileKindError> {
         let (_, metadata) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| FileKindError::Unreadable {
             path: path.to_path_buf(),
             expected,
             message: e.to_string(),
         })?;
-        Ok(metadata
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get(KIND_KEY))
-            .map(|label| FileKind::parse(label).ok_or_else(|| label.clone())))
+        Ok(metadata.metadata().clone().unwrap_or_default())
     }
 
     /// Checks that the safetensors file at `path` is of kind `expected`.
@@ -125,12 +118,24 @@ impl FileKind {
 
     /// [`FileKind::check`] on the bytes of the file at `path`, already read.
     pub fn check_bytes(bytes: &[u8], path: &Path, expected: FileKind) -> Result<(), FileKindError> {
+        Self::checked_metadata(bytes, path, expected).map(drop)
+    }
+
+    /// [`FileKind::check_bytes`], then the file's whole `__metadata__` map, for loaders that
+    /// keep more there than the kind (a detector's configuration): the header is parsed once,
+    /// here.
+    pub fn checked_metadata(
+        bytes: &[u8],
+        path: &Path,
+        expected: FileKind,
+    ) -> Result<HashMap<String, String>, FileKindError> {
         let path_buf = || path.to_path_buf();
-        match Self::found_in(bytes, path, expected)? {
-            Some(Ok(found)) if found == expected => Ok(()),
+        let metadata = Self::metadata_in(bytes, path, expected)?;
+        match metadata.get(KIND_KEY).map(|label| FileKind::parse(label).ok_or_else(|| label.clone())) {
+            Some(Ok(found)) if found == expected => Ok(metadata),
             Some(Ok(found)) => Err(FileKindError::Other { path: path_buf(), found, expected }),
             Some(Err(found)) => Err(FileKindError::Unknown { path: path_buf(), found, expected }),
-            None if expected == Self::Backbone => Ok(()),
+            None if expected == Self::Backbone => Ok(metadata),
             None => Err(FileKindError::Unmarked { path: path_buf(), expected }),
         }
     }

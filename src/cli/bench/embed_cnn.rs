@@ -43,15 +43,15 @@ struct CnnBench {
 
 /// What `benches/efficientnet_reference.py` prints.
 #[derive(Serialize, Deserialize)]
-struct Reference {
-    onnxruntime: String,
-    threads: usize,
-    images: usize,
-    seconds: f64,
-    ms_per_image: f64,
-    images_per_second: f64,
-    best_batch_ms_per_image: f64,
-    peak_rss_mib: f64,
+pub(super) struct Reference {
+    pub onnxruntime: String,
+    pub threads: usize,
+    pub images: usize,
+    pub seconds: f64,
+    pub ms_per_image: f64,
+    pub images_per_second: f64,
+    pub best_batch_ms_per_image: f64,
+    pub peak_rss_mib: f64,
 }
 
 /// Runs `forward` over `images` inputs in batches: (seconds, best batch ms per image).
@@ -112,7 +112,7 @@ pub(super) fn bench_embed_cnn(
         }
         Err(_) => None,
     };
-    let (reference, no_reference) = match onnxruntime_reference(&weights, images, batch, size, threads) {
+    let (reference, no_reference) = match onnxruntime_reference(&weights, images, batch, (size, size), threads) {
         Ok(r) => (Some(r), None),
         Err(why) => (None, Some(why)),
     };
@@ -179,12 +179,13 @@ pub(super) fn bench_embed_cnn(
     })
 }
 
-/// Runs `benches/efficientnet_reference.py` on the same weights, work and thread count.
-fn onnxruntime_reference(
+/// Runs `benches/efficientnet_reference.py` on the same weights, work (`images` inputs of
+/// `(height, width)` pixels in batches of `batch`) and thread count.
+pub(super) fn onnxruntime_reference(
     weights: &Path,
     images: usize,
     batch: usize,
-    size: usize,
+    (height, width): (usize, usize),
     threads: usize,
 ) -> Result<Reference, String> {
     let python = python_with(&["onnxruntime", "numpy", "onnx"])?;
@@ -200,7 +201,8 @@ fn onnxruntime_reference(
         .arg("--weights")
         .arg(weights)
         .args(["--images", &images.to_string(), "--batch", &batch.to_string()])
-        .args(["--size", &size.to_string(), "--threads", &threads.to_string()])
+        .args(["--height", &height.to_string(), "--width", &width.to_string()])
+        .args(["--threads", &threads.to_string()])
         .output()
         .map_err(|e| format!("cannot run {} ({e})", python.display()))?;
     let stdout = String::from_utf8_lossy(&output.stdout);

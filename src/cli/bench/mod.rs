@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Subcommand;
 
+mod detect;
 mod embed;
 mod embed_cnn;
 mod import;
@@ -44,6 +45,26 @@ pub enum Bench {
         #[arg(long)]
         size: Option<usize>,
         /// Where the weights are (`dinov2_vits14.safetensors`, ...); the reference ONNX is cached here too.
+        #[arg(long, default_value = "models")]
+        models_dir: std::path::PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Detection end to end per photo (decode, resize, backbone features, head, suppression)
+    /// with EfficientNet-Lite0 at the default long side, on the real dolphin-fin photos where
+    /// they are (else synthetic 1600x1068 photos), and train-detector on them.
+    /// Reference: onnxruntime running the same backbone at the detector's input size.
+    Detect {
+        /// A YOLO dataset (`images/`, `labels/`) of dorsal fins; synthetic photos where it is absent.
+        #[arg(long, default_value = "../shared/data/dolphin_fins")]
+        data: std::path::PathBuf,
+        /// How many of its photos (default: all; 81 synthetic ones without the data set).
+        #[arg(long)]
+        photos: Option<usize>,
+        /// Epochs of train-detector on the photos (0: no training; an untrained head is timed).
+        #[arg(long, default_value_t = 2)]
+        epochs: usize,
+        /// Where the backbone's weights are (`efficientnet_lite0.safetensors`).
         #[arg(long, default_value = "models")]
         models_dir: std::path::PathBuf,
         #[arg(long)]
@@ -112,6 +133,9 @@ pub fn run(which: Bench) -> anyhow::Result<()> {
                 Some(config) => embed_cnn::bench_embed_cnn(&config, images, batch, size, &models_dir, json),
                 None => embed::bench_embed(images, batch, size, &models_dir, json),
             }
+        }
+        Bench::Detect { data, photos, epochs, models_dir, json } => {
+            detect::bench_detect(&detect::DetectBenchOptions { data, photos, epochs, models_dir, json })
         }
         Bench::Train { crops, per_individual, json } => train::bench_train(crops, per_individual, json),
         Bench::Search { gallery, dim, queries, top, no_catalogue, json } => {

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use super::ap::{self, Scored};
-use super::{Finder, PhotoProblem, is_true_box};
+use super::{Finder, PhotoProblem, is_true_box, with_photo};
 use crate::base::progress::{Progress, Silent};
 use crate::catalogue::Catalogue;
 
@@ -57,15 +57,14 @@ pub fn eval_detect(dataset: &Path, finder: &Finder, progress: &dyn Progress) -> 
         let boxes: Vec<_> =
             cat.annotations_of_photo(photo.id)?.iter().filter(|a| is_true_box(a)).filter_map(|a| a.bbox).collect();
         let file = cat.photo_file(&photo.stored_path);
-        match crate::base::photo::decode_file(&file).map_err(anyhow::Error::msg).and_then(|img| finder.find_both(&img))
-        {
+        match with_photo(&file, |img| finder.find_both(&img)) {
             Ok((l, z)) => {
                 let image = truths.len();
                 learned.extend(l.into_iter().map(|d| Scored { image, bbox: d.bbox, score: d.score }));
                 zero.extend(z.into_iter().map(|d| Scored { image, bbox: d.bbox, score: d.score }));
                 truths.push(boxes);
             }
-            Err(e) => problems.push(PhotoProblem { photo: file.display().to_string(), problem: format!("{e:#}") }),
+            Err(problem) => problems.push(problem),
         }
         progress.advance(1);
     }

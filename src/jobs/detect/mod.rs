@@ -4,7 +4,8 @@
 //!
 //! The backbone is EfficientNet-Lite0 by default: at the resolution where a fin is a few
 //! cells wide (a 1600-px photo read at 768 px on the longer side), it costs a fraction of a
-//! ViT's pass (`whaleid bench detect` measures both).
+//! ViT's pass (`whaleid bench embed --model efficientnet-lite0` sets them side by side;
+//! `whaleid bench detect` times detection per photo).
 
 pub mod ap;
 pub mod eval;
@@ -22,7 +23,7 @@ use crate::catalogue::{Catalogue, CatalogueError, NewAnnotation};
 use crate::models::detector::{self, Detection, Detector, DetectorInput, FeatureMaps};
 use crate::models::{Backbone, KnownModel};
 
-pub use train::{TrainDetectorOptions, TrainDetectorReport, train_detector};
+pub use train::{TrainDetectorOptions, TrainDetectorReport, train_detector, untrained_detector};
 
 /// The setting that holds the active detector's path (empty: none, zero-shot proposals).
 pub const ACTIVE_DETECTOR_SETTING: &str = "active_detector";
@@ -86,14 +87,13 @@ impl Finder {
     /// The detector in `file` over `backbone`, refused if it was trained on another one.
     pub fn learned(backbone: Arc<dyn Backbone>, file: &Path) -> anyhow::Result<Self> {
         let det = Detector::load(file, backbone.name(), backbone.device())?;
+        Ok(Self::with_detector(backbone, det))
+    }
+
+    /// `det` over `backbone` (the one it was made for), reading photos as `det` says.
+    pub fn with_detector(backbone: Arc<dyn Backbone>, det: Detector) -> Self {
         let part = det.config.parts.first().copied().unwrap_or(Part::Body);
-        Ok(Finder {
-            taps: det.config.taps.clone(),
-            long_side: det.config.long_side,
-            backbone,
-            detector: Some(det),
-            part,
-        })
+        Finder { taps: det.config.taps.clone(), long_side: det.config.long_side, backbone, detector: Some(det), part }
     }
 
     pub fn is_learned(&self) -> bool {
@@ -140,6 +140,16 @@ impl Finder {
 pub struct PhotoProblem {
     pub photo: String,
     pub problem: String,
+}
+
+/// Decodes the photo at `file` and runs `work` on it. Whatever goes wrong (the file cannot be
+/// read or decoded, or the work fails) comes back as a [`PhotoProblem`] naming the file, so
+/// that a job records it and goes on with the other photos.
+fn with_photo<T>(file: &Path, work: impl FnOnce(DynamicImage) -> anyhow::Result<T>) -> Result<T, PhotoProblem> {
+    crate::base::photo::decode_file(file)
+        .map_err(anyhow::Error::msg)
+        .and_then(work)
+        .map_err(|e| PhotoProblem { photo: file.display().to_string(), problem: format!("{e:#}") })
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -189,13 +199,10 @@ pub fn detect_catalogue(
             break;
         }
         let file = cat.photo_file(&photo.stored_path);
-        let found = match crate::base::photo::decode_file(&file)
-            .map_err(anyhow::Error::msg)
-            .and_then(|img| finder.find(&img, threshold))
-        {
+        let found = match with_photo(&file, |img| finder.find(&img, threshold)) {
             Ok(found) => found,
-            Err(e) => {
-                report.problems.push(PhotoProblem { photo: file.display().to_string(), problem: format!("{e:#}") });
+            Err(problem) => {
+                report.problems.push(problem);
                 progress.advance(1);
                 continue;
             }
@@ -262,17 +269,14 @@ pub fn detect_folder(
             break;
         }
         let name = path.strip_prefix(folder).unwrap_or(&path).to_string_lossy().replace('\\', "/");
-        match crate::base::photo::decode_file(&path)
-            .map_err(anyhow::Error::msg)
-            .and_then(|img| finder.find(&img, threshold))
-        {
+        match with_photo(&path, |img| finder.find(&img, threshold)) {
             Ok(found) => boxes.extend(found.into_iter().map(|d| FolderBox {
                 image: name.clone(),
                 bbox: [d.bbox.x, d.bbox.y, d.bbox.w, d.bbox.h],
                 score: d.score,
                 category: d.part,
             })),
-            Err(e) => problems.push(PhotoProblem { photo: path.display().to_string(), problem: format!("{e:#}") }),
+            Err(problem) => problems.push(problem),
         }
         progress.advance(1);
     }

@@ -15,7 +15,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 
 use super::ap::{self, Scored};
-use super::{Finder, PhotoProblem, is_true_box, is_unknown_box};
+use super::{Finder, PhotoProblem, is_true_box, is_unknown_box, with_photo};
 use crate::base::progress::Progress;
 use crate::base::vocabulary::{BoxPx, Part};
 use crate::catalogue::Catalogue;
@@ -106,9 +106,8 @@ fn fingerprint(samples: &[Sample]) -> String {
     hasher.finalize().to_hex()[..16].to_string()
 }
 
-/// The photo's views (as is, and mirrored left-right) for training.
-fn views(finder: &Finder, sample: &Sample, parts: &[Part]) -> anyhow::Result<Vec<View>> {
-    let img = crate::base::photo::decode_file(&sample.file).map_err(anyhow::Error::msg)?;
+/// The views of `img`, the photo of `sample` (as is, and mirrored left-right), for training.
+fn views(finder: &Finder, img: &image::DynamicImage, sample: &Sample, parts: &[Part]) -> anyhow::Result<Vec<View>> {
     let mut out = Vec::new();
     for mirrored in [false, true] {
         let shown = if mirrored { img.fliph() } else { img.clone() };
@@ -170,31 +169,17 @@ pub fn train_detector(
         if progress.cancelled() {
             anyhow::bail!("cancelled");
         }
-        match views(&finder, s, &parts) {
+        match with_photo(&s.file, |img| views(&finder, &img, s, &parts)) {
             Ok(v) => cache.extend(v),
-            Err(e) => problems.push(PhotoProblem { photo: s.file.display().to_string(), problem: format!("{e:#}") }),
+            Err(problem) => problems.push(problem),
         }
         progress.advance(1);
     }
     if cache.is_empty() {
         anyhow::bail!("{}: none of the photos with boxes could be read", cat.path().display());
     }
-    let channels = cache[0].features.channels();
-    let stride = cache[0].features.stride;
-
-    let config = DetectorConfig {
-        backbone: backbone.name().to_string(),
-        taps: finder.taps.clone(),
-        long_side: opts.long_side,
-        stride,
-        channels,
-        hidden: opts.hidden,
-        parts: parts.clone(),
-        calibration: Calibration::default(),
-        card: DetectorCard::default(),
-    };
-    let vars = VarMap::new();
-    let det = Detector::new(config.clone(), &vars, &device)?;
+    let (vars, det) = untrained_detector(backbone.as_ref(), opts, parts.clone())?;
+    let config = det.config.clone();
     standardise(&vars, &cache, &device)?;
     let trainable: Vec<candle_core::Var> = {
         let data = vars.data().lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
@@ -230,7 +215,7 @@ pub fn train_detector(
     let mut truths = Vec::new();
     progress.stage("validating", validation.len() as u64);
     for s in &validation {
-        let found = crate::base::photo::decode_file(&s.file).map_err(anyhow::Error::msg).and_then(|img| {
+        let found = with_photo(&s.file, |img| {
             let (input, features) = finder.features(&img)?;
             Ok(det.detect(&features, &input, 0.01)?)
         });
@@ -240,7 +225,7 @@ pub fn train_detector(
                 detections.extend(found.into_iter().map(|d| Scored { image, bbox: d.bbox, score: d.score }));
                 truths.push(s.truths.iter().map(|t| t.0).collect::<Vec<_>>());
             }
-            Err(e) => problems.push(PhotoProblem { photo: s.file.display().to_string(), problem: format!("{e:#}") }),
+            Err(problem) => problems.push(problem),
         }
         progress.advance(1);
     }
@@ -275,6 +260,34 @@ pub fn train_detector(
         .map_err(|e| anyhow::anyhow!("{}: {e}", out.with_extension("json").display()))?;
     super::set_active_detector(cat, Some(&out))?;
     Ok(TrainDetectorReport { detector: out, card, calibration, problems })
+}
+
+/// A detector over `backbone` before any training (its variables in the map returned), for
+/// `parts`, reading photos at `opts.long_side` and the backbone's default feature depths.
+pub fn untrained_detector(
+    backbone: &dyn Backbone,
+    opts: &TrainDetectorOptions,
+    parts: Vec<Part>,
+) -> anyhow::Result<(VarMap, Detector)> {
+    let taps = detector::default_taps(backbone);
+    // The grid's width and stride, read off a small blank photo.
+    let blank = image::DynamicImage::new_rgb8(64, 64);
+    let probe = detector::prepare_photo(&blank, 64, backbone.input_multiple(), backbone.device())?;
+    let features = detector::FeatureMaps::new(backbone, &probe.image, &taps)?;
+    let config = DetectorConfig {
+        backbone: backbone.name().to_string(),
+        taps,
+        long_side: opts.long_side,
+        stride: features.stride,
+        channels: features.channels(),
+        hidden: opts.hidden,
+        parts,
+        calibration: Calibration::default(),
+        card: DetectorCard::default(),
+    };
+    let vars = VarMap::new();
+    let det = Detector::new(config, &vars, backbone.device())?;
+    Ok((vars, det))
 }
 
 /// `detectors/detector-<time>.safetensors` beside the catalogue.

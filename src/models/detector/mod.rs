@@ -179,7 +179,8 @@ impl Detector {
 
     /// Reads a detector file, refusing anything else and any other backbone than `backbone`.
     pub fn load(path: &Path, backbone: &str, device: &Device) -> Result<Self, DetectorError> {
-        let config = read_config(path)?;
+        let bytes = std::fs::read(path).map_err(|source| DetectorError::Io { path: path.to_path_buf(), source })?;
+        let config = config_in(&bytes, path)?;
         if config.backbone != backbone {
             return Err(DetectorError::OtherBackbone {
                 path: path.to_path_buf(),
@@ -187,7 +188,6 @@ impl Detector {
                 given: backbone.to_string(),
             });
         }
-        let bytes = std::fs::read(path).map_err(|source| DetectorError::Io { path: path.to_path_buf(), source })?;
         let tensors = |source| DetectorError::Tensors { path: path.to_path_buf(), source };
         let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, device).map_err(tensors)?;
         let net = DetectorNet::new(vb, &config.channels, config.hidden, config.parts.len().max(1)).map_err(tensors)?;
@@ -235,25 +235,14 @@ impl Detector {
 
 /// The config recorded in a detector file, after checking that it is one.
 pub fn read_config(path: &Path) -> Result<DetectorConfig, DetectorError> {
-    FileKind::check(path, FileKind::Detector)?;
+    let bytes = std::fs::read(path).map_err(|source| DetectorError::Io { path: path.to_path_buf(), source })?;
+    config_in(&bytes, path)
+}
+
+/// [`read_config`] on the bytes of the file at `path`, already read.
+fn config_in(bytes: &[u8], path: &Path) -> Result<DetectorConfig, DetectorError> {
+    let metadata = FileKind::checked_metadata(bytes, path, FileKind::Detector)?;
     let not = |reason: String| DetectorError::NotADetector { path: path.to_path_buf(), reason };
-    let file = std::fs::File::open(path).map_err(|source| DetectorError::Io { path: path.to_path_buf(), source })?;
-    let mut reader = std::io::BufReader::new(file);
-    let mut len = [0u8; 8];
-    std::io::Read::read_exact(&mut reader, &mut len).map_err(|_| not("too short to be a safetensors file".into()))?;
-    let len = u64::from_le_bytes(len);
-    if len > 100_000_000 {
-        return Err(not("its header is not a safetensors header".into()));
-    }
-    let mut header = vec![0u8; len as usize];
-    std::io::Read::read_exact(&mut reader, &mut header)
-        .map_err(|_| not("its safetensors header is cut short".into()))?;
-    let header: serde_json::Value =
-        serde_json::from_slice(&header).map_err(|_| not("its header is not a safetensors header".into()))?;
-    let metadata = header.get("__metadata__");
-    let config = metadata
-        .and_then(|m| m.get(CONFIG_KEY))
-        .and_then(|c| c.as_str())
-        .ok_or_else(|| not("its configuration is missing".into()))?;
+    let config = metadata.get(CONFIG_KEY).ok_or_else(|| not("its configuration is missing".into()))?;
     serde_json::from_str(config).map_err(|e| not(format!("its configuration cannot be read: {e}")))
 }
