@@ -202,6 +202,9 @@ pub fn train_detector(
         card: DetectorCard::default(),
     };
     let vars = VarMap::new();
+    Detector::new(config.clone(), &vars, &device)?;
+    // The head starts from the seed's draw: the same data and seed give the same detector.
+    crate::models::reseed(&vars, opts.seed)?;
     let det = Detector::new(config.clone(), &vars, &device)?;
     standardise(&vars, &cache, channels, &device)?;
     let trainable: Vec<candle_core::Var> = {
