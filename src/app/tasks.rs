@@ -314,21 +314,26 @@ pub struct DetectionRun {
     pub photos: Option<Vec<PhotoId>>,
 }
 
-/// The backbone of `detection`, the longer side it reads photos at (its own, when given)
-/// and the epochs a detector trains for on it.
-fn detection_backbone(
-    detection: &Detection,
-    device: DeviceChoice,
-    job: &JobProgress,
-) -> anyhow::Result<(Arc<dyn crate::models::Backbone>, Option<u32>, Option<usize>)> {
+/// A detection backbone ready to run, with the longer side it reads photos at and the
+/// epochs a detector trains for on it (the detector's defaults when not given).
+struct ReadyBackbone {
+    backbone: Arc<dyn crate::models::Backbone>,
+    long_side: Option<u32>,
+    epochs: Option<usize>,
+}
+
+fn detection_backbone(detection: &Detection, device: DeviceChoice, job: &JobProgress) -> anyhow::Result<ReadyBackbone> {
     match detection {
         Detection::Off => anyhow::bail!("detection is off in this window"),
-        Detection::Given { backbone, long_side, epochs } => Ok((backbone.clone(), Some(*long_side), Some(*epochs))),
+        Detection::Given { backbone, long_side, epochs } => {
+            Ok(ReadyBackbone { backbone: backbone.clone(), long_side: Some(*long_side), epochs: Some(*epochs) })
+        }
         Detection::Weights(dir) => {
             job.stage("loading the detector's backbone", 0);
             let path = crate::jobs::detect::backbone_path_in(dir)?;
             let (device, _) = crate::models::select_device(device);
-            Ok((crate::models::load_backbone(&path, &device)?, None, None))
+            let backbone = crate::models::load_backbone(&path, &device)?;
+            Ok(ReadyBackbone { backbone, long_side: None, epochs: None })
         }
     }
 }
@@ -368,7 +373,7 @@ fn file_name(path: &Path) -> String {
 pub fn detect(run: DetectionRun, job: &JobProgress) -> anyhow::Result<JobOutcome> {
     let DetectionRun { catalogue, detection, device, photos } = run;
     let mut cat = Catalogue::open(&catalogue)?;
-    let (backbone, long_side, _) = detection_backbone(&detection, device, job)?;
+    let ReadyBackbone { backbone, long_side, .. } = detection_backbone(&detection, device, job)?;
     let (finder, fallback) = Finder::for_catalogue(&cat, backbone)?;
     let finder = match long_side {
         Some(l) => finder.reading_at(l),
@@ -389,7 +394,7 @@ pub fn detect(run: DetectionRun, job: &JobProgress) -> anyhow::Result<JobOutcome
 pub fn retrain_detector(run: DetectionRun, job: &JobProgress) -> anyhow::Result<JobOutcome> {
     let DetectionRun { catalogue, detection, device, .. } = run;
     let mut cat = Catalogue::open(&catalogue)?;
-    let (backbone, long_side, epochs) = detection_backbone(&detection, device, job)?;
+    let ReadyBackbone { backbone, long_side, epochs } = detection_backbone(&detection, device, job)?;
     let defaults = TrainDetectorOptions::default();
     let opts = TrainDetectorOptions {
         epochs: epochs.unwrap_or(defaults.epochs),

@@ -423,3 +423,103 @@ pub fn is_true_box(a: &crate::catalogue::Annotation) -> bool {
 pub fn is_unknown_box(a: &crate::catalogue::Annotation) -> bool {
     a.bbox.is_some() && a.status == Status::Unreviewed && a.source == Source::Detector
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+    use crate::base::progress::Silent;
+    use crate::models::efficientnet::{EfficientNetConfig, seeded};
+
+    /// Asks to stop once `after` photos are done.
+    struct CancelAfter {
+        after: u64,
+        done: AtomicU64,
+    }
+
+    impl Progress for CancelAfter {
+        fn advance(&self, n: u64) {
+            self.done.fetch_add(n, Ordering::Relaxed);
+        }
+
+        fn cancelled(&self) -> bool {
+            self.done.load(Ordering::Relaxed) >= self.after
+        }
+    }
+
+    /// A catalogue of `n` synthetic photos without boxes.
+    fn catalogue(dir: &Path, n: usize) -> (Catalogue, Vec<PhotoId>) {
+        let photos = dir.join("photos");
+        std::fs::create_dir_all(&photos).unwrap();
+        for i in 0..n {
+            let (img, _) = crate::jobs::synth::render_photo(3, i, 0, 160, 120);
+            img.save(photos.join(format!("whale_{i}.png"))).unwrap();
+        }
+        let mut cat = Catalogue::create(&dir.join("c.whaleid")).unwrap();
+        let report = crate::jobs::import::import(&mut cat, &photos, &Default::default(), &Silent).unwrap();
+        (cat, report.added_photos)
+    }
+
+    fn finder() -> Finder {
+        let net = seeded(&EfficientNetConfig::tiny(), &candle_core::Device::Cpu, 1).unwrap();
+        Finder::zero_shot(Arc::new(net), Part::Fluke).reading_at(96)
+    }
+
+    fn proposals(cat: &Catalogue, photo: PhotoId) -> Vec<crate::catalogue::Annotation> {
+        cat.annotations_of_photo(photo).unwrap().into_iter().filter(is_unknown_box).collect()
+    }
+
+    #[test]
+    fn only_the_photos_asked_for_are_searched_and_a_cancel_keeps_what_was_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut cat, photos) = catalogue(dir.path(), 4);
+        let finder = finder();
+        let opts = DetectOptions { threshold: 0.0, photos: Some(photos[..3].to_vec()), ..Default::default() };
+        let stop = CancelAfter { after: 1, done: AtomicU64::new(0) };
+        let report = detect_catalogue(&mut cat, &finder, &opts, &stop).unwrap();
+        assert!(report.cancelled);
+        assert_eq!(report.photos_searched, 1, "stopped after the first photo");
+        assert!(!proposals(&cat, photos[0]).is_empty(), "the first photo's proposals are kept");
+        assert!(proposals(&cat, photos[1]).is_empty());
+
+        let report = detect_catalogue(&mut cat, &finder, &opts, &Silent).unwrap();
+        assert_eq!((report.photos_searched, report.photos_skipped), (2, 1), "the rest, once");
+        assert!(proposals(&cat, photos[3]).is_empty(), "a photo not asked for is left alone");
+
+        // A photo spoilt on disk since it was imported is named with its problem; the rest go on.
+        let spoilt = cat.photo_file(&cat.photo(photos[3]).unwrap().unwrap().stored_path);
+        std::fs::write(&spoilt, b"not a photo").unwrap();
+        let report = detect_catalogue(&mut cat, &finder, &DetectOptions { photos: None, ..opts }, &Silent).unwrap();
+        assert_eq!(report.problems.len(), 1);
+        assert!(report.problems[0].photo.ends_with("whale_3.png"), "{:?}", report.problems);
+        assert_eq!(report.photos_skipped, 3);
+    }
+
+    #[test]
+    fn replacing_takes_a_photo_s_unreviewed_proposals_away_in_one_edit_and_keeps_reviewed_boxes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut cat, photos) = catalogue(dir.path(), 2);
+        let finder = finder();
+        let opts = DetectOptions { threshold: 0.0, ..Default::default() };
+        detect_catalogue(&mut cat, &finder, &opts, &Silent).unwrap();
+        let before: Vec<_> = proposals(&cat, photos[0]).iter().map(|a| a.id).collect();
+        assert!(!before.is_empty());
+        // The second photo's first proposal is verified: that photo has a reviewed box now.
+        let verified = proposals(&cat, photos[1])[0].id;
+        cat.set_status(&[verified], Status::Verified).unwrap();
+        let actions = cat.history(100).unwrap().len();
+
+        let again = DetectOptions { replace_proposals: true, ..opts };
+        let report = detect_catalogue(&mut cat, &finder, &again, &Silent).unwrap();
+        assert_eq!((report.photos_searched, report.photos_skipped), (1, 1));
+        assert_eq!(report.boxes_replaced, before.len());
+        let after: Vec<_> = proposals(&cat, photos[0]).iter().map(|a| a.id).collect();
+        assert!(!after.is_empty() && after.iter().all(|a| !before.contains(a)), "new proposals in place of the old");
+        assert_eq!(cat.annotation(verified).unwrap().unwrap().status, Status::Verified);
+        assert_eq!(cat.history(100).unwrap().len(), actions + 1, "one edit for the photo");
+        cat.undo().unwrap();
+        let back: Vec<_> = proposals(&cat, photos[0]).iter().map(|a| a.id).collect();
+        assert_eq!(back, before, "one undo brings the old proposals back");
+    }
+}
