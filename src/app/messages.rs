@@ -11,6 +11,7 @@ use crate::base::ids::{AnnotationId, IndividualId, PhotoId};
 use crate::base::vocabulary::{BoxPx, Hundredths, Part, Side, Status};
 use crate::catalogue::Action;
 use crate::catalogue::stats::Stats;
+use crate::jobs::detect::DetectorStatus;
 use crate::jobs::eval::QueryOutcome;
 use crate::jobs::export::ExportFormat;
 use crate::jobs::search::{Filter, SearchResult};
@@ -105,6 +106,14 @@ pub enum Intent {
     Train(Box<TrainConfig>),
     /// Stop the training run, keeping the model in use.
     CancelTraining,
+    /// Propose boxes with the catalogue's detector (zero-shot without one) on these photos
+    /// (those an import added), or on every photo that has no box.
+    Detect(Option<Vec<PhotoId>>),
+    /// Train the catalogue's detector on its true boxes, make it active and propose again on
+    /// the photos without a reviewed box.
+    RetrainDetector,
+    /// Read which detector is active and how many boxes it and the catalogue have.
+    ReadDetectorStatus,
 }
 
 /// Which of the query's own attributes restrict the candidates.
@@ -410,6 +419,8 @@ pub enum Event {
     Training(Box<TrainEvent>),
     /// Which of the recent catalogues are still there.
     RecentChecked(Vec<(PathBuf, bool)>),
+    /// The catalogue's detector and its true boxes, for Annotate's retraining notice.
+    DetectorStatus(Box<DetectorStatus>),
     /// Any thread may ask the app to run an intent (e.g. a read that failed asks for a notice).
     Intent(Intent),
 }

@@ -7,7 +7,8 @@
 //! The files, from the ground up (each names only those above it in this list):
 //! - `settings`: what the window remembers between runs; `records`: what the panels show,
 //!   read from the catalogue; `images`: decoding off the UI thread, thumbnails cached on disk
-//! - `embedding`: the embedder in use, the model's status, the gallery and its map
+//! - `embedding`: the embedder in use, the model's status, the gallery and its map;
+//!   `detection`: the backbone boxes are proposed with
 //! - `map_picture`: the embedding map's view, colours and drawing
 //! - `messages`: intents (from panels, menus and finished jobs) and events (from workers and jobs)
 //! - `state`: what the window knows; `worker`: the thread that owns the open catalogue, every
@@ -18,6 +19,7 @@
 //! - this file: `WhaleApp`, which runs the intents and drains the events
 
 mod chrome;
+pub mod detection;
 pub mod embedding;
 pub mod images;
 pub mod jobs;
@@ -38,9 +40,11 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 
 use eframe::egui;
 
+use crate::base::ids::PhotoId;
 use crate::base::paths::data_dir;
 
 use chrome::{Chrome, ChromeContext};
+pub use detection::{Detection, tiny_random_detection};
 pub use embedding::Embedding;
 use embedding::{GalleryData, LoadedModel, ModelStatus, device_choice, heads_dir, short_key};
 use images::ImageCache;
@@ -64,29 +68,45 @@ pub struct AppOptions {
     /// Which embedder identifies crops: off unless asked for (the window's `run` uses the
     /// real weights; tests give a tiny random one).
     pub embedding: Embedding,
+    /// Which backbone proposes boxes: off unless asked for (the window's `run` uses the
+    /// EfficientNet-Lite0 weights; tests give a tiny random one).
+    pub detection: Detection,
 }
 
 impl AppOptions {
     pub fn new(home: PathBuf, catalogue: Option<PathBuf>) -> Self {
-        AppOptions { home, catalogue, panel: None, embedding: Embedding::Off }
+        AppOptions { home, catalogue, panel: None, embedding: Embedding::Off, detection: Detection::Off }
     }
 
     /// `data_dir()`, the first panel from `WHALEID_PANEL` (screenshots use it), and the real
-    /// embedder, unless `WHALEID_EMBEDDER=tiny-random` asks for an untrained two-block model
-    /// (screenshots and demos on a machine without the weights: its matches mean nothing).
+    /// embedder and detector backbone, unless `WHALEID_EMBEDDER=tiny-random` asks for untrained
+    /// tiny models (screenshots and demos on a machine without the weights: their matches and
+    /// boxes mean nothing).
     pub fn from_env(catalogue: Option<PathBuf>) -> Self {
         let weights = || Embedding::Weights(crate::models::default_dir());
-        let embedding = match std::env::var("WHALEID_EMBEDDER").as_deref() {
-            Ok("tiny-random") => tiny_random_embedder().map(Embedding::Given).unwrap_or_else(weights),
-            _ => weights(),
+        let detector_weights = || Detection::Weights(crate::models::default_dir());
+        let (embedding, detection) = match std::env::var("WHALEID_EMBEDDER").as_deref() {
+            Ok("tiny-random") => (
+                tiny_random_embedder().map(Embedding::Given).unwrap_or_else(weights),
+                tiny_random_detection().unwrap_or_else(detector_weights),
+            ),
+            _ => (weights(), detector_weights()),
         };
-        AppOptions { home: data_dir(), catalogue, panel: std::env::var("WHALEID_PANEL").ok(), embedding }
+        AppOptions { home: data_dir(), catalogue, panel: std::env::var("WHALEID_PANEL").ok(), embedding, detection }
     }
 }
 
 /// An untrained two-block embedder at 56 px (tests, benchmarks, screenshots without weights).
 pub fn tiny_random_embedder() -> Option<std::sync::Arc<crate::models::Embedder>> {
     crate::models::Embedder::tiny_random().ok().map(std::sync::Arc::new)
+}
+
+/// A detection run asked for: on these photos (an import's) or every photo without a box,
+/// or a retraining of the detector followed by detection.
+#[derive(Debug)]
+enum DetectionAsk {
+    Detect(Option<Vec<PhotoId>>),
+    Retrain,
 }
 
 /// The panels in the order of the tab bar.
@@ -116,8 +136,12 @@ pub struct WhaleApp {
     chrome: Chrome,
     title: String,
     embedding: Embedding,
+    detection: Detection,
+    /// Detection runs asked for while one ran (an import's photos, Retrain): run in turn.
+    detection_queue: VecDeque<DetectionAsk>,
     /// Jobs of which one runs at a time; asked for again meanwhile, they run once more after.
     embedding_run: OneAtATime,
+    detector_status_read: OneAtATime,
     gallery_read: OneAtATime,
     settings_write: OneAtATime,
     /// Per edit sent to the worker, in order: whether it changes the active model.
@@ -142,7 +166,10 @@ impl WhaleApp {
             chrome: Chrome::default(),
             title: String::new(),
             embedding: options.embedding.clone(),
+            detection: options.detection.clone(),
+            detection_queue: VecDeque::new(),
             embedding_run: OneAtATime::default(),
+            detector_status_read: OneAtATime::default(),
             gallery_read: OneAtATime::default(),
             settings_write: OneAtATime::default(),
             edits_in_flight: VecDeque::new(),
@@ -150,6 +177,7 @@ impl WhaleApp {
         if !matches!(options.embedding, Embedding::Off) {
             app.state.model.status = ModelStatus::Loading;
         }
+        app.state.detection_on = options.detection.is_on();
         if let Some(e) = settings_error {
             app.state.notices.push(Notice::error(e.to_string()));
         }
@@ -346,7 +374,60 @@ impl WhaleApp {
                     self.jobs.cancel(run.job);
                 }
             }
+            Intent::Detect(photos) => self.detect(DetectionAsk::Detect(photos)),
+            Intent::RetrainDetector => self.detect(DetectionAsk::Retrain),
+            Intent::ReadDetectorStatus => self.read_detector_status(),
         }
+    }
+
+    /// Starts a detection (or retraining) job, or queues it behind the one running. Without a
+    /// detector backbone, asking from Annotate says so; an import's photos simply get none.
+    fn detect(&mut self, ask: DetectionAsk) {
+        if !self.detection.is_on() {
+            if !matches!(ask, DetectionAsk::Detect(Some(_))) {
+                self.state
+                    .notices
+                    .push(Notice::error("Detection is off in this window: no detector backbone was given"));
+            }
+            return;
+        }
+        if self.state.detecting.is_some() {
+            if matches!(ask, DetectionAsk::Retrain | DetectionAsk::Detect(None)) {
+                self.state.notices.push(Notice::info("Boxes are being detected already: this runs when that ends"));
+            }
+            self.detection_queue.push_back(ask);
+            return;
+        }
+        let Some(catalogue) = self.catalogue_path() else { return };
+        let device = device_choice(&self.state.settings.device);
+        let detection = self.detection.clone();
+        let id = match ask {
+            DetectionAsk::Detect(photos) => {
+                let name = match &photos {
+                    Some(p) => format!("Detecting boxes on {} imported photo(s)", p.len()),
+                    None => "Detecting boxes".to_string(),
+                };
+                let run = tasks::DetectionRun { catalogue, detection, device, photos };
+                self.jobs.spawn(name, move |job| tasks::detect(run, job))
+            }
+            DetectionAsk::Retrain => {
+                let run = tasks::DetectionRun { catalogue, detection, device, photos: None };
+                self.jobs.spawn("Retraining the detector", move |job| tasks::retrain_detector(run, job))
+            }
+        };
+        self.state.detecting = Some(id);
+    }
+
+    /// Reads the catalogue's detector and its true boxes (Annotate's retraining notice).
+    fn read_detector_status(&mut self) {
+        let Some(catalogue) = self.open_catalogue() else { return };
+        if !self.detector_status_read.may_start() {
+            return;
+        }
+        let id = self.jobs.spawn_housekeeping("Reading the detector's status", move |job| {
+            tasks::read_detector_status(&catalogue, job)
+        });
+        self.detector_status_read.started(id);
     }
 
     /// Hands an intent addressed to panels (`OpenPhoto`, ...) to every panel, then shows `panel`.
@@ -472,6 +553,15 @@ impl WhaleApp {
         if self.state.training.as_ref().is_some_and(|r| r.job == id) {
             self.state.training = None;
         }
+        if self.detector_status_read.finished(id) {
+            self.out.push(Intent::ReadDetectorStatus);
+        }
+        if self.state.detecting == Some(id) {
+            self.state.detecting = None;
+            if let Some(next) = self.detection_queue.pop_front() {
+                self.detect(next);
+            }
+        }
     }
 
     fn context<'a>(
@@ -510,6 +600,7 @@ impl WhaleApp {
                 self.state.set_individuals(individuals);
                 // A reload follows imports, undo and redo: embed what they brought.
                 self.out.push(Intent::EmbedCatalogue);
+                self.out.push(Intent::ReadDetectorStatus);
             }
             Event::PhotoRows { ids, rows } => self.state.patch_rows(&ids, rows),
             Event::Individuals(rows) => self.state.set_individuals(rows),
@@ -542,6 +633,8 @@ impl WhaleApp {
                         self.state.save.last = Some(label);
                         // A moved or new box needs its embedding; a new model needs them all.
                         self.out.push(if changed_model { Intent::LoadEmbedder } else { Intent::EmbedCatalogue });
+                        // A verified or drawn box counts towards retraining the detector.
+                        self.out.push(Intent::ReadDetectorStatus);
                     }
                     Err(EditFailure::Refused(why)) => {
                         self.state.notices.push(Notice::error(format!("Not done ({label}): {why}")));
@@ -558,6 +651,7 @@ impl WhaleApp {
                     // The step may have changed the active model: read it again.
                     self.out.push(Intent::LoadEmbedder);
                 }
+                self.out.push(Intent::ReadDetectorStatus);
                 let verb = if undo { "Undid" } else { "Redid" };
                 match label {
                     Ok(Some(l)) => {
@@ -596,6 +690,7 @@ impl WhaleApp {
             }
             Event::GalleryRead(data) => self.gallery_arrived(data),
             Event::RecentChecked(checked) => self.chrome.recent_checked(checked),
+            Event::DetectorStatus(status) => self.state.detector = Some(*status),
             event @ (Event::Photo { .. }
             | Event::Sightings { .. }
             | Event::Searched(_)

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use crate::base::ids::{IndividualId, PhotoId};
 use crate::catalogue::Action;
 use crate::catalogue::stats::Stats;
+use crate::jobs::detect::DetectorStatus;
 
 use super::embedding::ModelState;
 use super::messages::{JobId, Notice, PanelId};
@@ -69,6 +70,12 @@ pub struct AppState {
     /// The embedder, the gallery and the map (see `embedding`).
     pub model: ModelState,
     pub training: Option<TrainingState>,
+    /// Whether boxes can be proposed in this window (a detector backbone was given).
+    pub detection_on: bool,
+    /// The detection or detector-training job running (one at a time).
+    pub detecting: Option<JobId>,
+    /// The catalogue's detector and its true boxes, once read.
+    pub detector: Option<DetectorStatus>,
 }
 
 impl AppState {
@@ -166,5 +173,6 @@ impl AppState {
         self.history.clear();
         self.model.gallery = None;
         self.model.generation += 1;
+        self.detector = None;
     }
 }

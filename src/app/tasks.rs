@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
+use super::detection::Detection;
 use super::embedding::{GalleryData, LoadedModel, trained_heads};
 use super::images;
 use super::jobs::JobProgress;
@@ -20,8 +21,10 @@ use super::messages::{
     CatalogueEdit, Event, ImportKind, Intent, JobOutcome, Notice, Pick, Review, SearchRequest, Searched,
 };
 use super::settings::Settings;
+use crate::base::ids::PhotoId;
 use crate::base::progress::Progress;
 use crate::catalogue::Catalogue;
+use crate::jobs::detect::{DetectOptions, DetectReport, Finder, TrainDetectorOptions};
 use crate::jobs::embed::EmbedOptions;
 use crate::jobs::export::{ExportFormat, ExportOptions};
 use crate::jobs::import::ImportOptions;
@@ -57,7 +60,12 @@ pub fn import(catalogue: &Path, source: &Path, job: &JobProgress) -> anyhow::Res
     );
     let details: Vec<String> =
         report.problems.iter().map(|p| p.to_string()).chain(report.to_string().lines().map(str::to_string)).collect();
-    Ok(JobOutcome::done(summary).with_details(details).with_problems(problems).then(Intent::Reload))
+    let mut outcome = JobOutcome::done(summary).with_details(details).with_problems(problems).then(Intent::Reload);
+    if !report.added_photos.is_empty() {
+        // New photos without boxes get proposals next, in a job of their own.
+        outcome = outcome.then(Intent::Detect(Some(report.added_photos)));
+    }
+    Ok(outcome)
 }
 
 pub fn export(catalogue: &Path, format: ExportFormat, out: &Path, job: &JobProgress) -> anyhow::Result<JobOutcome> {
@@ -295,6 +303,134 @@ pub fn train(run: TrainingRun, job: &JobProgress) -> anyhow::Result<JobOutcome> 
     Ok(JobOutcome::done(summary)
         .with_details(vec![format!("written to {}", report.checkpoint.display())])
         .then(Intent::Edit(CatalogueEdit::SetActiveHead(Some(report.checkpoint)))))
+}
+
+/// What a detection run needs: the catalogue, the backbone and where it runs.
+pub struct DetectionRun {
+    pub catalogue: PathBuf,
+    pub detection: Detection,
+    pub device: DeviceChoice,
+    /// The photos to search (an import's); every photo without a box when `None`.
+    pub photos: Option<Vec<PhotoId>>,
+}
+
+/// A detection backbone ready to run, with the longer side it reads photos at and the
+/// epochs a detector trains for on it (the detector's defaults when not given).
+struct ReadyBackbone {
+    backbone: Arc<dyn crate::models::Backbone>,
+    long_side: Option<u32>,
+    epochs: Option<usize>,
+}
+
+fn detection_backbone(detection: &Detection, device: DeviceChoice, job: &JobProgress) -> anyhow::Result<ReadyBackbone> {
+    match detection {
+        Detection::Off => anyhow::bail!("detection is off in this window"),
+        Detection::Given { backbone, long_side, epochs } => {
+            Ok(ReadyBackbone { backbone: backbone.clone(), long_side: Some(*long_side), epochs: Some(*epochs) })
+        }
+        Detection::Weights(dir) => {
+            job.stage("loading the detector's backbone", 0);
+            let path = crate::jobs::detect::backbone_path_in(dir)?;
+            let (device, _) = crate::models::select_device(device);
+            let backbone = crate::models::load_backbone(&path, &device)?;
+            Ok(ReadyBackbone { backbone, long_side: None, epochs: None })
+        }
+    }
+}
+
+/// What a detection run did, in the words of the notice.
+fn detection_outcome(report: &DetectReport, used: &str, fallback: Option<String>) -> JobOutcome {
+    let mut summary = format!("{} proposal(s) on {} photo(s) with {used}", report.boxes_added, report.photos_searched);
+    if report.boxes_replaced > 0 {
+        summary.push_str(&format!(", replacing {} older proposal(s)", report.boxes_replaced));
+    }
+    if report.photos_skipped > 0 {
+        summary.push_str(&format!("; {} photo(s) already had boxes", report.photos_skipped));
+    }
+    if !report.problems.is_empty() {
+        summary.push_str(&format!("; {} photo(s) could not be read", report.problems.len()));
+    }
+    if let Some(why) = &fallback {
+        summary.push_str(&format!("; {why}"));
+    }
+    let details: Vec<String> =
+        fallback.iter().cloned().chain(report.problems.iter().map(|p| format!("{}: {}", p.photo, p.problem))).collect();
+    let problems = details.len();
+    JobOutcome::done(summary)
+        .with_details(details)
+        .with_problems(problems)
+        .then(Intent::Reload)
+        .then(Intent::ReadDetectorStatus)
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string())
+}
+
+/// Proposes boxes on the run's photos with the catalogue's detector, or zero-shot when it has
+/// none or its file cannot be used (the notice says which file and why). Each photo's
+/// proposals are written (one undoable edit) as soon as they are found.
+pub fn detect(run: DetectionRun, job: &JobProgress) -> anyhow::Result<JobOutcome> {
+    let DetectionRun { catalogue, detection, device, photos } = run;
+    let mut cat = Catalogue::open(&catalogue)?;
+    let ReadyBackbone { backbone, long_side, .. } = detection_backbone(&detection, device, job)?;
+    let (finder, fallback) = Finder::for_catalogue(&cat, backbone)?;
+    let finder = match long_side {
+        Some(l) => finder.reading_at(l),
+        None => finder,
+    };
+    let used = match crate::jobs::detect::active_detector(&cat)? {
+        Some(file) if finder.is_learned() => format!("the detector {}", file_name(&file)),
+        _ => "zero-shot proposals".to_string(),
+    };
+    let opts = DetectOptions { photos, ..Default::default() };
+    let report = crate::jobs::detect::detect_catalogue(&mut cat, &finder, &opts, job)?;
+    Ok(detection_outcome(&report, &used, fallback))
+}
+
+/// Trains the catalogue's detector on its true boxes (it becomes the active one, an undoable
+/// edit), then proposes again with it on the photos without a reviewed box, their older
+/// unreviewed proposals replaced.
+pub fn retrain_detector(run: DetectionRun, job: &JobProgress) -> anyhow::Result<JobOutcome> {
+    let DetectionRun { catalogue, detection, device, .. } = run;
+    let mut cat = Catalogue::open(&catalogue)?;
+    let ReadyBackbone { backbone, long_side, epochs } = detection_backbone(&detection, device, job)?;
+    let defaults = TrainDetectorOptions::default();
+    let opts = TrainDetectorOptions {
+        epochs: epochs.unwrap_or(defaults.epochs),
+        long_side: long_side.unwrap_or(defaults.long_side),
+        ..defaults
+    };
+    let trained = match crate::jobs::detect::train_detector(&mut cat, backbone.clone(), &opts, job) {
+        Ok(trained) => trained,
+        Err(_) if job.cancelled() => {
+            return Ok(JobOutcome::done("cancelled; the catalogue's detector is unchanged"));
+        }
+        Err(e) => return Err(e),
+    };
+    let card = &trained.card;
+    let ap = card.validation_ap50.map(|ap| format!(", validation AP50 {ap:.2}")).unwrap_or_default();
+    let name = file_name(&trained.detector);
+    let finder = Finder::learned(backbone, &trained.detector)?;
+    let opts = DetectOptions { replace_proposals: true, ..Default::default() };
+    let report = crate::jobs::detect::detect_catalogue(&mut cat, &finder, &opts, job)?;
+    let used = format!(
+        "the new detector {name} (trained on {} box(es){ap}; now the catalogue's detector)",
+        card.train_boxes + card.validation_boxes
+    );
+    let mut outcome = detection_outcome(&report, &used, None);
+    outcome.details.push(format!("written to {}", trained.detector.display()));
+    outcome.details.extend(trained.problems.iter().map(|p| format!("{}: {}", p.photo, p.problem)));
+    outcome.problems += trained.problems.len();
+    Ok(outcome)
+}
+
+/// Reads which detector the catalogue uses and how many true boxes it has.
+pub fn read_detector_status(catalogue: &Path, job: &JobProgress) -> anyhow::Result<JobOutcome> {
+    let cat = Catalogue::open(catalogue)?;
+    let status = crate::jobs::detect::detector_status(&cat)?;
+    job.send(Event::DetectorStatus(Box::new(status)));
+    Ok(JobOutcome::silent())
 }
 
 /// Writes the settings (atomically: a temporary file renamed over the old one).

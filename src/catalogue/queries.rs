@@ -37,6 +37,11 @@ impl Catalogue {
         self.query_all(&sql, [photo], annotation_from_row)
     }
 
+    /// Every annotation of the catalogue, by id.
+    pub fn annotations(&self) -> Result<Vec<Annotation>> {
+        self.query_all(&format!("SELECT {ANNOTATION_COLUMNS} FROM annotations ORDER BY id"), [], annotation_from_row)
+    }
+
     pub fn individual(&self, id: IndividualId) -> Result<Option<Individual>> {
         self.query_one(
             &format!("SELECT {INDIVIDUAL_COLUMNS} FROM individuals WHERE id = ?1"),

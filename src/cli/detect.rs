@@ -92,7 +92,12 @@ pub fn detect(args: DetectArgs) -> Result<()> {
             let mut cat = open(catalog)?;
             let finder = finder(&args.detector, Some(&cat), part)?;
             let console = Console::new(args.json);
-            let mut report = crate::jobs::detect::detect_catalogue(&mut cat, &finder, args.threshold, &console)?;
+            let mut report = crate::jobs::detect::detect_catalogue(
+                &mut cat,
+                &finder,
+                &crate::jobs::detect::DetectOptions { threshold: args.threshold, ..Default::default() },
+                &console,
+            )?;
             drop(console);
             report.detector = args
                 .detector

@@ -114,3 +114,32 @@ pub(crate) fn softmax_last_dim(x: &Tensor, kernels: Kernels) -> Result<Tensor> {
         Kernels::Differentiable | Kernels::Bf16 => candle_nn::ops::softmax(x, D::Minus1),
     }
 }
+
+/// Draws every randomly initialised variable of `vars` again from a generator seeded with
+/// `seed`, with the mean and spread it was drawn with; constants (norms, biases set to a
+/// prior) stay. candle's CPU generator cannot be seeded, so this is what makes a random
+/// network, or a trained one's starting point, the same from run to run.
+pub fn reseed(vars: &candle_nn::VarMap, seed: u64) -> Result<()> {
+    use rand::SeedableRng;
+    use rand_distr::Distribution;
+    let data = vars.data().lock().map_err(|_| candle_core::Error::msg("the variables are poisoned"))?;
+    // By name, so the draws do not depend on the map's order.
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    for name in names {
+        let var = &data[name];
+        let values = var.as_tensor().to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let n = values.len().max(1) as f64;
+        let mean = values.iter().map(|&v| v as f64).sum::<f64>() / n;
+        let std = (values.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
+        if std == 0.0 {
+            continue;
+        }
+        let normal = rand_distr::Normal::new(mean, std).map_err(candle_core::Error::wrap)?;
+        let drawn: Vec<f32> = (0..values.len()).map(|_| normal.sample(&mut rng) as f32).collect();
+        let t = Tensor::from_vec(drawn, var.shape(), var.device())?.to_dtype(var.dtype())?;
+        var.set(&t)?;
+    }
+    Ok(())
+}

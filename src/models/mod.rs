@@ -43,7 +43,7 @@ pub use head::{
     BLOCKS_TENSOR, BatchNorm, GEM_P, GRID_TENSOR, Head, Neck, Pooling, TUNED_PREFIX, l2_normalise, pool_features,
     pool_tokens,
 };
-pub use layers::Kernels;
+pub use layers::{Kernels, reseed};
 pub use preprocess::{IMAGENET_MEAN, IMAGENET_STD, PIXEL_BASELINE_SIDE, letterbox, pixel_vector, prepare};
 
 /// File name of the converted backbone inside the models folder.

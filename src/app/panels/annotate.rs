@@ -317,6 +317,66 @@ impl AnnotatePanel {
             let photos = cx.state.queue.iter().copied().chain(outside).collect();
             cx.send(Intent::Edit(CatalogueEdit::VerifyProposals { photos, at_least }));
         }
+        self.detector_ui(ui, cx);
+    }
+
+    /// Proposing boxes and retraining the detector, both background jobs (the status bar shows
+    /// their progress and cancels them).
+    fn detector_ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelContext<'_>) {
+        let on = cx.state.detection_on;
+        let busy = cx.state.detecting.is_some();
+        let off = "Detection is off in this window: no detector backbone was given";
+        let (detect_hover, retrain_hover) = if !on {
+            (off.to_string(), off.to_string())
+        } else if busy {
+            let running = "Boxes are being detected: the status bar shows the progress and cancels it";
+            (running.to_string(), running.to_string())
+        } else {
+            let detector = match cx.state.detector.as_ref().and_then(|d| d.active.as_ref()) {
+                Some(file) => format!("the catalogue's detector ({})", file.display()),
+                None => "zero-shot proposals (the catalogue has no detector yet)".to_string(),
+            };
+            (
+                format!(
+                    "Propose boxes with {detector} on every photo that has no box; each photo is one undoable edit"
+                ),
+                "Train the catalogue's detector on its verified, drawn and imported boxes, make it the catalogue's \
+                 detector, and propose again on the photos without a reviewed box"
+                    .to_string(),
+            )
+        };
+        if ui.add_enabled(on && !busy, egui::Button::new("Detect boxes")).on_hover_text(detect_hover).clicked() {
+            cx.send(Intent::Detect(None));
+        }
+        let offer = on && cx.state.detector.as_ref().is_some_and(|d| d.retrain_worth_it());
+        let retrain = egui::Button::new("Retrain detector").selected(offer);
+        if ui.add_enabled(on && !busy, retrain).on_hover_text(retrain_hover).clicked() {
+            cx.send(Intent::RetrainDetector);
+        }
+    }
+
+    /// Offers retraining once enough boxes were verified or drawn since the detector learned.
+    fn retrain_notice_ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelContext<'_>) {
+        let Some(status) = cx.state.detector.as_ref().filter(|d| cx.state.detection_on && d.retrain_worth_it()) else {
+            return;
+        };
+        let new = status.new_boxes();
+        let text = match status.trained_on {
+            Some(_) => format!(
+                "{new} box(es) verified or drawn since the detector was trained: Retrain detector so its proposals \
+                 learn from them"
+            ),
+            None => format!(
+                "{new} verified, drawn or imported box(es) and no detector trained on them yet: Retrain detector \
+                 so its proposals learn from them"
+            ),
+        };
+        ui.horizontal_wrapped(|ui| {
+            ui.colored_label(egui::Color32::from_rgb(250, 170, 40), text);
+            if let Some(problem) = &status.problem {
+                ui.weak(problem.as_str());
+            }
+        });
     }
 
     fn side_ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelContext<'_>) {
@@ -763,7 +823,10 @@ impl Panel for AnnotatePanel {
         if cx.keys {
             self.keys_now(ui, cx);
         }
-        egui::Panel::top("annotate_toolbar").show(ui, |ui| self.toolbar_ui(ui, cx));
+        egui::Panel::top("annotate_toolbar").show(ui, |ui| {
+            self.toolbar_ui(ui, cx);
+            self.retrain_notice_ui(ui, cx);
+        });
         egui::Panel::right("annotate_boxes").default_size(300.0).show(ui, |ui| {
             egui::ScrollArea::vertical().show(ui, |ui| self.side_ui(ui, cx));
         });

@@ -21,6 +21,9 @@ impl fmt::Display for DetectReport {
             "searched {} photo(s) without boxes ({} already had boxes): {} proposal(s) added as unreviewed",
             self.photos_searched, self.photos_skipped, self.boxes_added
         )?;
+        if self.boxes_replaced > 0 {
+            writeln!(f, "{} older unreviewed proposal(s) replaced", self.boxes_replaced)?;
+        }
         problems(f, &self.problems)?;
         if self.cancelled {
             writeln!(f, "cancelled: the photos done so far are kept")?;

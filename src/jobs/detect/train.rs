@@ -287,6 +287,8 @@ pub fn untrained_detector(
     };
     let vars = VarMap::new();
     let det = Detector::new(config, &vars, backbone.device())?;
+    // The head starts from the seed's draw: the same data and seed give the same start.
+    crate::models::reseed(&vars, opts.seed)?;
     Ok((vars, det))
 }
 

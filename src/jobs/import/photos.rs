@@ -65,7 +65,10 @@ pub(super) fn import_photos(
         })?;
         for outcome in outcomes {
             match outcome {
-                PhotoOutcome::Added => report.photos.added += 1,
+                PhotoOutcome::Added(id) => {
+                    report.photos.added += 1;
+                    report.added_photos.push(id);
+                }
                 PhotoOutcome::Relinked(file, from) => {
                     report.photos.relinked += 1;
                     report.skipped.push(Problem {
@@ -95,7 +98,7 @@ pub(super) fn import_photos(
 }
 
 enum PhotoOutcome {
-    Added,
+    Added(crate::base::ids::PhotoId),
     Relinked(PathBuf, String),
     Duplicate(PathBuf, String),
     Failed(PathBuf, String),
@@ -112,8 +115,8 @@ fn record_photo(e: &Edit, file: &Path, stored: &str, info: PhotoFacts) -> crate:
         }
         return Ok(PhotoOutcome::Duplicate(file.to_path_buf(), old_path));
     }
-    e.insert_photo(&NewPhoto { stored_path: stored.to_string(), facts: info })?;
-    Ok(PhotoOutcome::Added)
+    let id = e.insert_photo(&NewPhoto { stored_path: stored.to_string(), facts: info })?;
+    Ok(PhotoOutcome::Added(id))
 }
 
 /// The absolute location of another stored path, given one file whose absolute and stored

@@ -70,6 +70,9 @@ pub struct ImportReport {
     /// Photos skipped because their content is already in the catalogue, and where.
     pub skipped: Vec<Problem>,
     pub problems: Vec<Problem>,
+    /// The photos this import added (detection runs on them next in the app).
+    #[serde(skip)]
+    pub added_photos: Vec<crate::base::ids::PhotoId>,
 }
 
 impl ImportReport {

@@ -468,6 +468,16 @@ pub fn random(config: &EfficientNetConfig, device: &Device) -> Result<EfficientN
     EfficientNet::new(config, vb)
 }
 
+/// A random network at `config`'s shape that is the same for the same `seed`.
+pub fn seeded(config: &EfficientNetConfig, device: &Device, seed: u64) -> Result<EfficientNet> {
+    let vars = candle_nn::VarMap::new();
+    let vb = VarBuilder::from_varmap(&vars, DType::F32, device);
+    // Built once to create the variables, drawn again from the seed, built again from them.
+    EfficientNet::new(config, vb.clone())?;
+    crate::models::layers::reseed(&vars, seed)?;
+    EfficientNet::new(config, vb)
+}
+
 impl Module for EfficientNet {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         EfficientNet::forward(self, xs)
