@@ -398,7 +398,7 @@ pub fn retrain_detector(run: DetectionRun, job: &JobProgress) -> anyhow::Result<
     let defaults = TrainDetectorOptions::default();
     let opts = TrainDetectorOptions {
         epochs: epochs.unwrap_or(defaults.epochs),
-        long_side: long_side.unwrap_or(defaults.long_side),
+        long_side: long_side.or(defaults.long_side),
         ..defaults
     };
     let trained = match crate::jobs::detect::train_detector(&mut cat, backbone.clone(), &opts, job) {

@@ -189,7 +189,7 @@ pub struct DemoArgs {
 #[derive(clap::Args, Debug)]
 pub struct DetectorArgs {
     /// The backbone whose features the detector reads: a fetched model by name or a weights
-    /// file (default: efficientnet-lite0).
+    /// file (default: dinov2-vits14).
     #[arg(long = "backbone")]
     pub backbone: Option<PathBuf>,
     /// A detector file written by `whaleid train-detector` (default: the catalogue's active
@@ -204,7 +204,7 @@ pub struct DetectorArgs {
 pub struct TrainDetectorArgs {
     #[arg(long = "catalog")]
     pub catalog: PathBuf,
-    /// The backbone (default: efficientnet-lite0).
+    /// The backbone (default: dinov2-vits14).
     #[arg(long = "backbone")]
     pub backbone: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t)]
@@ -214,9 +214,10 @@ pub struct TrainDetectorArgs {
     pub out: Option<PathBuf>,
     #[arg(long, default_value_t = 30)]
     pub epochs: usize,
-    /// Photos are read with this many pixels on their longer side.
-    #[arg(long, default_value_t = 768)]
-    pub long_side: u32,
+    /// Photos are read with this many pixels on their longer side (default: 518 for DINOv2,
+    /// 768 for EfficientNet).
+    #[arg(long)]
+    pub long_side: Option<u32>,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     #[arg(long)]

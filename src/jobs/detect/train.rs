@@ -1,7 +1,7 @@
 //! `whaleid train-detector`: the learned detector's head, trained on the frozen backbone's
 //! feature grids of the catalogue's photos with true boxes (and photos whose only boxes were
 //! rejected: known sea). Photos are split for validation (20 %, by photo); each photo's
-//! grid is computed once, for the photo and its mirror image, and the head trains on the
+//! grid is computed once per view (the photo, its mirror image, and the photo smaller), and the head trains on the
 //! cached grids in minutes on a CPU. The validation photos give AP50, AP50:95 and the data
 //! to calibrate the scores.
 
@@ -27,7 +27,8 @@ pub struct TrainDetectorOptions {
     pub epochs: usize,
     pub hidden: usize,
     pub learning_rate: f64,
-    pub long_side: u32,
+    /// The longer side photos are read at (default: the backbone's, `default_long_side`).
+    pub long_side: Option<u32>,
     /// Share of photos held out for validation.
     pub validation: f64,
     pub seed: u64,
@@ -41,7 +42,7 @@ impl Default for TrainDetectorOptions {
             epochs: 30,
             hidden: 128,
             learning_rate: 1e-3,
-            long_side: super::DEFAULT_LONG_SIDE,
+            long_side: None,
             validation: 0.2,
             seed: 1,
             out: None,
@@ -106,12 +107,18 @@ fn fingerprint(samples: &[Sample]) -> String {
     hasher.finalize().to_hex()[..16].to_string()
 }
 
-/// The views of `img`, the photo of `sample` (as is, and mirrored left-right), for training.
+/// The views a photo is trained on: (share of the reading size, mirrored left-right). The
+/// smaller view shows every animal smaller than it will be met, so the small and distant
+/// ones are not left to chance.
+const VIEWS: [(f64, bool); 3] = [(1.0, false), (1.0, true), (0.75, false)];
+
+/// The views of `img`, the photo of `sample` ([`VIEWS`]), for training.
 fn views(finder: &Finder, img: &image::DynamicImage, sample: &Sample, parts: &[Part]) -> anyhow::Result<Vec<View>> {
     let mut out = Vec::new();
-    for mirrored in [false, true] {
+    for (share, mirrored) in VIEWS {
         let shown = if mirrored { img.fliph() } else { img.clone() };
-        let (input, features) = finder.features(&shown)?;
+        let long_side = ((finder.long_side as f64 * share).round() as u32).max(1);
+        let (input, features) = finder.features_at(&shown, long_side)?;
         let (rows, cols) = features.grid();
         let w = img.width() as f64;
         let place = |b: &BoxPx| {
@@ -161,7 +168,7 @@ pub fn train_detector(
 
     let device = backbone.device().clone();
     let mut finder = Finder::zero_shot(backbone.clone(), parts[0]);
-    finder.long_side = opts.long_side;
+    finder.long_side = opts.long_side.unwrap_or_else(|| super::default_long_side(backbone.as_ref()));
     let mut problems = Vec::new();
     progress.stage("reading photos", training.len() as u64);
     let mut cache: Vec<View> = Vec::new();
@@ -277,7 +284,7 @@ pub fn untrained_detector(
     let config = DetectorConfig {
         backbone: backbone.name().to_string(),
         taps,
-        long_side: opts.long_side,
+        long_side: opts.long_side.unwrap_or_else(|| super::default_long_side(backbone)),
         stride: features.stride,
         channels: features.channels(),
         hidden: opts.hidden,
