@@ -278,7 +278,7 @@ fn apply(cat: &mut Catalogue, edit: &CatalogueEdit, report: &mut Option<String>)
             // One action, so one undo takes every box back to unreviewed.
             cat.edit(&label(edit), |e| {
                 for &(id, _) in &chosen {
-                    e.set_status(id, Status::Verified)?;
+                    e.verify(id)?;
                 }
                 Ok(())
             })?;

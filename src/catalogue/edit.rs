@@ -87,11 +87,12 @@ impl Catalogue {
 
     // ---- common edits, each one undoable action ------------------------------------
 
+    /// Sets the annotations' status; verifying goes through [`Edit::verify`].
     pub fn set_status(&mut self, annotations: &[AnnotationId], status: Status) -> Result<()> {
         let label = format!("{} {} annotation(s)", status_verb(status), annotations.len());
         self.edit(&label, |e| {
             for &id in annotations {
-                e.set_status(id, status)?;
+                if status == Status::Verified { e.verify(id)? } else { e.set_status(id, status)? }
             }
             Ok(())
         })
@@ -251,6 +252,36 @@ impl Edit<'_> {
             .execute("UPDATE annotations SET status = ?2 WHERE id = ?1", params![annotation, status.as_str()])
             .map_err(|e| self.err(e))?;
         self.expect_changed(n, "annotation", annotation)
+    }
+
+    /// Marks an annotation verified. A box verified on a photo whose individual was recorded
+    /// for the whole photo (labels imported before any box was drawn) takes that individual
+    /// over, and the whole-photo annotation goes: it is the same sighting, seen closer. Only
+    /// when the photo has exactly one identified whole-photo annotation and the box has no
+    /// individual of its own.
+    pub fn verify(&self, annotation: AnnotationId) -> Result<()> {
+        self.set_status(annotation, Status::Verified)?;
+        let (photo, has_box): (PhotoId, bool) = self
+            .tx
+            .query_row("SELECT photo_id, x IS NOT NULL FROM annotations WHERE id = ?1", [annotation], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .map_err(|e| self.err(e))?;
+        if !has_box || self.annotation_individual(annotation)?.is_some() {
+            return Ok(());
+        }
+        let whole: Vec<(AnnotationId, IndividualId, String)> = self
+            .tx
+            .prepare_cached(
+                "SELECT a.id, i.individual_id, i.how FROM annotations a JOIN identifications i ON i.annotation_id = a.id \
+                 WHERE a.photo_id = ?1 AND a.x IS NULL AND a.status != 'rejected'",
+            )
+            .and_then(|mut st| st.query_map([photo], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect())
+            .map_err(|e| self.err(e))?;
+        let [(whole_photo, individual, how)] = whole.as_slice() else { return Ok(()) };
+        let how = how.parse::<How>().map_err(CatalogueError::Invalid)?;
+        self.identify(annotation, *individual, how, None)?;
+        self.delete_annotation(*whole_photo)
     }
 
     pub fn set_box(&self, annotation: AnnotationId, bbox: Option<BoxPx>) -> Result<()> {
