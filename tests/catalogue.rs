@@ -126,3 +126,64 @@ fn a_catalogue_from_a_newer_whaleid_is_refused_untouched() {
     assert_eq!(std::fs::read(&path).unwrap(), before, "not a byte changed");
     assert!(!dir.path().join("future.whaleid-wal").exists());
 }
+
+/// Labels imported for whole photos, then a detector's box verified on one of them: the box
+/// takes the individual over and the whole-photo annotation goes, in one undoable edit. A
+/// second verified box on the same photo stays unidentified (the individual has moved).
+#[test]
+fn a_box_verified_on_a_photo_identified_as_a_whole_takes_its_individual_and_undo_restores_both() {
+    use whaleid::base::photo::PhotoFacts;
+    use whaleid::base::vocabulary::{Part, Side, Source};
+    use whaleid::catalogue::{NewAnnotation, NewPhoto};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cat = Catalogue::create(&dir.path().join("c.whaleid")).unwrap();
+    let annotation = |photo, bbox, source, status| NewAnnotation {
+        photo_id: photo,
+        bbox,
+        part: Part::DorsalFin,
+        side: Side::Unknown,
+        source,
+        status,
+        species: None,
+        score: None,
+    };
+    let (whole, first, second, other_photo_box) = cat
+        .edit("setup", |e| {
+            let facts = |hash: &str| PhotoFacts {
+                hash: hash.into(),
+                width: 1600,
+                height: 1068,
+                orientation: 1,
+                taken_at: None,
+                latitude: None,
+                longitude: None,
+            };
+            let photo = e.insert_photo(&NewPhoto { stored_path: "a.jpg".into(), facts: facts("a") })?;
+            let other = e.insert_photo(&NewPhoto { stored_path: "b.jpg".into(), facts: facts("b") })?;
+            let whole = e.insert_annotation(&annotation(photo, None, Source::Imported, Status::Unreviewed))?;
+            let ind = e.create_individual(Some("F272"), "", None)?;
+            e.identify(whole, ind.id, How::Imported, None)?;
+            let b = Some(BoxPx::new(600.0, 400.0, 200.0, 180.0));
+            let first = e.insert_annotation(&annotation(photo, b, Source::Detector, Status::Unreviewed))?;
+            let second = e.insert_annotation(&annotation(photo, b, Source::Detector, Status::Unreviewed))?;
+            let other_box = e.insert_annotation(&annotation(other, b, Source::Detector, Status::Unreviewed))?;
+            Ok((whole, first, second, other_box))
+        })
+        .unwrap();
+
+    cat.set_status(&[first], Status::Verified).unwrap();
+    let id = cat.identification(first).unwrap().expect("the box took the individual");
+    assert_eq!(cat.individual(id.individual_id).unwrap().unwrap().code, "F272");
+    assert!(cat.annotation(whole).unwrap().is_none(), "the whole-photo annotation is gone");
+
+    cat.set_status(&[second, other_photo_box], Status::Verified).unwrap();
+    assert!(cat.identification(second).unwrap().is_none(), "only one box takes the individual");
+    assert!(cat.identification(other_photo_box).unwrap().is_none(), "another photo's box takes nothing");
+
+    cat.undo().unwrap();
+    cat.undo().unwrap();
+    assert!(cat.identification(first).unwrap().is_none());
+    assert_eq!(cat.annotation(first).unwrap().unwrap().status, Status::Unreviewed);
+    let back = cat.identification(whole).unwrap().expect("the whole-photo annotation is back, identified");
+    assert_eq!(cat.individual(back.individual_id).unwrap().unwrap().code, "F272");
+}
