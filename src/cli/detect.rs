@@ -141,9 +141,9 @@ pub fn eval_detect(args: EvalDetectArgs) -> Result<()> {
 
 pub fn verify(args: VerifyArgs) -> Result<()> {
     let mut cat = open(&args.catalog)?;
-    let mut proposals: Vec<_> =
-        cat.annotations()?.into_iter().filter(crate::jobs::detect::is_unknown_box).collect();
-    proposals.sort_by(|a, b| a.photo_id.cmp(&b.photo_id).then(b.score.unwrap_or(0.0).total_cmp(&a.score.unwrap_or(0.0))));
+    let mut proposals: Vec<_> = cat.annotations()?.into_iter().filter(crate::jobs::detect::is_unknown_box).collect();
+    proposals
+        .sort_by(|a, b| a.photo_id.cmp(&b.photo_id).then(b.score.unwrap_or(0.0).total_cmp(&a.score.unwrap_or(0.0))));
     let mut chosen = Vec::new();
     let mut previous = None;
     for a in &proposals {

@@ -111,7 +111,9 @@ impl FeatureMaps {
             .map(|f| {
                 let (b, n, d) = f.grid()?.dims3()?;
                 debug_assert_eq!(n, f.rows() * f.cols());
-                f.grid()?.transpose(1, 2)?.reshape((b, d, f.rows(), f.cols()))?.contiguous()
+                // Detached: the backbone stays frozen, and no gradient (or its graph, kept
+                // alive by cached features) reaches back into it.
+                Ok(f.grid()?.transpose(1, 2)?.reshape((b, d, f.rows(), f.cols()))?.contiguous()?.detach())
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(FeatureMaps { maps, stride })
