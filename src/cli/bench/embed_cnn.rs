@@ -8,7 +8,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 
-use super::{Reference, peak_rss_mib, reset_peak_rss, run_onnxruntime_script};
+use super::{Reference, ReferenceWork, peak_rss_mib, reset_peak_rss, run_onnxruntime_script};
 use crate::models::{Dinov2, EfficientNet, EfficientNetConfig, Kernels, efficientnet_safetensors_path};
 
 /// The reference script, carried inside the binary so that the bench runs from anywhere.
@@ -175,19 +175,11 @@ pub(super) fn onnxruntime_reference(
     threads: usize,
 ) -> Result<Reference, String> {
     eprintln!("measuring onnxruntime on the same network ({})", weights.display());
-    let args = [
-        "--weights".into(),
-        weights.as_os_str().to_owned(),
-        "--images".into(),
-        images.to_string().into(),
-        "--batch".into(),
-        batch.to_string().into(),
-        "--height".into(),
-        height.to_string().into(),
-        "--width".into(),
-        width.to_string().into(),
-        "--threads".into(),
-        threads.to_string().into(),
-    ];
-    run_onnxruntime_script("efficientnet_reference.py", REFERENCE_SCRIPT, &args)
+    let args = ["--weights".into(), weights.as_os_str().to_owned()];
+    run_onnxruntime_script(
+        "efficientnet_reference.py",
+        REFERENCE_SCRIPT,
+        &args,
+        &ReferenceWork { images, batch, height, width, threads },
+    )
 }

@@ -252,7 +252,22 @@ pub(super) struct Reference {
 /// Runs the onnxruntime reference script `script` (its text, carried inside the binary, saved
 /// as `name` in a scratch folder) with `args`, and reads the one JSON line it prints. `Err`
 /// says why there is no reference figure.
-fn run_onnxruntime_script(name: &str, script: &str, args: &[std::ffi::OsString]) -> Result<Reference, String> {
+/// The work every reference script times: `images` random inputs of `height` x `width`
+/// pixels in batches of `batch`, on `threads` threads.
+pub(super) struct ReferenceWork {
+    pub images: usize,
+    pub batch: usize,
+    pub height: usize,
+    pub width: usize,
+    pub threads: usize,
+}
+
+fn run_onnxruntime_script(
+    name: &str,
+    script: &str,
+    model: &[std::ffi::OsString],
+    work: &ReferenceWork,
+) -> Result<Reference, String> {
     use std::process::Command;
     let python = python_with(&["onnxruntime", "numpy", "onnx"])?;
     let scratch = tempdir("whaleid-bench-reference").map_err(|e| format!("no temporary folder for {name} ({e})"))?;
@@ -260,7 +275,10 @@ fn run_onnxruntime_script(name: &str, script: &str, args: &[std::ffi::OsString])
     std::fs::write(&path, script).map_err(|e| format!("cannot write {} ({e})", path.display()))?;
     let output = Command::new(&python)
         .arg(&path)
-        .args(args)
+        .args(model)
+        .args(["--images", &work.images.to_string(), "--batch", &work.batch.to_string()])
+        .args(["--height", &work.height.to_string(), "--width", &work.width.to_string()])
+        .args(["--threads", &work.threads.to_string()])
         .output()
         .map_err(|e| format!("cannot run {} ({e})", python.display()))?;
     let stdout = String::from_utf8_lossy(&output.stdout);
