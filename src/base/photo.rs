@@ -20,6 +20,18 @@ pub fn is_photo(path: &Path) -> bool {
         .is_some_and(|e| PHOTO_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
+/// The photo files under `folder` (at any depth), sorted by path.
+pub fn photos_under(folder: &Path) -> Vec<std::path::PathBuf> {
+    let mut photos: Vec<std::path::PathBuf> = walkdir::WalkDir::new(folder)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file() && is_photo(e.path()))
+        .map(|e| e.into_path())
+        .collect();
+    photos.sort();
+    photos
+}
+
 /// What whaleid records about a photo file's content; the catalogue's photo records carry it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct PhotoFacts {

@@ -70,14 +70,7 @@ pub fn submit(
     out: &Path,
     progress: &dyn Progress,
 ) -> anyhow::Result<SubmitReport> {
-    let mut photos: Vec<PathBuf> = walkdir::WalkDir::new(queries)
-        .sort_by_file_name()
-        .into_iter()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_type().is_file() && crate::base::photo::is_photo(e.path()))
-        .map(|e| e.into_path())
-        .collect();
-    photos.sort();
+    let photos = crate::base::photo::photos_under(queries);
     if photos.is_empty() {
         anyhow::bail!("{}: no photos found", queries.display());
     }

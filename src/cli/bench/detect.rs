@@ -102,7 +102,7 @@ pub(super) fn bench_detect(opts: &DetectBenchOptions) -> anyhow::Result<()> {
         crate::jobs::synth::generate(&synth, &|| console.advance(1))?;
         ("synthetic".to_string(), None)
     };
-    let files = photo_files(&dataset.join("images"));
+    let files = crate::base::photo::photos_under(&dataset.join("images"));
     anyhow::ensure!(!files.is_empty(), "{}: no photos", opts.data.display());
 
     // The head: trained on the photos' boxes, or untrained (the same work per photo).
@@ -249,18 +249,6 @@ fn render(o: &DetectBench) -> String {
     text
 }
 
-/// The photos under `images`, sorted.
-fn photo_files(images: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = walkdir::WalkDir::new(images)
-        .into_iter()
-        .filter_map(Result::ok)
-        .map(|e| e.into_path())
-        .filter(|p| p.is_file() && crate::base::photo::is_photo(p))
-        .collect();
-    files.sort();
-    files
-}
-
 /// Copies the first `photos` (default: all) of `data/images` and their YOLO labels
 /// (`data/labels/NAME.txt`) to `to`, a dataset of just those photos.
 fn copy_dataset(data: &Path, to: &Path, photos: Option<usize>) -> anyhow::Result<()> {
@@ -269,7 +257,7 @@ fn copy_dataset(data: &Path, to: &Path, photos: Option<usize>) -> anyhow::Result
     };
     std::fs::create_dir_all(to.join("images"))?;
     std::fs::create_dir_all(to.join("labels"))?;
-    let files = photo_files(&data.join("images"));
+    let files = crate::base::photo::photos_under(&data.join("images"));
     for file in files.iter().take(photos.unwrap_or(usize::MAX)) {
         let Some(name) = file.file_name() else { continue };
         copy(file, &to.join("images").join(name))?;

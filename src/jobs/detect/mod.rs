@@ -409,13 +409,7 @@ pub fn detect_folder(
     if !folder.is_dir() {
         anyhow::bail!("{}: not a folder of photos", folder.display());
     }
-    let mut photos: Vec<PathBuf> = walkdir::WalkDir::new(folder)
-        .into_iter()
-        .filter_map(Result::ok)
-        .map(|e| e.into_path())
-        .filter(|p| p.is_file() && crate::base::photo::is_photo(p))
-        .collect();
-    photos.sort();
+    let photos = crate::base::photo::photos_under(folder);
     progress.stage("detecting", photos.len() as u64);
     let (mut boxes, mut problems) = (Vec::new(), Vec::new());
     for path in photos {
