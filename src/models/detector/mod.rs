@@ -121,11 +121,7 @@ impl FeatureMaps {
 
     /// The finest grid's rows and columns.
     pub fn grid(&self) -> (usize, usize) {
-        self.maps
-            .iter()
-            .filter_map(|m| m.dims4().ok().map(|(_, _, r, k)| (r, k)))
-            .max_by_key(|(r, k)| r * k)
-            .unwrap_or((0, 0))
+        network::finest_grid(&self.maps)
     }
 
     /// Every map's width.

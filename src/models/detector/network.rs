@@ -78,11 +78,7 @@ impl DetectorNet {
         if maps.len() != self.taps.len() {
             candle_core::bail!("the detector reads {} feature maps, got {}", self.taps.len(), maps.len());
         }
-        let (rows, cols) = maps
-            .iter()
-            .filter_map(|m| m.dims4().ok().map(|(_, _, r, k)| (r, k)))
-            .max_by_key(|(r, k)| r * k)
-            .unwrap_or((0, 0));
+        let (rows, cols) = finest_grid(maps);
         let cells = rows * cols;
         let mut first: Option<Tensor> = None;
         for (tap, map) in self.taps.iter().zip(maps) {
@@ -106,6 +102,11 @@ impl DetectorNet {
         let parts = regression.narrow(1, 4, self.parts)?.contiguous()?;
         Ok(HeadOutput { objectness, distances, parts })
     }
+}
+
+/// The rows and columns of the finest of `[1, C, rows, cols]` maps.
+pub fn finest_grid(maps: &[Tensor]) -> (usize, usize) {
+    maps.iter().filter_map(|m| m.dims4().ok().map(|(_, _, r, k)| (r, k))).max_by_key(|(r, k)| r * k).unwrap_or((0, 0))
 }
 
 /// `[1, C, r, k]` -> `[1, C, rows, cols]`, each cell taking the value of the cell it falls
