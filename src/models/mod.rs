@@ -21,6 +21,7 @@ mod fetch;
 mod file_kind;
 mod head;
 mod layers;
+pub mod local;
 pub mod onnx;
 mod preprocess;
 pub mod torch_legacy;
