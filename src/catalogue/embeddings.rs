@@ -190,6 +190,42 @@ impl Catalogue {
         }
         tx.commit().map_err(err)
     }
+
+    /// The stored local features under `method` that were computed from their annotation's
+    /// box as it is now, as stored bytes, by annotation.
+    pub fn fresh_local_features(&self, method: &str) -> Result<std::collections::HashMap<AnnotationId, Vec<u8>>> {
+        let rows = self.query_all(
+            "SELECT l.annotation_id, l.box_key, l.features, a.x, a.y, a.w, a.h FROM local_features l \
+             JOIN annotations a ON a.id = l.annotation_id WHERE l.method = ?1",
+            [method],
+            |r| {
+                let bbox = bbox_from_columns([r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?]);
+                let stored: String = r.get(1)?;
+                Ok((box_key_matches(bbox.as_ref(), &stored), r.get::<_, AnnotationId>(0)?, r.get::<_, Vec<u8>>(2)?))
+            },
+        )?;
+        let out = rows.into_iter().filter(|(fresh, _, _)| *fresh).map(|(_, id, f)| (id, f)).collect();
+        Ok(out)
+    }
+
+    /// Stores `(annotation, box key, features)` rows under `method` in one transaction.
+    pub fn put_local_features(&mut self, method: &str, rows: &[(AnnotationId, String, Vec<u8>)]) -> Result<()> {
+        let path = self.path.clone();
+        let err = |source| CatalogueError::Sqlite { path: path.clone(), source };
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO local_features (annotation_id, method, box_key, features) \
+                     VALUES (?1, ?2, ?3, ?4)",
+                )
+                .map_err(err)?;
+            for (annotation, box_key, features) in rows {
+                insert.execute(params![annotation, method, box_key, features]).map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
 }
 
 /// Matches the catalogue's lower-case names without the allocations of `FromStr`, which

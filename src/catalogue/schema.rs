@@ -91,6 +91,17 @@ pub const MIGRATIONS: &[&str] = &[
     );
     INSERT INTO undo_state (id, recording) VALUES (1, NULL);
     "#,
+    // 1 -> 2: local features (keypoints and descriptors) of each crop, for the verification
+    // of a search's shortlist. Derived data, like the embeddings.
+    r#"
+    CREATE TABLE local_features (
+        annotation_id INTEGER NOT NULL REFERENCES annotations(id) ON DELETE CASCADE,
+        method        TEXT NOT NULL,        -- the extractor and its version
+        box_key       TEXT NOT NULL,        -- the box the features were computed from
+        features      BLOB NOT NULL,
+        PRIMARY KEY (annotation_id, method)
+    );
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
