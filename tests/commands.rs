@@ -203,7 +203,7 @@ fn photos_tagged_role_query_are_searched_against_the_rest() {
     query_tagged_dataset(&data);
     let mut cat = imported(dir.path(), &data);
 
-    let options = whaleid::jobs::eval::EvalOptions { batch: 8, open_set_fraction: 0.25, seed: 3 };
+    let options = whaleid::jobs::eval::EvalOptions { batch: 8, open_set_fraction: 0.25, seed: 3, rerank: true };
     let r = whaleid::jobs::eval::evaluate_catalogue(&mut cat, &tiny(), &options, &Silent).unwrap();
     assert_eq!((r.labelled, r.individuals), (11, 4));
     assert_eq!(r.protocol, "5 photos tagged role=query against the rest");

@@ -110,7 +110,7 @@ fn evaluation_reports_closed_and_open_set_metrics_beside_the_pixel_baseline() {
     use whaleid::jobs::eval::{gallery_metrics, query_outcomes};
     let dir = tempfile::tempdir().unwrap();
     let mut cat = synthetic_catalogue(dir.path(), 6, 3, 4);
-    let options = whaleid::jobs::eval::EvalOptions { batch: 8, open_set_fraction: 0.34, seed: 1 };
+    let options = whaleid::jobs::eval::EvalOptions { batch: 8, open_set_fraction: 0.34, seed: 1, rerank: true };
     let embedder = tiny();
     let r = whaleid::jobs::eval::evaluate_catalogue(&mut cat, &embedder, &options, &Silent).unwrap();
     assert_eq!((r.labelled, r.individuals), (18, 6));
@@ -471,4 +471,74 @@ fn training_with_augmented_views_validates_on_plain_crops_and_keeps_a_model_refi
     let (again, _) = run(&TrainConfig { refit: false, ..config.clone() }, &dir.path().join("head2"));
     assert!(again.refit.is_none());
     assert_eq!(std::fs::read_dir(&cache_dir).unwrap().count(), 1);
+}
+
+/// `eval` verifies every query's shortlist by local features and fits the fusion of the two
+/// scores; `--save-threshold` stores it with a new-individual threshold chosen on the fused
+/// probability, and a search then ranks its verified shortlist by that probability. Local
+/// features are cached in the catalogue, and a moved box has its features recomputed.
+#[test]
+fn the_fused_probability_is_fitted_by_eval_stored_and_ranks_a_search() {
+    use whaleid::jobs::eval::{EvalOptions, evaluate_catalogue, save_thresholds};
+    use whaleid::jobs::search::rerank::{self, QueryCrop};
+    use whaleid::models::local::LOCAL_METHOD;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cat = synthetic_catalogue(dir.path(), 8, 4, 6);
+    let embedder = tiny();
+    let options = EvalOptions { batch: 8, open_set_fraction: 0.25, seed: 2, rerank: true };
+    let r = evaluate_catalogue(&mut cat, &embedder, &options, &Silent).unwrap();
+    let local = r.local.as_ref().expect("the shortlists were verified");
+    assert_eq!((local.local.queries, local.fused.queries), (32, 32));
+    // Each shortlist holds all eight individuals: its own and seven others.
+    assert_eq!((local.pairs, local.same_pairs), (32 * 8, 32));
+    let calibration = local.calibration.clone().expect("a fusion is fitted");
+    let open = local.open_set.as_ref().expect("an open set on the fused probability");
+    assert_eq!((open.tuned.queries, open.tuned.new_queries), (32, 8));
+    assert!(open.tuned.threshold <= 1.0, "a probability (or -inf: never new): {}", open.tuned.threshold);
+    assert_eq!(cat.fresh_local_features(LOCAL_METHOD).unwrap().len(), 32, "every crop's features are cached");
+
+    save_thresholds(&mut cat, embedder.key(), &r).unwrap();
+    let (stored, threshold) = rerank::stored_fusion(&cat, embedder.key()).unwrap().expect("stored");
+    assert_eq!((stored, threshold), (calibration.clone(), Some(open.tuned.threshold)));
+
+    // A crop searched against the others, as Identify does: its shortlist verified, ranked
+    // by the stored fusion's probability, the verdict taken on it.
+    let gallery = Gallery::from_catalogue(&cat, embedder.key()).unwrap().gallery;
+    let query = gallery.entries()[5].annotation;
+    let vector = gallery.vector(5).to_vec();
+    let mut result = gallery.search(&vector, rerank::SHORTLIST, &Default::default(), Some(query), Some(0.5));
+    let (on_probability, problems) = rerank::rerank_search(
+        &mut cat,
+        embedder.key(),
+        &gallery,
+        &vector,
+        QueryCrop::Annotation(query),
+        &mut result,
+        &Silent,
+    )
+    .unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
+    assert!(on_probability && result.reranked && result.threshold_is_probability);
+    assert_eq!(result.threshold, Some(open.tuned.threshold));
+    let probabilities: Vec<f32> =
+        result.matches.iter().map(|m| m.verified.as_ref().unwrap().probability.unwrap()).collect();
+    assert_eq!(probabilities.len(), 8);
+    assert!(probabilities.windows(2).all(|w| w[0] >= w[1]), "ranked by probability: {probabilities:?}");
+    for m in &result.matches {
+        let v = m.verified.as_ref().unwrap();
+        assert_eq!(v.probability, Some(calibration.probability(m.score, Some(v.matches as f32))));
+        assert_eq!(v.lines.len(), v.matches);
+        assert!(v.lines.iter().flatten().all(|x| (0.0..=1.0).contains(x)), "{:?}", v.lines);
+    }
+    assert_eq!(result.new_individual, probabilities[0] < open.tuned.threshold);
+
+    // A moved box: its stored features no longer count, and the next use recomputes them.
+    let moved = cat.annotation(query).unwrap().unwrap();
+    let b = moved.bbox.unwrap();
+    cat.set_box(query, BoxPx::new(b.x + 6.0, b.y, b.w - 6.0, b.h)).unwrap();
+    let fresh = cat.fresh_local_features(LOCAL_METHOD).unwrap();
+    assert!(fresh.len() == 31 && !fresh.contains_key(&query));
+    let (features, _) = rerank::catalogue_local(&mut cat, &[query], &Silent).unwrap();
+    assert!(features.contains_key(&query));
+    assert_eq!(cat.fresh_local_features(LOCAL_METHOD).unwrap().len(), 32);
 }

@@ -28,7 +28,9 @@ use crate::catalogue::Catalogue;
 use crate::jobs::embed::EmbedOptions;
 use crate::jobs::eval::metrics::{ClosedSet, OpenSet, Ranked, closed_set, open_set, tune_threshold};
 use crate::jobs::import::{ImportOptions, import};
-use crate::jobs::search::{Filter, Gallery};
+use crate::jobs::search::calibrate::{self, Calibration, Pair};
+use crate::jobs::search::{Filter, Gallery, rerank};
+use crate::models::local::LocalFeatures;
 use crate::models::{Embedder, pixel_vector};
 
 /// Ranks kept per query: enough for Recall@32.
@@ -40,11 +42,14 @@ pub struct EvalOptions {
     /// Share of individuals held out of the gallery for the open-set evaluation (0 = none).
     pub open_set_fraction: f64,
     pub seed: u64,
+    /// Also verify each query's shortlist by local features, and report local and fused
+    /// rankings beside the global one.
+    pub rerank: bool,
 }
 
 impl Default for EvalOptions {
     fn default() -> Self {
-        Self { batch: 16, open_set_fraction: 0.2, seed: 0 }
+        Self { batch: 16, open_set_fraction: 0.2, seed: 0, rerank: true }
     }
 }
 
@@ -63,6 +68,8 @@ pub struct EvalReport {
     /// The same protocol on 32 x 32 colour thumbnails.
     pub pixel_baseline: ClosedSet,
     pub open_set: Option<OpenSetReport>,
+    /// The closed set again, with each query's shortlist verified by local features.
+    pub local: Option<LocalReport>,
     /// Files and crops that could not be used, each naming the file.
     pub problems: Vec<String>,
     pub seconds: f64,
@@ -77,6 +84,24 @@ pub struct OpenSetReport {
     pub cross_validated_map5: f64,
     pub pixel_baseline: OpenSet,
     pub pixel_baseline_cross_validated_map5: f64,
+}
+
+/// The closed-set protocol ranked three ways: by the global score, by the local score
+/// (verified keypoint matches) within the global shortlist, and by the two fused.
+#[derive(Debug, Clone, Serialize)]
+pub struct LocalReport {
+    /// Individuals of the global ranking verified per query.
+    pub shortlist: usize,
+    pub local: ClosedSet,
+    pub fused: ClosedSet,
+    /// The fused probability's open set: its threshold is a probability.
+    pub open_set: Option<OpenSetMetrics>,
+    /// Same-individual pairs in the shortlists, and all pairs (the fusion's fitting data).
+    pub same_pairs: usize,
+    pub pairs: usize,
+    /// The fusion fitted on all pairs: what `--save-threshold` stores.
+    pub calibration: Option<Calibration>,
+    pub seconds: f64,
 }
 
 /// Imports `datasets` into a temporary catalogue and evaluates it.
@@ -136,6 +161,19 @@ pub fn evaluate_catalogue(
         pixel_baseline: pixels.tuned,
         pixel_baseline_cross_validated_map5: pixels.cross_validated_map5,
     });
+    let local = if options.rerank {
+        let listed: Vec<AnnotationId> = gallery.entries().iter().map(|e| e.annotation).collect();
+        let (features, local_problems) = rerank::catalogue_local(cat, &listed, progress)?;
+        problems.extend(local_problems);
+        let held_out = if options.open_set_fraction > 0.0 {
+            held_out_individuals(&gallery, options.open_set_fraction, options.seed)
+        } else {
+            HashSet::new()
+        };
+        Some(local_metrics(&gallery, &queries, &features, &held_out, progress))
+    } else {
+        None
+    };
     let labelled = gallery.entries().iter().filter(|e| e.individual.is_some()).count();
     Ok(EvalReport {
         dataset: vec![cat.path().display().to_string()],
@@ -149,6 +187,7 @@ pub fn evaluate_catalogue(
         closed_set: closed,
         pixel_baseline: pixel_closed,
         open_set: open,
+        local,
         problems,
         seconds: started.elapsed().as_secs_f64(),
     })
@@ -247,6 +286,12 @@ fn without(g: &Gallery, drop: impl Fn(usize) -> bool) -> Gallery {
     out
 }
 
+/// The gallery a query is searched in: all of `g` in leave-one-out, else `g` without the
+/// tagged queries.
+fn searched_gallery(g: &Gallery, queries: &HashSet<AnnotationId>) -> Gallery {
+    if queries.is_empty() { g.clone() } else { without(g, |r| queries.contains(&g.entries()[r].annotation)) }
+}
+
 /// Query rows: the tagged queries, else every labelled row.
 fn query_rows<'a>(g: &'a Gallery, queries: &'a HashSet<AnnotationId>) -> impl Iterator<Item = usize> + 'a {
     (0..g.len()).filter(move |&row| {
@@ -300,8 +345,7 @@ impl QueryOutcome {
 /// Every labelled crop (or only the tagged `queries`) searched against the others, in
 /// gallery order; stops early when `progress` is cancelled.
 pub fn query_outcomes(g: &Gallery, queries: &HashSet<AnnotationId>, progress: &dyn Progress) -> Vec<QueryOutcome> {
-    let gallery =
-        if queries.is_empty() { g.clone() } else { without(g, |r| queries.contains(&g.entries()[r].annotation)) };
+    let gallery = searched_gallery(g, queries);
     let images_of = images_per_individual(&gallery);
     let rows: Vec<usize> = query_rows(g, queries).collect();
     progress.stage("searching labelled crops", rows.len() as u64);
@@ -321,6 +365,117 @@ pub fn query_outcomes(g: &Gallery, queries: &HashSet<AnnotationId>, progress: &d
         progress.advance(chunk.len() as u64);
     }
     out
+}
+
+/// The closed set ranked by the local score within each query's shortlist (ties by the
+/// global order) and by the fused probability (cross-validated by individual), and the open
+/// set on the fused probability with the same held-out individuals as the global one.
+fn local_metrics(
+    g: &Gallery,
+    queries: &HashSet<AnnotationId>,
+    features: &HashMap<AnnotationId, LocalFeatures>,
+    held_out: &HashSet<String>,
+    progress: &dyn crate::base::progress::Progress,
+) -> LocalReport {
+    let started = Instant::now();
+    let outcomes = query_outcomes(g, queries, &crate::base::progress::Silent);
+    let searched = searched_gallery(g, queries);
+    let row_of: HashMap<AnnotationId, usize> =
+        g.entries().iter().enumerate().map(|(row, e)| (e.annotation, row)).collect();
+    let local_of = |a: AnnotationId| features.get(&a);
+    progress.stage("verifying shortlists", outcomes.len() as u64);
+    let evidence: Vec<Vec<rerank::Evidence>> = outcomes
+        .par_iter()
+        .map(|q| {
+            progress.advance(1);
+            let (Some(&row), Some(query)) = (row_of.get(&q.annotation), features.get(&q.annotation)) else {
+                return Vec::new();
+            };
+            let shortlist = &q.ranking[..q.ranking.len().min(rerank::SHORTLIST)];
+            rerank::verify_shortlist(&searched, g.vector(row), query, shortlist, &local_of, Some(q.annotation))
+        })
+        .collect();
+    // Labelled pairs, grouped by the query's individual for the cross-validation.
+    let group = |name: &str| u32::from_le_bytes(blake3::hash(name.as_bytes()).as_bytes()[..4].try_into().unwrap());
+    let pairs: Vec<(u32, Pair)> = outcomes
+        .iter()
+        .zip(&evidence)
+        .flat_map(|(q, ev)| {
+            ev.iter().map(move |e| {
+                (group(&q.truth), Pair { global: e.global, local: Some(e.local()), same: e.individual == q.truth })
+            })
+        })
+        .collect();
+    let fused_of = calibrate::cross_validated(&pairs, 5).ok();
+    let calibration = Calibration::fit(&pairs.iter().map(|(_, p)| *p).collect::<Vec<_>>()).ok();
+    // Each query's shortlist scored three ways; the individuals after it keep the global order.
+    let mut next = 0;
+    let scored: Vec<Vec<(String, f32, f32, f32)>> = evidence
+        .iter()
+        .map(|ev| {
+            ev.iter()
+                .map(|e| {
+                    let fused = fused_of.as_ref().map_or(e.global, |f| f[next]);
+                    next += 1;
+                    (e.individual.clone(), e.global, e.local(), fused)
+                })
+                .collect()
+        })
+        .collect();
+    let rank_by = |pick: fn(&(String, f32, f32, f32)) -> f32, keep: &dyn Fn(&str) -> bool| -> Vec<Vec<(String, f32)>> {
+        outcomes
+            .iter()
+            .zip(&scored)
+            .map(|(q, list)| {
+                let mut ranking: Vec<(String, f32)> =
+                    list.iter().filter(|s| keep(&s.0)).map(|s| (s.0.clone(), pick(s))).collect();
+                // Stable: equal scores keep the global order.
+                ranking.sort_by(|a, b| b.1.total_cmp(&a.1));
+                let listed: HashSet<&str> = list.iter().map(|s| s.0.as_str()).collect();
+                ranking.extend(
+                    q.ranking
+                        .iter()
+                        .filter(|m| !listed.contains(m.individual.as_str()) && keep(&m.individual))
+                        .map(|m| (m.individual.clone(), 0.0)),
+                );
+                ranking
+            })
+            .collect()
+    };
+    let closed = |rankings: Vec<Vec<(String, f32)>>| {
+        let results: Vec<Ranked> = outcomes
+            .iter()
+            .zip(rankings)
+            .filter(|(q, _)| q.others > 0)
+            .map(|(q, ranking)| Ranked { truth: q.truth.clone(), ranking, truth_is_new: false })
+            .collect();
+        closed_set(&results)
+    };
+    let everyone = |_: &str| true;
+    let local = closed(rank_by(|s| s.2, &everyone));
+    let fused = closed(rank_by(|s| s.3, &everyone));
+    let open_set = (!held_out.is_empty() && fused_of.is_some()).then(|| {
+        let results: Vec<(String, Ranked)> = outcomes
+            .iter()
+            .zip(rank_by(|s| s.3, &|name| !held_out.contains(name)))
+            .map(|(q, ranking)| {
+                let truth_is_new = held_out.contains(&q.truth) || q.others == 0;
+                (q.truth.clone(), Ranked { truth: q.truth.clone(), ranking, truth_is_new })
+            })
+            .collect();
+        let (tuned, cross_validated_map5) = tuned_and_cross_validated(&results);
+        OpenSetMetrics { held_out_individuals: held_out.len(), tuned, cross_validated_map5 }
+    });
+    LocalReport {
+        shortlist: rerank::SHORTLIST,
+        local,
+        fused,
+        open_set,
+        same_pairs: pairs.iter().filter(|(_, p)| p.same).count(),
+        pairs: pairs.len(),
+        calibration,
+        seconds: started.elapsed().as_secs_f64(),
+    }
 }
 
 /// A seeded `fraction` of the individuals, at least one when there are two or more.
@@ -357,6 +512,12 @@ fn open_set_eval(g: &Gallery, queries: &HashSet<AnnotationId>, held_out: &HashSe
             ))
         })
         .collect();
+    tuned_and_cross_validated(&results)
+}
+
+/// The threshold tuned on all `(individual, result)` and the open-set MAP@5 with thresholds
+/// tuned on one half of the individuals and measured on the other.
+fn tuned_and_cross_validated(results: &[(String, Ranked)]) -> (OpenSet, f64) {
     let all: Vec<Ranked> = results.iter().map(|(_, r)| r.clone()).collect();
     let tuned = tune_threshold(&all);
     // Two folds by individual: tune on one, measure on the other.
@@ -385,6 +546,23 @@ pub fn stored_threshold(cat: &Catalogue, model: &str) -> Option<f32> {
     cat.setting(&threshold_setting(model)).ok().flatten().and_then(|v| v.parse().ok())
 }
 
+/// Stores what an evaluation fitted for `model`: the threshold on the global score, and,
+/// when the shortlists were verified, the fusion and the threshold on its probability.
+pub fn save_thresholds(cat: &mut Catalogue, model: &str, report: &EvalReport) -> anyhow::Result<()> {
+    let Some(open) = &report.open_set else {
+        anyhow::bail!("--save-threshold needs the open-set evaluation (--open-set above 0)");
+    };
+    cat.set_setting(&threshold_setting(model), &open.tuned.threshold.to_string())?;
+    if let Some((calibration, fused)) =
+        report.local.as_ref().and_then(|l| l.calibration.as_ref().zip(l.open_set.as_ref()))
+    {
+        let (fusion, threshold) = rerank::fusion_settings(model);
+        cat.set_setting(&fusion, &calibration.to_json())?;
+        cat.set_setting(&threshold, &fused.tuned.threshold.to_string())?;
+    }
+    Ok(())
+}
+
 /// Human-readable report, as the Kaggle notebooks printed it.
 impl std::fmt::Display for EvalReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -409,6 +587,28 @@ impl std::fmt::Display for EvalReport {
         row(f, "weighted precision", r.closed_set.weighted_precision, r.pixel_baseline.weighted_precision)?;
         row(f, "weighted recall", r.closed_set.weighted_recall, r.pixel_baseline.weighted_recall)?;
         row(f, "weighted F1", r.closed_set.weighted_f1, r.pixel_baseline.weighted_f1)?;
+        if let Some(l) = &r.local {
+            writeln!(
+                f,
+                "shortlist of {} verified by local features ({:.1} s)  global   local   fused",
+                l.shortlist, l.seconds
+            )?;
+            for (name, a, b, c) in [
+                ("top-1", r.closed_set.top1, l.local.top1, l.fused.top1),
+                ("top-5", r.closed_set.top5, l.local.top5, l.fused.top5),
+                ("MAP@5", r.closed_set.map5, l.local.map5, l.fused.map5),
+            ] {
+                writeln!(f, "  {name:<24} {a:>6.3}   {b:>6.3}  {c:>6.3}")?;
+            }
+            writeln!(f, "  fusion fitted on {} pairs, {} of the same individual", l.pairs, l.same_pairs)?;
+            if let Some(o) = &l.open_set {
+                writeln!(
+                    f,
+                    "  open set on the fused probability: MAP@5 {:.3} tuned, {:.3} cross-validated; threshold p = {:.3}",
+                    o.tuned.map5, o.cross_validated_map5, o.tuned.threshold
+                )?;
+            }
+        }
         if let Some(o) = &r.open_set {
             writeln!(
                 f,

@@ -9,8 +9,10 @@
 //! `Gallery::from_catalogue` (load.rs) builds the gallery from a catalogue in one scan; the
 //! arithmetic is in kernels.rs.
 
+pub mod calibrate;
 mod kernels;
 mod load;
+pub mod rerank;
 
 use rayon::prelude::*;
 use serde::Serialize;
@@ -72,6 +74,22 @@ pub struct Match {
     pub score: f32,
     /// The individual's gallery crop that matched best.
     pub best_annotation: AnnotationId,
+    /// What the local verification found, when the shortlist was verified.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verified: Option<Verified>,
+}
+
+/// An individual's local evidence: verified keypoint matches with its best crop.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verified {
+    pub matches: usize,
+    /// The gallery crop with the most verified matches.
+    pub annotation: AnnotationId,
+    /// The calibrated probability that it is the query's individual (global and local
+    /// scores fused), when the model has a calibration.
+    pub probability: Option<f32>,
+    /// The verified matches: query x, y and gallery x, y, as fractions of each crop's size.
+    pub lines: Vec<[f32; 4]>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -80,8 +98,12 @@ pub struct SearchResult {
     pub filter: String,
     pub searched_images: usize,
     pub searched_individuals: usize,
-    /// The catalogue's new-individual threshold, when it has one.
+    /// The catalogue's new-individual threshold, when it has one: a cosine, or a probability
+    /// when `threshold_is_probability`.
     pub threshold: Option<f32>,
+    pub threshold_is_probability: bool,
+    /// Whether the shortlist was verified by local features (and re-ordered by them).
+    pub reranked: bool,
     /// True when the best score is under the threshold: probably an individual not yet catalogued.
     pub new_individual: bool,
 }
@@ -94,21 +116,27 @@ impl std::fmt::Display for SearchResult {
             "searched {} crop(s) of {} individual(s) ({})",
             self.searched_images, self.searched_individuals, self.filter
         )?;
-        for (i, m) in self.matches.iter().enumerate() {
-            write!(
-                f,
-                "\n  {}. {:<24} {:.4}  (best crop: annotation {})",
-                i + 1,
-                m.individual,
-                m.score,
-                m.best_annotation
-            )?;
+        if self.reranked {
+            write!(f, "; shortlist verified by local features")?;
         }
+        for (i, m) in self.matches.iter().enumerate() {
+            write!(f, "\n  {}. {:<24} {:.4}", i + 1, m.individual, m.score)?;
+            match &m.verified {
+                Some(v) => {
+                    if let Some(p) = v.probability {
+                        write!(f, "  p {p:.3}")?;
+                    }
+                    write!(f, "  {:>3} verified matches (crop: annotation {})", v.matches, v.annotation)?;
+                }
+                None => write!(f, "  (best crop: annotation {})", m.best_annotation)?,
+            }
+        }
+        let what = if self.threshold_is_probability { "probability" } else { "score" };
         match self.threshold {
             Some(t) if self.new_individual => {
-                write!(f, "\nlikely a NEW individual: best score under the threshold {t:.4}")
+                write!(f, "\nlikely a NEW individual: best {what} under the threshold {t:.4}")
             }
-            Some(t) => write!(f, "\nnew-individual threshold {t:.4}: the best match is above it"),
+            Some(t) => write!(f, "\nnew-individual threshold {t:.4} ({what}): the best match is above it"),
             None => write!(f, "\nno new-individual threshold tuned yet (whaleid eval --catalog C --save-threshold)"),
         }
     }
@@ -264,6 +292,7 @@ impl Gallery {
                 individual: self.individuals[i].clone(),
                 score,
                 best_annotation: self.entries[row].annotation,
+                verified: None,
             })
             .collect();
         let new_individual = match (threshold, matches.first()) {
@@ -277,6 +306,8 @@ impl Gallery {
             searched_images,
             searched_individuals,
             threshold,
+            threshold_is_probability: false,
+            reranked: false,
             new_individual,
         }
     }
