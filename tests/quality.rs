@@ -48,7 +48,7 @@ fn frozen_dinov2_identifies_synthetic_flukes_better_than_32_pixel_thumbnails() {
     let Some(weights) = common::real_weights() else { return };
     let dir = tempfile::tempdir().unwrap();
     let mut cat = catalogue_of(dir.path(), &synthetic(&dir.path().join("data"), 12, 4, 1, 0));
-    let options = EvalOptions { batch: 8, open_set_fraction: 0.0, seed: 1 };
+    let options = EvalOptions { batch: 8, open_set_fraction: 0.0, seed: 1, rerank: false };
     let r = evaluate_catalogue(&mut cat, &frozen(&weights, 224), &options, &Silent).unwrap();
     assert_eq!((r.closed_set.queries, r.pixel_baseline.queries), (48, 48));
     let (model, pixels) = (r.closed_set.map5, r.pixel_baseline.map5);
@@ -170,32 +170,49 @@ fn a_stored_threshold_sends_unseen_individuals_to_new_whale_in_submit() {
     let threshold = eval["open_set"]["tuned"]["threshold"].as_f64().expect("a tuned threshold");
 
     let out = dir.path().join("submission.csv");
-    let report = common::whaleid_json(&[
-        "submit",
-        "--catalog",
-        cat,
-        queries.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--model",
-        weights,
-        "--json",
-    ]);
-    let used = report["threshold"].as_f64().expect("submit uses the stored threshold");
-    assert!((used - threshold).abs() < 1e-6, "stored {threshold}, used {used}");
-    let csv = std::fs::read_to_string(&out).unwrap();
-    let first: Vec<(String, String)> = csv
-        .lines()
-        .skip(1)
-        .map(|l| {
-            let (image, ids) = l.split_once(',').unwrap();
-            (image.to_string(), ids.split(' ').next().unwrap().to_string())
-        })
-        .collect();
-    assert_eq!(first.len(), expected.len(), "{csv}");
-    let right = |new: bool| {
+    let submit = |rerank: &str| {
+        let report = common::whaleid_json(&[
+            "submit",
+            "--catalog",
+            cat,
+            queries.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--rerank",
+            rerank,
+            "--model",
+            weights,
+            "--json",
+        ]);
+        let csv = std::fs::read_to_string(&out).unwrap();
+        let first: Vec<(String, String)> = csv
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let (image, ids) = l.split_once(',').unwrap();
+                (image.to_string(), ids.split(' ').next().unwrap().to_string())
+            })
+            .collect();
+        assert_eq!(first.len(), expected.len(), "{csv}");
+        (report, first, csv)
+    };
+    let right = |first: &[(String, String)], new: bool| {
         first.iter().zip(&expected).filter(|(got, want)| got == want && (want.1 == NEW_WHALE) == new).count()
     };
+
+    // With the shortlists verified, the threshold is the one tuned on the fused probability.
+    let fused = eval["local"]["open_set"]["tuned"]["threshold"].as_f64().expect("a threshold on the fused probability");
+    let (report, first, csv) = submit("on");
+    assert_eq!((report["reranked"].as_bool(), report["threshold_is_probability"].as_bool()), (Some(true), Some(true)));
+    let used = report["threshold"].as_f64().expect("submit uses the stored fused threshold");
+    assert!((used - fused).abs() < 1e-6, "stored {fused}, used {used}");
+    assert_eq!(right(&first, false), 6, "known crops named first (fused threshold {fused:.4})\n{csv}");
+
+    // The cosine alone, with its own threshold.
+    let (report, first, csv) = submit("off");
+    let used = report["threshold"].as_f64().expect("submit uses the stored threshold");
+    assert!((used - threshold).abs() < 1e-6, "stored {threshold}, used {used}");
+    let right = |new: bool| right(&first, new);
     // Measured: every known crop finds its own individual first (its gallery crop scores about
     // 1); 3 of the 6 unseen crops score under the threshold (0.950) everywhere and get
     // `new_whale` first, the others rank it 2nd to 4th. Without the stored threshold none would.
@@ -234,7 +251,7 @@ fn right_whale_heads_keep_their_measured_frozen_map5() {
     }
     let labels_path = common::write(&dir.path().join("train.csv"), csv.as_bytes());
     import(&mut cat, &labels_path, &ImportOptions::default(), &Silent).unwrap();
-    let options = EvalOptions { batch: 16, open_set_fraction: 0.0, seed: 0 };
+    let options = EvalOptions { batch: 16, open_set_fraction: 0.0, seed: 0, rerank: false };
     let r = evaluate_catalogue(&mut cat, &frozen(&weights, 224), &options, &Silent).unwrap();
     assert_eq!((r.labelled, r.individuals, r.closed_set.queries), (195, 20, 195), "{:?}", r.problems);
     let map5 = r.closed_set.map5;

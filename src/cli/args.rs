@@ -307,6 +307,10 @@ pub struct SearchArgs {
     pub part: Option<Part>,
     #[arg(long)]
     pub side: Option<Side>,
+    /// Verify the shortlist of the global ranking by local features and rank it by the
+    /// fused probability (by verified matches where no fusion is stored yet).
+    #[arg(long, value_enum, default_value = "on")]
+    pub rerank: Rerank,
     #[command(flatten)]
     pub model: ModelArgs,
     #[arg(long)]
@@ -331,10 +335,27 @@ pub struct EvalArgs {
     pub seed: u64,
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
+    /// Verify each query's shortlist by local features and report the local and fused
+    /// rankings beside the global one (`off`: the global score alone).
+    #[arg(long, value_enum, default_value = "on")]
+    pub rerank: Rerank,
     #[command(flatten)]
     pub model: ModelArgs,
     #[arg(long)]
     pub json: bool,
+}
+
+/// Whether a global shortlist is verified by local features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Rerank {
+    On,
+    Off,
+}
+
+impl Rerank {
+    pub fn on(self) -> bool {
+        self == Rerank::On
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -344,6 +365,10 @@ pub struct SubmitArgs {
     pub queries: PathBuf,
     #[arg(long, default_value = "submission.csv")]
     pub out: PathBuf,
+    /// Verify each query's shortlist by local features and rank it by the fused probability
+    /// (`off`: the global score alone).
+    #[arg(long, value_enum, default_value = "on")]
+    pub rerank: Rerank,
     #[command(flatten)]
     pub model: ModelArgs,
     #[arg(long)]

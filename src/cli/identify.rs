@@ -8,7 +8,8 @@ use super::open;
 use crate::base::console::{Console, emit};
 use crate::jobs::embed::EmbedOptions;
 use crate::jobs::eval::EvalOptions;
-use crate::jobs::search::{Filter, Gallery};
+use crate::jobs::search::{Filter, Gallery, rerank};
+use crate::models::local::LocalFeatures;
 
 pub fn embed(args: EmbedArgs) -> Result<()> {
     let mut cat = open(&args.catalog)?;
@@ -43,12 +44,32 @@ pub fn search(args: SearchArgs) -> Result<()> {
     }
     let filter = Filter { species: args.species, part: args.part, side: args.side };
     let threshold = crate::jobs::eval::stored_threshold(&cat, embedder.key());
-    let result = load.gallery.search(&query[0], args.top, &filter, None, threshold);
+    let shortlist = if args.rerank.on() { args.top.max(rerank::SHORTLIST) } else { args.top };
+    let mut result = load.gallery.search(&query[0], shortlist, &filter, None, threshold);
+    if args.rerank.on() {
+        let query_local = LocalFeatures::of_crop(&crate::base::crop::crop(&img, bbox));
+        let console = Console::new(args.json);
+        let (_, problems) = rerank::rerank_search(
+            &mut cat,
+            embedder.key(),
+            &load.gallery,
+            &query[0],
+            rerank::QueryCrop::Features(&query_local),
+            &mut result,
+            &console,
+        )?;
+        drop(console);
+        for problem in &problems {
+            eprintln!("warning: {problem}");
+        }
+    }
+    result.matches.truncate(args.top);
     emit(args.json, &result, |r| format!("{}: {r}", photo.display()))
 }
 
 pub fn eval(args: EvalArgs) -> Result<()> {
-    let options = EvalOptions { batch: args.batch, open_set_fraction: args.open_set, seed: args.seed };
+    let options =
+        EvalOptions { batch: args.batch, open_set_fraction: args.open_set, seed: args.seed, rerank: args.rerank.on() };
     let report = match &args.catalog {
         Some(path) => {
             let mut cat = open(path)?;
@@ -56,11 +77,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
             let console = Console::new(args.json);
             let report = crate::jobs::eval::evaluate_catalogue(&mut cat, &embedder, &options, &console)?;
             if args.save_threshold {
-                let Some(open) = &report.open_set else {
-                    anyhow::bail!("--save-threshold needs the open-set evaluation (--open-set above 0)");
-                };
-                let key = crate::jobs::eval::threshold_setting(embedder.key());
-                cat.set_setting(&key, &open.tuned.threshold.to_string())?;
+                crate::jobs::eval::save_thresholds(&mut cat, embedder.key(), &report)?;
             }
             report
         }
@@ -76,7 +93,8 @@ pub fn submit(args: SubmitArgs) -> Result<()> {
     let mut cat = open(&args.catalog)?;
     let embedder = args.model.load_for(Some(&cat))?;
     let console = Console::new(args.json);
-    let report = crate::jobs::submit::submit(&mut cat, &embedder, &args.queries, &args.out, &console)?;
+    let report =
+        crate::jobs::submit::submit(&mut cat, &embedder, &args.queries, &args.out, args.rerank.on(), &console)?;
     drop(console);
     emit(args.json, &report, |r| r.to_string())
 }

@@ -10,7 +10,8 @@ use serde::Serialize;
 use crate::base::progress::Progress;
 use crate::catalogue::Catalogue;
 use crate::jobs::embed::EmbedOptions;
-use crate::jobs::search::{Filter, Gallery};
+use crate::jobs::search::{Filter, Gallery, rerank as search_rerank};
+use crate::models::local::LocalFeatures;
 use crate::models::{Embedder, prepare};
 
 /// The label the Kaggle humpback competition used for "not in the catalogue".
@@ -22,7 +23,12 @@ const BATCH: usize = 16;
 pub struct SubmitReport {
     pub out: PathBuf,
     pub queries: usize,
+    /// The new-individual threshold applied: on the cosine, or on the fused probability
+    /// when `reranked` and the model has a stored fusion.
     pub threshold: Option<f32>,
+    pub threshold_is_probability: bool,
+    /// Whether each query's shortlist was verified by local features.
+    pub reranked: bool,
     pub searched_individuals: usize,
     /// Query photos that could not be read (listed in the CSV with `new_whale` only), and
     /// catalogue crops that could not be embedded.
@@ -31,8 +37,10 @@ pub struct SubmitReport {
 
 impl std::fmt::Display for SubmitReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "wrote {} ({} queries, threshold ", self.out.display(), self.queries)?;
+        let verified = if self.reranked { ", shortlists verified by local features" } else { "" };
+        write!(f, "wrote {} ({} queries{verified}, threshold ", self.out.display(), self.queries)?;
         match self.threshold {
+            Some(t) if self.threshold_is_probability => write!(f, "p {t:.4})")?,
             Some(t) => write!(f, "{t:.4})")?,
             None => write!(f, "none: no new_whale)")?,
         }
@@ -62,12 +70,14 @@ pub fn predictions(ranking: &[(String, f32)], threshold: Option<f32>) -> Vec<Str
 }
 
 /// Computes what is missing of `cat`'s embeddings, then ranks its individuals for each photo
-/// under `queries`.
+/// under `queries`; with `rerank`, each shortlist is verified by local features and ranked
+/// by the fused probability (see `search::rerank`).
 pub fn submit(
     cat: &mut Catalogue,
     embedder: &Embedder,
     queries: &Path,
     out: &Path,
+    rerank: bool,
     progress: &dyn Progress,
 ) -> anyhow::Result<SubmitReport> {
     let photos = crate::base::photo::photos_under(queries);
@@ -81,31 +91,63 @@ pub fn submit(
     if load.gallery.is_empty() {
         anyhow::bail!("{}: no crop could be embedded to search", cat.path().display());
     }
-    let threshold = crate::jobs::eval::stored_threshold(cat, embedder.key());
+    let global_threshold = crate::jobs::eval::stored_threshold(cat, embedder.key());
+    let mut threshold = global_threshold;
+    let mut threshold_is_probability = false;
     let mut writer = csv::Writer::from_writer(Vec::new());
     writer.write_record(["Image", "Id"])?;
     let mut problems = embedded.problems;
     let mut searched_individuals = 0;
     progress.stage("searching", photos.len() as u64);
     for chunk in photos.chunks(BATCH) {
-        let inputs: Vec<Result<Vec<f32>, String>> = chunk
+        let inputs: Vec<Result<(Vec<f32>, Option<LocalFeatures>), String>> = chunk
             .par_iter()
             .map(|p| {
                 crate::base::photo::decode_file(p)
-                    .map(|img| prepare(&img, None, embedder.size()))
+                    .map(|img| (prepare(&img, None, embedder.size()), rerank.then(|| LocalFeatures::of_crop(&img))))
                     .map_err(|e| format!("{}: {e}", p.display()))
             })
             .collect();
-        let good: Vec<Vec<f32>> = inputs.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
+        let good: Vec<Vec<f32>> = inputs.iter().filter_map(|r| r.as_ref().ok().map(|(v, _)| v.clone())).collect();
         let mut vectors = embedder.embed(&good)?.into_iter();
         for (photo, input) in chunk.iter().zip(inputs) {
             let name = photo.strip_prefix(queries).unwrap_or(photo).to_string_lossy().replace('\\', "/");
             let ids = match input {
-                Ok(_) => {
+                Ok((_, local)) => {
                     let Some(v) = vectors.next() else { anyhow::bail!("the embedder returned too few vectors") };
-                    let r = load.gallery.search(&v, PREDICTIONS, &Filter::default(), None, threshold);
+                    let listed = if rerank { PREDICTIONS.max(search_rerank::SHORTLIST) } else { PREDICTIONS };
+                    let mut r = load.gallery.search(&v, listed, &Filter::default(), None, global_threshold);
                     searched_individuals = r.searched_individuals;
-                    let ranking: Vec<(String, f32)> = r.matches.into_iter().map(|m| (m.individual, m.score)).collect();
+                    if let Some(local) = &local {
+                        let query = search_rerank::QueryCrop::Features(local);
+                        let (on_probability, found) = search_rerank::rerank_search(
+                            cat,
+                            embedder.key(),
+                            &load.gallery,
+                            &v,
+                            query,
+                            &mut r,
+                            &crate::base::progress::Silent,
+                        )?;
+                        for p in found {
+                            if !problems.contains(&p) {
+                                problems.push(p);
+                            }
+                        }
+                        if on_probability {
+                            threshold = r.threshold;
+                            threshold_is_probability = true;
+                        }
+                    }
+                    let ranking: Vec<(String, f32)> = r
+                        .matches
+                        .into_iter()
+                        .map(|m| match (&m.verified, threshold_is_probability) {
+                            (Some(v), true) => (m.individual, v.probability.unwrap_or(0.0)),
+                            (None, true) => (m.individual, 0.0),
+                            (_, false) => (m.individual, m.score),
+                        })
+                        .collect();
                     predictions(&ranking, threshold)
                 }
                 Err(problem) => {
@@ -119,7 +161,15 @@ pub fn submit(
     }
     let bytes = writer.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
     write_atomically(out, &bytes)?;
-    Ok(SubmitReport { out: out.to_path_buf(), queries: photos.len(), threshold, searched_individuals, problems })
+    Ok(SubmitReport {
+        out: out.to_path_buf(),
+        queries: photos.len(),
+        threshold,
+        threshold_is_probability,
+        reranked: rerank,
+        searched_individuals,
+        problems,
+    })
 }
 
 /// Writes through a temporary file in the same folder, so a crash never leaves half a file.
