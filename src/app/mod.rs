@@ -357,7 +357,9 @@ impl WhaleApp {
             Intent::EmbedCatalogue => self.embed_catalogue(),
             Intent::LoadGallery => self.load_gallery(),
             Intent::Search(request) => {
-                self.jobs.spawn("Searching the catalogue", move |job| tasks::search(*request, job));
+                let catalogue = self.open_catalogue();
+                self.jobs
+                    .spawn("Searching the catalogue", move |job| tasks::search(*request, catalogue.as_deref(), job));
             }
             Intent::ReviewLabelledCrops { gallery, generation } => {
                 self.jobs.spawn("Reviewing labelled crops", move |job| {

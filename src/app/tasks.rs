@@ -28,6 +28,7 @@ use crate::jobs::detect::{DetectOptions, DetectReport, Finder, TrainDetectorOpti
 use crate::jobs::embed::EmbedOptions;
 use crate::jobs::export::{ExportFormat, ExportOptions};
 use crate::jobs::import::ImportOptions;
+use crate::jobs::search::rerank;
 use crate::jobs::train::{TrainConfig, TrainEvent};
 use crate::models::{DEFAULT_SIZE, DeviceChoice, Embedder};
 
@@ -224,15 +225,53 @@ pub fn let_go<T: Send>(value: T) -> anyhow::Result<JobOutcome> {
     Ok(JobOutcome::silent())
 }
 
-/// Ranks the gallery's individuals for one crop.
-pub fn search(request: SearchRequest, job: &JobProgress) -> anyhow::Result<JobOutcome> {
-    let SearchRequest { gallery, annotation, row, generation, choice, filter, candidates, threshold, threshold_source } =
-        request;
+/// Ranks the gallery's individuals for one crop; with the open `catalogue`, the shortlist is
+/// verified by local features and re-ordered by them (the matches go to Identify as lines).
+/// A verification that fails leaves the global ranking shown and names the problem.
+pub fn search(request: SearchRequest, catalogue: Option<&Path>, job: &JobProgress) -> anyhow::Result<JobOutcome> {
+    let SearchRequest {
+        gallery,
+        annotation,
+        row,
+        generation,
+        choice,
+        filter,
+        candidates,
+        threshold,
+        mut threshold_source,
+    } = request;
     let g = &gallery.load.gallery;
     let query = g.vector(row).to_vec();
-    let result = g.search(&query, candidates, &filter, Some(annotation), Some(threshold));
+    let shortlist = if catalogue.is_some() { candidates.max(rerank::SHORTLIST) } else { candidates };
+    let mut result = g.search(&query, shortlist, &filter, Some(annotation), Some(threshold));
+    let verified = catalogue.map(|path| -> anyhow::Result<(bool, Vec<String>)> {
+        let mut cat = Catalogue::open(path)?;
+        rerank::rerank_search(
+            &mut cat,
+            &gallery.key,
+            g,
+            &query,
+            rerank::QueryCrop::Annotation(annotation),
+            &mut result,
+            &crate::base::progress::Silent,
+        )
+    });
+    result.matches.truncate(candidates);
+    let problems = match verified {
+        Some(Ok((on_probability, problems))) => {
+            if on_probability {
+                threshold_source = "tuned for this model, on the fused probability";
+            }
+            problems
+        }
+        Some(Err(e)) => vec![format!("the shortlist was not verified: {e:#}")],
+        None => Vec::new(),
+    };
     job.send(Event::Searched(Box::new(Searched { annotation, generation, choice, result, threshold_source })));
-    Ok(JobOutcome::silent())
+    match problems.is_empty() {
+        true => Ok(JobOutcome::silent()),
+        false => Err(anyhow::anyhow!(problems.join("; "))),
+    }
 }
 
 /// Searches every labelled crop against the others (leave-one-out, the evaluator's protocol).

@@ -271,6 +271,7 @@ mod tests {
                     individual: i.to_string(),
                     score: *s,
                     best_annotation: AnnotationId(100 + k as i64),
+                    verified: None,
                 })
                 .collect(),
         }

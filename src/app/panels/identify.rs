@@ -113,6 +113,30 @@ pub fn paint_crop(ui: &egui::Ui, rect: egui::Rect, images: &mut ImageCache, crop
     }
 }
 
+/// Where a point given as fractions of a crop falls in `rect` as `paint_crop` draws it at
+/// `zoom`; `None` outside the part shown.
+fn crop_point(rect: egui::Rect, crop: &CropInfo, zoom: CropZoom, fx: f32, fy: f32) -> Option<egui::Pos2> {
+    let (pw, ph) = (crop.photo_size.0.max(1) as f32, crop.photo_size.1.max(1) as f32);
+    let (bw, bh) = crop.bbox.map(|b| (b.w as f32, b.h as f32)).unwrap_or((pw, ph));
+    let region = zoom.region();
+    let shown = egui::vec2(bw.max(1.0) * region.width(), bh.max(1.0) * region.height());
+    let scale = (rect.width() / shown.x).min(rect.height() / shown.y);
+    let target = egui::Rect::from_center_size(rect.center(), shown * scale);
+    let (u, v) = ((fx - region.min.x) / region.width(), (fy - region.min.y) / region.height());
+    ((0.0..=1.0).contains(&u) && (0.0..=1.0).contains(&v)).then(|| target.lerp_inside(egui::vec2(u, v)))
+}
+
+/// A candidate's evidence in words: its score, and what the local verification found.
+fn evidence_words(m: &crate::jobs::search::Match) -> String {
+    match &m.verified {
+        Some(v) => match v.probability {
+            Some(p) => format!("p {p:.2} · {} matches · score {:.3}", v.matches, m.score),
+            None => format!("{} matches · score {:.3}", v.matches, m.score),
+        },
+        None => format!("score {:.3}", m.score),
+    }
+}
+
 /// Which crops Identify offers: every crop but the unreviewed detector proposals, unless they
 /// are asked for (and then those shown at the threshold).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -356,11 +380,16 @@ impl IdentifyPanel {
         }
         if let Some(s) = self.candidates() {
             let threshold = s.result.threshold.unwrap_or(0.0);
-            let best = s.result.matches.first().map(|m| m.score);
+            let probability = s.result.threshold_is_probability;
+            let best = s.result.matches.first().map(|m| match (&m.verified, probability) {
+                (Some(v), true) => v.probability.unwrap_or(0.0),
+                _ => m.score,
+            });
+            let what = if probability { "probability" } else { "score" };
             if s.result.new_individual {
                 let text = match best {
                     Some(b) => format!(
-                        "Possibly a new individual: the best score {b:.3} is under the new-individual threshold \
+                        "Possibly a new individual: the best {what} {b:.3} is under the new-individual threshold \
                          {threshold:.2} ({}). Press N to make one.",
                         s.threshold_source
                     ),
@@ -376,10 +405,20 @@ impl IdentifyPanel {
     fn compare_ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelContext<'_>, data: &GalleryData, crop: &CropInfo) {
         let compared: Option<(&CropInfo, String)> = self.candidates().and_then(|s| {
             let m = s.result.matches.get(self.compared)?;
-            let shown = self.compared_crop.unwrap_or(m.best_annotation);
+            let verified = m.verified.as_ref();
+            let shown = self.compared_crop.or(verified.map(|v| v.annotation)).unwrap_or(m.best_annotation);
             let c = data.crop(shown)?;
-            Some((c, format!("{} · {} · score {:.3}", self.compared + 1, m.individual, m.score)))
+            Some((c, format!("{} · {} · {}", self.compared + 1, m.individual, evidence_words(m))))
         });
+        // The verified matches, drawn when the crop they were found on is the one compared.
+        let lines: Vec<[f32; 4]> = self
+            .candidates()
+            .and_then(|s| s.result.matches.get(self.compared))
+            .and_then(|m| m.verified.as_ref())
+            .filter(|v| compared.as_ref().is_some_and(|(c, _)| c.annotation == v.annotation))
+            .map(|v| v.lines.clone())
+            .unwrap_or_default();
+        let mut rects = [None, None];
         let height = (ui.available_height() - TILE.y - 90.0).max(160.0);
         let width = (ui.available_width() - ui.spacing().item_spacing.x) / 2.0;
         ui.horizontal(|ui| {
@@ -396,6 +435,7 @@ impl IdentifyPanel {
                     ui.painter().rect_filled(rect, 2.0, ui.visuals().faint_bg_color);
                     if let Some(c) = shown {
                         paint_crop(ui, rect, cx.images, c, self.zoom);
+                        rects[side] = Some((rect, c));
                     }
                     // One zoom for both: what is done to either is done to the other.
                     self.zoom.interact(ui, &response);
@@ -405,7 +445,25 @@ impl IdentifyPanel {
                 });
             }
         });
-        ui.weak(format!("Zoom ×{:.1} on both crops (wheel, drag to pan, double-click to reset)", self.zoom.zoom));
+        if let [Some((a, query)), Some((b, candidate))] = &rects {
+            let painter = ui.painter().with_clip_rect(a.union(*b));
+            let stroke = egui::Stroke::new(1.5, egui::Color32::from_rgba_unmultiplied(90, 230, 120, 200));
+            for l in &lines {
+                let from = crop_point(*a, query, self.zoom, l[0], l[1]);
+                let to = crop_point(*b, candidate, self.zoom, l[2], l[3]);
+                if let (Some(from), Some(to)) = (from, to) {
+                    painter.line_segment([from, to], stroke);
+                    painter.circle_filled(from, 2.5, stroke.color);
+                    painter.circle_filled(to, 2.5, stroke.color);
+                }
+            }
+        }
+        let shown_lines =
+            if lines.is_empty() { String::new() } else { format!(" · {} verified matches drawn", lines.len()) };
+        ui.weak(format!(
+            "Zoom ×{:.1} on both crops (wheel, drag to pan, double-click to reset){shown_lines}",
+            self.zoom.zoom
+        ));
     }
 
     fn candidates_ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelContext<'_>, data: &GalleryData) {
@@ -419,7 +477,7 @@ impl IdentifyPanel {
                     let Some(c) = data.crop(m.best_annotation) else { continue };
                     ui.vertical(|ui| {
                         let (rect, response) = ui.allocate_exact_size(TILE, egui::Sense::click());
-                        let label = format!("Candidate {}: {}, score {:.3}", k + 1, m.individual, m.score);
+                        let label = format!("Candidate {}: {}, {}", k + 1, m.individual, evidence_words(m));
                         let picture = cx.images.get(&ImageRequest::thumbnail(&c.hash, &c.file, c.bbox));
                         let name = accessible_label(&label, Some(&picture));
                         response.widget_info(|| {
@@ -432,7 +490,7 @@ impl IdentifyPanel {
                         if response.clicked() {
                             compare = Some(k);
                         }
-                        ui.label(format!("{} {} · {:.3}", k + 1, m.individual, m.score));
+                        ui.label(format!("{} {} · {}", k + 1, m.individual, evidence_words(m)));
                         if ui.small_button(format!("Confirm ({})", k + 1)).clicked() {
                             confirm = Some(k);
                         }
