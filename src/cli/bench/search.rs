@@ -28,6 +28,8 @@ struct SearchBench {
     top1_correct: usize,
     /// `EmbeddingMap::new` of the whole gallery (PCA + k-d tree), for the app's map view.
     map_ms: f64,
+    /// The same queries with the shortlist verified by local features.
+    rerank: RerankBench,
     numpy: Option<NumpyReference>,
     /// Why there is no numpy reference, when there is none.
     numpy_missing: Option<String>,
@@ -46,6 +48,25 @@ struct NumpyReference {
     #[serde(default)]
     same_top1: usize,
     top1_rows: Vec<usize>,
+}
+
+#[derive(Serialize)]
+struct RerankBench {
+    shortlist: usize,
+    crops_per_individual: usize,
+    /// Distinct sets of local features (synthetic whales' flukes) the gallery rows share.
+    feature_sets: usize,
+    mean_keypoints: f64,
+    /// Search, verification of the shortlist and re-ordering, per query.
+    p50_ms: f64,
+    p95_ms: f64,
+    target_ms_p95: f64,
+    /// The global search of the same shortlist length alone.
+    global_p50_ms: f64,
+    /// Re-ranked p50 / global-only p50.
+    ratio_over_global: f64,
+    /// Queries whose first individual after re-ranking is the one their features come from.
+    top1_correct: usize,
 }
 
 #[derive(Serialize)]
@@ -162,6 +183,7 @@ pub(super) fn bench_search(
         our_top1_rows.push(best.map(|m| row_of_annotation(m.best_annotation)));
     }
     times.sort_by(f64::total_cmp);
+    let rerank = bench_rerank(&gallery, &qs, &truth, individuals, per);
     let start = Instant::now();
     let map = crate::jobs::map::EmbeddingMap::new(&gallery);
     let map_ms = start.elapsed().as_secs_f64() * 1e3;
@@ -191,6 +213,7 @@ pub(super) fn bench_search(
         target_ms_p50: 5.0,
         top1_correct,
         map_ms,
+        rerank,
         ratio_numpy_over_whaleid: numpy.as_ref().map(|r| r.p50_ms / p50.max(1e-9)),
         numpy,
         numpy_missing,
@@ -229,6 +252,23 @@ pub(super) fn bench_search(
             (None, Some(why)) => text += &format!("  no numpy reference: {why}\n"),
             (None, None) => {}
         }
+        let r = &o.rerank;
+        text += &format!(
+            "re-ranked: top {} individuals verified by local features ({} crops each; {} feature sets, {:.0} keypoints each)\n  \
+             search + verification  p50 {:.1} ms  p95 {:.1} ms  (target p95 < {:.0} ms)  top-1 correct {}/{}\n  \
+             global search alone   p50 {:.2} ms  (re-ranked = {:.0}x the global time)\n",
+            r.shortlist,
+            r.crops_per_individual,
+            r.feature_sets,
+            r.mean_keypoints,
+            r.p50_ms,
+            r.p95_ms,
+            r.target_ms_p95,
+            r.top1_correct,
+            o.queries,
+            r.global_p50_ms,
+            r.ratio_over_global
+        );
         text += &format!("  map of the gallery (PCA + k-d tree): {:.0} ms\n", o.map_ms);
         if let Some(l) = &o.catalogue {
             text += &format!(
@@ -248,6 +288,74 @@ pub(super) fn bench_search(
         }
         text.trim_end().to_string()
     })
+}
+
+/// Local features of synthetic flukes: `SETS_INDIVIDUALS` whales, `SETS_PHOTOS` photos each,
+/// the last photo kept for the queries.
+const SETS_INDIVIDUALS: usize = 20;
+const SETS_PHOTOS: usize = 4;
+
+fn synthetic_local(individual: usize, photo: usize) -> crate::models::local::LocalFeatures {
+    let (img, b) = crate::jobs::synth::render_photo(7, individual, photo, 640, 480);
+    let bbox = crate::base::vocabulary::BoxPx { x: b[0] as f64, y: b[1] as f64, w: b[2] as f64, h: b[3] as f64 };
+    crate::models::local::LocalFeatures::of_crop(&crate::base::crop::crop(
+        &image::DynamicImage::ImageRgb8(img),
+        Some(bbox),
+    ))
+}
+
+/// Each query searched for a shortlist, verified and re-ordered, as `whaleid search` does;
+/// gallery row `r` holds the features of synthetic whale `(r / per) % SETS_INDIVIDUALS`, so
+/// that a query's own individual has matching crops among its shortlist's.
+fn bench_rerank(
+    gallery: &crate::jobs::search::Gallery,
+    qs: &[f32],
+    truth: &[usize],
+    individuals: usize,
+    per: usize,
+) -> RerankBench {
+    use crate::jobs::search::{Filter, rerank};
+    let sets: Vec<Vec<crate::models::local::LocalFeatures>> = (0..SETS_INDIVIDUALS.min(individuals))
+        .into_par_iter()
+        .map(|i| (0..=SETS_PHOTOS).map(|p| synthetic_local(i, p)).collect())
+        .collect();
+    let wrap = sets.len();
+    let local_of = |a: AnnotationId| {
+        let r = row_of_annotation(a);
+        Some(&sets[(r / per) % wrap][r % SETS_PHOTOS])
+    };
+    let dim = gallery.dim();
+    let shortlist = rerank::SHORTLIST;
+    let mut times = Vec::new();
+    let mut global = Vec::new();
+    let mut top1_correct = 0;
+    for (q, &t) in qs.chunks_exact(dim).zip(truth) {
+        let query = &sets[t % wrap][SETS_PHOTOS];
+        let start = Instant::now();
+        let mut result = gallery.search(q, shortlist, &Filter::default(), None, None);
+        global.push(start.elapsed().as_secs_f64() * 1e3);
+        let evidence = rerank::verify_shortlist(gallery, q, query, &result.matches, &local_of, None);
+        rerank::apply(&mut result, &evidence, None, None);
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+        top1_correct += usize::from(result.matches.first().is_some_and(|m| m.individual == format!("HW-{t:05}")));
+    }
+    times.sort_by(f64::total_cmp);
+    global.sort_by(f64::total_cmp);
+    let p50 = percentile(&times, 0.5);
+    let global_p50 = percentile(&global, 0.5);
+    let features: Vec<&crate::models::local::LocalFeatures> = sets.iter().flatten().collect();
+    RerankBench {
+        shortlist,
+        crops_per_individual: rerank::CROPS_PER_INDIVIDUAL,
+        feature_sets: features.len(),
+        mean_keypoints: features.iter().map(|f| f.len() as f64).sum::<f64>() / features.len().max(1) as f64,
+        p50_ms: p50,
+        p95_ms: percentile(&times, 0.95),
+        target_ms_p95: 300.0,
+        global_p50_ms: global_p50,
+        ratio_over_global: p50 / global_p50.max(1e-9),
+        top1_correct,
+    }
 }
 
 /// Runs `benches/search_reference.py` on the same gallery and queries with the same thread count.
