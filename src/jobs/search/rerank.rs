@@ -79,11 +79,12 @@ pub fn verify_shortlist<'f>(
     query_vector: &[f32],
     query: &LocalFeatures,
     shortlist: &[Match],
-    local_of: &dyn Fn(AnnotationId) -> Option<&'f LocalFeatures>,
+    local_of: &(dyn Fn(AnnotationId) -> Option<&'f LocalFeatures> + Sync),
     exclude: Option<AnnotationId>,
 ) -> Vec<Evidence> {
+    use rayon::prelude::*;
     shortlist
-        .iter()
+        .par_iter()
         .zip(nearest_crops(g, query_vector, shortlist, exclude))
         .map(|(m, crops)| {
             let mut best = Evidence {

@@ -50,32 +50,39 @@ pub fn verify(query: &LocalFeatures, gallery: &LocalFeatures) -> Verification {
     Verification { tentative: tentative.len(), inliers }
 }
 
-fn distance2(a: &[u8; DESCRIPTOR_LEN], b: &[u8; DESCRIPTOR_LEN]) -> u32 {
-    a.iter().zip(b).map(|(&x, &y)| (x as i32 - y as i32).pow(2) as u32).sum()
+/// Descriptors as rows of an f32 matrix, and their squared norms.
+fn descriptor_matrix(f: &LocalFeatures) -> (nalgebra::DMatrix<f32>, Vec<f32>) {
+    let m = nalgebra::DMatrix::from_fn(f.descriptors.len(), DESCRIPTOR_LEN, |r, c| f32::from(f.descriptors[r][c]));
+    let norms = m.row_iter().map(|r| r.norm_squared()).collect();
+    (m, norms)
 }
 
 /// For each query descriptor its nearest gallery descriptor, when clearly nearer than the
-/// second nearest; a gallery keypoint claimed twice keeps its nearest claimant only.
-fn ratio_matches(query: &LocalFeatures, gallery: &LocalFeatures) -> Vec<(MatchPair, u32)> {
-    if gallery.descriptors.len() < 2 {
+/// second nearest; a gallery keypoint claimed twice keeps its nearest claimant only. The
+/// squared distances come from one matrix product (`|q|² + |g|² - 2 q·g`).
+fn ratio_matches(query: &LocalFeatures, gallery: &LocalFeatures) -> Vec<(MatchPair, f32)> {
+    if gallery.descriptors.len() < 2 || query.descriptors.is_empty() {
         return Vec::new();
     }
-    let mut out: Vec<(MatchPair, u32)> = Vec::new();
-    for (qi, q) in query.descriptors.iter().enumerate() {
-        let (mut best, mut second, mut at) = (u32::MAX, u32::MAX, 0);
-        for (gi, g) in gallery.descriptors.iter().enumerate() {
-            let d = distance2(q, g);
+    let (q, qn) = descriptor_matrix(query);
+    let (g, gn) = descriptor_matrix(gallery);
+    let dots = &q * g.transpose();
+    let mut out: Vec<(MatchPair, f32)> = Vec::new();
+    for (qi, row) in dots.row_iter().enumerate() {
+        let (mut best, mut second, mut at) = (f32::INFINITY, f32::INFINITY, 0);
+        for (gi, dot) in row.iter().enumerate() {
+            let d = (qn[qi] + gn[gi] - 2.0 * dot).max(0.0);
             if d < best {
                 (second, best, at) = (best, d, gi);
             } else if d < second {
                 second = d;
             }
         }
-        if (best as f32) < RATIO2 * second as f32 {
+        if best < RATIO2 * second {
             out.push((MatchPair { query: qi, gallery: at }, best));
         }
     }
-    out.sort_by_key(|(m, d)| (m.gallery, *d));
+    out.sort_by(|(a, da), (b, db)| a.gallery.cmp(&b.gallery).then(da.total_cmp(db)));
     out.dedup_by_key(|(m, _)| m.gallery);
     out
 }
@@ -147,7 +154,7 @@ impl Similarity {
 
 /// The largest set of matches one plausible similarity explains, each inlier also agreeing
 /// with it in keypoint orientation and scale.
-fn consistent(query: &LocalFeatures, gallery: &LocalFeatures, matches: &[(MatchPair, u32)]) -> Vec<MatchPair> {
+fn consistent(query: &LocalFeatures, gallery: &LocalFeatures, matches: &[(MatchPair, f32)]) -> Vec<MatchPair> {
     if matches.len() < 2 {
         return Vec::new();
     }
