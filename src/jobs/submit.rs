@@ -14,6 +14,9 @@ use crate::jobs::search::{Filter, Gallery, rerank as search_rerank};
 use crate::models::local::LocalFeatures;
 use crate::models::{Embedder, prepare};
 
+/// A query photo ready to search: its embedder input and, when re-ranking, its local features.
+type PreparedQuery = (Vec<f32>, Option<LocalFeatures>);
+
 /// The label the Kaggle humpback competition used for "not in the catalogue".
 pub const NEW_WHALE: &str = "new_whale";
 const PREDICTIONS: usize = 5;
@@ -100,7 +103,7 @@ pub fn submit(
     let mut searched_individuals = 0;
     progress.stage("searching", photos.len() as u64);
     for chunk in photos.chunks(BATCH) {
-        let inputs: Vec<Result<(Vec<f32>, Option<LocalFeatures>), String>> = chunk
+        let inputs: Vec<Result<PreparedQuery, String>> = chunk
             .par_iter()
             .map(|p| {
                 crate::base::photo::decode_file(p)

@@ -160,10 +160,10 @@ fn extrema(octave: &Octave, o: usize, level: usize, out: &mut Vec<Candidate>) {
                     }
                 }
             }
-            if is_max || is_min {
-                if let Some(c) = refine(octave, o, level, x, y) {
-                    out.push(c);
-                }
+            if (is_max || is_min)
+                && let Some(c) = refine(octave, o, level, x, y)
+            {
+                out.push(c);
             }
         }
     }

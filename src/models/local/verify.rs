@@ -96,9 +96,12 @@ struct Similarity {
     ty: f32,
 }
 
+/// A keypoint position, in pixels of its crop.
+type Point = (f32, f32);
+
 impl Similarity {
     /// The transform taking `p0 -> q0` and `p1 -> q1`.
-    fn through(p0: (f32, f32), q0: (f32, f32), p1: (f32, f32), q1: (f32, f32)) -> Option<Self> {
+    fn through(p0: Point, q0: Point, p1: Point, q1: Point) -> Option<Self> {
         let (dpx, dpy) = (p1.0 - p0.0, p1.1 - p0.1);
         let (dqx, dqy) = (q1.0 - q0.0, q1.1 - q0.1);
         let n = dpx * dpx + dpy * dpy;
@@ -111,7 +114,7 @@ impl Similarity {
     }
 
     /// Least squares over many correspondences.
-    fn fit(pairs: &[((f32, f32), (f32, f32))]) -> Option<Self> {
+    fn fit(pairs: &[(Point, Point)]) -> Option<Self> {
         let n = pairs.len() as f32;
         if pairs.len() < 2 {
             return None;
@@ -134,7 +137,7 @@ impl Similarity {
         Some(Similarity { a, b, tx: mqx - (a * mpx - b * mpy), ty: mqy - (b * mpx + a * mpy) })
     }
 
-    fn apply(&self, p: (f32, f32)) -> (f32, f32) {
+    fn apply(&self, p: Point) -> Point {
         (self.a * p.0 - self.b * p.1 + self.tx, self.b * p.0 + self.a * p.1 + self.ty)
     }
 
