@@ -26,6 +26,61 @@ fn id_of(catalogue: &Path, code: &str) -> IndividualId {
 
 // ---- Identify -------------------------------------------------------------------------
 
+/// A new animal photographed several times in one survey: Identify lists the other
+/// unidentified crops nearest the query after the candidates, and U names the query and the
+/// one compared as one new individual, so it is named once, not twice.
+#[test]
+fn an_animal_photographed_twice_and_not_yet_catalogued_is_named_once_with_u_and_undo_takes_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalogue = demo_copy(dir.path());
+    let files: Vec<String> = (0..6).map(|k| format!("whale_0012_0{k}.jpg")).collect();
+    let crops: Vec<AnnotationId> = files.iter().map(|f| unidentify(&catalogue, f)).collect();
+    let home = tempfile::tempdir().unwrap();
+    let mut h = identifying_app(home.path(), &catalogue, "identify");
+    let query = |h: &Harness<'_, WhaleApp>| files.iter().position(|f| shows(h, &format!("{f} · fluke")));
+    run_until(&mut h, "an unidentified crop and its neighbours", |h| {
+        settled(h) && query(h).is_some() && shows(h, "Candidate 1: ") && shows(h, "Unidentified 5: ")
+    });
+    let first = query(&h).unwrap();
+    // Only the other five photos of the animal are unidentified: those are the neighbours.
+    assert!(!shows(&h, "Unidentified 6: "));
+    let neighbour = label_of(&h, "Unidentified 1: ");
+    let other = files.iter().position(|f| neighbour.contains(f.as_str())).expect("a photo of the same animal");
+    assert_ne!(other, first);
+
+    // U before choosing a neighbour says what to do and writes nothing.
+    h.key_press(egui::Key::U);
+    run_until(&mut h, "the hint", |h| noticed(h, "Click one of the unidentified crops"));
+    h.get_by_label_contains("Unidentified 1: ").click();
+    run_until(&mut h, "the neighbour compared with the query", |h| shows(h, "Unidentified · "));
+    h.key_press(egui::Key::U);
+    run_until(&mut h, "the new individual", |h| settled(h) && h.state().state().individuals.len() == 31);
+    let named = {
+        let cat = Catalogue::open(&catalogue).unwrap();
+        let a = cat.identification(crops[first]).unwrap().expect("the query is named");
+        let b = cat.identification(crops[other]).unwrap().expect("the neighbour is named with it");
+        assert_eq!(a.individual_id, b.individual_id, "one individual for both");
+        let rest = crops.iter().enumerate().filter(|(k, _)| *k != first && *k != other);
+        for (_, &c) in rest {
+            assert!(cat.identification(c).unwrap().is_none());
+        }
+        cat.individual(a.individual_id).unwrap().unwrap().code
+    };
+    assert_eq!(named, "WID-00001");
+    // The queue moves on to another photo, which no longer lists the two as unidentified.
+    run_until(&mut h, "the next crop and its neighbours", |h| {
+        settled(h) && query(h).is_some_and(|q| q != first && q != other) && shows(h, "Unidentified 3: ")
+    });
+    assert!(!shows(&h, &format!("Unidentified 1: {}", files[first])));
+    assert!(!shows(&h, "Unidentified 4: "), "the two named are no longer offered");
+
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Z);
+    run_until(&mut h, "the undo", |h| settled(h) && shows(h, "Undid: new individual from 2 boxes"));
+    let cat = Catalogue::open(&catalogue).unwrap();
+    assert!(crops.iter().all(|&c| cat.identification(c).unwrap().is_none()));
+    h.check_accessibility();
+}
+
 #[test]
 fn s_in_identify_skips_to_the_next_crop_as_the_help_says_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();

@@ -225,8 +225,9 @@ pub fn let_go<T: Send>(value: T) -> anyhow::Result<JobOutcome> {
     Ok(JobOutcome::silent())
 }
 
-/// Ranks the gallery's individuals for one crop; with the open `catalogue`, the shortlist is
-/// verified by local features and re-ordered by them (the matches go to Identify as lines).
+/// Ranks the gallery's individuals for one crop, and finds as many of the nearest unidentified
+/// crops; with the open `catalogue`, the shortlist is verified by local features and
+/// re-ordered by them (the matches go to Identify as lines).
 /// A verification that fails leaves the global ranking shown and names the problem.
 pub fn search(request: SearchRequest, catalogue: Option<&Path>, job: &JobProgress) -> anyhow::Result<JobOutcome> {
     let SearchRequest {
@@ -244,6 +245,7 @@ pub fn search(request: SearchRequest, catalogue: Option<&Path>, job: &JobProgres
     let query = g.vector(row).to_vec();
     let shortlist = if catalogue.is_some() { candidates.max(rerank::SHORTLIST) } else { candidates };
     let mut result = g.search(&query, shortlist, &filter, Some(annotation), Some(threshold));
+    result.unidentified = g.nearest_unidentified(&query, candidates, &filter, Some(annotation));
     let verified = catalogue.map(|path| -> anyhow::Result<(bool, Vec<String>)> {
         let mut cat = Catalogue::open(path)?;
         rerank::rerank_search(

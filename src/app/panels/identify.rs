@@ -1,7 +1,9 @@
 //! Identify: one crop at a time (unidentified crops first, then labels nobody confirmed), its
 //! best candidates from the gallery ranked by individual, the chosen candidate's best crop
 //! beside the query with one zoom for both. Keys 1-9 confirm a candidate, N makes a new
-//! individual, S skips, M shows more of the candidate. The filter and the number of crops
+//! individual, S skips, M shows more of the candidate. After the candidates come the nearest
+//! unidentified crops (other photos of the survey): U names the query and the one compared
+//! as one new individual, so that an animal photographed twice is named once. The filter and the number of crops
 //! searched are always on screen, and a best score under the new-individual threshold is
 //! flagged. Crops that are unreviewed detector proposals are not offered unless the filter
 //! "include unreviewed proposals" is on (then those shown at Annotate's score threshold are).
@@ -26,6 +28,8 @@ use crate::base::vocabulary::{Hundredths, Side, is_proposal, shown_at};
 pub const CANDIDATES: usize = 9;
 const TILE: egui::Vec2 = egui::vec2(132.0, 132.0);
 const MORE: usize = 12;
+/// Unidentified crops shown after the candidates.
+const NEIGHBOURS: usize = 6;
 
 /// Zoom shared by the query and the candidate: the centre of what is shown, in the crop's
 /// own 0..1 coordinates, and the magnification.
@@ -178,6 +182,8 @@ pub struct IdentifyPanel {
     /// The candidate compared with the query (0-based), and a crop of it chosen from "more".
     compared: usize,
     compared_crop: Option<AnnotationId>,
+    /// An unidentified crop compared with the query instead of a candidate.
+    compared_unidentified: Option<AnnotationId>,
     zoom: CropZoom,
     new_name: String,
     more: bool,
@@ -222,6 +228,7 @@ impl IdentifyPanel {
         self.current = next.map(|k| data.to_identify[skip + k]);
         self.compared = 0;
         self.compared_crop = None;
+        self.compared_unidentified = None;
         self.zoom = CropZoom::default();
         self.more = false;
     }
@@ -283,6 +290,33 @@ impl IdentifyPanel {
         self.next_crop(data);
     }
 
+    /// The query and the unidentified crop compared with it become one new individual.
+    fn same_new_individual(&mut self, cx: &mut PanelContext<'_>, data: &GalleryData) {
+        let (Some(query), Some(other)) = (self.current, self.compared_unidentified) else {
+            cx.send(Intent::Notify(Notice::error(
+                "Click one of the unidentified crops below first, then U names both as one new individual",
+            )));
+            return;
+        };
+        let name = std::mem::take(&mut self.new_name);
+        cx.send(Intent::Edit(CatalogueEdit::NewIndividual { annotations: vec![query, other], name }));
+        self.done.insert(query);
+        self.done.insert(other);
+        self.next_crop(data);
+    }
+
+    /// The unidentified crops near the query that Identify offers (those not yet done here).
+    fn neighbours<'d>(&self, data: &'d GalleryData) -> Vec<(&'d CropInfo, f32)> {
+        let Some(s) = self.candidates() else { return Vec::new() };
+        s.result
+            .unidentified
+            .iter()
+            .filter(|n| !self.done.contains(&n.annotation))
+            .filter_map(|n| data.crop(n.annotation).filter(|c| self.offer.offers(c)).map(|c| (c, n.score)))
+            .take(NEIGHBOURS)
+            .collect()
+    }
+
     fn skip(&mut self, data: &GalleryData) {
         if let Some(query) = self.current {
             self.done.insert(query);
@@ -295,7 +329,7 @@ impl IdentifyPanel {
         use egui::{Key, Modifiers};
         const DIGITS: [Key; 9] =
             [Key::Num1, Key::Num2, Key::Num3, Key::Num4, Key::Num5, Key::Num6, Key::Num7, Key::Num8, Key::Num9];
-        let (mut confirm, mut new, mut skip, mut more) = (None, false, false, false);
+        let (mut confirm, mut new, mut skip, mut more, mut same) = (None, false, false, false, false);
         ui.input_mut(|i| {
             for (k, key) in DIGITS.iter().enumerate() {
                 if i.consume_key(Modifiers::NONE, *key) {
@@ -305,6 +339,7 @@ impl IdentifyPanel {
             new = i.consume_key(Modifiers::NONE, Key::N);
             skip = i.consume_key(Modifiers::NONE, Key::S);
             more = i.consume_key(Modifiers::NONE, Key::M);
+            same = i.consume_key(Modifiers::NONE, Key::U);
         });
         if let Some(k) = confirm {
             self.confirm(k, cx, data);
@@ -314,6 +349,8 @@ impl IdentifyPanel {
             self.skip(data);
         } else if more {
             self.more = !self.more;
+        } else if same {
+            self.same_new_individual(cx, data);
         }
     }
 
@@ -403,23 +440,32 @@ impl IdentifyPanel {
     }
 
     fn compare_ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelContext<'_>, data: &GalleryData, crop: &CropInfo) {
-        let compared: Option<(&CropInfo, String)> = self.candidates().and_then(|s| {
-            let m = s.result.matches.get(self.compared)?;
-            let verified = m.verified.as_ref();
-            let shown = self.compared_crop.or(verified.map(|v| v.annotation)).unwrap_or(m.best_annotation);
-            let c = data.crop(shown)?;
-            Some((c, format!("{} · {} · {}", self.compared + 1, m.individual, evidence_words(m))))
+        let unidentified = self.compared_unidentified.and_then(|a| {
+            let (c, score) = self.neighbours(data).into_iter().find(|(c, _)| c.annotation == a)?;
+            Some((c, format!("Unidentified · {} · score {score:.3}", c.file_name())))
+        });
+        let compared: Option<(&CropInfo, String)> = unidentified.or_else(|| {
+            self.candidates().and_then(|s| {
+                let m = s.result.matches.get(self.compared)?;
+                let verified = m.verified.as_ref();
+                let shown = self.compared_crop.or(verified.map(|v| v.annotation)).unwrap_or(m.best_annotation);
+                let c = data.crop(shown)?;
+                Some((c, format!("{} · {} · {}", self.compared + 1, m.individual, evidence_words(m))))
+            })
         });
         // The verified matches, drawn when the crop they were found on is the one compared.
         let lines: Vec<[f32; 4]> = self
             .candidates()
             .and_then(|s| s.result.matches.get(self.compared))
             .and_then(|m| m.verified.as_ref())
+            .filter(|_| self.compared_unidentified.is_none())
             .filter(|v| compared.as_ref().is_some_and(|(c, _)| c.annotation == v.annotation))
             .map(|v| v.lines.clone())
             .unwrap_or_default();
         let mut rects = [None, None];
-        let height = (ui.available_height() - TILE.y - 90.0).max(160.0);
+        // Room below for the candidates' row, and the unidentified crops' row when there is one.
+        let below = if self.neighbours(data).is_empty() { TILE.y + 90.0 } else { TILE.y + 230.0 };
+        let height = (ui.available_height() - below).max(160.0);
         let width = (ui.available_width() - ui.spacing().item_spacing.x) / 2.0;
         ui.horizontal(|ui| {
             for (side, (shown, title)) in [
@@ -501,9 +547,57 @@ impl IdentifyPanel {
         if let Some(k) = compare {
             self.compared = k;
             self.compared_crop = None;
+            self.compared_unidentified = None;
         }
         if let Some(k) = confirm {
             self.confirm(k, cx, data);
+        }
+    }
+
+    /// The nearest unidentified crops: click one to compare it, U (or its button) names it
+    /// and the query as one new individual.
+    fn neighbours_ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelContext<'_>, data: &GalleryData) {
+        let neighbours = self.neighbours(data);
+        if self.candidates().is_none() {
+            return;
+        }
+        if neighbours.is_empty() {
+            ui.weak("No other unidentified crop under this filter.");
+            return;
+        }
+        ui.label("Unidentified crops nearest this one (the same animal photographed again?): click to compare");
+        let (mut compare, mut same) = (None, false);
+        egui::ScrollArea::horizontal().id_salt("unidentified").show(ui, |ui| {
+            ui.horizontal(|ui| {
+                for (k, (c, score)) in neighbours.iter().enumerate() {
+                    ui.vertical(|ui| {
+                        let size = egui::vec2(96.0, 96.0);
+                        let (rect, response) = ui.allocate_exact_size(size, egui::Sense::click());
+                        let selected = self.compared_unidentified == Some(c.annotation);
+                        let label = format!("Unidentified {}: {}, score {score:.3}", k + 1, c.file_name());
+                        let picture = cx.images.get(&ImageRequest::thumbnail(&c.hash, &c.file, c.bbox));
+                        let name = accessible_label(&label, Some(&picture));
+                        response.widget_info(|| egui::WidgetInfo::selected(egui::Role::Button, true, selected, &name));
+                        if selected {
+                            ui.painter().rect_filled(rect, 4.0, ui.visuals().selection.bg_fill);
+                        }
+                        paint_picture(ui, rect.shrink(3.0), picture, c.file_name());
+                        if response.clicked() {
+                            compare = Some(c.annotation);
+                        }
+                        ui.label(format!("{score:.3}"));
+                        if selected && ui.small_button("Same new individual (U)").clicked() {
+                            same = true;
+                        }
+                    });
+                }
+            });
+        });
+        if compare.is_some() {
+            self.compared_unidentified = compare;
+        }
+        if same {
+            self.same_new_individual(cx, data);
         }
     }
 
@@ -573,6 +667,7 @@ impl Panel for IdentifyPanel {
             ("N", "new individual (fresh unique code, the name typed if any)"),
             ("S", "skip to the next crop"),
             ("M", "more crops of the compared candidate"),
+            ("U", "the query and the unidentified crop compared: one new individual"),
             ("Wheel / drag on a crop", "zoom and pan both crops together"),
         ]
     }
@@ -598,6 +693,7 @@ impl Panel for IdentifyPanel {
             self.done.remove(a);
             self.compared = 0;
             self.compared_crop = None;
+            self.compared_unidentified = None;
             self.zoom = CropZoom::default();
         }
     }
@@ -651,6 +747,7 @@ impl Panel for IdentifyPanel {
                 self.more_ui(ui, cx, &data);
             }
             self.candidates_ui(ui, cx, &data);
+            self.neighbours_ui(ui, cx, &data);
         });
     }
 }

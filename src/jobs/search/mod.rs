@@ -92,9 +92,21 @@ pub struct Verified {
     pub lines: Vec<[f32; 4]>,
 }
 
+/// An unidentified crop of the catalogue near the query: perhaps the same new animal,
+/// photographed again in the survey.
+#[derive(Debug, Clone, Serialize)]
+pub struct Neighbour {
+    pub annotation: AnnotationId,
+    pub score: f32,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct SearchResult {
     pub matches: Vec<Match>,
+    /// The nearest unidentified crops, when the caller asked for them
+    /// (`Gallery::nearest_unidentified`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unidentified: Vec<Neighbour>,
     pub filter: String,
     pub searched_images: usize,
     pub searched_individuals: usize,
@@ -129,6 +141,12 @@ impl std::fmt::Display for SearchResult {
                     write!(f, "  {:>3} verified matches (crop: annotation {})", v.matches, v.annotation)?;
                 }
                 None => write!(f, "  (best crop: annotation {})", m.best_annotation)?,
+            }
+        }
+        if !self.unidentified.is_empty() {
+            write!(f, "\nnearest unidentified crops:")?;
+            for n in &self.unidentified {
+                write!(f, " annotation {} ({:.4})", n.annotation, n.score)?;
             }
         }
         let what = if self.threshold_is_probability { "probability" } else { "score" };
@@ -302,6 +320,7 @@ impl Gallery {
         };
         SearchResult {
             matches,
+            unidentified: Vec::new(),
             filter: filter.describe(),
             searched_images,
             searched_individuals,
@@ -310,6 +329,35 @@ impl Gallery {
             reranked: false,
             new_individual,
         }
+    }
+
+    /// The `k` unidentified crops nearest the query (normalised here) that `filter` admits,
+    /// best first, `exclude` left out: other photos of an animal not yet catalogued.
+    pub fn nearest_unidentified(
+        &self,
+        query: &[f32],
+        k: usize,
+        filter: &Filter,
+        exclude: Option<AnnotationId>,
+    ) -> Vec<Neighbour> {
+        let mut q = query.to_vec();
+        normalise(&mut q);
+        if q.len() != self.dim {
+            return Vec::new();
+        }
+        let scores = self.scores(&q);
+        let mut found: Vec<Neighbour> = self
+            .entries
+            .iter()
+            .zip(scores)
+            .filter(|(e, s)| {
+                e.individual.is_none() && Some(e.annotation) != exclude && filter.admits(e) && s.is_finite()
+            })
+            .map(|(e, score)| Neighbour { annotation: e.annotation, score })
+            .collect();
+        found.sort_by(|a, b| b.score.total_cmp(&a.score));
+        found.truncate(k);
+        found
     }
 
     /// For each individual among the `admitted` `(row, individual)`, its best row and exact
@@ -408,6 +456,25 @@ mod tests {
         assert!((r.matches[0].score - 1.0).abs() < 1e-6);
         assert_eq!((r.searched_images, r.searched_individuals), (4, 3));
         assert!(!r.new_individual);
+    }
+
+    #[test]
+    fn the_nearest_unidentified_crops_are_those_without_an_individual_that_the_filter_admits() {
+        let mut g = gallery();
+        g.push(&[0.0, 1.0, 0.1], AnnotationId(7), None, Part::Fluke, Side::Unknown, None).unwrap();
+        g.push(&[0.0, 0.9, 0.4], AnnotationId(8), None, Part::DorsalFin, Side::Unknown, None).unwrap();
+        let all = g.nearest_unidentified(&[0.0, 2.0, 0.0], 5, &Filter::default(), None);
+        let found: Vec<i64> = all.iter().map(|n| n.annotation.0).collect();
+        assert_eq!(found, [7, 8, 5], "identified crops (3 is nearer than 8) are never listed");
+        assert!((all[0].score - 1.0 / 1.01f32.sqrt()).abs() < 1e-5, "{all:?}");
+        let flukes = Filter { part: Some(Part::Fluke), ..Default::default() };
+        let found: Vec<i64> = g
+            .nearest_unidentified(&[0.0, 2.0, 0.0], 5, &flukes, Some(AnnotationId(7)))
+            .iter()
+            .map(|n| n.annotation.0)
+            .collect();
+        assert_eq!(found, [5], "the filter and the excluded query apply");
+        assert!(g.nearest_unidentified(&[1.0, 0.0], 5, &Filter::default(), None).is_empty(), "another model's query");
     }
 
     #[test]
