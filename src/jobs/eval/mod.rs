@@ -408,7 +408,8 @@ fn local_metrics(
         .collect();
     let fused_of = calibrate::cross_validated(&pairs, 5).ok();
     let calibration = Calibration::fit(&pairs.iter().map(|(_, p)| *p).collect::<Vec<_>>()).ok();
-    // Each query's shortlist scored three ways; the individuals after it keep the global order.
+    // Each query's shortlist scored three ways (local as a search without a calibration ranks
+    // it); the individuals after it keep the global order.
     let mut next = 0;
     let scored: Vec<Vec<(String, f32, f32, f32)>> = evidence
         .iter()
@@ -417,7 +418,8 @@ fn local_metrics(
                 .map(|e| {
                     let fused = fused_of.as_ref().map_or(e.global, |f| f[next]);
                     next += 1;
-                    (e.individual.clone(), e.global, e.local(), fused)
+                    let local = rerank::strong_matches(e.verification.inliers.len()) as f32;
+                    (e.individual.clone(), e.global, local, fused)
                 })
                 .collect()
         })
