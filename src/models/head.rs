@@ -33,6 +33,11 @@ impl Pooling {
         Ok(Self { p: vb.get_with_hints(1, "gem_p", Init::Const(GEM_P))? })
     }
 
+    /// How many of a pooled vector's `pooled_dim` features are the CLS token (the first).
+    pub fn cls_dims(pooled_dim: usize) -> usize {
+        pooled_dim / 2
+    }
+
     pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
         let (_, n, _) = tokens.dims3()?;
         let cls = tokens.i((.., 0))?;

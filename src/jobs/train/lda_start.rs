@@ -5,21 +5,31 @@ use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 
 use super::cache::TokenCache;
+use super::config::TrainConfig;
 use super::error::TrainError;
 use super::lda::Lda;
 use super::validation::TrainingRow;
-use crate::models::Head;
+use crate::models::{Head, Pooling};
 
-/// Sets the neck to LDA of the pooled training features: the BatchNorm standardises them
-/// with the training set's statistics, the Linear layer projects onto the discriminant
-/// directions (zero rows past the number of individuals minus one).
+/// What the LDA start is fitted on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LdaFeatures {
+    /// The CLS token alone (the GeM part's columns start at zero; the loss may bring it in).
+    Cls,
+    /// CLS and GeM together: twice the dimensions to estimate from the same photos.
+    Pooled,
+}
+
+/// Sets the neck to LDA of the training features: the BatchNorm standardises the pooled
+/// features with the training set's statistics, the Linear layer projects `features` of them
+/// onto the discriminant directions (zero rows past the number of individuals minus one).
 pub fn init_neck_from_lda(
     vars: &VarMap,
     head: &Head,
     cache: &TokenCache,
     train: &[TrainingRow],
-    out_dim: usize,
-    lda_ridge: f64,
+    config: &TrainConfig,
+    features: LdaFeatures,
     device: &Device,
 ) -> Result<(), TrainError> {
     let mut pooled = Vec::with_capacity(train.len());
@@ -37,10 +47,20 @@ pub fn init_neck_from_lda(
         .map(|v| (0..dim).map(|j| ((v[j] as f64 - mean[j]) / (var[j] + 1e-5).sqrt()) as f32).collect())
         .collect();
     let labels: Vec<u32> = train.iter().map(|t| t.class).collect();
-    let Some(lda) = Lda::fit(&standardised, &labels, lda_ridge) else {
+    let used = match features {
+        LdaFeatures::Cls => Pooling::cls_dims(dim),
+        LdaFeatures::Pooled => dim,
+    };
+    let inputs: Vec<Vec<f32>> = standardised.iter().map(|v| v[..used].to_vec()).collect();
+    let Some(lda) = Lda::fit(&inputs, &labels, config.lda_ridge) else {
         return Ok(()); // too few individuals with two crops: keep the random start
     };
-    let (weight, bias) = lda.linear(out_dim);
+    let out_dim = config.embedding_dim;
+    let (narrow, bias) = lda.linear(out_dim);
+    let mut weight = vec![0f32; out_dim * dim];
+    for k in 0..out_dim {
+        weight[k * dim..][..used].copy_from_slice(&narrow[k * used..][..used]);
+    }
     let data = vars.data().lock().unwrap_or_else(|p| p.into_inner());
     let set = |name: &str, values: Vec<f32>| -> Result<(), TrainError> {
         let var = data.get(name).ok_or_else(|| TrainError::Data(format!("no variable {name}")))?;

@@ -23,7 +23,7 @@ use super::data::Split;
 use super::error::TrainError;
 use super::feeder::{Feeder, Inputs, TunedBackbone, TunedSource};
 use super::gradients::{add_gradients, clip_gradients, scale_gradients};
-use super::lda_start::{imprint_class_weights, init_neck_from_lda};
+use super::lda_start::{LdaFeatures, imprint_class_weights, init_neck_from_lda};
 use super::loss::LossConfig;
 use super::report::{TrainEvent, TrainReport};
 use super::sampler::{BatchSampler, PkSampler, ShuffledSampler};
@@ -126,13 +126,7 @@ pub fn train_model(
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed);
     let resumed_epoch = match &config.resume {
         Some(dir) => Some(load_state(&vars, dir, &fingerprint)?),
-        None => {
-            if config.lda_init {
-                init_neck_from_lda(&vars, &head, cache, &train, config.embedding_dim, config.lda_ridge, &device)?;
-                imprint_class_weights(&vars, &head, cache, &train, split.classes.len(), &device)?;
-            }
-            None
-        }
+        None => None,
     };
     // In name order: the gradient norm sums over them, and float sums depend on order. The
     // backbone's frozen weights are not trained (and below its tuned blocks not even run).
@@ -181,6 +175,25 @@ pub fn train_model(
     });
     let validate =
         |head: &Head| -> Result<Validation, TrainError> { validate_head(head, &feeder, &validation, config) };
+    // The LDA start, fitted on the CLS token alone or on CLS and GeM together, whichever
+    // scores better on the validation individuals (which also choose the epoch kept). With
+    // few photos per individual the CLS alone usually generalises better (right-whale heads,
+    // 27 validation individuals: MAP@5 0.668 against 0.613; synthetic flukes 0.926 against
+    // 0.894); where the identity lies in the patches, GeM brings it.
+    if config.lda_init && resumed_epoch.is_none() {
+        let mut best: Option<(f64, LdaFeatures)> = None;
+        for features in [LdaFeatures::Cls, LdaFeatures::Pooled] {
+            init_neck_from_lda(&vars, &head, cache, &train, config, features, &device)?;
+            let score = validate(&head)?.closed_set.map5;
+            if best.is_none_or(|(b, _)| score > b) {
+                best = Some((score, features));
+            }
+        }
+        if let Some((_, LdaFeatures::Cls)) = best {
+            init_neck_from_lda(&vars, &head, cache, &train, config, LdaFeatures::Cls, &device)?;
+        }
+        imprint_class_weights(&vars, &head, cache, &train, split.classes.len(), &device)?;
+    }
     let before = validate(&head)?;
     let baselines = baselines(cache, &train, &validation, config)?;
     let mut best = before.clone();
