@@ -53,6 +53,16 @@ fn an_animal_photographed_twice_and_not_yet_catalogued_is_named_once_with_u_and_
     run_until(&mut h, "the hint", |h| noticed(h, "Click one of the unidentified crops"));
     h.get_by_label_contains("Unidentified 1: ").click();
     run_until(&mut h, "the neighbour compared with the query", |h| shows(h, "Unidentified · "));
+    // The neighbour is verified like a candidate: another photo of the same fluke shares
+    // many keypoint matches with the query, drawn as lines between the two.
+    let matches: usize = neighbour
+        .split(", ")
+        .nth(1)
+        .and_then(|w| w.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no verified matches in {neighbour:?}"));
+    assert!(matches >= 10, "{neighbour}");
+    assert!(shows(&h, &format!("{matches} verified matches drawn")), "the lines are drawn");
     h.key_press(egui::Key::U);
     run_until(&mut h, "the new individual", |h| settled(h) && h.state().state().individuals.len() == 31);
     let named = {

@@ -23,6 +23,7 @@ use crate::app::settings::{SettingChange, Settings};
 use crate::app::widgets::{accessible_label, labelled_text, model_status_ui, paint_picture, placeholder};
 use crate::base::ids::AnnotationId;
 use crate::base::vocabulary::{Hundredths, Side, is_proposal, shown_at};
+use crate::jobs::search::{Neighbour, Verified};
 
 /// Candidates shown (keys 1-9).
 pub const CANDIDATES: usize = 9;
@@ -131,13 +132,13 @@ fn crop_point(rect: egui::Rect, crop: &CropInfo, zoom: CropZoom, fx: f32, fy: f3
 }
 
 /// A candidate's evidence in words: its score, and what the local verification found.
-fn evidence_words(m: &crate::jobs::search::Match) -> String {
-    match &m.verified {
+fn evidence_words(verified: Option<&Verified>, score: f32) -> String {
+    match verified {
         Some(v) => match v.probability {
-            Some(p) => format!("p {p:.2} · {} matches · score {:.3}", v.matches, m.score),
-            None => format!("{} matches · score {:.3}", v.matches, m.score),
+            Some(p) => format!("p {p:.2} · {} matches · score {score:.3}", v.matches),
+            None => format!("{} matches · score {score:.3}", v.matches),
         },
-        None => format!("score {:.3}", m.score),
+        None => format!("score {score:.3}"),
     }
 }
 
@@ -306,13 +307,13 @@ impl IdentifyPanel {
     }
 
     /// The unidentified crops near the query that Identify offers (those not yet done here).
-    fn neighbours<'d>(&self, data: &'d GalleryData) -> Vec<(&'d CropInfo, f32)> {
+    fn neighbours<'d>(&self, data: &'d GalleryData) -> Vec<(&'d CropInfo, Neighbour)> {
         let Some(s) = self.candidates() else { return Vec::new() };
         s.result
             .unidentified
             .iter()
             .filter(|n| !self.done.contains(&n.annotation))
-            .filter_map(|n| data.crop(n.annotation).filter(|c| self.offer.offers(c)).map(|c| (c, n.score)))
+            .filter_map(|n| data.crop(n.annotation).filter(|c| self.offer.offers(c)).map(|c| (c, n.clone())))
             .take(NEIGHBOURS)
             .collect()
     }
@@ -441,16 +442,27 @@ impl IdentifyPanel {
 
     fn compare_ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelContext<'_>, data: &GalleryData, crop: &CropInfo) {
         let unidentified = self.compared_unidentified.and_then(|a| {
-            let (c, score) = self.neighbours(data).into_iter().find(|(c, _)| c.annotation == a)?;
-            Some((c, format!("Unidentified · {} · score {score:.3}", c.file_name())))
+            let (c, n) = self.neighbours(data).into_iter().find(|(c, _)| c.annotation == a)?;
+            let words = evidence_words(n.verified.as_ref(), n.score);
+            Some((c, format!("Unidentified · {} · {words}", c.file_name()), n.verified.map(|v| v.lines)))
         });
+        let unidentified_lines = unidentified.as_ref().map(|(_, _, lines)| lines.clone().unwrap_or_default());
+        let unidentified = unidentified.map(|(c, title, _)| (c, title));
         let compared: Option<(&CropInfo, String)> = unidentified.or_else(|| {
             self.candidates().and_then(|s| {
                 let m = s.result.matches.get(self.compared)?;
                 let verified = m.verified.as_ref();
                 let shown = self.compared_crop.or(verified.map(|v| v.annotation)).unwrap_or(m.best_annotation);
                 let c = data.crop(shown)?;
-                Some((c, format!("{} · {} · {}", self.compared + 1, m.individual, evidence_words(m))))
+                Some((
+                    c,
+                    format!(
+                        "{} · {} · {}",
+                        self.compared + 1,
+                        m.individual,
+                        evidence_words(m.verified.as_ref(), m.score)
+                    ),
+                ))
             })
         });
         // The verified matches, drawn when the crop they were found on is the one compared.
@@ -461,6 +473,7 @@ impl IdentifyPanel {
             .filter(|_| self.compared_unidentified.is_none())
             .filter(|v| compared.as_ref().is_some_and(|(c, _)| c.annotation == v.annotation))
             .map(|v| v.lines.clone())
+            .or(unidentified_lines)
             .unwrap_or_default();
         let mut rects = [None, None];
         // Room below for the candidates' row, and the unidentified crops' row when there is one.
@@ -523,7 +536,12 @@ impl IdentifyPanel {
                     let Some(c) = data.crop(m.best_annotation) else { continue };
                     ui.vertical(|ui| {
                         let (rect, response) = ui.allocate_exact_size(TILE, egui::Sense::click());
-                        let label = format!("Candidate {}: {}, {}", k + 1, m.individual, evidence_words(m));
+                        let label = format!(
+                            "Candidate {}: {}, {}",
+                            k + 1,
+                            m.individual,
+                            evidence_words(m.verified.as_ref(), m.score)
+                        );
                         let picture = cx.images.get(&ImageRequest::thumbnail(&c.hash, &c.file, c.bbox));
                         let name = accessible_label(&label, Some(&picture));
                         response.widget_info(|| {
@@ -536,7 +554,12 @@ impl IdentifyPanel {
                         if response.clicked() {
                             compare = Some(k);
                         }
-                        ui.label(format!("{} {} · {}", k + 1, m.individual, evidence_words(m)));
+                        ui.label(format!(
+                            "{} {} · {}",
+                            k + 1,
+                            m.individual,
+                            evidence_words(m.verified.as_ref(), m.score)
+                        ));
                         if ui.small_button(format!("Confirm ({})", k + 1)).clicked() {
                             confirm = Some(k);
                         }
@@ -569,12 +592,13 @@ impl IdentifyPanel {
         let (mut compare, mut same) = (None, false);
         egui::ScrollArea::horizontal().id_salt("unidentified").show(ui, |ui| {
             ui.horizontal(|ui| {
-                for (k, (c, score)) in neighbours.iter().enumerate() {
+                for (k, (c, n)) in neighbours.iter().enumerate() {
                     ui.vertical(|ui| {
                         let size = egui::vec2(96.0, 96.0);
                         let (rect, response) = ui.allocate_exact_size(size, egui::Sense::click());
                         let selected = self.compared_unidentified == Some(c.annotation);
-                        let label = format!("Unidentified {}: {}, score {score:.3}", k + 1, c.file_name());
+                        let words = evidence_words(n.verified.as_ref(), n.score);
+                        let label = format!("Unidentified {}: {}, {words}", k + 1, c.file_name());
                         let picture = cx.images.get(&ImageRequest::thumbnail(&c.hash, &c.file, c.bbox));
                         let name = accessible_label(&label, Some(&picture));
                         response.widget_info(|| egui::WidgetInfo::selected(egui::Role::Button, true, selected, &name));
@@ -585,7 +609,7 @@ impl IdentifyPanel {
                         if response.clicked() {
                             compare = Some(c.annotation);
                         }
-                        ui.label(format!("{score:.3}"));
+                        ui.label(words);
                         if selected && ui.small_button("Same new individual (U)").clicked() {
                             same = true;
                         }

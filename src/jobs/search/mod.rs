@@ -98,6 +98,9 @@ pub struct Verified {
 pub struct Neighbour {
     pub annotation: AnnotationId,
     pub score: f32,
+    /// What local verification found with the query, when the search was verified.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verified: Option<Verified>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -353,7 +356,7 @@ impl Gallery {
             .filter(|(e, s)| {
                 e.individual.is_none() && Some(e.annotation) != exclude && filter.admits(e) && s.is_finite()
             })
-            .map(|(e, score)| Neighbour { annotation: e.annotation, score })
+            .map(|(e, score)| Neighbour { annotation: e.annotation, score, verified: None })
             .collect();
         found.sort_by(|a, b| b.score.total_cmp(&a.score));
         found.truncate(k);

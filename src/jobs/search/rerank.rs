@@ -84,6 +84,19 @@ pub fn nearest_crops(
         .collect()
 }
 
+/// The verified matches of `query` with `gallery` (`v`) as lines: query x, y and gallery
+/// x, y, as fractions of each crop.
+fn lines_of(query: &LocalFeatures, gallery: &LocalFeatures, v: &Verification) -> Vec<[f32; 4]> {
+    v.inliers
+        .iter()
+        .map(|p| {
+            let (qx, qy) = query.relative(p.query);
+            let (gx, gy) = gallery.relative(p.gallery);
+            [qx, qy, gx, gy]
+        })
+        .collect()
+}
+
 /// Verifies the `shortlist` (a global ranking of `g`, best first) against the query's local
 /// features through each individual's `nearest_crops`; `local_of` gives a gallery crop's
 /// features (crops without are skipped). In shortlist order.
@@ -111,15 +124,7 @@ pub fn verify_shortlist<'f>(
                 let Some(features) = local_of(annotation) else { continue };
                 let v = verify(query, features);
                 if v.inliers.len() > best.verification.inliers.len() {
-                    best.lines = v
-                        .inliers
-                        .iter()
-                        .map(|p| {
-                            let (qx, qy) = query.relative(p.query);
-                            let (gx, gy) = features.relative(p.gallery);
-                            [qx, qy, gx, gy]
-                        })
-                        .collect();
+                    best.lines = lines_of(query, features, &v);
                     best.annotation = annotation;
                     best.verification = v;
                 }
@@ -215,6 +220,7 @@ pub fn rerank_search(
     let crops = nearest_crops(g, query_vector, short, exclude);
     let mut wanted: Vec<AnnotationId> = crops.iter().flatten().copied().collect();
     wanted.extend(exclude);
+    wanted.extend(result.unidentified.iter().map(|n| n.annotation));
     let (local, failed) = catalogue_local(cat, &wanted, progress)?;
     problems.extend(failed);
     let query = match query {
@@ -228,6 +234,18 @@ pub fn rerank_search(
     let evidence = verify_shortlist(g, query_vector, query, short, &|a| local.get(&a), exclude);
     let (calibration, threshold) = fusion.map_or((None, None), |(c, t)| (Some(c), t));
     apply(result, &evidence, calibration.as_ref(), threshold);
+    // The nearest unidentified crops are verified the same way (their order stays the
+    // global one): the evidence for naming two photos as one new animal.
+    for n in &mut result.unidentified {
+        let Some(features) = local.get(&n.annotation) else { continue };
+        let v = verify(query, features);
+        n.verified = Some(Verified {
+            matches: v.inliers.len(),
+            annotation: n.annotation,
+            probability: calibration.as_ref().map(|c| c.probability(n.score, Some(v.score()))),
+            lines: lines_of(query, features, &v),
+        });
+    }
     Ok((result.threshold_is_probability, problems))
 }
 
