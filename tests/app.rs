@@ -272,21 +272,9 @@ fn an_unidentified_crop_is_confirmed_as_the_first_candidate_with_key_1_and_undo_
     let code = first.trim_start_matches("Candidate 1: ").split(',').next().unwrap().to_string();
     // The shortlist of the global search is verified by local features, and with no fusion
     // stored in the demo catalogue it is ranked by verified matches: the crop's own whale comes
-    // first, though the untrained tiny model alone ranks another individual nearest.
-    let nearest = {
-        let cat = Catalogue::open(&catalogue).unwrap();
-        let key = whaleid::app::tiny_random_embedder().unwrap().key().to_string();
-        let gallery = whaleid::jobs::search::Gallery::from_catalogue(&cat, &key).unwrap().gallery;
-        let row = gallery.entries().iter().position(|e| e.annotation == crop).expect("the crop is embedded");
-        let filter = whaleid::jobs::search::Filter {
-            species: Some("humpback_whale".into()),
-            part: Some(Part::Fluke),
-            side: None,
-        };
-        gallery.search(gallery.vector(row), 1, &filter, Some(crop), None).matches[0].individual.clone()
-    };
+    // first whatever the untrained tiny model (drawn afresh each run) ranks nearest. (That the
+    // matches re-order the global ranking is proven deterministically in `jobs::search::rerank`.)
     assert_eq!(code, "SYN-0003", "{first}");
-    assert_ne!(nearest, "SYN-0003", "the global score alone already ranks it first");
     let matches: usize =
         first.split(", ").nth(1).and_then(|w| w.split(' ').next()).and_then(|n| n.parse().ok()).unwrap();
     assert!(matches >= 20, "{first}");
