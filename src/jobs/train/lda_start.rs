@@ -20,60 +20,77 @@ pub enum LdaFeatures {
     Pooled,
 }
 
-/// Sets the neck to LDA of the training features: the BatchNorm standardises the pooled
-/// features with the training set's statistics, the Linear layer projects `features` of them
-/// onto the discriminant directions (zero rows past the number of individuals minus one).
-pub fn init_neck_from_lda(
-    vars: &VarMap,
-    head: &Head,
-    cache: &TokenCache,
-    train: &[TrainingRow],
-    config: &TrainConfig,
-    features: LdaFeatures,
-    device: &Device,
-) -> Result<(), TrainError> {
-    let mut pooled = Vec::with_capacity(train.len());
-    for chunk in train.chunks(256) {
-        let rows: Vec<usize> = chunk.iter().map(|t| t.row).collect();
-        pooled.extend(head.pooling.forward(&cache.batch(&rows, device)?)?.to_vec2::<f32>()?);
+/// The training features as the LDA start sees them: pooled once, standardised with the
+/// training set's statistics (which the neck's BatchNorm takes over).
+pub struct LdaStart {
+    mean: Vec<f64>,
+    var: Vec<f64>,
+    standardised: Vec<Vec<f32>>,
+    labels: Vec<u32>,
+}
+
+/// A neck's Linear layer: weight (row-major, out x in) and bias.
+pub struct LinearStart {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl LdaStart {
+    pub fn pool(head: &Head, cache: &TokenCache, train: &[TrainingRow], device: &Device) -> Result<Self, TrainError> {
+        let mut pooled = Vec::with_capacity(train.len());
+        for chunk in train.chunks(256) {
+            let rows: Vec<usize> = chunk.iter().map(|t| t.row).collect();
+            pooled.extend(head.pooling.forward(&cache.batch(&rows, device)?)?.to_vec2::<f32>()?);
+        }
+        let dim = pooled.first().map_or(0, Vec::len);
+        let n = pooled.len().max(1) as f64;
+        let mean: Vec<f64> = (0..dim).map(|j| pooled.iter().map(|v| v[j] as f64).sum::<f64>() / n).collect();
+        let var: Vec<f64> =
+            (0..dim).map(|j| pooled.iter().map(|v| (v[j] as f64 - mean[j]).powi(2)).sum::<f64>() / n).collect();
+        let standardised = pooled
+            .iter()
+            .map(|v| (0..dim).map(|j| ((v[j] as f64 - mean[j]) / (var[j] + 1e-5).sqrt()) as f32).collect())
+            .collect();
+        Ok(LdaStart { mean, var, standardised, labels: train.iter().map(|t| t.class).collect() })
     }
-    let dim = pooled.first().map_or(0, Vec::len);
-    let n = pooled.len().max(1) as f64;
-    let mean: Vec<f64> = (0..dim).map(|j| pooled.iter().map(|v| v[j] as f64).sum::<f64>() / n).collect();
-    let var: Vec<f64> =
-        (0..dim).map(|j| pooled.iter().map(|v| (v[j] as f64 - mean[j]).powi(2)).sum::<f64>() / n).collect();
-    let standardised: Vec<Vec<f32>> = pooled
-        .iter()
-        .map(|v| (0..dim).map(|j| ((v[j] as f64 - mean[j]) / (var[j] + 1e-5).sqrt()) as f32).collect())
-        .collect();
-    let labels: Vec<u32> = train.iter().map(|t| t.class).collect();
-    let used = match features {
-        LdaFeatures::Cls => Pooling::cls_dims(dim),
-        LdaFeatures::Pooled => dim,
-    };
-    let inputs: Vec<Vec<f32>> = standardised.iter().map(|v| v[..used].to_vec()).collect();
-    let Some(lda) = Lda::fit(&inputs, &labels, config.lda_ridge) else {
-        return Ok(()); // too few individuals with two crops: keep the random start
-    };
-    let out_dim = config.embedding_dim;
-    let (narrow, bias) = lda.linear(out_dim);
-    let mut weight = vec![0f32; out_dim * dim];
-    for k in 0..out_dim {
-        weight[k * dim..][..used].copy_from_slice(&narrow[k * used..][..used]);
+
+    /// The Linear layer projecting `features` of the standardised features onto their
+    /// discriminant directions (zero rows past the number of individuals minus one, zero
+    /// columns for the features left out); `None` when too few individuals have two crops.
+    pub fn linear(&self, config: &TrainConfig, features: LdaFeatures) -> Option<LinearStart> {
+        let dim = self.mean.len();
+        let used = match features {
+            LdaFeatures::Cls => Pooling::cls_dims(dim),
+            LdaFeatures::Pooled => dim,
+        };
+        let inputs: Vec<Vec<f32>> = self.standardised.iter().map(|v| v[..used].to_vec()).collect();
+        let lda = Lda::fit(&inputs, &self.labels, config.lda_ridge)?;
+        let out_dim = config.embedding_dim;
+        let (narrow, bias) = lda.linear(out_dim);
+        let mut weight = vec![0f32; out_dim * dim];
+        for k in 0..out_dim {
+            weight[k * dim..][..used].copy_from_slice(&narrow[k * used..][..used]);
+        }
+        Some(LinearStart { weight, bias })
     }
-    let data = vars.data().lock().unwrap_or_else(|p| p.into_inner());
-    let set = |name: &str, values: Vec<f32>| -> Result<(), TrainError> {
-        let var = data.get(name).ok_or_else(|| TrainError::Data(format!("no variable {name}")))?;
-        var.set(&Tensor::from_vec(values, var.shape(), device)?)?;
+
+    /// Sets the neck: the BatchNorm to the training statistics, the Linear layer to `linear`.
+    pub fn set_neck(&self, vars: &VarMap, linear: &LinearStart, device: &Device) -> Result<(), TrainError> {
+        let dim = self.mean.len();
+        let data = vars.data().lock().unwrap_or_else(|p| p.into_inner());
+        let set = |name: &str, values: Vec<f32>| -> Result<(), TrainError> {
+            let var = data.get(name).ok_or_else(|| TrainError::Data(format!("no variable {name}")))?;
+            var.set(&Tensor::from_vec(values, var.shape(), device)?)?;
+            Ok(())
+        };
+        set("neck.bn.running_mean", self.mean.iter().map(|&m| m as f32).collect())?;
+        set("neck.bn.running_var", self.var.iter().map(|&v| v as f32).collect())?;
+        set("neck.bn.weight", vec![1.0; dim])?;
+        set("neck.bn.bias", vec![0.0; dim])?;
+        set("neck.linear.weight", linear.weight.clone())?;
+        set("neck.linear.bias", linear.bias.clone())?;
         Ok(())
-    };
-    set("neck.bn.running_mean", mean.iter().map(|&m| m as f32).collect())?;
-    set("neck.bn.running_var", var.iter().map(|&v| v as f32).collect())?;
-    set("neck.bn.weight", vec![1.0; dim])?;
-    set("neck.bn.bias", vec![0.0; dim])?;
-    set("neck.linear.weight", weight)?;
-    set("neck.linear.bias", bias)?;
-    Ok(())
+    }
 }
 
 /// Sets each class's rows of the loss (ArcFace weights, sub-centres, proxies) to the mean

@@ -23,7 +23,7 @@ use super::data::Split;
 use super::error::TrainError;
 use super::feeder::{Feeder, Inputs, TunedBackbone, TunedSource};
 use super::gradients::{add_gradients, clip_gradients, scale_gradients};
-use super::lda_start::{LdaFeatures, imprint_class_weights, init_neck_from_lda};
+use super::lda_start::{LdaFeatures, LdaStart, LinearStart, imprint_class_weights};
 use super::loss::LossConfig;
 use super::report::{TrainEvent, TrainReport};
 use super::sampler::{BatchSampler, PkSampler, ShuffledSampler};
@@ -124,10 +124,7 @@ pub fn train_model(
         (data.get("neck.bn.running_mean").cloned(), data.get("neck.bn.running_var").cloned())
     };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed);
-    let resumed_epoch = match &config.resume {
-        Some(dir) => Some(load_state(&vars, dir, &fingerprint)?),
-        None => None,
-    };
+    let resumed_epoch = config.resume.as_ref().map(|dir| load_state(&vars, dir, &fingerprint)).transpose()?;
     // In name order: the gradient norm sums over them, and float sums depend on order. The
     // backbone's frozen weights are not trained (and below its tuned blocks not even run).
     let (head_vars, backbone_vars): (Vec<Var>, Vec<Var>) = {
@@ -181,16 +178,18 @@ pub fn train_model(
     // 27 validation individuals: MAP@5 0.668 against 0.613; synthetic flukes 0.926 against
     // 0.894); where the identity lies in the patches, GeM brings it.
     if config.lda_init && resumed_epoch.is_none() {
-        let mut best: Option<(f64, LdaFeatures)> = None;
+        let start = LdaStart::pool(&head, cache, &train, &device)?;
+        let mut best: Option<(f64, LinearStart)> = None;
         for features in [LdaFeatures::Cls, LdaFeatures::Pooled] {
-            init_neck_from_lda(&vars, &head, cache, &train, config, features, &device)?;
+            let Some(linear) = start.linear(config, features) else { continue };
+            start.set_neck(&vars, &linear, &device)?;
             let score = validate(&head)?.closed_set.map5;
-            if best.is_none_or(|(b, _)| score > b) {
-                best = Some((score, features));
+            if best.as_ref().is_none_or(|(b, _)| score > *b) {
+                best = Some((score, linear));
             }
         }
-        if let Some((_, LdaFeatures::Cls)) = best {
-            init_neck_from_lda(&vars, &head, cache, &train, config, LdaFeatures::Cls, &device)?;
+        if let Some((_, linear)) = &best {
+            start.set_neck(&vars, linear, &device)?;
         }
         imprint_class_weights(&vars, &head, cache, &train, split.classes.len(), &device)?;
     }
