@@ -3,8 +3,8 @@
 //! beside the query with one zoom for both. Keys 1-9 confirm a candidate, N makes a new
 //! individual, S skips, M shows more of the candidate. After the candidates come the nearest
 //! unidentified crops (other photos of the survey): U names the query and the one compared
-//! as one new individual, so that an animal photographed twice is named once. The filter and the number of crops
-//! searched are always on screen, and a best score under the new-individual threshold is
+//! as one new individual, so that an animal photographed twice is named once. The filter and
+//! the number of crops searched are always on screen, and a best score under the new-individual threshold is
 //! flagged. Crops that are unreviewed detector proposals are not offered unless the filter
 //! "include unreviewed proposals" is on (then those shown at Annotate's score threshold are).
 //! Searching runs as a background job, never in the frame.
@@ -441,40 +441,31 @@ impl IdentifyPanel {
     }
 
     fn compare_ui(&mut self, ui: &mut egui::Ui, cx: &mut PanelContext<'_>, data: &GalleryData, crop: &CropInfo) {
-        let unidentified = self.compared_unidentified.and_then(|a| {
-            let (c, n) = self.neighbours(data).into_iter().find(|(c, _)| c.annotation == a)?;
-            let words = evidence_words(n.verified.as_ref(), n.score);
-            Some((c, format!("Unidentified · {} · {words}", c.file_name()), n.verified.map(|v| v.lines)))
-        });
-        let unidentified_lines = unidentified.as_ref().map(|(_, _, lines)| lines.clone().unwrap_or_default());
-        let unidentified = unidentified.map(|(c, title, _)| (c, title));
-        let compared: Option<(&CropInfo, String)> = unidentified.or_else(|| {
-            self.candidates().and_then(|s| {
-                let m = s.result.matches.get(self.compared)?;
-                let verified = m.verified.as_ref();
-                let shown = self.compared_crop.or(verified.map(|v| v.annotation)).unwrap_or(m.best_annotation);
-                let c = data.crop(shown)?;
-                Some((
-                    c,
-                    format!(
-                        "{} · {} · {}",
-                        self.compared + 1,
-                        m.individual,
-                        evidence_words(m.verified.as_ref(), m.score)
-                    ),
-                ))
-            })
-        });
-        // The verified matches, drawn when the crop they were found on is the one compared.
-        let lines: Vec<[f32; 4]> = self
-            .candidates()
-            .and_then(|s| s.result.matches.get(self.compared))
-            .and_then(|m| m.verified.as_ref())
-            .filter(|_| self.compared_unidentified.is_none())
-            .filter(|v| compared.as_ref().is_some_and(|(c, _)| c.annotation == v.annotation))
-            .map(|v| v.lines.clone())
-            .or(unidentified_lines)
-            .unwrap_or_default();
+        // The crop compared with the query (an unidentified neighbour, or the candidate's crop)
+        // and its verified matches, drawn when found on the crop compared.
+        let neighbour =
+            self.compared_unidentified.and_then(|a| self.neighbours(data).into_iter().find(|(c, _)| c.annotation == a));
+        let (compared, lines): (Option<(&CropInfo, String)>, Vec<[f32; 4]>) = match neighbour {
+            Some((c, n)) => {
+                let words = evidence_words(n.verified.as_ref(), n.score);
+                let lines = n.verified.map(|v| v.lines).unwrap_or_default();
+                (Some((c, format!("Unidentified · {} · {words}", c.file_name()))), lines)
+            }
+            None => {
+                let m = self.candidates().and_then(|s| s.result.matches.get(self.compared));
+                let verified = m.and_then(|m| m.verified.as_ref());
+                let compared = m.and_then(|m| {
+                    let shown = self.compared_crop.or(verified.map(|v| v.annotation)).unwrap_or(m.best_annotation);
+                    let words = evidence_words(verified, m.score);
+                    Some((data.crop(shown)?, format!("{} · {} · {words}", self.compared + 1, m.individual)))
+                });
+                let lines = verified
+                    .filter(|v| compared.as_ref().is_some_and(|(c, _)| c.annotation == v.annotation))
+                    .map(|v| v.lines.clone())
+                    .unwrap_or_default();
+                (compared, lines)
+            }
+        };
         let mut rects = [None, None];
         // Room below for the candidates' row, and the unidentified crops' row when there is one.
         let below = if self.neighbours(data).is_empty() { TILE.y + 90.0 } else { TILE.y + 230.0 };

@@ -137,9 +137,8 @@ pub fn verify_shortlist<'f>(
 /// Re-orders `result`'s shortlist by the `evidence` found for it (same order as its first
 /// matches): by the calibrated probability when there is a calibration, else by verified
 /// matches where there are at least `STRONG_MATCHES` (the rest, and ties, in the global
-/// order). The matches after the shortlist keep their place;
-/// with a calibration and a `threshold` (a probability), the new-individual verdict is
-/// taken on the best probability.
+/// order). The matches after the shortlist keep their place; with a calibration and a
+/// `threshold` (a probability), the new-individual verdict is taken on the best probability.
 pub fn apply(
     result: &mut SearchResult,
     evidence: &[Evidence],
