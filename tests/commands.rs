@@ -679,3 +679,53 @@ fn cli_search_embeds_what_is_missing_and_neck_refuses_a_training_state() {
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["searched_images"].as_u64(), Some(crops as u64), "{r}");
 }
+
+/// Head training on a CNN (a tiny random EfficientNet, whose grids are not DINOv2's 14-pixel
+/// patches) runs end to end and the trained head serves; a photo that cannot be read while the
+/// tokens are cached is left out of that run only: once it is back, the next run trains on it.
+#[test]
+fn head_training_runs_on_an_efficientnet_and_a_photo_unreadable_while_caching_is_not_forgotten() {
+    use whaleid::models::efficientnet::{EfficientNetConfig, seeded};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let named = pattern_photos(&data, 6, 3, 64);
+    labels_csv(&data, &named);
+    let cat = imported(dir.path(), &data);
+    let device = candle_core::Device::Cpu;
+    let net = seeded(&EfficientNetConfig::tiny(), &device, 3).unwrap();
+    let head = whaleid::models::Head::untrained(&device).unwrap();
+    let embedder = Embedder::from_parts(net, head, 64, "efficientnet_tiny@64".into());
+    let config = TrainConfig {
+        epochs: 2,
+        views: 1,
+        validation_fraction: 0.34,
+        seed: 1,
+        cache_dir: Some(dir.path().join("cache")),
+        ..Default::default()
+    };
+    let photo = data.join("images").join(&named[0].0);
+    let away = dir.path().join("away.png");
+    std::fs::rename(&photo, &away).unwrap();
+    let crops = |events: &[TrainEvent]| {
+        events.iter().find_map(|e| match e {
+            TrainEvent::Started { train_crops, validation_crops, .. } => Some(train_crops + validation_crops),
+            _ => None,
+        })
+    };
+    let (first, events) = train(&cat, &embedder, &config, &dir.path().join("first"));
+    assert_eq!(crops(&events), Some(17), "the unreadable photo is left out");
+    assert!(
+        first.depth_scores.iter().all(|(depths, _)| depths.iter().all(|&d| d <= 2)),
+        "a CNN's own stages are tried: {:?}",
+        first.depth_scores
+    );
+    std::fs::rename(&away, &photo).unwrap();
+    let (second, events) = train(&cat, &embedder, &config, &dir.path().join("second"));
+    assert_eq!(crops(&events), Some(18), "back, and trained on");
+
+    let served = embedder.with_head_file(&second.checkpoint).unwrap();
+    let input = whaleid::models::prepare(&whaleid::base::photo::decode_file(&photo).unwrap(), None, 64);
+    let embedding = served.embed(&[input]).unwrap().remove(0);
+    let norm: f32 = embedding.iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-3 && served.key().starts_with("efficientnet_tiny@64/neck-"), "{norm}");
+}

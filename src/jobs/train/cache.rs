@@ -214,8 +214,8 @@ pub fn token_caches(
     }
 
     progress.stage("caching backbone tokens", crops.len() as u64);
-    let side = embedder.size() as usize / 14;
     let size = embedder.size();
+    let unread_before = problems.len();
     let mut kept = Vec::new();
     let mut row_views = Vec::new();
     let mut parts: Vec<Vec<Tensor>> = vec![Vec::new(); taps.len()];
@@ -227,10 +227,10 @@ pub fn token_caches(
         problems.extend(prepared.problems);
         if !prepared.inputs.is_empty() {
             let inputs: Vec<Vec<f32>> = prepared.inputs.iter().flat_map(|(_, _, v)| v.iter().cloned()).collect();
-            for ((part, tokens), tap) in parts.iter_mut().zip(embedder.tokens_at(&inputs, taps)?).zip(taps) {
+            for ((part, features), tap) in parts.iter_mut().zip(embedder.features_at(&inputs, taps)?).zip(taps) {
                 let tokens = match tap {
-                    Tap::Output(_) => pool_tokens(&tokens, side, side, grid)?,
-                    Tap::Input(_) => tokens,
+                    Tap::Output(_) => pool_tokens(features.tokens(), features.rows(), features.cols(), grid)?,
+                    Tap::Input(_) => features.into_tokens(),
                 };
                 part.push(tokens.to_device(&Device::Cpu)?.to_dtype(DType::F16)?);
             }
@@ -248,6 +248,21 @@ pub fn token_caches(
             false => Tensor::cat(part, 0)?,
         });
     }
+    let caches = |all: Vec<Tensor>| {
+        all.into_iter()
+            .map(|tokens| TokenCache {
+                annotations: kept.clone(),
+                views: row_views.clone(),
+                tokens,
+                problems: problems.clone(),
+            })
+            .collect()
+    };
+    if problems.len() > unread_before {
+        // Not kept: crops that could not be read now (a drive unplugged, a photo being
+        // replaced) would otherwise be left out of every later run on the same crops.
+        return Ok(caches(all));
+    }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|source| CacheError::Io { path: dir.to_path_buf(), source })?;
     }
@@ -259,13 +274,5 @@ pub fn token_caches(
     tensors.insert("views".into(), Tensor::new(row_views.as_slice(), &Device::Cpu)?);
     candle_core::safetensors::save(&tensors, &partial)?;
     std::fs::rename(&partial, &path).map_err(|source| CacheError::Io { path: path.clone(), source })?;
-    Ok(all
-        .into_iter()
-        .map(|tokens| TokenCache {
-            annotations: kept.clone(),
-            views: row_views.clone(),
-            tokens,
-            problems: problems.clone(),
-        })
-        .collect())
+    Ok(caches(all))
 }

@@ -262,6 +262,18 @@ pub const VIEW_BUDGET: usize = 4000;
 /// later one is taken.
 pub const CANDIDATE_BLOCKS: [&[usize]; 4] = [&[6], &[9], &[12], &[9, 12]];
 
+/// The depths tried when none are given, for a backbone `depth` deep: a ViT's are
+/// [`CANDIDATE_BLOCKS`] (clamped to its depth); a CNN's are its last stage and the one
+/// before (a CNN's earlier stages have other grids and widths, and its middle stages see
+/// too little of the crop to tell individuals apart).
+pub fn candidate_blocks(depth: usize, vit: bool) -> Vec<Vec<usize>> {
+    let depth = depth.max(1);
+    match vit {
+        true => CANDIDATE_BLOCKS.iter().map(|c| c.iter().map(|&d| d.clamp(1, depth)).collect()).collect(),
+        false => (depth.saturating_sub(1).max(1)..=depth).map(|d| vec![d]).collect(),
+    }
+}
+
 /// `blocks` in a settings file or card: a depth, a list of them, or 0 for none given.
 fn depths<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<usize>, D::Error> {
     #[derive(Deserialize)]
@@ -291,6 +303,14 @@ pub fn depths_name(depths: &[usize]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vit_tries_its_middle_and_late_blocks_and_a_cnn_its_last_two_stages() {
+        assert_eq!(candidate_blocks(12, true), [vec![6], vec![9], vec![12], vec![9, 12]]);
+        assert_eq!(candidate_blocks(2, true), [vec![2], vec![2], vec![2], vec![2, 2]], "clamped, deduplicated later");
+        assert_eq!(candidate_blocks(7, false), [vec![6], vec![7]]);
+        assert_eq!(candidate_blocks(1, false), [vec![1]]);
+    }
 
     #[test]
     fn modes_read_as_written() {

@@ -88,9 +88,8 @@ pub fn train_catalogue(
     // folds of individuals (cheap, and what the neck starts from). Fine-tuned blocks feed one
     // depth.
     let candidates: Vec<Vec<usize>> = match config.blocks.as_slice() {
-        [] => config::CANDIDATE_BLOCKS
-            .iter()
-            .map(|c| c.iter().map(|&d| d.clamp(1, embedder.blocks())).collect::<Vec<_>>())
+        [] => config::candidate_blocks(embedder.blocks(), embedder.dinov2().is_some())
+            .into_iter()
             .filter(|c| config.mode == Mode::Head || c.len() == 1)
             .fold(Vec::new(), |mut all, c| {
                 if !all.contains(&c) {
