@@ -50,12 +50,39 @@ pub fn main_exit_code(result: anyhow::Result<()>) -> i32 {
     match result {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("whaleid: {e:#}");
+            eprintln!("whaleid: {}", error_text(&e));
             1
         }
     }
 }
 
+/// The error and its causes, each cause once: most of ours already say their cause in their
+/// own words ("FILE: No such file"), which the chain would repeat.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text = format!("{text}: {cause}");
+        }
+    }
+    text
+}
+
 fn open(path: &Path) -> anyhow::Result<Catalogue> {
     Ok(Catalogue::open(path)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_names_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
+        let e = anyhow::Error::new(crate::models::WeightsError::io("head.safetensors", io));
+        assert_eq!(error_text(&e), "head.safetensors: No such file or directory");
+        let e = anyhow::anyhow!("disk full").context("cannot save c.whaleid");
+        assert_eq!(error_text(&e), "cannot save c.whaleid: disk full");
+    }
 }

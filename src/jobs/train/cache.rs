@@ -165,6 +165,13 @@ pub struct CacheSpec<'a> {
     pub dir: &'a Path,
 }
 
+/// Whether a cache's rows hold every crop (an older cache could have been written without
+/// the crops it could not read then).
+fn every_crop_in(rows: &[AnnotationId], crops: &[Crop]) -> bool {
+    let held: std::collections::HashSet<&AnnotationId> = rows.iter().collect();
+    crops.iter().all(|c| held.contains(&c.annotation))
+}
+
 /// The backbone's tokens for `annotations` (each with its views) at each of `spec.taps`, in
 /// that order; computed with `embedder` where not on disk yet.
 pub fn token_caches(
@@ -195,6 +202,7 @@ pub fn token_caches(
     if let Ok(tensors) = candle_core::safetensors::load(&path, &Device::Cpu)
         && let Some(ids) = tensors.get("annotations")
         && let Ok(ids) = annotations_of_tensor(ids)
+        && every_crop_in(&ids, &crops)
         && let Some(all) = taps.iter().map(|t| tensors.get(&name(t)).cloned()).collect::<Option<Vec<_>>>()
     {
         let row_views = match tensors.get("views").map(|v| v.to_vec1::<u8>()) {
