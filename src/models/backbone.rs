@@ -7,6 +7,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use candle_core::{Device, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::layers::Kernels;
 
 /// A point in the backbone to read features at, by depth: the number of blocks (a ViT) or
 /// stages (a CNN) run before reading.
@@ -139,6 +142,38 @@ pub trait Backbone: Send + Sync + 'static {
     /// This backbone with some of its weights replaced (fine-tuned ones, under the names of
     /// its stored layout), frozen. Every replacement must name a weight of the same shape.
     fn with_weights(&self, replacements: &HashMap<String, Tensor>) -> Result<Arc<dyn Backbone>>;
+
+    /// Whether it is a CNN (stages of feature maps, each with its own grid and width) rather
+    /// than a ViT (blocks of tokens on one grid).
+    fn is_convolutional(&self) -> bool {
+        false
+    }
+
+    /// Every weight under the name of its stored layout (what `with_weights` and `trainable`
+    /// take). The methods from here on are for fine-tuning; a backbone that cannot be
+    /// fine-tuned keeps their defaults.
+    fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        Vec::new()
+    }
+
+    /// The same network built on `vb`'s variables (named as by `named_tensors`), running
+    /// `kernels`: the copy training fine-tunes.
+    fn trainable(&self, _vb: VarBuilder, _kernels: Kernels) -> Result<Arc<dyn Backbone>> {
+        candle_core::bail!("the {} backbone cannot be fine-tuned; train its head alone (--mode head)", self.name())
+    }
+
+    /// Runs the blocks (stages) `from..to` on `x`, the tokens [`Tap::Input`]`(from)` gives:
+    /// what [`Tap::Output`]`(to)` gives. What `last-blocks` training runs at every step.
+    fn forward_tail(&self, _x: &Tensor, _from: usize, _to: usize) -> Result<Features> {
+        candle_core::bail!("the {} backbone cannot be fine-tuned; train its head alone (--mode head)", self.name())
+    }
+
+    /// The names (or prefixes of names) of the weights fine-tuning trains when the head reads
+    /// depth `depth` and the blocks (stages) from `from` on are tuned; with `stem`, also what
+    /// comes before the first block.
+    fn tuned_prefixes(&self, _from: usize, _depth: usize, _stem: bool) -> Vec<String> {
+        Vec::new()
+    }
 
     /// For callers that need the concrete network (fine-tuning it).
     fn as_any(&self) -> &dyn Any;

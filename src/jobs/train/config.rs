@@ -176,21 +176,15 @@ pub enum Mode {
 }
 
 impl Mode {
-    /// The backbone weights trained besides the head (Hugging Face name prefixes) when the
-    /// head reads the output of `depth` blocks.
-    pub fn tuned_prefixes(&self, depth: usize) -> Vec<String> {
-        let blocks = |from: usize| (from..depth).map(|i| format!("encoder.layer.{i}.")).collect::<Vec<_>>();
-        let mut prefixes = match *self {
-            Mode::Head => return Vec::new(),
-            Mode::LastBlocks(n) => blocks(depth.saturating_sub(n.max(1))),
-            Mode::Full => {
-                let mut p = vec!["embeddings.".to_string()];
-                p.extend(blocks(0));
-                p
-            }
-        };
-        prefixes.push("layernorm.".into());
-        prefixes
+    /// When the head reads the output of `depth` blocks (stages): the first block trained
+    /// besides the head, and whether what comes before the first block is trained too
+    /// (`depth` and no: nothing of the backbone is trained).
+    pub fn tuned_from(&self, depth: usize) -> (usize, bool) {
+        match *self {
+            Mode::Head => (depth, false),
+            Mode::LastBlocks(n) => (depth.saturating_sub(n.max(1)), false),
+            Mode::Full => (0, true),
+        }
     }
 }
 
@@ -266,11 +260,11 @@ pub const CANDIDATE_BLOCKS: [&[usize]; 4] = [&[6], &[9], &[12], &[9, 12]];
 /// [`CANDIDATE_BLOCKS`] (clamped to its depth); a CNN's are its last stage and the one
 /// before (a CNN's earlier stages have other grids and widths, and its middle stages see
 /// too little of the crop to tell individuals apart).
-pub fn candidate_blocks(depth: usize, vit: bool) -> Vec<Vec<usize>> {
+pub fn candidate_blocks(depth: usize, convolutional: bool) -> Vec<Vec<usize>> {
     let depth = depth.max(1);
-    match vit {
-        true => CANDIDATE_BLOCKS.iter().map(|c| c.iter().map(|&d| d.clamp(1, depth)).collect()).collect(),
-        false => (depth.saturating_sub(1).max(1)..=depth).map(|d| vec![d]).collect(),
+    match convolutional {
+        false => CANDIDATE_BLOCKS.iter().map(|c| c.iter().map(|&d| d.clamp(1, depth)).collect()).collect(),
+        true => (depth.saturating_sub(1).max(1)..=depth).map(|d| vec![d]).collect(),
     }
 }
 
@@ -306,10 +300,10 @@ mod tests {
 
     #[test]
     fn a_vit_tries_its_middle_and_late_blocks_and_a_cnn_its_last_two_stages() {
-        assert_eq!(candidate_blocks(12, true), [vec![6], vec![9], vec![12], vec![9, 12]]);
-        assert_eq!(candidate_blocks(2, true), [vec![2], vec![2], vec![2], vec![2, 2]], "clamped, deduplicated later");
-        assert_eq!(candidate_blocks(7, false), [vec![6], vec![7]]);
-        assert_eq!(candidate_blocks(1, false), [vec![1]]);
+        assert_eq!(candidate_blocks(12, false), [vec![6], vec![9], vec![12], vec![9, 12]]);
+        assert_eq!(candidate_blocks(2, false), [vec![2], vec![2], vec![2], vec![2, 2]], "clamped, deduplicated later");
+        assert_eq!(candidate_blocks(7, true), [vec![6], vec![7]]);
+        assert_eq!(candidate_blocks(1, true), [vec![1]]);
     }
 
     #[test]
@@ -322,9 +316,9 @@ mod tests {
         assert!("last-blocks=0".parse::<Mode>().is_err());
         assert!("everything".parse::<Mode>().unwrap_err().contains("head, last-blocks N or full"));
         assert_eq!(Mode::LastBlocks(2).to_string(), "last-blocks 2");
-        assert_eq!(Mode::LastBlocks(2).tuned_prefixes(6), ["encoder.layer.4.", "encoder.layer.5.", "layernorm."]);
-        assert!(Mode::Head.tuned_prefixes(12).is_empty());
-        assert_eq!(Mode::Full.tuned_prefixes(2), ["embeddings.", "encoder.layer.0.", "encoder.layer.1.", "layernorm."]);
+        assert_eq!(Mode::LastBlocks(2).tuned_from(6), (4, false));
+        assert_eq!(Mode::Head.tuned_from(12), (12, false));
+        assert_eq!(Mode::Full.tuned_from(2), (0, true));
         let json = serde_json::to_string(&Mode::LastBlocks(2)).unwrap();
         assert_eq!(json, r#""last-blocks=2""#);
         assert_eq!(serde_json::from_str::<Mode>(&json).unwrap(), Mode::LastBlocks(2));

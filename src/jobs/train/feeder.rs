@@ -8,7 +8,9 @@ use super::cache::TokenCache;
 use super::config::TrainConfig;
 use super::error::TrainError;
 use crate::jobs::embed::Crop;
-use crate::models::{Dinov2, Tap, pool_tokens};
+use std::sync::Arc;
+
+use crate::models::{Backbone, Tap, pool_tokens};
 
 /// What a run trains on.
 pub struct Inputs<'a> {
@@ -27,7 +29,7 @@ impl<'a> Inputs<'a> {
 
 pub struct TunedInputs<'a> {
     /// The weights fine-tuning starts from (not changed itself).
-    pub backbone: &'a Dinov2,
+    pub backbone: &'a dyn Backbone,
     /// The input side in pixels.
     pub size: u32,
     pub source: TunedSource<'a>,
@@ -44,13 +46,11 @@ pub enum TunedSource<'a> {
 /// The trainable backbone of a `last-blocks` or `full` run, and how it is fed.
 pub(super) struct TunedBackbone<'a> {
     /// On the run's variables (differentiable kernels).
-    pub(super) model: Dinov2,
+    pub(super) model: Arc<dyn Backbone>,
     pub(super) inputs: &'a TunedInputs<'a>,
     /// The tuned blocks are `from..depth`.
     pub(super) from: usize,
     pub(super) depth: usize,
-    /// The patch grid's side at the input size.
-    pub(super) side: usize,
     pub(super) grid: usize,
 }
 
@@ -94,10 +94,10 @@ impl Feeder<'_> {
                         }
                         let side = t.inputs.size as usize;
                         let batch = Tensor::from_vec(images.concat(), (images.len(), 3, side, side), &device)?;
-                        t.model.forward_taps(&batch, &[Tap::Output(t.depth)])?.remove(0)
+                        t.model.features(&batch, &[Tap::Output(t.depth)])?.remove(0)
                     }
                 };
-                pool_tokens(&output, t.side, t.side, t.grid)?
+                pool_tokens(output.tokens(), output.rows(), output.cols(), t.grid)?
             }
         };
         let tokens = match rng {

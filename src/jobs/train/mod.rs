@@ -65,14 +65,6 @@ pub fn train_catalogue(
     // A resumed run goes on with its own settings (depth, loss, split seed...); only the
     // number of epochs is taken from this call.
     let resumed;
-    if config.mode != Mode::Head && embedder.dinov2().is_none() {
-        anyhow::bail!(
-            "--mode {:?} fine-tunes backbone blocks, which whaleid does for DINOv2 only so far; train this \
-             backbone ({}) with --mode head",
-            config.mode,
-            embedder.key()
-        );
-    }
     let config = match &config.resume {
         Some(dir) => {
             let saved: TrainConfig = serde_json::from_value(checkpoint::read_card(dir)?["config"].clone())
@@ -88,7 +80,7 @@ pub fn train_catalogue(
     // folds of individuals (cheap, and what the neck starts from). Fine-tuned blocks feed one
     // depth.
     let candidates: Vec<Vec<usize>> = match config.blocks.as_slice() {
-        [] => config::candidate_blocks(embedder.blocks(), embedder.dinov2().is_some())
+        [] => config::candidate_blocks(embedder.blocks(), embedder.backbone().is_convolutional())
             .into_iter()
             .filter(|c| config.mode == Mode::Head || c.len() == 1)
             .fold(Vec::new(), |mut all, c| {
@@ -232,7 +224,7 @@ mod tests {
             let report = train_model(
                 &Inputs::head(&cache),
                 &split,
-                "test",
+                embedder.key(),
                 &config,
                 out.path(),
                 &sender,
@@ -320,7 +312,8 @@ mod tests {
         let out = tempfile::tempdir().unwrap();
         let (sender, events) = std::sync::mpsc::channel();
         let inputs = Inputs { pooled, tuned: Some(tuned) };
-        let report = train_model(&inputs, split, "test", config, out.path(), &sender, &AtomicBool::new(false)).unwrap();
+        let report =
+            train_model(&inputs, split, embedder.key(), config, out.path(), &sender, &AtomicBool::new(false)).unwrap();
         drop(sender);
         (report, events.into_iter().collect(), out)
     }
@@ -366,8 +359,12 @@ mod tests {
 
         // What training computed from the cached block inputs, the embedder computes from photos.
         let head = Head::load(&report.checkpoint, 32, &Device::Cpu).unwrap();
-        let tail =
-            embedder.backbone().with_weights(&weights).unwrap().with_kernels(crate::models::Kernels::Differentiable);
+        let tail = embedder
+            .dinov2()
+            .unwrap()
+            .with_weights(&weights)
+            .unwrap()
+            .with_kernels(crate::models::Kernels::Differentiable);
         let rows: Vec<usize> = (0..crops.len()).collect();
         let trained_on = tail.forward_tail(&block_inputs.batch(&rows, &Device::Cpu).unwrap(), 1, 2).unwrap();
         let trained_on = head.forward(&pool_tokens(&trained_on, 4, 4, 2).unwrap()).unwrap().to_vec2::<f32>().unwrap();

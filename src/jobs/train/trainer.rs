@@ -30,7 +30,7 @@ use super::sampler::{BatchSampler, PkSampler, ShuffledSampler};
 use super::schedule::learning_rate;
 use super::seeded::SeededVars;
 use super::validation::{SplitRows, TrainingRow, Validation, cache_rows, validate_head};
-use crate::models::{Dinov2, Head, TUNED_PREFIX};
+use crate::models::{Head, TUNED_PREFIX};
 
 /// Trains on `inputs` for `split` as `config.mode` says; writes the best model into `out`.
 pub fn train_model(
@@ -63,7 +63,7 @@ pub fn train_model(
     // Fine-tuned blocks feed one depth.
     let depth = match (&inputs.tuned, config.blocks.as_slice()) {
         (None, _) => 0,
-        (Some(t), []) => t.backbone.config().num_layers,
+        (Some(t), []) => t.backbone.depth(),
         (Some(_), [d]) => *d,
         (Some(_), many) => {
             return Err(TrainError::Data(format!(
@@ -74,7 +74,10 @@ pub fn train_model(
         }
     };
     let tuned_prefixes: Vec<String> = match &inputs.tuned {
-        Some(_) => config.mode.tuned_prefixes(depth).iter().map(|p| format!("{TUNED_PREFIX}{p}")).collect(),
+        Some(t) => {
+            let (from, stem) = config.mode.tuned_from(depth);
+            t.backbone.tuned_prefixes(from, depth, stem).iter().map(|p| format!("{TUNED_PREFIX}{p}")).collect()
+        }
         None => Vec::new(),
     };
     let (_, tokens_per_crop, token_dim) = cache.tokens.dims3()?;
@@ -102,9 +105,9 @@ pub fn train_model(
     let feeder = match &inputs.tuned {
         None => Feeder { cache, tuned: None, augmentation: &config.augmentation },
         Some(tuned) => {
-            let model = Dinov2::new(tuned.backbone.config(), vb.pp(TUNED_PREFIX.trim_end_matches('.')))?
-                .with_kernels(config.precision.kernels(&device));
-            let side = tuned.size as usize / tuned.backbone.config().patch_size;
+            let model = tuned
+                .backbone
+                .trainable(vb.pp(TUNED_PREFIX.trim_end_matches('.')), config.precision.kernels(&device))?;
             let from = match tuned.source {
                 TunedSource::BlockInputs(_) => match config.mode {
                     Mode::LastBlocks(n) => depth.saturating_sub(n.max(1)),
@@ -114,7 +117,7 @@ pub fn train_model(
             };
             Feeder {
                 cache,
-                tuned: Some(TunedBackbone { model, inputs: tuned, from, depth, side, grid: config.grid }),
+                tuned: Some(TunedBackbone { model, inputs: tuned, from, depth, grid: config.grid }),
                 augmentation: &config.augmentation,
             }
         }

@@ -268,6 +268,28 @@ impl Backbone for Dinov2 {
         Ok(std::sync::Arc::new(Dinov2::with_weights(self, replacements)?))
     }
 
+    fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        Dinov2::named_tensors(self)
+    }
+
+    fn trainable(&self, vb: VarBuilder, kernels: Kernels) -> Result<std::sync::Arc<dyn Backbone>> {
+        Ok(std::sync::Arc::new(Dinov2::new(&self.config, vb)?.with_kernels(kernels)))
+    }
+
+    fn forward_tail(&self, x: &Tensor, from: usize, to: usize) -> Result<Features> {
+        let tokens = Dinov2::forward_tail(self, x, from, to)?;
+        // Square crops: the patch grid is the square of what follows the CLS token.
+        let side = (tokens.dim(1)?.saturating_sub(1) as f64).sqrt().round() as usize;
+        Features::with_global(tokens, side, side, self.config.patch_size)
+    }
+
+    fn tuned_prefixes(&self, from: usize, depth: usize, stem: bool) -> Vec<String> {
+        let mut prefixes: Vec<String> = stem.then(|| "embeddings.".to_string()).into_iter().collect();
+        prefixes.extend((from..depth).map(|i| format!("encoder.layer.{i}.")));
+        prefixes.push("layernorm.".into());
+        prefixes
+    }
+
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }

@@ -425,6 +425,46 @@ impl Backbone for EfficientNet {
         Ok(std::sync::Arc::new(EfficientNet::with_weights(self, replacements)?))
     }
 
+    fn is_convolutional(&self) -> bool {
+        true
+    }
+
+    fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        EfficientNet::named_tensors(self)
+    }
+
+    /// BatchNorm keeps its running statistics (eval mode) in the copy: batches of a few
+    /// crops of a few individuals would give statistics worse than the pretrained ones.
+    fn trainable(&self, vb: VarBuilder, kernels: Kernels) -> Result<std::sync::Arc<dyn Backbone>> {
+        Ok(std::sync::Arc::new(EfficientNet::new(&self.config, vb)?.with_kernels(kernels)))
+    }
+
+    fn forward_tail(&self, x: &Tensor, from: usize, to: usize) -> Result<Features> {
+        // The tokens of a map: its mean, then the map's cells row by row (square crops).
+        let (b, n, c) = x.dims3()?;
+        let side = (n.saturating_sub(1) as f64).sqrt().round() as usize;
+        if side * side + 1 != n {
+            candle_core::bail!("{n} tokens are not a square map and its mean");
+        }
+        let map = x.narrow(1, 1, side * side)?.reshape((b, side, side, c))?.permute((0, 3, 1, 2))?.contiguous()?;
+        let out = EfficientNet::forward_tail(self, &map, from, to)?;
+        Features::from_map(&out, self.stride_at(to))
+    }
+
+    fn tuned_prefixes(&self, from: usize, depth: usize, stem: bool) -> Vec<String> {
+        let ranges = self.stage_ranges();
+        let mut prefixes: Vec<String> = match stem {
+            true => vec!["_conv_stem.".into(), "_bn0.".into()],
+            false => Vec::new(),
+        };
+        let blocks = ranges.get(from..depth.min(ranges.len())).unwrap_or_default().iter().flat_map(|r| r.clone());
+        prefixes.extend(blocks.map(|i| format!("_blocks.{i}.")));
+        if depth == self.config.stages() {
+            prefixes.extend(["_conv_head.".to_string(), "_bn1.".to_string()]);
+        }
+        prefixes
+    }
+
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
