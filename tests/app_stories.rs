@@ -522,3 +522,85 @@ fn a_damaged_weights_wheel_is_named_in_the_error_and_the_rest_of_the_app_works()
     let syn0 = id_of(&catalogue, "SYN-0000");
     assert_eq!(Catalogue::open(&catalogue).unwrap().individual(syn0).unwrap().unwrap().name, "Pepper");
 }
+
+// ---- Settings: the backbone -----------------------------------------------------------
+
+/// The catalogue's backbone is switched in Settings from DINOv2 to EfficientNet-Lite0 (tiny
+/// random stand-ins for both): every crop is embedded again in the background under the
+/// CNN's key while the window stays usable, Identify still answers, the choice is in the
+/// catalogue read back from disk, and switching back computes nothing (DINOv2's embeddings
+/// were kept).
+#[test]
+fn switching_the_backbone_to_efficientnet_recomputes_in_the_background_and_switching_back_recomputes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalogue = demo_copy(dir.path());
+    unidentify(&catalogue, "whale_0003_05.jpg");
+    let home = tempfile::tempdir().unwrap();
+    let mut h = identifying_app(home.path(), &catalogue, "identify");
+    run_until(&mut h, "DINOv2's candidates", |h| settled(h) && shows(h, "Candidate 1: "));
+    let key = |h: &Harness<'_, WhaleApp>| h.state().state().model.key().unwrap_or_default().to_string();
+    let dinov2 = key(&h);
+    let crops = h.state().state().model.gallery.as_ref().unwrap().load.gallery.len();
+    assert!(crops > 100, "{crops}");
+    let stored = |key: &str| {
+        let models = Catalogue::open(&catalogue).unwrap().embedding_models().unwrap();
+        models.into_iter().find(|(m, _)| m == key).map_or(0, |(_, n)| n)
+    };
+    assert_eq!(stored(&dinov2), crops);
+
+    let choose = |h: &mut Harness<'_, WhaleApp>, item: &str| {
+        h.get_by_role_and_label(Role::ComboBox, "Backbone (this catalogue)").click();
+        run_until(h, "the list of backbones", |h| h.query_by_label_contains(item).is_some());
+        h.get_by_label_contains(item).click();
+        h.step();
+    };
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Comma);
+    run_until(&mut h, "the settings", |h| shows(h, "Backbone (this catalogue)"));
+    let selected = |h: &Harness<'_, WhaleApp>| {
+        h.get_by_role_and_label(Role::ComboBox, "Backbone (this catalogue)").value().unwrap_or_default()
+    };
+    assert!(selected(&h).starts_with("dinov2-vits14 · built in · "), "its state and speed: {}", selected(&h));
+    choose(&mut h, "efficientnet-lite0 · built in");
+    run_until(&mut h, "the crops embedded by the CNN", |h| {
+        let model = &h.state().state().model;
+        settled(h)
+            && model.key().is_some_and(|k| k.starts_with("efficientnet_tiny@64"))
+            && model.gallery.as_ref().is_some_and(|g| g.load.gallery.len() == crops)
+    });
+    let cnn = key(&h);
+    assert_eq!(stored(&cnn), crops, "every crop embedded again, in the catalogue");
+    assert_eq!(stored(&dinov2), crops, "DINOv2's embeddings are kept");
+    assert!(noticed(&h, &format!("{crops} crop(s) embedded")));
+    let cat = Catalogue::open(&catalogue).unwrap();
+    assert_eq!(whaleid::jobs::embed::active_backbone(&cat).unwrap(), whaleid::models::KnownModel::EfficientnetLite0);
+    drop(cat);
+    // The speed just measured is shown beside the backbone.
+    run_until(&mut h, "the measured speed", |h| selected(h).ends_with(" ms per crop here"));
+    assert!(selected(&h).starts_with("efficientnet-lite0 · built in · "), "{}", selected(&h));
+    // Identify answers with the CNN's embeddings.
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Comma);
+    run_until(&mut h, "the CNN's candidates", |h| {
+        settled(h) && shows(h, "Candidate 1: ") && !shows(h, "Backbone (this")
+    });
+
+    // Back to DINOv2: nothing to compute.
+    let embedded_notices = |h: &Harness<'_, WhaleApp>| {
+        h.state().state().notices.iter().filter(|n| n.text.contains("crop(s) embedded")).count()
+    };
+    let before = embedded_notices(&h);
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Comma);
+    run_until(&mut h, "the settings again", |h| shows(h, "Backbone (this catalogue)"));
+    choose(&mut h, "dinov2-vits14 · built in");
+    run_until(&mut h, "DINOv2's gallery again", |h| {
+        let model = &h.state().state().model;
+        settled(h) && model.key() == Some(dinov2.as_str()) && model.gallery.as_ref().is_some_and(|g| g.key == dinov2)
+    });
+    assert_eq!(embedded_notices(&h), before, "nothing embedded again");
+    assert_eq!((stored(&dinov2), stored(&cnn)), (crops, crops));
+    // And Ctrl+Z takes the switch back.
+    h.key_press(egui::Key::Escape);
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Z);
+    run_until(&mut h, "the undo", |h| settled(h) && key(h) == cnn);
+    let cat = Catalogue::open(&catalogue).unwrap();
+    assert_eq!(whaleid::jobs::embed::active_backbone(&cat).unwrap(), whaleid::models::KnownModel::EfficientnetLite0);
+}

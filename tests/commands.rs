@@ -729,3 +729,96 @@ fn head_training_runs_on_an_efficientnet_and_a_photo_unreadable_while_caching_is
     let norm: f32 = embedding.iter().map(|x| x * x).sum::<f32>().sqrt();
     assert!((norm - 1.0).abs() < 1e-3 && served.key().starts_with("efficientnet_tiny@64/neck-"), "{norm}");
 }
+
+/// `last-blocks=1` and `full` on a CNN (a tiny random EfficientNet): the weights of the stages
+/// asked for, and only those, are trained (each of them changes: it received a gradient)
+/// and travel in the head file, and the embedder serves them.
+#[test]
+fn an_efficientnet_fine_tunes_its_last_stage_or_all_of_it_and_serves_the_tuned_weights() {
+    use whaleid::models::efficientnet::{EfficientNetConfig, seeded};
+    use whaleid::models::TUNED_PREFIX;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let named = pattern_photos(&data, 6, 3, 64);
+    labels_csv(&data, &named);
+    let cat = imported(dir.path(), &data);
+    let device = candle_core::Device::Cpu;
+    let net = seeded(&EfficientNetConfig::tiny(), &device, 3).unwrap();
+    let pretrained: BTreeMap<String, candle_core::Tensor> = net.named_tensors().into_iter().collect();
+    let head = whaleid::models::Head::untrained(&device).unwrap();
+    let embedder = Embedder::from_parts(net, head, 64, "efficientnet_tiny@64".into());
+    for (mode, tuned_blocks) in [("last-blocks=1", &["_blocks.1.", "_blocks.2."][..]), ("full", &[][..])] {
+        let config = TrainConfig {
+            mode: mode.parse().unwrap(),
+            blocks: vec![2],
+            epochs: 2,
+            views: 1,
+            // No validation individuals: the last epoch is kept, so the weights must have moved.
+            validation_fraction: 0.0,
+            refit: false,
+            learning_rate: 1e-2,
+            seed: 1,
+            cache_dir: Some(dir.path().join("cache")),
+            ..Default::default()
+        };
+        let (report, _) = train(&cat, &embedder, &config, &dir.path().join(mode));
+        let tuned: BTreeMap<String, candle_core::Tensor> = candle_core::safetensors::load(&report.checkpoint, &device)
+            .unwrap()
+            .into_iter()
+            .filter_map(|(n, t)| n.strip_prefix(TUNED_PREFIX).map(|n| (n.to_string(), t)))
+            .collect();
+        let trained: Vec<&String> = tuned.keys().filter(|n| !n.contains("running_")).collect();
+        assert!(!trained.is_empty(), "{mode}: the tuned weights travel in the head file");
+        for name in &trained {
+            let expected = match mode {
+                "full" => true,
+                _ => {
+                    tuned_blocks.iter().any(|b| name.starts_with(b))
+                        || name.starts_with("_conv_head")
+                        || name.starts_with("_bn1.")
+                }
+            };
+            assert!(expected, "{mode}: {name} is not in the stages asked for");
+            let change = (&tuned[*name] - &pretrained[*name]).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(change.to_scalar::<f32>().unwrap() > 0.0, "{mode}: {name} did not change");
+        }
+        if mode == "full" {
+            assert!(trained.iter().any(|n| n.starts_with("_conv_stem")), "full trains the stem too");
+        }
+        let served = embedder.with_head_file(&report.checkpoint).unwrap();
+        let photo = data.join("images").join(&named[0].0);
+        let input = whaleid::models::prepare(&whaleid::base::photo::decode_file(&photo).unwrap(), None, 64);
+        let mine = served.embed(std::slice::from_ref(&input)).unwrap().remove(0);
+        let untuned = embedder.embed(&[input]).unwrap().remove(0);
+        assert_ne!(mine, untuned, "{mode}: the tuned weights are used");
+    }
+}
+
+/// `models activate --backbone` makes a backbone the catalogue's, as an edit that `undo`
+/// takes back; an unknown name is refused by the command line with the names it knows.
+#[test]
+fn cli_models_activate_backbone_switches_the_catalogues_backbone_and_undo_takes_it_back() {
+    use whaleid::models::KnownModel;
+    let dir = tempfile::tempdir().unwrap();
+    let cat_path = dir.path().join("c.whaleid");
+    Catalogue::create(&cat_path).unwrap();
+    let c = cat_path.to_str().unwrap();
+    let backbone = || whaleid::jobs::embed::active_backbone(&Catalogue::open(&cat_path).unwrap()).unwrap();
+    assert_eq!(backbone(), KnownModel::Dinov2Vits14);
+    let out = common::whaleid_in(dir.path())
+        .args(["models", "activate", "--catalog", c, "--backbone", "efficientnet-lite0"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8(out.stdout).unwrap();
+    assert!(said.contains("backbone efficientnet-lite0 with the untrained head"), "{said}");
+    assert_eq!(backbone(), KnownModel::EfficientnetLite0);
+    common::whaleid_json_in(dir.path(), &["undo", "--catalog", c, "--json"]);
+    assert_eq!(backbone(), KnownModel::Dinov2Vits14);
+    let out = common::whaleid_in(dir.path())
+        .args(["models", "activate", "--catalog", c, "--backbone", "resnet50"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(!out.status.success() && err.contains("resnet50") && err.contains("efficientnet-lite2"), "{err}");
+}

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use eframe::egui;
 
+use super::embedding::{BackboneChoice, BackboneState};
 use super::jobs::Jobs;
 use super::messages::{CatalogueEdit, ImportKind, Intent, Level, Notice, Pick};
 use super::panels::Panel;
@@ -14,6 +15,7 @@ use super::settings::Settings;
 use super::state::AppState;
 use super::widgets::labelled_text;
 use crate::jobs::export::ExportFormat;
+use crate::models::KnownModel;
 
 /// The frame's own state: which windows are open, and what it caches between frames.
 #[derive(Default)]
@@ -387,7 +389,37 @@ impl Chrome {
             {
                 ui.weak(format!("This model has a tuned threshold, {t:.2}, which is used instead of the slider"));
             }
-            if cx.state.stats.is_some() && model.embedder.is_some() {
+            if cx.state.stats.is_some()
+                && model.embedder.is_some()
+                && let Some(backbone) = model.backbone
+            {
+                let speed = |c: &BackboneChoice| cx.state.settings.embed_ms_per_crop.get(&c.name).copied();
+                let describe = |m: KnownModel| match model.choices.iter().find(|c| c.model == m) {
+                    Some(c) => c.describe(speed(c)),
+                    None => m.label().to_string(),
+                };
+                let mut chosen_backbone = backbone;
+                ui.horizontal(|ui| {
+                    let l = ui.label("Backbone (this catalogue)");
+                    egui::ComboBox::from_id_salt("active_backbone")
+                        .selected_text(describe(backbone))
+                        .width(360.0)
+                        .show_ui(ui, |ui| {
+                            for c in &model.choices {
+                                let usable = c.state != BackboneState::Unavailable;
+                                ui.add_enabled_ui(usable, |ui| {
+                                    ui.selectable_value(&mut chosen_backbone, c.model, c.describe(speed(c)));
+                                });
+                            }
+                        })
+                        .response
+                        .labelled_by(l.id);
+                });
+                if chosen_backbone != backbone {
+                    // An undoable edit of the catalogue; its embeddings follow in the background,
+                    // the other backbones' are kept.
+                    cx.out.push(Intent::Edit(CatalogueEdit::SetActiveBackbone(chosen_backbone)));
+                }
                 let active =
                     model.head.as_ref().map(|h| h.display().to_string()).unwrap_or_else(|| "untrained head".into());
                 let mut chosen = model.head.clone();

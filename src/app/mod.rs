@@ -86,10 +86,9 @@ impl AppOptions {
         let weights = || Embedding::Weights(crate::models::default_dir());
         let detector_weights = || Detection::Weights(crate::models::default_dir());
         let (embedding, detection) = match std::env::var("WHALEID_EMBEDDER").as_deref() {
-            Ok("tiny-random") => (
-                tiny_random_embedder().map(Embedding::Given).unwrap_or_else(weights),
-                tiny_random_detection().unwrap_or_else(detector_weights),
-            ),
+            Ok("tiny-random") => {
+                (tiny_random_models().unwrap_or_else(weights), tiny_random_detection().unwrap_or_else(detector_weights))
+            }
             _ => (weights(), detector_weights()),
         };
         AppOptions { home: data_dir(), catalogue, panel: std::env::var("WHALEID_PANEL").ok(), embedding, detection }
@@ -99,6 +98,19 @@ impl AppOptions {
 /// An untrained two-block embedder at 56 px (tests, benchmarks, screenshots without weights).
 pub fn tiny_random_embedder() -> Option<std::sync::Arc<crate::models::Embedder>> {
     crate::models::Embedder::tiny_random().ok().map(std::sync::Arc::new)
+}
+
+/// Untrained tiny stand-ins for DINOv2 and EfficientNet-Lite0, the same random draw every
+/// time (tests, screenshots and demos without weights: their matches mean nothing).
+pub fn tiny_random_models() -> Option<Embedding> {
+    use crate::models::{Embedder, Head, KnownModel, efficientnet};
+    let device = candle_core::Device::Cpu;
+    let cnn = efficientnet::seeded(&efficientnet::EfficientNetConfig::tiny(), &device, 2).ok()?;
+    let cnn = Embedder::from_parts(cnn, Head::untrained(&device).ok()?, 64, "efficientnet_tiny@64".into());
+    Some(Embedding::Given(vec![
+        (KnownModel::Dinov2Vits14, tiny_random_embedder()?),
+        (KnownModel::EfficientnetLite0, std::sync::Arc::new(cnn)),
+    ]))
 }
 
 /// A detection run asked for: on these photos (an import's) or every photo without a box,
@@ -294,7 +306,8 @@ impl WhaleApp {
     fn run_intent(&mut self, intent: Intent) {
         match intent {
             Intent::Edit(edit) => {
-                let changes_model = matches!(edit, CatalogueEdit::SetActiveHead(_));
+                let changes_model =
+                    matches!(edit, CatalogueEdit::SetActiveHead(_) | CatalogueEdit::SetActiveBackbone(_));
                 if self.send_to_worker(Request::Edit(edit)) {
                     self.state.save.pending += 1;
                     self.edits_in_flight.push_back(changes_model);
@@ -462,11 +475,10 @@ impl WhaleApp {
     /// it); the embeddings are brought up to date after. All of it in a job: it reads files.
     fn load_embedder(&mut self) {
         let Some(catalogue) = self.open_catalogue() else { return };
-        let source = match &self.embedding {
-            Embedding::Off => return,
-            Embedding::Given(e) => tasks::Backbone::Given(e.clone()),
-            Embedding::Weights(dir) => tasks::Backbone::Weights(dir.clone()),
-        };
+        if matches!(self.embedding, Embedding::Off) {
+            return;
+        }
+        let source = self.embedding.clone();
         if self.state.model.embedder.is_none() {
             self.state.model.status = ModelStatus::Loading;
         }
@@ -477,13 +489,15 @@ impl WhaleApp {
     }
 
     fn model_loaded(&mut self, loaded: LoadedModel) {
-        let LoadedModel { embedder, head, heads } = loaded;
+        let LoadedModel { embedder, backbone, choices, head, heads } = loaded;
         let label = format!("{} · {}", embedder.device_label(), short_key(embedder.key()));
         self.state.device_label = Some(label);
         let changed = self.state.model.key() != Some(embedder.key());
         self.state.settings.model = embedder.key().to_string();
         self.state.model.status = ModelStatus::Ready;
         self.state.model.embedder = Some(embedder);
+        self.state.model.backbone = Some(backbone);
+        self.state.model.choices = choices;
         self.state.model.head = head;
         self.state.model.heads = heads;
         if changed {

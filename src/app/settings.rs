@@ -28,9 +28,12 @@ pub struct Settings {
     /// Where embeddings run: "auto" (CUDA when built with it), "cpu" or "cuda". Training runs
     /// on the CPU (on cached tokens).
     pub device: String,
-    /// The key of the embeddings last used (backbone, size, head), for the record; which head is
-    /// used is the catalogue's own setting (Settings > Model, or Train).
+    /// The key of the embeddings last used (backbone, size, head), for the record; which
+    /// backbone and head are used is the catalogue's own setting (Settings > Model, or Train).
     pub model: String,
+    /// Milliseconds per crop of each backbone's last embedding run in this app, by the name
+    /// its keys start with (`efficientnet_lite0`): the speed Settings shows beside each.
+    pub embed_ms_per_crop: std::collections::BTreeMap<String, f64>,
 }
 
 impl Default for Settings {
@@ -44,17 +47,20 @@ impl Default for Settings {
             identify_proposals: false,
             device: "auto".into(),
             model: String::new(),
+            embed_ms_per_crop: Default::default(),
         }
     }
 }
 
-/// A setting a panel changes (the others are changed in the Settings window).
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// A setting a panel or a job changes (the others are changed in the Settings window).
+#[derive(Debug, Clone, PartialEq)]
 pub enum SettingChange {
     /// Annotate's slider: unreviewed proposals scoring under it are hidden.
     ProposalThreshold(f64),
     /// Identify's filter: offer unreviewed proposals too.
     IdentifyProposals(bool),
+    /// An embedding run's speed: the backbone's name and milliseconds per crop.
+    EmbedSpeed(String, f64),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +118,10 @@ impl Settings {
         match change {
             SettingChange::ProposalThreshold(t) => self.proposal_threshold = t.clamp(0.0, 1.0),
             SettingChange::IdentifyProposals(on) => self.identify_proposals = on,
+            SettingChange::EmbedSpeed(backbone, ms) if ms.is_finite() && ms > 0.0 => {
+                self.embed_ms_per_crop.insert(backbone, ms);
+            }
+            SettingChange::EmbedSpeed(..) => {}
         }
     }
 

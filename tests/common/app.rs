@@ -72,7 +72,7 @@ pub fn demo_copy(into: &Path) -> PathBuf {
 pub fn identifying_app(home: &Path, catalogue: &Path, panel: &str) -> Harness<'static, WhaleApp> {
     let mut options = AppOptions::new(home.to_path_buf(), Some(catalogue.to_path_buf()));
     options.panel = Some(panel.into());
-    options.embedding = whaleid::app::Embedding::Given(whaleid::app::tiny_random_embedder().unwrap());
+    options.embedding = whaleid::app::tiny_random_models().unwrap();
     app(options)
 }
 

@@ -260,7 +260,7 @@ pub fn bench_ui(photos: usize, to_embed: usize, frames: usize, json: bool) -> an
     eprintln!("reference run: identification off…");
     let reference = run(dir.path(), photos, Embedding::Off, frames)?;
     eprintln!("run with embedding in the background…");
-    let with = run(dir.path(), photos, Embedding::Given(Arc::clone(&embedder)), frames)?;
+    let with = run(dir.path(), photos, Embedding::given(Arc::clone(&embedder)), frames)?;
     let out = UiBench {
         photos,
         embedded_before: photos - to_embed,

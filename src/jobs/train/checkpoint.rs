@@ -16,7 +16,7 @@ use crate::models::FileKind;
 
 /// File names inside the output folder.
 pub const CHECKPOINT: &str = crate::models::HEAD_FILE;
-pub const CARD: &str = "head.json";
+pub const CARD: &str = crate::models::HEAD_CARD_FILE;
 /// Every trained variable (the loss's class weights too), for resuming.
 pub const STATE: &str = crate::models::TRAIN_STATE_FILE;
 
