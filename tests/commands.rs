@@ -644,6 +644,24 @@ fn cli_search_embeds_what_is_missing_and_neck_refuses_a_training_state() {
     let (image, individual) = labels.lines().nth(1).and_then(|l| l.split_once(',')).unwrap();
     let individual = individual.split(',').next().unwrap();
     let query = data.join("images").join(Path::new(image).file_name().unwrap());
+    // The query's individual's other photo comes back from the field unidentified.
+    let sibling = {
+        let mut cat = Catalogue::open(&cat_path).unwrap();
+        let query_name = query.file_name().unwrap().to_str().unwrap().to_string();
+        let other = cat
+            .identified_annotations()
+            .unwrap()
+            .into_iter()
+            .filter(|(_, ind)| *ind == individual)
+            .map(|(a, _)| a)
+            .find(|&a| {
+                let photo = cat.annotation(a).unwrap().unwrap().photo_id;
+                !cat.photo(photo).unwrap().unwrap().stored_path.ends_with(&query_name)
+            })
+            .unwrap();
+        cat.edit("test: forget the label", |e| e.unidentify(other)).unwrap();
+        other
+    };
     let search = |extra: &[&str]| {
         let mut args = vec!["search", "--catalog", c, "--model", w, "--size", "56", "--json"];
         args.extend_from_slice(extra);
@@ -652,8 +670,9 @@ fn cli_search_embeds_what_is_missing_and_neck_refuses_a_training_state() {
     let out = search(&[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(r["searched_images"].as_u64(), Some(crops as u64), "{r}");
+    assert_eq!(r["searched_images"].as_u64(), Some(crops as u64 - 1), "every labelled crop: {r}");
     assert_eq!(r["matches"][0]["individual"], individual, "{r}");
+    assert_eq!(r["unidentified"][0]["annotation"].as_i64(), Some(sibling.0), "its unnamed photo is nearest: {r}");
 
     // A short training run leaves a head and a training state side by side.
     let run = dir.path().join("run");
@@ -677,7 +696,7 @@ fn cli_search_embeds_what_is_missing_and_neck_refuses_a_training_state() {
     let out = search(&["--neck", run.join("head.safetensors").to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(r["searched_images"].as_u64(), Some(crops as u64), "{r}");
+    assert_eq!(r["searched_images"].as_u64(), Some(crops as u64 - 1), "every labelled crop: {r}");
 }
 
 /// Head training on a CNN (a tiny random EfficientNet, whose grids are not DINOv2's 14-pixel
@@ -735,8 +754,8 @@ fn head_training_runs_on_an_efficientnet_and_a_photo_unreadable_while_caching_is
 /// and travel in the head file, and the embedder serves them.
 #[test]
 fn an_efficientnet_fine_tunes_its_last_stage_or_all_of_it_and_serves_the_tuned_weights() {
-    use whaleid::models::efficientnet::{EfficientNetConfig, seeded};
     use whaleid::models::TUNED_PREFIX;
+    use whaleid::models::efficientnet::{EfficientNetConfig, seeded};
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let named = pattern_photos(&data, 6, 3, 64);

@@ -46,6 +46,8 @@ pub fn search(args: SearchArgs) -> Result<()> {
     let threshold = crate::jobs::eval::stored_threshold(&cat, embedder.key());
     let shortlist = if args.rerank.on() { args.top.max(rerank::SHORTLIST) } else { args.top };
     let mut result = load.gallery.search(&query[0], shortlist, &filter, None, threshold);
+    // Other photos of a new animal not named yet, as Identify lists them.
+    result.unidentified = load.gallery.nearest_unidentified(&query[0], args.top, &filter, None);
     if args.rerank.on() {
         let query_local = LocalFeatures::of_crop(&crate::base::crop::crop(&img, bbox));
         let console = Console::new(args.json);
