@@ -27,7 +27,8 @@ struct CnnBench {
     best_batch_ms_per_image: f64,
     /// Weights plus everything one batch needs (the mark is reset after loading the model).
     peak_rss_mib: Option<f64>,
-    /// The same work through candle's own grouped convolutions (the differentiable path).
+    /// The same work through candle's own operations (the differentiable path training and
+    /// the GPU run: depthwise convolutions as shifted products).
     stock_candle_ms_per_image: f64,
     reference: Option<Reference>,
     /// onnxruntime ms/image ÷ whaleid ms/image: >= 1.0 means whaleid is at least as fast.
@@ -126,7 +127,7 @@ pub(super) fn bench_embed_cnn(
         let mut text = format!(
             "{} on {} random images of {}x{} px, batch {}, {} threads, CPU\n  \
              whaleid (candle, fused kernels) {:7.2} images/s  {:7.1} ms/image (best batch {:.1})  peak RSS {}\n  \
-             stock candle (grouped convolutions) {:.1} ms/image: the fused path is {:.1}x faster",
+             candle ops (the training path) {:.1} ms/image: the fused path is {:.1}x faster",
             o.model,
             o.images,
             o.size,
