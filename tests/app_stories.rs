@@ -507,6 +507,13 @@ fn a_damaged_weights_wheel_is_named_in_the_error_and_the_rest_of_the_app_works()
     h.get_by_role_and_label(Role::Button, "Try again").click();
     run_until(&mut h, "the second try", |h| settled(h) && failures(h) == 2);
     assert!(shows(&h, &why));
+    // Settings still offers the backbones, saying which are fetched.
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Comma);
+    run_until(&mut h, "the settings", |h| shows(h, "Backbone (this catalogue)"));
+    let selected = h.get_by_role_and_label(Role::ComboBox, "Backbone (this catalogue)").value().unwrap_or_default();
+    assert!(selected.starts_with("dinov2-vits14 · not fetched yet"), "{selected}");
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Comma);
+    run_until(&mut h, "the settings to close", |h| !shows(h, "Backbone (this catalogue)"));
 
     // The rest of the app works: the library, and edits.
     h.get_by_label("Individuals").click();

@@ -389,8 +389,8 @@ impl Chrome {
             {
                 ui.weak(format!("This model has a tuned threshold, {t:.2}, which is used instead of the slider"));
             }
+            // The backbone can be switched even when the catalogue's failed to load.
             if cx.state.stats.is_some()
-                && model.embedder.is_some()
                 && let Some(backbone) = model.backbone
             {
                 let speed = |c: &BackboneChoice| cx.state.settings.embed_ms_per_crop.get(&c.name).copied();
@@ -420,6 +420,8 @@ impl Chrome {
                     // the other backbones' are kept.
                     cx.out.push(Intent::Edit(CatalogueEdit::SetActiveBackbone(chosen_backbone)));
                 }
+            }
+            if cx.state.stats.is_some() && model.embedder.is_some() {
                 let active =
                     model.head.as_ref().map(|h| h.display().to_string()).unwrap_or_else(|| "untrained head".into());
                 let mut chosen = model.head.clone();

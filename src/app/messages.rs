@@ -410,8 +410,13 @@ pub enum Event {
     },
     /// The embedder is ready, with the active head it was built with.
     ModelLoaded(Box<LoadedModel>),
-    /// No identification, and why (weights missing and not fetched, a broken head file).
-    ModelFailed(String),
+    /// No identification, and why (weights missing and not fetched, a broken head file),
+    /// with the catalogue's backbone (when readable) and the backbones Settings can switch to.
+    ModelFailed {
+        why: String,
+        backbone: Option<crate::models::KnownModel>,
+        choices: Vec<super::embedding::BackboneChoice>,
+    },
     /// The gallery read from the catalogue under the embedder's key.
     GalleryRead(Arc<GalleryData>),
     Searched(Box<Searched>),

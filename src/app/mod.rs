@@ -700,8 +700,10 @@ impl WhaleApp {
                 }
             }
             Event::ModelLoaded(loaded) => self.model_loaded(*loaded),
-            Event::ModelFailed(why) => {
+            Event::ModelFailed { why, backbone, choices } => {
                 self.state.model.status = ModelStatus::Failed(why);
+                self.state.model.backbone = backbone;
+                self.state.model.choices = choices;
                 self.state.device_label = Some("no identification".into());
             }
             Event::GalleryRead(data) => self.gallery_arrived(data),

@@ -107,7 +107,9 @@ pub fn prepare_identification(
     let (backbone, embedder) = match loaded {
         Ok(e) => e,
         Err((why, details)) => {
-            job.send(Event::ModelFailed(why.clone()));
+            // Settings can still switch to another backbone (or back).
+            let backbone = crate::jobs::embed::active_backbone(&cat).ok();
+            job.send(Event::ModelFailed { why: why.clone(), backbone, choices });
             return Ok(JobOutcome::done(why).with_details(details).with_problems(1));
         }
     };
