@@ -33,28 +33,13 @@ impl Pointwise {
     }
 
     /// `x` `[pixels, in]` -> `[pixels, out]`, plus `residual` when given, clamped to `[0, 6]`
-    /// when `relu6`.
+    /// when `relu6`: the product, then one parallel pass for the bias, the residual and the
+    /// clamp.
     fn forward(&self, x: &[f32], residual: Option<&[f32]>, relu6: bool) -> Vec<f32> {
         let out = self.bias.len();
         let pixels = x.len() / self.input;
-        let mut y = match residual {
-            Some(r) => r.to_vec(),
-            None => Vec::with_capacity(pixels * out),
-        };
-        if residual.is_none() {
-            for _ in 0..pixels {
-                y.extend_from_slice(&self.bias);
-            }
-        } else {
-            y.par_chunks_mut(out * ROWS_PER_TASK).for_each(|rows| {
-                for row in rows.chunks_mut(out) {
-                    for (v, b) in row.iter_mut().zip(&self.bias) {
-                        *v += b;
-                    }
-                }
-            });
-        }
-        let how = Product { accumulate: true, parallel: true };
+        let mut y = vec![0f32; pixels * out];
+        let how = Product { accumulate: false, parallel: true };
         matmul(
             &mut y,
             View::dense(pixels, out),
@@ -64,19 +49,23 @@ impl Pointwise {
             View::dense(self.input, out),
             how,
         );
-        if relu6 {
-            relu6_in_place(&mut y);
-        }
+        let bias = &self.bias;
+        y.par_chunks_mut(out * ROWS_PER_TASK).enumerate().for_each(|(task, rows)| {
+            let start = task * out * ROWS_PER_TASK;
+            let residual = residual.map(|r| &r[start..start + rows.len()]);
+            for (r, row) in rows.chunks_mut(out).enumerate() {
+                let skip = residual.map(|res| &res[r * out..(r + 1) * out]);
+                for (j, v) in row.iter_mut().enumerate() {
+                    let mut s = *v + bias[j];
+                    if let Some(skip) = skip {
+                        s += skip[j];
+                    }
+                    *v = if relu6 { s.clamp(0.0, 6.0) } else { s };
+                }
+            }
+        });
         y
     }
-}
-
-fn relu6_in_place(y: &mut [f32]) {
-    y.par_chunks_mut(4096).for_each(|chunk| {
-        for v in chunk {
-            *v = v.clamp(0.0, 6.0);
-        }
-    });
 }
 
 pub(super) struct Block {
