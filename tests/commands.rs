@@ -48,6 +48,15 @@ fn labels_csv(dir: &Path, named: &[(String, String)]) {
     write(&dir.join("labels.csv"), format!("image,individual_id\n{rows}"));
 }
 
+/// A catalogue of `pattern_photos` (6 individuals, 3 photos each, `side` pixels) imported with
+/// their labels from `dir/data`; the catalogue, that folder and the photos' names.
+fn pattern_catalogue(dir: &Path, side: u32) -> (Catalogue, std::path::PathBuf, Vec<(String, String)>) {
+    let data = dir.join("data");
+    let named = pattern_photos(&data, 6, 3, side);
+    labels_csv(&data, &named);
+    (imported(dir, &data), data, named)
+}
+
 fn imported(dir: &Path, data: &Path) -> Catalogue {
     let mut cat = Catalogue::create(&dir.join("c.whaleid")).unwrap();
     let report = import(&mut cat, data, &ImportOptions::default(), &Silent).unwrap();
@@ -704,16 +713,9 @@ fn cli_search_embeds_what_is_missing_and_neck_refuses_a_training_state() {
 /// tokens are cached is left out of that run only: once it is back, the next run trains on it.
 #[test]
 fn head_training_runs_on_an_efficientnet_and_a_photo_unreadable_while_caching_is_not_forgotten() {
-    use whaleid::models::efficientnet::{EfficientNetConfig, seeded};
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let named = pattern_photos(&data, 6, 3, 64);
-    labels_csv(&data, &named);
-    let cat = imported(dir.path(), &data);
-    let device = candle_core::Device::Cpu;
-    let net = seeded(&EfficientNetConfig::tiny(), &device, 3).unwrap();
-    let head = whaleid::models::Head::untrained(&device).unwrap();
-    let embedder = Embedder::from_parts(net, head, 64, "efficientnet_tiny@64".into());
+    let (cat, data, named) = pattern_catalogue(dir.path(), 64);
+    let embedder = Embedder::tiny_random_cnn().unwrap();
     let config = TrainConfig {
         epochs: 2,
         views: 1,
@@ -755,17 +757,11 @@ fn head_training_runs_on_an_efficientnet_and_a_photo_unreadable_while_caching_is
 #[test]
 fn an_efficientnet_fine_tunes_its_last_stage_or_all_of_it_and_serves_the_tuned_weights() {
     use whaleid::models::TUNED_PREFIX;
-    use whaleid::models::efficientnet::{EfficientNetConfig, seeded};
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let named = pattern_photos(&data, 6, 3, 64);
-    labels_csv(&data, &named);
-    let cat = imported(dir.path(), &data);
+    let (cat, data, named) = pattern_catalogue(dir.path(), 64);
     let device = candle_core::Device::Cpu;
-    let net = seeded(&EfficientNetConfig::tiny(), &device, 3).unwrap();
-    let pretrained: BTreeMap<String, candle_core::Tensor> = net.named_tensors().into_iter().collect();
-    let head = whaleid::models::Head::untrained(&device).unwrap();
-    let embedder = Embedder::from_parts(net, head, 64, "efficientnet_tiny@64".into());
+    let embedder = Embedder::tiny_random_cnn().unwrap();
+    let pretrained: BTreeMap<String, candle_core::Tensor> = embedder.backbone().named_tensors().into_iter().collect();
     for (mode, tuned_blocks) in [("last-blocks=1", &["_blocks.1.", "_blocks.2."][..]), ("full", &[][..])] {
         let config = TrainConfig {
             mode: mode.parse().unwrap(),

@@ -41,19 +41,20 @@ impl Embedding {
         KnownModel::ALL
             .into_iter()
             .map(|model| {
-                let (state, name) = match self {
-                    Embedding::Off => (BackboneState::Unavailable, model.label().replace('-', "_")),
-                    Embedding::Weights(dir) => {
-                        let path = model.weights_path(dir);
-                        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-                        match std::fs::metadata(&path) {
-                            Ok(m) => (BackboneState::Fetched { bytes: m.len() }, name),
-                            Err(_) => (BackboneState::NotFetched, name),
-                        }
-                    }
+                // The weights' name (`efficientnet_lite0`), which the keys of their embeddings start with.
+                let mut name = model.label().replace('-', "_");
+                let state = match self {
+                    Embedding::Off => BackboneState::Unavailable,
+                    Embedding::Weights(dir) => match std::fs::metadata(model.weights_path(dir)) {
+                        Ok(m) => BackboneState::Fetched { bytes: m.len() },
+                        Err(_) => BackboneState::NotFetched,
+                    },
                     Embedding::Given(given) => match given.iter().find(|(m, _)| *m == model) {
-                        Some((_, e)) => (BackboneState::Given, crate::models::backbone_name(e.key()).to_string()),
-                        None => (BackboneState::Unavailable, model.label().replace('-', "_")),
+                        Some((_, e)) => {
+                            name = crate::models::backbone_name(e.key()).to_string();
+                            BackboneState::Given
+                        }
+                        None => BackboneState::Unavailable,
                     },
                 };
                 BackboneChoice { model, state, name }

@@ -103,10 +103,8 @@ pub fn tiny_random_embedder() -> Option<std::sync::Arc<crate::models::Embedder>>
 /// Untrained tiny stand-ins for DINOv2 and EfficientNet-Lite0, the same random draw every
 /// time (tests, screenshots and demos without weights: their matches mean nothing).
 pub fn tiny_random_models() -> Option<Embedding> {
-    use crate::models::{Embedder, Head, KnownModel, efficientnet};
-    let device = candle_core::Device::Cpu;
-    let cnn = efficientnet::seeded(&efficientnet::EfficientNetConfig::tiny(), &device, 2).ok()?;
-    let cnn = Embedder::from_parts(cnn, Head::untrained(&device).ok()?, 64, "efficientnet_tiny@64".into());
+    use crate::models::{Embedder, KnownModel};
+    let cnn = Embedder::tiny_random_cnn().ok()?;
     Some(Embedding::Given(vec![
         (KnownModel::Dinov2Vits14, tiny_random_embedder()?),
         (KnownModel::EfficientnetLite0, std::sync::Arc::new(cnn)),

@@ -94,25 +94,23 @@ pub fn prepare_identification(
 ) -> anyhow::Result<JobOutcome> {
     let cat = Catalogue::open(catalogue)?;
     let choices = embedding.choices();
-    let loaded = crate::jobs::embed::active_backbone(&cat)
-        .map_err(|e| (format!("Identification is off: {e:#}"), Vec::new()))
-        .and_then(|backbone| {
-            let embedder = match &embedding {
-                Embedding::Off => return Err(("Identification is off".to_string(), Vec::new())),
-                Embedding::Given(given) => with_active_head(given, backbone, &cat),
-                Embedding::Weights(dir) => load_weights(&cat, backbone, dir, device, job),
-            }?;
-            Ok((backbone, embedder))
-        });
-    let (backbone, embedder) = match loaded {
+    let backbone = crate::jobs::embed::active_backbone(&cat);
+    let loaded = match (&backbone, &embedding) {
+        (Err(e), _) => Err((format!("Identification is off: {e:#}"), Vec::new())),
+        (Ok(_), Embedding::Off) => Err(("Identification is off".to_string(), Vec::new())),
+        (Ok(b), Embedding::Given(given)) => with_active_head(given, *b, &cat),
+        (Ok(b), Embedding::Weights(dir)) => load_weights(&cat, *b, dir, device, job),
+    };
+    let embedder = match loaded {
         Ok(e) => e,
         Err((why, details)) => {
             // Settings can still switch to another backbone (or back).
-            let backbone = crate::jobs::embed::active_backbone(&cat).ok();
+            let backbone = backbone.as_ref().ok().copied();
             job.send(Event::ModelFailed { why: why.clone(), backbone, choices });
             return Ok(JobOutcome::done(why).with_details(details).with_problems(1));
         }
     };
+    let backbone = backbone?; // read above: an embedder was loaded for it
     let head = crate::jobs::embed::head_of(&cat, backbone)?;
     let heads = trained_heads(catalogue, crate::models::backbone_name(embedder.key()));
     let notice = embedder.notice().map(str::to_string);

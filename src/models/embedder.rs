@@ -147,14 +147,19 @@ impl Embedder {
     /// test sees the same model on every run.
     pub fn random(config: &Dinov2Config, size: u32) -> candle_core::Result<Self> {
         let device = Device::Cpu;
-        let vars = candle_nn::VarMap::new();
-        let vb = candle_nn::VarBuilder::from_varmap(&vars, candle_core::DType::F32, &device);
-        // Built once to create the variables, drawn again from a seed, built again from them.
-        Dinov2::new(config, vb.clone())?;
-        crate::models::layers::reseed(&vars, 1)?;
-        let backbone = Dinov2::new(config, vb)?.with_kernels(Kernels::Fused);
+        let backbone = crate::models::layers::seeded(&device, 1, |vb| Dinov2::new(config, vb))?;
         let head = Head::untrained(&device)?;
-        Ok(Self::from_parts(backbone, head, size, format!("random-{}d@{size}", config.hidden_size)))
+        let key = format!("random-{}d@{size}", config.hidden_size);
+        Ok(Self::from_parts(backbone.with_kernels(Kernels::Fused), head, size, key))
+    }
+
+    /// An untrained two-stage EfficientNet at 64 px, the same draw every time (tests and
+    /// demos that need a CNN without weights on disk: its matches mean nothing).
+    pub fn tiny_random_cnn() -> candle_core::Result<Self> {
+        use crate::models::efficientnet::{EfficientNetConfig, seeded};
+        let device = Device::Cpu;
+        let backbone = seeded(&EfficientNetConfig::tiny(), &device, 2)?;
+        Ok(Self::from_parts(backbone, Head::untrained(&device)?, 64, "efficientnet_tiny@64".into()))
     }
 
     /// An untrained two-block DINOv2 at 56 px, in milliseconds and without weights on disk

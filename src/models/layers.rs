@@ -115,6 +115,20 @@ pub(crate) fn softmax_last_dim(x: &Tensor, kernels: Kernels) -> Result<Tensor> {
     }
 }
 
+/// A network `build` makes on fresh variables, randomly initialised from `seed`: built once
+/// to create the variables, drawn again from the seed ([`reseed`]), built again from them.
+pub fn seeded<T>(
+    device: &candle_core::Device,
+    seed: u64,
+    build: impl Fn(candle_nn::VarBuilder) -> Result<T>,
+) -> Result<T> {
+    let vars = candle_nn::VarMap::new();
+    let vb = candle_nn::VarBuilder::from_varmap(&vars, DType::F32, device);
+    build(vb.clone())?;
+    reseed(&vars, seed)?;
+    build(vb)
+}
+
 /// Draws every randomly initialised variable of `vars` again from a generator seeded with
 /// `seed`, with the mean and spread it was drawn with; constants (norms, biases set to a
 /// prior) stay. candle's CPU generator cannot be seeded, so this is what makes a random

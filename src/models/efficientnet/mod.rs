@@ -547,12 +547,7 @@ pub fn random(config: &EfficientNetConfig, device: &Device) -> Result<EfficientN
 
 /// A random network at `config`'s shape that is the same for the same `seed`.
 pub fn seeded(config: &EfficientNetConfig, device: &Device, seed: u64) -> Result<EfficientNet> {
-    let vars = candle_nn::VarMap::new();
-    let vb = VarBuilder::from_varmap(&vars, DType::F32, device);
-    // Built once to create the variables, drawn again from the seed, built again from them.
-    EfficientNet::new(config, vb.clone())?;
-    crate::models::layers::reseed(&vars, seed)?;
-    EfficientNet::new(config, vb)
+    crate::models::layers::seeded(device, seed, |vb| EfficientNet::new(config, vb))
 }
 
 impl Module for EfficientNet {
