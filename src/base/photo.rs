@@ -20,9 +20,11 @@ pub fn is_photo(path: &Path) -> bool {
         .is_some_and(|e| PHOTO_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
-/// The photo files under `folder` (at any depth), sorted by path.
+/// The photo files under `folder` (at any depth, through symbolic links, as the importer
+/// reads them), sorted by path.
 pub fn photos_under(folder: &Path) -> Vec<std::path::PathBuf> {
     let mut photos: Vec<std::path::PathBuf> = walkdir::WalkDir::new(folder)
+        .follow_links(true)
         .into_iter()
         .filter_map(Result::ok)
         .filter(|e| e.file_type().is_file() && is_photo(e.path()))
@@ -189,6 +191,24 @@ mod tests {
         let mut out = Vec::new();
         image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90).encode_image(&img).unwrap();
         out
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn photos_are_found_through_symbolic_links_to_files_and_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir_all(elsewhere.join("day2")).unwrap();
+        std::fs::write(elsewhere.join("a.jpg"), jpeg(8, 8)).unwrap();
+        std::fs::write(elsewhere.join("day2/b.jpg"), jpeg(8, 8)).unwrap();
+        let folder = dir.path().join("survey");
+        std::fs::create_dir_all(&folder).unwrap();
+        std::os::unix::fs::symlink(elsewhere.join("a.jpg"), folder.join("a.jpg")).unwrap();
+        std::os::unix::fs::symlink(elsewhere.join("day2"), folder.join("day2")).unwrap();
+        std::fs::write(folder.join("notes.txt"), "not a photo").unwrap();
+        let names: Vec<_> =
+            photos_under(&folder).iter().map(|p| p.strip_prefix(&folder).unwrap().to_path_buf()).collect();
+        assert_eq!(names, [std::path::PathBuf::from("a.jpg"), std::path::PathBuf::from("day2/b.jpg")]);
     }
 
     #[test]
