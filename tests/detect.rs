@@ -124,6 +124,8 @@ fn train_detector_writes_the_detector_and_its_card_and_makes_it_active_undoably(
     assert_eq!(card["card"]["epochs"], 4);
     let (train, validation) = (card["card"]["train_photos"].as_u64(), card["card"]["validation_photos"].as_u64());
     assert_eq!(train.unwrap() + validation.unwrap(), 6, "{card}");
+    assert!(validation.unwrap() >= 1, "{card}");
+    assert_eq!(card["card"]["refit_on_all"], true, "the head written learned from the validation photos too: {card}");
     assert_eq!(card["card"], t.report["card"]);
 
     let detector = std::fs::canonicalize(&t.detector).unwrap();

@@ -49,6 +49,13 @@ impl fmt::Display for TrainDetectorReport {
             )?,
             _ => writeln!(f, "validation: too few photos with boxes to hold some out")?,
         }
+        if c.refit_on_all {
+            writeln!(
+                f,
+                "then trained again on all {} photo(s), the validation photos too: that head is the one written",
+                c.train_photos + c.validation_photos
+            )?;
+        }
         writeln!(
             f,
             "scores calibrated: p = sigmoid({:.3} * logit(s) + {:.3})",

@@ -3,7 +3,8 @@
 //! rejected: known sea). Photos are split for validation (20 %, by photo); each photo's
 //! grid is computed once per view (the photo, its mirror image, and the photo smaller), and the head trains on the
 //! cached grids in minutes on a CPU. The validation photos give AP50, AP50:95 and the data
-//! to calibrate the scores.
+//! to calibrate the scores; then the head is trained again, the same way, on every photo,
+//! and that one is written (with few photos, the validation photos' boxes are worth having).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,6 +32,8 @@ pub struct TrainDetectorOptions {
     pub long_side: Option<u32>,
     /// Share of photos held out for validation.
     pub validation: f64,
+    /// After validation, train the head kept on every photo (validation photos too).
+    pub refit: bool,
     pub seed: u64,
     /// Where the detector file goes (default: `detectors/` beside the catalogue).
     pub out: Option<PathBuf>,
@@ -44,6 +47,7 @@ impl Default for TrainDetectorOptions {
             learning_rate: 1e-3,
             long_side: None,
             validation: 0.2,
+            refit: true,
             seed: 1,
             out: None,
         }
@@ -166,7 +170,6 @@ pub fn train_detector(
     let validation: Vec<Sample> = all.drain(..n_val).collect();
     let training = all;
 
-    let device = backbone.device().clone();
     let mut finder = Finder::zero_shot(backbone.clone(), parts[0]);
     finder.long_side = opts.long_side.unwrap_or_else(|| super::default_long_side(backbone.as_ref()));
     let mut problems = Vec::new();
@@ -185,37 +188,7 @@ pub fn train_detector(
     if cache.is_empty() {
         anyhow::bail!("{}: none of the photos with boxes could be read", cat.path().display());
     }
-    let (vars, det) = untrained_detector(backbone.as_ref(), opts, parts.clone())?;
-    let config = det.config.clone();
-    standardise(&vars, &cache, &device)?;
-    let trainable: Vec<candle_core::Var> = {
-        let data = vars.data().lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-        data.iter().filter(|(k, _)| !k.contains("feature_")).map(|(_, v)| v.clone()).collect()
-    };
-    let mut opt =
-        AdamW::new(trainable, ParamsAdamW { lr: opts.learning_rate, weight_decay: 1e-4, ..Default::default() })?;
-    let steps = opts.epochs * cache.len();
-    progress.stage("training", opts.epochs as u64);
-    let mut order: Vec<usize> = (0..cache.len()).collect();
-    let mut step = 0usize;
-    for _ in 0..opts.epochs {
-        if progress.cancelled() {
-            anyhow::bail!("cancelled");
-        }
-        order.shuffle(&mut rng);
-        for &i in &order {
-            let warm = (step as f64 / 50.0).min(1.0);
-            let cosine = 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / steps as f64).cos());
-            opt.set_learning_rate(opts.learning_rate * warm * (0.02 + 0.98 * cosine));
-            let view = &cache[i];
-            let out = det.net.forward(&view.features.to_dtype(DType::F32)?.maps)?;
-            let loss = detector::loss(&out, &view.targets, &device)?;
-            opt.backward_step(&loss)?;
-            step += 1;
-        }
-        progress.advance(1);
-    }
-    drop(cache);
+    let (vars, det) = fit(&cache, backbone.as_ref(), opts, &parts, progress)?;
 
     // Validation: AP on photos never trained on, and the calibration of the scores.
     let mut detections = Vec::new();
@@ -247,11 +220,33 @@ pub fn train_detector(
         (None, None, Calibration::default())
     };
 
+    // The head kept is trained again on every photo, the validation photos too (with few
+    // photos, each one teaches); the validated run measured the recipe and calibrated it.
+    let (vars, config) = if validation.is_empty() || !opts.refit {
+        (vars, det.config)
+    } else {
+        progress.stage("reading the validation photos to train on them too", validation.len() as u64);
+        for s in &validation {
+            if progress.cancelled() {
+                anyhow::bail!("cancelled");
+            }
+            // A photo that failed to decode is already among the problems.
+            if let Ok(v) = with_photo(&s.file, |img| views(&finder, &img, s, &parts)) {
+                cache.extend(v);
+            }
+            progress.advance(1);
+        }
+        let (vars, det) = fit(&cache, backbone.as_ref(), opts, &parts, progress)?;
+        (vars, det.config)
+    };
+    drop(cache);
+
     let card = DetectorCard {
         catalogue: cat.path().display().to_string(),
         data_fingerprint,
         train_photos: training.len(),
         train_boxes: training.iter().map(|s| s.truths.len()).sum(),
+        refit_on_all: opts.refit && !validation.is_empty(),
         validation_photos: validation.len(),
         validation_boxes: validation.iter().map(|s| s.truths.len()).sum(),
         epochs: opts.epochs,
@@ -267,6 +262,49 @@ pub fn train_detector(
         .map_err(|e| anyhow::anyhow!("{}: {e}", out.with_extension("json").display()))?;
     super::set_active_detector(cat, Some(&out))?;
     Ok(TrainDetectorReport { detector: out, card, calibration, problems })
+}
+
+/// A head trained on the cached views `cache` (seeded by `opts.seed`: the same views give
+/// the same start and order).
+fn fit(
+    cache: &[View],
+    backbone: &dyn Backbone,
+    opts: &TrainDetectorOptions,
+    parts: &[Part],
+    progress: &dyn Progress,
+) -> anyhow::Result<(VarMap, Detector)> {
+    let device = backbone.device().clone();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed);
+    let (vars, det) = untrained_detector(backbone, opts, parts.to_vec())?;
+    standardise(&vars, cache, &device)?;
+    let trainable: Vec<candle_core::Var> = {
+        let data = vars.data().lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        data.iter().filter(|(k, _)| !k.contains("feature_")).map(|(_, v)| v.clone()).collect()
+    };
+    let mut opt =
+        AdamW::new(trainable, ParamsAdamW { lr: opts.learning_rate, weight_decay: 1e-4, ..Default::default() })?;
+    let steps = opts.epochs * cache.len();
+    progress.stage("training", opts.epochs as u64);
+    let mut order: Vec<usize> = (0..cache.len()).collect();
+    let mut step = 0usize;
+    for _ in 0..opts.epochs {
+        if progress.cancelled() {
+            anyhow::bail!("cancelled");
+        }
+        order.shuffle(&mut rng);
+        for &i in &order {
+            let warm = (step as f64 / 50.0).min(1.0);
+            let cosine = 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / steps as f64).cos());
+            opt.set_learning_rate(opts.learning_rate * warm * (0.02 + 0.98 * cosine));
+            let view = &cache[i];
+            let out = det.net.forward(&view.features.to_dtype(DType::F32)?.maps)?;
+            let loss = detector::loss(&out, &view.targets, &device)?;
+            opt.backward_step(&loss)?;
+            step += 1;
+        }
+        progress.advance(1);
+    }
+    Ok((vars, det))
 }
 
 /// A detector over `backbone` before any training (its variables in the map returned), for

@@ -32,6 +32,35 @@ pub fn nms(mut detections: Vec<Detection>, iou: f64, keep: usize) -> Vec<Detecti
     kept
 }
 
+/// [`nms`], each kept box then moved to the score-weighted mean of every candidate that
+/// overlaps it by at least `vote_iou` (box voting): the cells around an animal each measure
+/// its edges, and their consensus is placed better than the single best-scoring cell's box.
+/// The score stays the best one's. Boxes that voting brought onto a better one are then
+/// suppressed like any other.
+pub fn nms_voting(detections: Vec<Detection>, iou: f64, vote_iou: f64, keep: usize) -> Vec<Detection> {
+    let kept = nms(detections.clone(), iou, keep);
+    let voted = kept
+        .into_iter()
+        .map(|k| {
+            let (mut sum, mut weight) = ([0f64; 4], 0f64);
+            for d in detections.iter().filter(|d| d.bbox.iou(&k.bbox) >= vote_iou) {
+                let w = d.score as f64;
+                let b = d.bbox;
+                for (s, v) in sum.iter_mut().zip([b.x, b.y, b.x + b.w, b.y + b.h]) {
+                    *s += w * v;
+                }
+                weight += w;
+            }
+            if weight <= 0.0 {
+                return k;
+            }
+            let [x0, y0, x1, y1] = sum.map(|s| s / weight);
+            Detection { bbox: BoxPx::new(x0, y0, x1 - x0, y1 - y0), ..k }
+        })
+        .collect();
+    nms(voted, iou, keep)
+}
+
 /// Platt scaling: `p = sigmoid(a * logit(s) + b)`, fitted on the validation photos' detections
 /// (right or wrong at IoU 0.5). Monotone, so it reorders nothing; it only makes the score
 /// read as a probability. The identity until fitted.
@@ -121,6 +150,26 @@ mod tests {
         let xs: Vec<f64> = kept.iter().map(|d| d.bbox.x).collect();
         assert_eq!(xs, vec![1.0, 50.0]);
         assert_eq!(nms(vec![det(0.0, 0.5), det(50.0, 0.3)], 0.5, 1).len(), 1);
+    }
+
+    #[test]
+    fn voting_moves_a_kept_box_to_the_weighted_mean_of_the_boxes_that_agree_with_it() {
+        let b = |x: f64, w: f64, score: f32| Detection { bbox: BoxPx::new(x, 0.0, w, 10.0), score, part: Part::Fluke };
+        // The best box is shifted right; two weaker ones on the left pull it back, a far
+        // one (another animal) does not, and is kept as its own box.
+        let found =
+            nms_voting(vec![b(2.0, 10.0, 0.6), b(0.0, 10.0, 0.3), b(0.0, 10.0, 0.3), b(40.0, 10.0, 0.2)], 0.5, 0.5, 10);
+        assert_eq!(found.len(), 2);
+        assert!((found[0].bbox.x - 1.0).abs() < 1e-9, "{:?}", found[0].bbox);
+        assert!((found[0].bbox.w - 10.0).abs() < 1e-9);
+        assert_eq!(found[0].score, 0.6);
+        assert_eq!(found[1].bbox.x, 40.0);
+        // Two boxes that overlap too little to suppress each other, both pulled by the
+        // candidates between them onto the same place: one is left.
+        let pulled =
+            nms_voting(vec![b(0.0, 10.0, 0.9), b(6.0, 10.0, 0.8), b(3.0, 10.0, 0.7), b(3.0, 10.0, 0.7)], 0.5, 0.5, 10);
+        assert_eq!(pulled.len(), 1, "{pulled:?}");
+        assert_eq!(pulled[0].score, 0.9);
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub struct DetectorCard {
     pub data_fingerprint: String,
     pub train_photos: usize,
     pub train_boxes: usize,
+    /// The head was trained again on the validation photos too, after they measured it.
+    #[serde(default)]
+    pub refit_on_all: bool,
     pub validation_photos: usize,
     pub validation_boxes: usize,
     pub epochs: usize,

@@ -19,7 +19,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use image::DynamicImage;
 
-pub use boxes::{Calibration, Detection, nms};
+pub use boxes::{Calibration, Detection, nms, nms_voting};
 pub use config::{CONFIG_KEY, DetectorCard, DetectorConfig};
 pub use network::{DetectorNet, HeadOutput, Targets, decode, loss, targets};
 
@@ -29,6 +29,8 @@ use super::preprocess::{IMAGENET_MEAN, IMAGENET_STD};
 
 /// Boxes that overlap a better one by more than this are the same animal.
 pub const NMS_IOU: f64 = 0.5;
+/// Candidates overlapping a kept box by this much vote on where its edges lie.
+pub const VOTE_IOU: f64 = 0.5;
 /// At most this many boxes per photo.
 pub const MAX_BOXES: usize = 20;
 
@@ -225,9 +227,11 @@ impl Detector {
                 d.score = self.config.calibration.apply(d.score);
                 d
             })
-            .filter(|d| d.score >= min_score)
             .collect();
-        Ok(nms(calibrated, NMS_IOU, MAX_BOXES))
+        // Every candidate votes, even those too weak to be kept themselves.
+        let mut kept = nms_voting(calibrated, NMS_IOU, VOTE_IOU, MAX_BOXES);
+        kept.retain(|d| d.score >= min_score);
+        Ok(kept)
     }
 }
 
