@@ -3,8 +3,10 @@
 //! Each score is mapped to the probability that the query and a candidate individual are the
 //! same animal by an isotonic (monotone, otherwise free) regression fitted on labelled pairs
 //! of the catalogue: a query and one of its shortlisted individuals, same or not. The two
-//! are then fused as independent evidence (their log-odds added, the prior counted once), so
-//! that the fused number reads as a probability, ranks the candidates, and carries the
+//! log-odds are then weighed by a logistic regression fitted on the same pairs (weights kept
+//! non-negative): the two scores are not independent evidence (a crop that matches well
+//! globally also tends to match locally), so adding their log-odds overcounts what they
+//! share. The fused number reads as a probability, ranks the candidates, and carries the
 //! new-individual threshold.
 
 use serde::{Deserialize, Serialize};
@@ -145,6 +147,11 @@ pub struct Calibration {
     pub local: Option<Isotonic>,
     /// Share of same pairs among the fitted pairs.
     pub prior: f32,
+    /// The fusion `[bias, global weight, local weight]` over the two log-odds; absent in
+    /// calibrations stored before it was fitted, which add the log-odds as independent
+    /// evidence.
+    #[serde(default)]
+    pub weights: Option<[f32; 3]>,
     /// Pairs fitted, and the same ones among them.
     pub pairs: usize,
     pub same: usize,
@@ -167,13 +174,26 @@ impl Calibration {
         let global: Vec<(f32, bool)> = pairs.iter().map(|p| (p.global, p.same)).collect();
         let local: Vec<(f32, bool)> = pairs.iter().filter_map(|p| p.local.map(|l| (l, p.same))).collect();
         let local_same = local.iter().filter(|(_, s)| *s).count();
-        Ok(Calibration {
+        let mut fitted = Calibration {
             global: Isotonic::fit(&global).ok_or_else(|| CalibrationError::Invalid("no finite global score".into()))?,
             local: if local_same >= MIN_LOCAL_PAIRS && local_same < local.len() { Isotonic::fit(&local) } else { None },
             prior: same as f32 / pairs.len() as f32,
+            weights: None,
             pairs: pairs.len(),
             same,
-        })
+        };
+        if let Some(local_fit) = &fitted.local {
+            let points: Vec<([f64; 2], bool)> = pairs
+                .iter()
+                .filter_map(|p| {
+                    let l = p.local?;
+                    let g = logit(fitted.global.probability(p.global)) as f64;
+                    Some(([g, logit(local_fit.probability(l)) as f64], p.same))
+                })
+                .collect();
+            fitted.weights = fusion_weights(&points, fitted.prior);
+        }
+        Ok(fitted)
     }
 
     /// The probability that a candidate with these scores is the query's individual:
@@ -181,7 +201,13 @@ impl Calibration {
     pub fn probability(&self, global: f32, local: Option<f32>) -> f32 {
         let g = self.global.probability(global);
         match (&self.local, local) {
-            (Some(fit), Some(l)) => sigmoid(logit(g) + logit(fit.probability(l)) - logit(self.prior)),
+            (Some(fit), Some(l)) => {
+                let (lg, ll) = (logit(g), logit(fit.probability(l)));
+                match self.weights {
+                    Some([b, wg, wl]) => sigmoid(b + wg * lg + wl * ll),
+                    None => sigmoid(lg + ll - logit(self.prior)),
+                }
+            }
             _ => g,
         }
     }
@@ -197,11 +223,46 @@ impl Calibration {
         if let Some(l) = &c.local {
             l.check().map_err(|e| CalibrationError::Invalid(format!("local: {e}")))?;
         }
+        if let Some(w) = c.weights
+            && (w.iter().any(|v| !v.is_finite()) || w[1] < 0.0 || w[2] < 0.0)
+        {
+            return Err(CalibrationError::Invalid(format!("fusion weights {w:?} are not finite and non-negative")));
+        }
         if !(c.prior > 0.0 && c.prior < 1.0) {
             return Err(CalibrationError::Invalid(format!("prior {} is not in (0, 1)", c.prior)));
         }
         Ok(c)
     }
+}
+
+/// The logistic regression `sigmoid(b + wg * x[0] + wl * x[1])` of `same` on the two
+/// log-odds, by Newton steps from independent evidence (`b = -logit(prior)`, weights 1) with
+/// a light ridge towards it; weights kept non-negative, so the fusion stays non-decreasing
+/// in each score. `None` when the fit does not settle on finite numbers.
+fn fusion_weights(points: &[([f64; 2], bool)], prior: f32) -> Option<[f32; 3]> {
+    use nalgebra::{Matrix3, Vector3};
+    let start = Vector3::new(-(logit(prior) as f64), 1.0, 1.0);
+    let mut w = start;
+    let ridge = 1e-3 * points.len().max(1) as f64;
+    for _ in 0..50 {
+        let mut grad = (w - start) * ridge;
+        let mut hess = Matrix3::identity() * ridge;
+        for (x, same) in points {
+            let v = Vector3::new(1.0, x[0], x[1]);
+            let p = 1.0 / (1.0 + (-w.dot(&v)).exp());
+            grad += v * (p - if *same { 1.0 } else { 0.0 });
+            hess += v * v.transpose() * (p * (1.0 - p)).max(1e-9);
+        }
+        let step = hess.try_inverse()? * grad;
+        w -= step;
+        w[1] = w[1].max(0.0);
+        w[2] = w[2].max(0.0);
+        if step.norm() < 1e-6 {
+            break;
+        }
+    }
+    let out = [w[0] as f32, w[1] as f32, w[2] as f32];
+    out.iter().all(|v| v.is_finite()).then_some(out)
 }
 
 /// The probability of every pair from a calibration fitted without its group (the query's
@@ -296,6 +357,40 @@ mod tests {
     }
 
     #[test]
+    fn a_local_score_that_repeats_the_global_one_is_not_counted_twice() {
+        // The local score carries nothing the global one does not: added as independent
+        // evidence it would double the log-odds and overstate every probability.
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let twin = |rng: &mut rand_chacha::ChaCha8Rng| {
+            let same = rng.random_bool(0.2);
+            let global: f32 = if same { rng.random_range(0.3..0.9) } else { rng.random_range(0.1..0.6) };
+            Pair { global, local: Some(global * 40.0), same }
+        };
+        let train: Vec<Pair> = (0..4000).map(|_| twin(&mut rng)).collect();
+        let c = Calibration::fit(&train).unwrap();
+        let [_, wg, wl] = c.weights.expect("fusion weights");
+        assert!(wg >= 0.0 && wl >= 0.0, "weights {wg} {wl}");
+        // On other pairs, the probabilities given match the rates seen (expected calibration
+        // error over ten bins); adding the log-odds as independent evidence misses them.
+        let test: Vec<Pair> = (0..4000).map(|_| twin(&mut rng)).collect();
+        let error = |c: &Calibration| {
+            // Per bin: the probabilities given and the same pairs, summed.
+            let mut bins = [(0f32, 0f32); 10];
+            for p in &test {
+                let q = c.probability(p.global, p.local);
+                let bin = &mut bins[((q * 10.0) as usize).min(9)];
+                *bin = (bin.0 + q, bin.1 + if p.same { 1.0 } else { 0.0 });
+            }
+            bins.iter().map(|(q, same)| (q - same).abs()).sum::<f32>() / test.len() as f32
+        };
+        let naive = Calibration { weights: None, ..c.clone() };
+        let (fitted, independent) = (error(&c), error(&naive));
+        assert!(fitted < 0.07, "{fitted} (independent evidence {independent})");
+        assert!(independent > 1.6 * fitted, "independent evidence {independent}, fitted {fitted}");
+    }
+
+    #[test]
     fn local_is_left_out_with_too_few_verified_pairs() {
         let mut few = pairs(200, 4);
         for p in &mut few {
@@ -327,6 +422,13 @@ mod tests {
         let mut bad = c.clone();
         bad.prior = 1.5;
         assert!(matches!(Calibration::from_json(&bad.to_json()), Err(CalibrationError::Invalid(_))));
+        let mut bad = c.clone();
+        bad.weights = Some([0.0, -1.0, 1.0]);
+        assert!(matches!(Calibration::from_json(&bad.to_json()), Err(CalibrationError::Invalid(_))));
+        // A calibration stored before the fusion was fitted reads as independent evidence.
+        let mut old: serde_json::Value = serde_json::from_str(&c.to_json()).unwrap();
+        old.as_object_mut().unwrap().remove("weights");
+        assert_eq!(Calibration::from_json(&old.to_string()).unwrap().weights, None);
     }
 
     #[test]
