@@ -174,17 +174,7 @@ pub fn train_detector(
     finder.long_side = opts.long_side.unwrap_or_else(|| super::default_long_side(backbone.as_ref()));
     let mut problems = Vec::new();
     progress.stage("reading photos", training.len() as u64);
-    let mut cache: Vec<View> = Vec::new();
-    for s in &training {
-        if progress.cancelled() {
-            anyhow::bail!("cancelled");
-        }
-        match with_photo(&s.file, |img| views(&finder, &img, s, &parts)) {
-            Ok(v) => cache.extend(v),
-            Err(problem) => problems.push(problem),
-        }
-        progress.advance(1);
-    }
+    let mut cache = read_views(&training, &finder, &parts, progress, &mut problems)?;
     if cache.is_empty() {
         anyhow::bail!("{}: none of the photos with boxes could be read", cat.path().display());
     }
@@ -226,16 +216,8 @@ pub fn train_detector(
         (vars, det.config)
     } else {
         progress.stage("reading the validation photos to train on them too", validation.len() as u64);
-        for s in &validation {
-            if progress.cancelled() {
-                anyhow::bail!("cancelled");
-            }
-            // A photo that failed to decode is already among the problems.
-            if let Ok(v) = with_photo(&s.file, |img| views(&finder, &img, s, &parts)) {
-                cache.extend(v);
-            }
-            progress.advance(1);
-        }
+        // A photo that failed to decode is already among the problems.
+        cache.extend(read_views(&validation, &finder, &parts, progress, &mut Vec::new())?);
         let (vars, det) = fit(&cache, backbone.as_ref(), opts, &parts, progress)?;
         (vars, det.config)
     };
@@ -262,6 +244,29 @@ pub fn train_detector(
         .map_err(|e| anyhow::anyhow!("{}: {e}", out.with_extension("json").display()))?;
     super::set_active_detector(cat, Some(&out))?;
     Ok(TrainDetectorReport { detector: out, card, calibration, problems })
+}
+
+/// The views of every photo of `samples` ([`views`]); a photo that cannot be read or
+/// decoded goes to `problems`, and the others are read.
+fn read_views(
+    samples: &[Sample],
+    finder: &Finder,
+    parts: &[Part],
+    progress: &dyn Progress,
+    problems: &mut Vec<PhotoProblem>,
+) -> anyhow::Result<Vec<View>> {
+    let mut cache = Vec::new();
+    for s in samples {
+        if progress.cancelled() {
+            anyhow::bail!("cancelled");
+        }
+        match with_photo(&s.file, |img| views(finder, &img, s, parts)) {
+            Ok(v) => cache.extend(v),
+            Err(problem) => problems.push(problem),
+        }
+        progress.advance(1);
+    }
+    Ok(cache)
 }
 
 /// A head trained on the cached views `cache` (seeded by `opts.seed`: the same views give
