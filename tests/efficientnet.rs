@@ -63,16 +63,21 @@ fn a_tiny_network_takes_any_input_size_and_its_two_paths_agree() {
         let images = Tensor::randn(0f32, 1.0, (3, 3, h, w), &device).unwrap();
         let taps = [Tap::Output(1), Tap::Output(2)];
         let slow = model.forward_taps(&images, &taps).unwrap();
-        let fast = EfficientNet::with_weights(&model, &HashMap::new())
-            .unwrap()
-            .with_kernels(Kernels::Fused)
-            .forward_taps(&images, &taps)
-            .unwrap();
+        let fused = EfficientNet::with_weights(&model, &HashMap::new()).unwrap().with_kernels(Kernels::Fused);
+        let fast = fused.forward_taps(&images, &taps).unwrap();
         // Stem stride 2, then stage 2 strided: sides halve rounding up.
         assert_eq!(slow[1].dims(), [3, 32, h.div_ceil(4), w.div_ceil(4)]);
         for (a, b) in slow.iter().zip(&fast) {
             let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(diff < 1e-4, "fused and differentiable differ by {diff}");
+        }
+        // One image alone (its kernels spread over the threads) gives what it gave in the batch
+        // (an image per thread).
+        let alone = fused.forward_taps(&images.narrow(0, 1, 1).unwrap(), &taps).unwrap();
+        for (a, b) in alone.iter().zip(&fast) {
+            let diff =
+                (a - b.narrow(0, 1, 1).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-5, "one image alone differs by {diff}");
         }
         // The tail from cached stage-1 maps is what the whole pass gives.
         let tail = model.forward_tail(&slow[0], 1, 2).unwrap();

@@ -18,6 +18,7 @@ mod config;
 mod cpu;
 pub mod depthwise;
 mod fetch;
+mod pointwise;
 mod weights;
 
 pub use config::{BlockSpec, EfficientNetConfig};
@@ -509,11 +510,9 @@ impl Backbone for EfficientNet {
 
 impl cpu::Network {
     fn new(net: &EfficientNet) -> Result<Self> {
-        let pointwise = |c: &ConvBn| -> Result<cpu::Pointwise> {
+        let pointwise = |c: &ConvBn| -> Result<pointwise::Pointwise> {
             let (w, bias) = c.folded()?;
-            let out = w.dim(0)?;
-            let input = w.elem_count() / out;
-            cpu::Pointwise::new(&w.reshape((out, input, 1, 1))?, &bias)
+            Ok(pointwise::Pointwise::new(&w.flatten_all()?.to_vec1()?, &bias.to_vec1()?))
         };
         let blocks = net
             .blocks
