@@ -17,6 +17,8 @@ pub struct DepthwiseConv {
     channels: usize,
     kernel: usize,
     stride: usize,
+    /// Whether the AVX2 + FMA kernel runs (the CPU has them); otherwise plain loops.
+    avx2: bool,
 }
 
 impl DepthwiseConv {
@@ -32,7 +34,7 @@ impl DepthwiseConv {
                 laid[t * channels + c] = weights[c * taps + t];
             }
         }
-        Self { weights: laid, bias, channels, kernel, stride }
+        Self { weights: laid, bias, channels, kernel, stride, avx2: super::pointwise::has_avx2() }
     }
 
     /// The output side for an input side.
@@ -101,7 +103,7 @@ impl DepthwiseConv {
             let n = taps_of(ox, &mut taps);
             let out = &mut out_row[ox * c..(ox + group) * c];
             let pixels = Pixels { count: group, input_step: stride * c, output_step: c };
-            accumulate(out, &self.bias, image, &self.weights, &taps[..n], pixels, relu6);
+            self.accumulate(out, image, &taps[..n], pixels, relu6);
             ox += group;
         }
     }
@@ -119,39 +121,33 @@ struct Pixels {
     output_step: usize,
 }
 
-/// For each output pixel `p` of `pixels`, over the channels `j` of `bias`:
-/// `out[p * output_step + j] = bias[j] + Σ image[i + p * input_step + j] * weights[w + j]`
-/// over the `(i, w)` of `taps`, clamped to `[0, 6]` when `relu6`.
-fn accumulate(
-    out: &mut [f32],
-    bias: &[f32],
-    image: &[f32],
-    weights: &[f32],
-    taps: &[(usize, usize)],
-    pixels: Pixels,
-    relu6: bool,
-) {
-    let c = bias.len();
-    let Pixels { count, input_step, output_step } = pixels;
-    assert!(count == 1 || count == GROUP, "{count} pixels at once");
-    assert!(c <= output_step && out.len() == (count - 1) * output_step + c, "output of the wrong size");
-    assert!(taps.iter().all(|&(i, w)| i + (count - 1) * input_step + c <= image.len() && w + c <= weights.len()));
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has AVX2 and FMA (checked just above), and every read and write
-        // stays inside the slices (the assertions above).
-        unsafe {
-            match count {
-                1 => avx2::accumulate::<1>(out, bias, image, weights, taps, pixels, relu6),
-                _ => avx2::accumulate::<GROUP>(out, bias, image, weights, taps, pixels, relu6),
+impl DepthwiseConv {
+    /// For each output pixel `p` of `pixels`, over every channel `j`:
+    /// `out[p * output_step + j] = bias[j] + Σ image[i + p * input_step + j] * weights[w + j]`
+    /// over the `(i, w)` of `taps`, clamped to `[0, 6]` when `relu6`.
+    fn accumulate(&self, out: &mut [f32], image: &[f32], taps: &[(usize, usize)], pixels: Pixels, relu6: bool) {
+        let (bias, weights, c) = (&self.bias, &self.weights, self.channels);
+        let Pixels { count, input_step, output_step } = pixels;
+        assert!(count == 1 || count == GROUP, "{count} pixels at once");
+        assert!(c <= output_step && out.len() == (count - 1) * output_step + c, "output of the wrong size");
+        assert!(taps.iter().all(|&(i, w)| i + (count - 1) * input_step + c <= image.len() && w + c <= weights.len()));
+        #[cfg(target_arch = "x86_64")]
+        if self.avx2 {
+            // SAFETY: the CPU has AVX2 and FMA (`has_avx2` said so), and every read and write
+            // stays inside the slices (the assertions above).
+            unsafe {
+                match count {
+                    1 => avx2::accumulate::<1>(out, bias, image, weights, taps, pixels, relu6),
+                    _ => avx2::accumulate::<GROUP>(out, bias, image, weights, taps, pixels, relu6),
+                }
             }
+            return;
         }
-        return;
-    }
-    for p in 0..count {
-        for j in 0..c {
-            let sum = taps.iter().fold(bias[j], |s, &(i, w)| s + image[i + p * input_step + j] * weights[w + j]);
-            out[p * output_step + j] = if relu6 { sum.clamp(0.0, 6.0) } else { sum };
+        for p in 0..count {
+            for j in 0..c {
+                let sum = taps.iter().fold(bias[j], |s, &(i, w)| s + image[i + p * input_step + j] * weights[w + j]);
+                out[p * output_step + j] = if relu6 { sum.clamp(0.0, 6.0) } else { sum };
+            }
         }
     }
 }
@@ -162,12 +158,13 @@ mod avx2 {
 
     use super::Pixels;
 
-    /// [`super::accumulate`] for `P` pixels, the sums held in registers through all the taps:
-    /// 32 channels at a time for one pixel (16 for a group), then 8, then one at a time.
+    /// [`super::DepthwiseConv::accumulate`] for `P` pixels, the sums held in registers
+    /// through all the taps: 32 channels at a time for one pixel (16 for a group), then 8, then
+    /// one at a time.
     ///
     /// # Safety
     /// The CPU has AVX2 and FMA, `P` is `pixels.count`, and the sizes are those
-    /// [`super::accumulate`] asserts.
+    /// [`super::DepthwiseConv::accumulate`] asserts.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn accumulate<const P: usize>(
         out: &mut [f32],
@@ -271,7 +268,8 @@ mod tests {
 
     /// The kernel computes what candle's grouped convolution computes, for both kernel
     /// sizes and strides, odd sides, channel counts that exercise each width of the vector
-    /// path (32, 8, then single channels), on one thread and on several.
+    /// path (32, 8, then single channels), on one thread and on several, with the vector
+    /// kernel and with the plain loops.
     #[test]
     fn depthwise_kernel_matches_candles_grouped_convolution() -> candle_core::Result<()> {
         let device = Device::Cpu;
@@ -285,18 +283,21 @@ mod tests {
                 .conv2d(&w, kernel / 2, stride, 1, channels)?
                 .broadcast_add(&bias.reshape((1, channels, 1, 1))?)?
                 .clamp(0f32, 6f32)?;
-            let conv = DepthwiseConv::new(&w.flatten_all()?.to_vec1()?, bias.to_vec1()?, kernel, stride);
+            let mut conv = DepthwiseConv::new(&w.flatten_all()?.to_vec1()?, bias.to_vec1()?, kernel, stride);
             let nhwc = x.permute((0, 2, 3, 1))?.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
             let out_side = conv.output_side(side);
-            let got = Tensor::from_vec(
-                conv.forward(&nhwc, 2, (side, side), true, channels % 2 == 0),
-                (2, out_side, out_side, channels),
-                &device,
-            )?
-            .permute((0, 3, 1, 2))?;
-            assert_eq!(got.dims(), expected.dims());
-            let diff = (got - expected)?.abs()?.max_all()?.to_scalar::<f32>()?;
-            assert!(diff < 1e-4, "k {kernel} s {stride}: {diff}");
+            for avx2 in [true, false] {
+                conv.avx2 = avx2 && super::super::pointwise::has_avx2();
+                let got = Tensor::from_vec(
+                    conv.forward(&nhwc, 2, (side, side), true, channels % 2 == 0),
+                    (2, out_side, out_side, channels),
+                    &device,
+                )?
+                .permute((0, 3, 1, 2))?;
+                assert_eq!(got.dims(), expected.dims());
+                let diff = (got - &expected)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                assert!(diff < 1e-4, "k {kernel} s {stride} avx2 {avx2}: {diff}");
+            }
         }
         Ok(())
     }

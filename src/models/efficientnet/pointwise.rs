@@ -28,6 +28,20 @@ pub struct Pointwise {
     bias: Vec<f32>,
     input: usize,
     output: usize,
+    /// Whether the AVX2 + FMA kernel runs (the CPU has them); otherwise plain loops.
+    avx2: bool,
+}
+
+/// Whether this CPU runs the AVX2 + FMA kernels of the convolutions.
+pub(super) fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// What is added to the product, and whether it is clamped.
@@ -55,7 +69,7 @@ impl Pointwise {
         }
         let mut padded = bias.to_vec();
         padded.resize(count * PANEL, 0.0);
-        Self { panels, bias: padded, input, output }
+        Self { panels, bias: padded, input, output, avx2: has_avx2() }
     }
 
     /// `x` `[pixels, in]` -> `[pixels, out]`, with `then` applied; pixels spread over rayon's
@@ -102,6 +116,7 @@ impl Pointwise {
                 panel: &self.panels[p * k * PANEL..(p + 1) * k * PANEL],
                 bias: &self.bias[c0..c0 + PANEL],
                 width: c1 - c0,
+                avx2: self.avx2,
             };
             let at = r0 * n + c0;
             let end = (r1 - 1) * n + c1;
@@ -124,6 +139,7 @@ struct Tile<'a> {
     panel: &'a [f32],
     bias: &'a [f32],
     width: usize,
+    avx2: bool,
 }
 
 impl Tile<'_> {
@@ -136,8 +152,8 @@ impl Tile<'_> {
         assert!(self.width <= PANEL && self.bias.len() == PANEL && out.len() == (rows - 1) * stride + self.width);
         assert!(then.residual.is_none_or(|r| r.len() == out.len()));
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has AVX2 and FMA (checked just above); the sizes were asserted.
+        if self.avx2 {
+            // SAFETY: the CPU has AVX2 and FMA (`has_avx2`); the sizes were asserted.
             unsafe {
                 match rows {
                     6 => avx2::tile::<6>(self, out, stride, then),
@@ -243,15 +259,23 @@ mod tests {
 
     /// Every shape the kernel splits differently (rows not a multiple of six, of a task's
     /// rows, outputs not a multiple of a panel, either loop order) gives the plain product
-    /// with the bias, the residual and the clamp, on one thread and on several.
+    /// with the bias, the residual and the clamp, on one thread and on several, with the
+    /// vector kernel and with the plain loops.
     #[test]
     fn the_packed_product_is_the_plain_one() {
         for (pixels, input, output) in [(1, 3, 5), (7, 27, 32), (13, 16, 24), (49, 40, 200), (200, 24, 40), (6, 8, 16)]
         {
             let (w, b, x, res) =
                 (random(output * input, 1), random(output, 2), random(pixels * input, 3), random(pixels * output, 4));
-            let conv = Pointwise::new(&w, &b);
-            for (residual, relu6, parallel) in [(false, false, false), (true, false, true), (false, true, true)] {
+            let mut conv = Pointwise::new(&w, &b);
+            let cases = [
+                (false, false, false, true),
+                (true, false, true, true),
+                (false, true, true, true),
+                (true, true, false, false),
+            ];
+            for (residual, relu6, parallel, avx2) in cases {
+                conv.avx2 = avx2 && has_avx2();
                 let then = Epilogue { residual: residual.then_some(res.as_slice()), relu6 };
                 let got = conv.forward(&x, then, parallel);
                 for p in 0..pixels {
