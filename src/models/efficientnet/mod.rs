@@ -17,6 +17,7 @@ use candle_nn::{Init, VarBuilder};
 mod config;
 mod cpu;
 pub mod depthwise;
+mod depthwise_op;
 mod fetch;
 mod pointwise;
 mod weights;
@@ -120,9 +121,16 @@ impl ConvBn {
 
     fn forward(&self, x: &Tensor, mode: BatchNormMode, relu6: bool) -> Result<Tensor> {
         let kernel = self.weight.dim(3)?;
-        let y = match self.groups > 1 && self.groups == x.dim(1)? {
-            true => depthwise(x, &self.weight, self.stride)?,
-            false => x.conv2d(&self.weight, kernel / 2, self.stride, 1, self.groups)?,
+        let y = if self.groups > 1 && self.groups == x.dim(1)? {
+            depthwise(x, &self.weight, self.stride)?
+        } else if kernel == 1 && self.stride == 1 && self.groups == 1 {
+            // A 1x1 convolution is a product over the pixels; candle's convolution (and its
+            // gradient) would run a general kernel.
+            let (b, c, h, w) = x.dims4()?;
+            let out = self.weight.dim(0)?;
+            self.weight.reshape((out, c))?.broadcast_matmul(&x.reshape((b, c, h * w))?)?.reshape((b, out, h, w))?
+        } else {
+            x.conv2d(&self.weight, kernel / 2, self.stride, 1, self.groups)?
         };
         let y = self.bn.forward(&y, mode)?;
         if relu6 { y.clamp(0f32, 6f32) } else { Ok(y) }
@@ -137,10 +145,18 @@ impl ConvBn {
 }
 
 /// A depthwise convolution (one odd k x k filter `[C, 1, k, k]` per channel of `x`
-/// `[B, C, H, W]`, zero padding k/2) as k² shifted products: differentiable through candle's
-/// elementwise operations, and much faster than its grouped convolution, which runs one
-/// convolution per channel (what training and the GPU run; CPU inference has its own kernel).
+/// `[B, C, H, W]`, zero padding k/2), differentiable: on the CPU one operation with its own
+/// gradient ([`depthwise_op`]), elsewhere (the GPU) [`shifted_depthwise`]. candle's grouped
+/// convolution runs one convolution per channel.
 fn depthwise(x: &Tensor, weight: &Tensor, stride: usize) -> Result<Tensor> {
+    match depthwise_op::serves(x) {
+        true => x.contiguous()?.apply_op2(&weight.contiguous()?, depthwise_op::Depthwise { stride }),
+        false => shifted_depthwise(x, weight, stride),
+    }
+}
+
+/// A depthwise convolution as k² shifted products, through candle's elementwise operations.
+fn shifted_depthwise(x: &Tensor, weight: &Tensor, stride: usize) -> Result<Tensor> {
     let (_, c, h, w) = x.dims4()?;
     let k = weight.dim(3)?;
     let p = k / 2;
@@ -559,17 +575,34 @@ impl Module for EfficientNet {
 mod tests {
     use super::*;
 
+    /// Both differentiable depthwise convolutions compute the grouped one, and the CPU
+    /// operation's gradients (input and weight) are those of the shifted products, for both
+    /// kernel sizes, both strides and odd and even sides.
     #[test]
-    fn the_shifted_depthwise_convolution_is_the_grouped_one() -> Result<()> {
+    fn the_depthwise_operation_and_the_shifted_products_are_the_grouped_convolution_and_agree_on_gradients()
+    -> Result<()> {
         let device = Device::Cpu;
-        for (k, stride, h, w) in [(3, 1, 7, 6), (5, 1, 8, 8), (3, 2, 7, 8), (5, 2, 9, 5), (5, 2, 8, 8)] {
-            let x = Tensor::randn(0f32, 1.0, (2, 6, h, w), &device)?;
-            let weight = Tensor::randn(0f32, 1.0, (6, 1, k, k), &device)?;
+        let max_diff = |a: &Tensor, b: &Tensor| -> Result<f32> { (a - b)?.abs()?.max_all()?.to_scalar::<f32>() };
+        for (k, stride, h, w) in [(3, 1, 7, 6), (5, 1, 8, 8), (3, 2, 7, 8), (5, 2, 9, 5), (5, 2, 8, 8), (5, 1, 3, 2)] {
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 6, h, w), &device)?)?;
+            let weight = Var::from_tensor(&Tensor::randn(0f32, 1.0, (6, 1, k, k), &device)?)?;
             let grouped = x.conv2d(&weight, k / 2, stride, 1, 6)?;
-            let shifted = depthwise(&x, &weight, stride)?;
-            assert_eq!(shifted.dims(), grouped.dims(), "k {k}, stride {stride}, {h} x {w}");
-            let error = (shifted - grouped)?.abs()?.max_all()?.to_scalar::<f32>()?;
-            assert!(error < 1e-4, "k {k}, stride {stride}, {h} x {w}: {error}");
+            let shifted = shifted_depthwise(&x, &weight, stride)?;
+            let op = depthwise(&x, &weight, stride)?;
+            for (name, y) in [("shifted", &shifted), ("operation", &op)] {
+                assert_eq!(y.dims(), grouped.dims(), "{name}: k {k}, stride {stride}, {h} x {w}");
+                let error = max_diff(y, &grouped)?;
+                assert!(error < 1e-4, "{name}: k {k}, stride {stride}, {h} x {w}: {error}");
+            }
+            // A loss that weighs every output differently.
+            let mix = Tensor::randn(0f32, 1.0, grouped.dims(), &device)?;
+            let want = (shifted * &mix)?.sum_all()?.backward()?;
+            let got = (op * &mix)?.sum_all()?.backward()?;
+            for (name, var) in [("input", &x), ("weight", &weight)] {
+                let (a, b) = (got.get(var).expect("a gradient"), want.get(var).expect("a gradient"));
+                let error = max_diff(a, b)?;
+                assert!(error < 1e-3, "{name} gradient: k {k}, stride {stride}, {h} x {w}: {error}");
+            }
         }
         Ok(())
     }
