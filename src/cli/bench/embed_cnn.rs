@@ -27,8 +27,8 @@ struct CnnBench {
     best_batch_ms_per_image: f64,
     /// Weights plus everything one batch needs (the mark is reset after loading the model).
     peak_rss_mib: Option<f64>,
-    /// The same work through candle's own operations (the differentiable path training and
-    /// the GPU run: depthwise convolutions as shifted products).
+    /// The same work through candle tensors (the differentiable path training and the GPU
+    /// run).
     stock_candle_ms_per_image: f64,
     reference: Option<Reference>,
     /// onnxruntime ms/image ÷ whaleid ms/image: >= 1.0 means whaleid is at least as fast.

