@@ -91,7 +91,7 @@ impl Pointwise {
         };
         let out = &mut y.spare_capacity_mut()[..pixels * n];
         match parallel && pixels > ROWS_PER_TASK {
-            true => out.par_chunks_mut(ROWS_PER_TASK * n).enumerate().for_each(task),
+            true => out.par_chunks_mut((ROWS_PER_TASK * n).max(1)).enumerate().for_each(task),
             false => task((0, out)),
         }
         // SAFETY: the tiles of `rows` cover every row and every output channel, and each
