@@ -682,6 +682,21 @@ fn cli_search_embeds_what_is_missing_and_neck_refuses_a_training_state() {
     assert_eq!(r["searched_images"].as_u64(), Some(crops as u64 - 1), "every labelled crop: {r}");
     assert_eq!(r["matches"][0]["individual"], individual, "{r}");
     assert_eq!(r["unidentified"][0]["annotation"].as_i64(), Some(sibling.0), "its unnamed photo is nearest: {r}");
+    // Each crop named comes with its photo, in the JSON and in the text.
+    let sibling_photo = {
+        let cat = Catalogue::open(&cat_path).unwrap();
+        cat.photo(cat.annotation(sibling).unwrap().unwrap().photo_id).unwrap().unwrap().stored_path
+    };
+    assert_eq!(r["photos"][sibling.0.to_string()].as_str(), Some(sibling_photo.as_str()), "{r}");
+    let best = r["matches"][0]["best_annotation"].as_i64().unwrap().to_string();
+    assert!(r["photos"][best].as_str().is_some_and(|p| !p.is_empty()), "{r}");
+    let text = common::whaleid_in(dir.path())
+        .args(["search", "--catalog", c, "--model", w, "--size", "56"])
+        .arg(&query)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains(&format!("annotation {}, {sibling_photo}", sibling.0)), "{text}");
 
     // A short training run leaves a head and a training state side by side.
     let run = dir.path().join("run");

@@ -66,6 +66,7 @@ pub fn search(args: SearchArgs) -> Result<()> {
         }
     }
     result.matches.truncate(args.top);
+    result.name_photos(&cat)?;
     emit(args.json, &result, |r| format!("{}: {r}", photo.display()))
 }
 

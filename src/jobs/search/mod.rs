@@ -14,6 +14,8 @@ mod kernels;
 mod load;
 pub mod rerank;
 
+use std::collections::BTreeMap;
+
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -24,6 +26,7 @@ pub use load::GalleryLoad;
 
 use crate::base::ids::AnnotationId;
 use crate::base::vocabulary::{Part, Side};
+use crate::catalogue::Catalogue;
 
 /// What is known of each gallery image besides its vector.
 #[derive(Debug, Clone)]
@@ -121,6 +124,40 @@ pub struct SearchResult {
     pub reranked: bool,
     /// True when the best score is under the threshold: probably an individual not yet catalogued.
     pub new_individual: bool,
+    /// The photo (as the catalogue stores its path) of each crop named above, when the caller
+    /// looked them up ([`SearchResult::name_photos`]).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub photos: BTreeMap<AnnotationId, String>,
+}
+
+impl SearchResult {
+    /// The crops this result names: each match's shown crop, then the unidentified ones.
+    fn crops(&self) -> impl Iterator<Item = AnnotationId> + '_ {
+        let shown = self.matches.iter().map(|m| m.verified.as_ref().map_or(m.best_annotation, |v| v.annotation));
+        shown.chain(self.unidentified.iter().map(|n| n.annotation))
+    }
+
+    /// Looks up the photo of every crop named, so that the result names photos a biologist
+    /// can open rather than the catalogue's crop numbers alone.
+    pub fn name_photos(&mut self, cat: &Catalogue) -> crate::catalogue::Result<()> {
+        let crops: Vec<AnnotationId> = self.crops().collect();
+        for crop in crops {
+            if let Some(annotation) = cat.annotation(crop)?
+                && let Some(photo) = cat.photo(annotation.photo_id)?
+            {
+                self.photos.insert(crop, photo.stored_path);
+            }
+        }
+        Ok(())
+    }
+
+    /// `annotation N`, with its photo when known.
+    fn crop_name(&self, crop: AnnotationId) -> String {
+        match self.photos.get(&crop) {
+            Some(photo) => format!("annotation {crop}, {photo}"),
+            None => format!("annotation {crop}"),
+        }
+    }
 }
 
 impl std::fmt::Display for SearchResult {
@@ -141,15 +178,15 @@ impl std::fmt::Display for SearchResult {
                     if let Some(p) = v.probability {
                         write!(f, "  p {p:.3}")?;
                     }
-                    write!(f, "  {:>3} verified matches (crop: annotation {})", v.matches, v.annotation)?;
+                    write!(f, "  {:>3} verified matches (crop: {})", v.matches, self.crop_name(v.annotation))?;
                 }
-                None => write!(f, "  (best crop: annotation {})", m.best_annotation)?,
+                None => write!(f, "  (best crop: {})", self.crop_name(m.best_annotation))?,
             }
         }
         if !self.unidentified.is_empty() {
             write!(f, "\nnearest unidentified crops:")?;
             for n in &self.unidentified {
-                write!(f, " annotation {} ({:.4})", n.annotation, n.score)?;
+                write!(f, "\n  {} ({:.4})", self.crop_name(n.annotation), n.score)?;
             }
         }
         let what = if self.threshold_is_probability { "probability" } else { "score" };
@@ -324,6 +361,7 @@ impl Gallery {
         SearchResult {
             matches,
             unidentified: Vec::new(),
+            photos: BTreeMap::new(),
             filter: filter.describe(),
             searched_images,
             searched_individuals,

@@ -350,6 +350,7 @@ mod tests {
         SearchResult {
             matches,
             unidentified: Vec::new(),
+            photos: Default::default(),
             filter: String::new(),
             searched_images: names.len(),
             searched_individuals: names.len(),
