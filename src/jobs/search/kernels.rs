@@ -50,7 +50,7 @@ pub fn normalise(v: &mut [f32]) {
 pub(super) fn score_rows(query: &[f32], rows: &[f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        if crate::base::cpu::has_avx2_fma() {
             // SAFETY: the CPU was just checked for both features.
             unsafe { score_rows_avx2(query, rows, out) };
             return;
@@ -110,7 +110,7 @@ unsafe fn score_rows_avx2(query: &[f32], rows: &[f32], out: &mut [f32]) {
 pub(super) fn coarse_rows(query: &[f32], codes: &[i8], scales: &[f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        if crate::base::cpu::has_avx2_fma() {
             // SAFETY: the CPU was just checked for both features.
             unsafe { coarse_rows_avx2(query, codes, scales, out) };
             return;

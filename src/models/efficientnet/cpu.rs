@@ -26,7 +26,7 @@ pub(super) struct Block {
 
 /// The folded network.
 pub(super) struct Network {
-    /// Stem weights `[27, out]` over (channel, ky, kx) patches, and bias.
+    /// The stem: a product over (channel, ky, kx) patches (see `stem_patches`).
     pub(super) stem: Pointwise,
     pub(super) blocks: Vec<Block>,
     pub(super) head: Pointwise,

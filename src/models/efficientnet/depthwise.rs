@@ -7,6 +7,8 @@
 
 use rayon::prelude::*;
 
+use crate::base::cpu::has_avx2_fma;
+
 /// A depthwise `k` x `k` convolution with symmetric padding `k / 2`, weights and bias with
 /// BatchNorm folded in, laid out for [`DepthwiseConv::forward`].
 #[derive(Debug, Clone)]
@@ -34,7 +36,7 @@ impl DepthwiseConv {
                 laid[t * channels + c] = weights[c * taps + t];
             }
         }
-        Self { weights: laid, bias, channels, kernel, stride, avx2: super::pointwise::has_avx2() }
+        Self { weights: laid, bias, channels, kernel, stride, avx2: has_avx2_fma() }
     }
 
     /// The output side for an input side.
@@ -133,7 +135,7 @@ impl DepthwiseConv {
         assert!(taps.iter().all(|&(i, w)| i + (count - 1) * input_step + c <= image.len() && w + c <= weights.len()));
         #[cfg(target_arch = "x86_64")]
         if self.avx2 {
-            // SAFETY: the CPU has AVX2 and FMA (`has_avx2` said so), and every read and write
+            // SAFETY: the CPU has AVX2 and FMA (`has_avx2_fma` said so), and every read and write
             // stays inside the slices (the assertions above).
             unsafe {
                 match count {
@@ -287,7 +289,7 @@ mod tests {
             let nhwc = x.permute((0, 2, 3, 1))?.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
             let out_side = conv.output_side(side);
             for avx2 in [true, false] {
-                conv.avx2 = avx2 && super::super::pointwise::has_avx2();
+                conv.avx2 = avx2 && has_avx2_fma();
                 let got = Tensor::from_vec(
                     conv.forward(&nhwc, 2, (side, side), true, channels % 2 == 0),
                     (2, out_side, out_side, channels),

@@ -11,6 +11,8 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
+use crate::base::cpu::has_avx2_fma;
+
 /// Output channels of one packed panel: two 8-lane registers.
 const PANEL: usize = 16;
 /// Pixels whose sums one call of the kernel holds in registers (6 x 2 accumulators).
@@ -30,18 +32,6 @@ pub struct Pointwise {
     output: usize,
     /// Whether the AVX2 + FMA kernel runs (the CPU has them); otherwise plain loops.
     avx2: bool,
-}
-
-/// Whether this CPU runs the AVX2 + FMA kernels of the convolutions.
-pub(super) fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
 }
 
 /// What is added to the product, and whether it is clamped.
@@ -69,7 +59,7 @@ impl Pointwise {
         }
         let mut padded = bias.to_vec();
         padded.resize(count * PANEL, 0.0);
-        Self { panels, bias: padded, input, output, avx2: has_avx2() }
+        Self { panels, bias: padded, input, output, avx2: has_avx2_fma() }
     }
 
     /// `x` `[pixels, in]` -> `[pixels, out]`, with `then` applied; pixels spread over rayon's
@@ -153,7 +143,7 @@ impl Tile<'_> {
         assert!(then.residual.is_none_or(|r| r.len() == out.len()));
         #[cfg(target_arch = "x86_64")]
         if self.avx2 {
-            // SAFETY: the CPU has AVX2 and FMA (`has_avx2`); the sizes were asserted.
+            // SAFETY: the CPU has AVX2 and FMA (`has_avx2_fma`); the sizes were asserted.
             unsafe {
                 match rows {
                     6 => avx2::tile::<6>(self, out, stride, then),
@@ -275,7 +265,7 @@ mod tests {
                 (true, true, false, false),
             ];
             for (residual, relu6, parallel, avx2) in cases {
-                conv.avx2 = avx2 && has_avx2();
+                conv.avx2 = avx2 && has_avx2_fma();
                 let then = Epilogue { residual: residual.then_some(res.as_slice()), relu6 };
                 let got = conv.forward(&x, then, parallel);
                 for p in 0..pixels {
