@@ -44,6 +44,16 @@ impl DepthwiseConv {
         (side + 2 * (self.kernel / 2) - self.kernel) / self.stride + 1
     }
 
+    /// The channels.
+    pub fn channels(&self) -> usize {
+        self.channels
+    }
+
+    /// The stride.
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+
     /// `input` `[B, H, W, C]` (row-major) -> `[B, H', W', C]`, clamped to `[0, 6]` when
     /// `relu6`; output rows spread over rayon's threads when `parallel`.
     pub fn forward(
@@ -61,7 +71,7 @@ impl DepthwiseConv {
         let row = |(row, out_row): (usize, &mut [f32])| {
             let (b, oy) = (row / out_h, row % out_h);
             let image = &input[b * height * width * c..(b + 1) * height * width * c];
-            self.output_row(image, oy, out_row, (height, width), relu6);
+            self.output_row(Band { rows: image, first: 0 }, oy, out_row, (height, width), relu6);
         };
         match parallel {
             true => output.par_chunks_mut(out_w * c).enumerate().for_each(row),
@@ -70,16 +80,47 @@ impl DepthwiseConv {
         output
     }
 
-    /// Output row `oy` of one image (`[H, W, C]`). Pixels whose kernel lies wholly inside the
-    /// image go [`GROUP`] at a time (each weight load serves them all); the others one by one,
-    /// with the taps that fall outside the image left out.
-    fn output_row(&self, image: &[f32], oy: usize, out_row: &mut [f32], (height, width): (usize, usize), relu6: bool) {
+    /// The input rows that output rows `rows` read, within an image of `height` rows.
+    pub fn input_rows(&self, rows: std::ops::Range<usize>, height: usize) -> std::ops::Range<usize> {
+        let (k, pad, stride) = (self.kernel, self.kernel / 2, self.stride);
+        if rows.is_empty() {
+            return 0..0;
+        }
+        (rows.start * stride).saturating_sub(pad)..((rows.end - 1) * stride + k - pad).min(height)
+    }
+
+    /// Output rows `rows` of one image `[height, width, C]`, of which `band` holds (at least)
+    /// the rows [`DepthwiseConv::input_rows`] names, into `out` (`[rows, W', C]`).
+    pub fn band_forward(
+        &self,
+        band: Band,
+        rows: std::ops::Range<usize>,
+        out: &mut [f32],
+        (height, width): (usize, usize),
+        relu6: bool,
+    ) {
+        let c = self.channels;
+        let need = self.input_rows(rows.clone(), height);
+        let held = band.first..band.first + band.rows.len() / (width * c).max(1);
+        assert!(need.is_empty() || (held.start <= need.start && need.end <= held.end), "the band lacks input rows");
+        let out_w = self.output_side(width);
+        assert_eq!(out.len(), rows.len() * out_w * c, "depthwise band output of the wrong size");
+        for (oy, out_row) in rows.zip(out.chunks_mut((out_w * c).max(1))) {
+            self.output_row(band, oy, out_row, (height, width), relu6);
+        }
+    }
+
+    /// Output row `oy` of one image (`[H, W, C]`, of which `band` holds the rows the output
+    /// row reads). Pixels whose kernel lies wholly inside the image go [`GROUP`] at a time
+    /// (each weight load serves them all); the others one by one, with the taps that fall
+    /// outside the image left out.
+    fn output_row(&self, band: Band, oy: usize, out_row: &mut [f32], (height, width): (usize, usize), relu6: bool) {
         let c = self.channels;
         let (k, pad, stride) = (self.kernel, self.kernel / 2, self.stride);
         // The kernel rows that fall inside the image, the same for the whole output row.
         let top = (oy * stride).saturating_sub(pad);
         let bottom = (oy * stride + k - pad).min(height);
-        // Every tap of pixel `ox` that falls inside the image: (offset in `image`, offset in
+        // Every tap of pixel `ox` that falls inside the image: (offset in `band`, offset in
         // `weights`).
         let taps_of = |ox: usize, taps: &mut [(usize, usize); 49]| -> usize {
             let left = (ox * stride).saturating_sub(pad);
@@ -88,7 +129,7 @@ impl DepthwiseConv {
             for y in top..bottom {
                 let ky = y + pad - oy * stride;
                 for x in left..right {
-                    taps[n] = ((y * width + x) * c, (ky * k + x + pad - ox * stride) * c);
+                    taps[n] = (((y - band.first) * width + x) * c, (ky * k + x + pad - ox * stride) * c);
                     n += 1;
                 }
             }
@@ -105,7 +146,7 @@ impl DepthwiseConv {
             let n = taps_of(ox, &mut taps);
             let out = &mut out_row[ox * c..(ox + group) * c];
             let pixels = Pixels { count: group, input_step: stride * c, output_step: c };
-            self.accumulate(out, image, &taps[..n], pixels, relu6);
+            self.accumulate(out, band.rows, &taps[..n], pixels, relu6);
             ox += group;
         }
     }
@@ -113,6 +154,13 @@ impl DepthwiseConv {
 
 /// Output pixels computed together where the kernel lies inside the image.
 const GROUP: usize = 4;
+
+/// Consecutive rows of an image `[H, W, C]`: `rows` holds rows `first..`.
+#[derive(Clone, Copy)]
+pub struct Band<'a> {
+    pub rows: &'a [f32],
+    pub first: usize,
+}
 
 /// Output pixels computed together, `input_step` apart in the image and `output_step` apart
 /// in the output.

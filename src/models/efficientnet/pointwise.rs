@@ -62,16 +62,34 @@ impl Pointwise {
         Self { panels, bias: padded, input, output, avx2: has_avx2_fma() }
     }
 
+    /// The output channels.
+    pub fn output(&self) -> usize {
+        self.output
+    }
+
     /// `x` `[pixels, in]` -> `[pixels, out]`, with `then` applied; pixels spread over rayon's
     /// threads when `parallel`.
     pub fn forward(&self, x: &[f32], then: Epilogue, parallel: bool) -> Vec<f32> {
+        let pixels = x.len() / self.input.max(1);
+        let mut y = Vec::with_capacity(pixels * self.output);
+        self.forward_into(x, &mut y.spare_capacity_mut()[..pixels * self.output], then, parallel);
+        // SAFETY: `forward_into` wrote every element of the first `pixels * output`.
+        unsafe { y.set_len(pixels * self.output) };
+        y
+    }
+
+    /// As [`Pointwise::forward`], into `out` (`[pixels, out]`), every element of which is
+    /// written.
+    pub fn forward_into(&self, x: &[f32], out: &mut [MaybeUninit<f32>], then: Epilogue, parallel: bool) {
         let (k, n) = (self.input, self.output);
         let pixels = x.len() / k.max(1);
         assert_eq!(pixels * k, x.len(), "pointwise input is not [pixels, {k}]");
+        assert_eq!(out.len(), pixels * n, "pointwise output is not [pixels, {n}]");
         if let Some(r) = then.residual {
             assert_eq!(r.len(), pixels * n, "the residual is not [pixels, {n}]");
         }
-        let mut y = Vec::with_capacity(pixels * n);
+        // The tiles of `rows` cover every row and every output channel, and each writes all of
+        // its elements.
         let task = |(t, out): (usize, &mut [MaybeUninit<f32>])| {
             let first = t * ROWS_PER_TASK;
             let rows = out.len() / n.max(1);
@@ -79,15 +97,10 @@ impl Pointwise {
             let residual = then.residual.map(|r| &r[first * n..(first + rows) * n]);
             self.rows(x, out, Epilogue { residual, ..then });
         };
-        let out = &mut y.spare_capacity_mut()[..pixels * n];
         match parallel && pixels > ROWS_PER_TASK {
             true => out.par_chunks_mut((ROWS_PER_TASK * n).max(1)).enumerate().for_each(task),
             false => task((0, out)),
         }
-        // SAFETY: the tiles of `rows` cover every row and every output channel, and each
-        // writes all of its elements.
-        unsafe { y.set_len(pixels * n) };
-        y
     }
 
     /// Rows `x` `[m, in]` into `out` `[m, out]`: six rows against every panel, then the next
