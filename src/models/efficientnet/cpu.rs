@@ -71,8 +71,11 @@ impl Block {
     ) {
         let (in_c, mid_c, out_c) = (x.len() / (h * w).max(1), self.depthwise.channels(), self.project.output());
         let ow = self.depthwise.output_side(w);
-        // The expanded input rows held: `held.start..held.end`, in `expanded`.
-        let mut expanded: Vec<f32> = Vec::new();
+        // The expanded input rows held: `held.start..held.end`, in `expanded`, which grows
+        // band by band up to twice a band's rows before the rows still needed move to its front.
+        let row_len = w * mid_c;
+        let most = 2 * self.depthwise.span(band_rows) * row_len;
+        let mut expanded: Vec<f32> = Vec::with_capacity(most);
         let mut held = 0..0;
         let mut mid = vec![0.0f32; band_rows.min(rows.len()) * ow * mid_c];
         let mut start = rows.start;
@@ -82,19 +85,26 @@ impl Block {
             let band = match &self.expand {
                 None => Band { rows: &x[need.start * w * in_c..need.end * w * in_c], first: need.start },
                 Some(expand) => {
-                    // Keep the rows the last band expanded that this one reads too.
-                    if held.start <= need.start && need.start < held.end {
-                        expanded.drain(..(need.start - held.start) * w * mid_c);
-                        held.start = need.start;
-                    } else {
+                    if !(held.start <= need.start && need.start <= held.end) {
                         expanded.clear();
                         held = need.start..need.start;
+                    } else if expanded.len() + (need.end - held.end) * row_len > most {
+                        // Keep the rows the last band expanded that this one reads too.
+                        expanded.drain(..(need.start - held.start) * row_len);
+                        held.start = need.start;
                     }
                     let new = held.end..need.end;
                     let at = expanded.len();
-                    expanded.resize(at + new.len() * w * mid_c, 0.0);
+                    expanded.reserve(new.len() * row_len);
                     let source = &x[new.start * w * in_c..new.end * w * in_c];
-                    expand.forward_into(source, as_uninit(&mut expanded[at..]), RELU6, false);
+                    expand.forward_into(
+                        source,
+                        &mut expanded.spare_capacity_mut()[..new.len() * row_len],
+                        RELU6,
+                        false,
+                    );
+                    // SAFETY: `forward_into` wrote every element of the new rows.
+                    unsafe { expanded.set_len(at + new.len() * row_len) };
                     held.end = need.end;
                     Band { rows: &expanded, first: held.start }
                 }
@@ -107,13 +117,6 @@ impl Block {
             start = end;
         }
     }
-}
-
-/// `values` as memory to write `f32`s into.
-fn as_uninit(values: &mut [f32]) -> &mut [MaybeUninit<f32>] {
-    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and the slice's elements are
-    // initialised; the writers given the slice write only initialised values.
-    unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast(), values.len()) }
 }
 
 /// The folded network.
@@ -235,6 +238,13 @@ fn stem_patches(image: &[f32], height: usize, width: usize) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `values` as memory to write `f32`s into.
+    fn as_uninit(values: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+        // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and the slice's elements are
+        // initialised; the writers given the slice write only initialised values.
+        unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast(), values.len()) }
+    }
 
     fn random(n: usize, seed: u64) -> Vec<f32> {
         let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);

@@ -80,6 +80,11 @@ impl DepthwiseConv {
         output
     }
 
+    /// How many input rows `rows` consecutive output rows read away from the image's edges.
+    pub fn span(&self, rows: usize) -> usize {
+        (rows.max(1) - 1) * self.stride + self.kernel
+    }
+
     /// The input rows that output rows `rows` read, within an image of `height` rows.
     pub fn input_rows(&self, rows: std::ops::Range<usize>, height: usize) -> std::ops::Range<usize> {
         let (k, pad, stride) = (self.kernel, self.kernel / 2, self.stride);
