@@ -1,10 +1,12 @@
 //! `whaleid train-detector`: the learned detector's head, trained on the frozen backbone's
 //! feature grids of the catalogue's photos with true boxes (and photos whose only boxes were
-//! rejected: known sea). Photos are split for validation (20 %, by photo); each photo's
-//! grid is computed once per view (the photo, its mirror image, and the photo smaller), and the head trains on the
-//! cached grids in minutes on a CPU. The validation photos give AP50, AP50:95 and the data
-//! to calibrate the scores; then the head is trained again, the same way, on every photo,
-//! and that one is written (with few photos, the validation photos' boxes are worth having).
+//! rejected: known sea). Photos are split for validation (20 %, a run of consecutive photos
+//! in file order, so that a sequence's near duplicates stay on one side); each photo's
+//! grid is computed once per view (the photo, its mirror image, and the photo smaller),
+//! and the head trains on the cached grids in minutes on a CPU. The validation photos give
+//! AP50, AP50:95 and the data to calibrate the scores; then the head is trained again, the
+//! same way, on every photo, and that one is written (with few photos, the validation
+//! photos' boxes are worth having).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,8 +14,8 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
-use rand::SeedableRng;
 use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
 
 use super::ap::{self, Scored};
 use super::{Finder, PhotoProblem, is_true_box, is_unknown_box, with_photo};
@@ -141,6 +143,22 @@ fn views(finder: &Finder, img: &image::DynamicImage, sample: &Sample, parts: &[P
     Ok(out)
 }
 
+/// `samples` -> (training, validation): `share` of them (at least one, none under five
+/// photos) held out as a run of consecutive photos in file order from a start chosen by
+/// `seed`, wrapping round. Photos of one sequence are near duplicates: scattered over both
+/// sides, they would measure the head on what it was shown.
+fn split(mut samples: Vec<Sample>, share: f64, seed: u64) -> (Vec<Sample>, Vec<Sample>) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    samples.sort_by(|a, b| (&a.file, &a.hash).cmp(&(&b.file, &b.hash)));
+    if !samples.is_empty() {
+        let start = rng.random_range(0..samples.len());
+        samples.rotate_left(start);
+    }
+    let held = if samples.len() >= 5 { ((samples.len() as f64 * share).round() as usize).max(1) } else { 0 };
+    let validation = samples.drain(..held).collect();
+    (samples, validation)
+}
+
 /// Trains a detector on `cat`'s boxes over `backbone`, writes it with its card and makes it
 /// the catalogue's active detector (an undoable edit).
 pub fn train_detector(
@@ -150,7 +168,7 @@ pub fn train_detector(
     progress: &dyn Progress,
 ) -> anyhow::Result<TrainDetectorReport> {
     let started = Instant::now();
-    let mut all = samples(cat)?;
+    let all = samples(cat)?;
     let boxes: usize = all.iter().map(|s| s.truths.len()).sum();
     if boxes == 0 {
         anyhow::bail!(
@@ -163,12 +181,7 @@ pub fn train_detector(
     parts.dedup();
     let data_fingerprint = fingerprint(&all);
 
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed);
-    all.sort_by(|a, b| a.hash.cmp(&b.hash));
-    all.shuffle(&mut rng);
-    let n_val = if all.len() >= 5 { ((all.len() as f64 * opts.validation).round() as usize).max(1) } else { 0 };
-    let validation: Vec<Sample> = all.drain(..n_val).collect();
-    let training = all;
+    let (training, validation) = split(all, opts.validation, opts.seed);
 
     let mut finder = Finder::zero_shot(backbone.clone(), parts[0]);
     finder.long_side = opts.long_side.unwrap_or_else(|| super::default_long_side(backbone.as_ref()));
@@ -384,4 +397,36 @@ fn standardise(vars: &VarMap, cache: &[View], device: &Device) -> anyhow::Result
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(name: &str) -> Sample {
+        Sample { file: PathBuf::from(format!("survey/{name}.jpg")), hash: name.into(), truths: vec![], unknown: vec![] }
+    }
+
+    /// The validation photos are a fifth of the photos, consecutive in file order (wrapping
+    /// round), whatever order the photos came in; the seed moves the run; under five photos
+    /// none are held out.
+    #[test]
+    fn validation_holds_out_a_run_of_consecutive_photos() {
+        let names: Vec<String> = (0..20).map(|i| format!("IMG_{:04}", 4900 + i)).collect();
+        let mut starts = std::collections::BTreeSet::new();
+        for seed in 0..6 {
+            let shuffled: Vec<Sample> = names.iter().rev().map(|n| sample(n)).collect();
+            let (training, validation) = split(shuffled, 0.2, seed);
+            assert_eq!((training.len(), validation.len()), (16, 4));
+            let index = |s: &Sample| names.iter().position(|n| *n == s.hash).unwrap();
+            let first = index(&validation[0]);
+            for (k, s) in validation.iter().enumerate() {
+                assert_eq!(index(s), (first + k) % names.len(), "seed {seed}: not consecutive");
+            }
+            starts.insert(first);
+        }
+        assert!(starts.len() > 1, "the seed chooses where the run starts");
+        let few: Vec<Sample> = names[..4].iter().map(|n| sample(n)).collect();
+        assert_eq!(split(few, 0.2, 0).1.len(), 0);
+    }
 }
