@@ -246,14 +246,9 @@ mod tests {
         unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast(), values.len()) }
     }
 
+    /// `n` numbers in `[-1, 1)`, the same for the same seed.
     fn random(n: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
+        super::super::pointwise::tests::random(n, seed).iter().map(|v| v * 0.5).collect()
     }
 
     /// A block run in bands of any height (one row, a few, more than the image), on one

@@ -247,10 +247,11 @@ mod avx2 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn random(n: usize, seed: u64) -> Vec<f32> {
+    /// `n` numbers in `[-2, 2)`, the same for the same seed (the kernels' tests' data).
+    pub(in crate::models::efficientnet) fn random(n: usize, seed: u64) -> Vec<f32> {
         let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (0..n)
             .map(|_| {
