@@ -103,77 +103,26 @@ impl Pointwise {
         }
     }
 
-    /// Rows `x` `[m, in]` into `out` `[m, out]`: six rows against every panel, then the next
-    /// six, when the rows are the larger operand; otherwise one panel against every row, then
-    /// the next panel, so that the larger operand is read once.
+    /// Rows `x` `[m, in]` into `out` `[m, out]`, every element written, `then` applied
+    /// (the residual laid out as `out`).
     fn rows(&self, x: &[f32], out: &mut [MaybeUninit<f32>], then: Epilogue) {
-        let (k, n, panels) = (self.input, self.output, self.output.div_ceil(PANEL));
+        let (k, n) = (self.input, self.output);
         let m = x.len() / k.max(1);
-        let blocks = m.div_ceil(ROWS);
-        let mut tile = |b: usize, p: usize| {
-            let (r0, r1) = (b * ROWS, ((b + 1) * ROWS).min(m));
-            let (c0, c1) = (p * PANEL, ((p + 1) * PANEL).min(n));
-            let tile = Tile {
-                x: &x[r0 * k..r1 * k],
-                k,
-                panel: &self.panels[p * k * PANEL..(p + 1) * k * PANEL],
-                bias: &self.bias[c0..c0 + PANEL],
-                width: c1 - c0,
-                avx2: self.avx2,
-            };
-            let at = r0 * n + c0;
-            let end = (r1 - 1) * n + c1;
-            let residual = then.residual.map(|r| &r[at..end]);
-            tile.run(&mut out[at..end], n, Epilogue { residual, ..then });
-        };
-        if m >= panels * PANEL {
-            (0..blocks).for_each(|b| (0..panels).for_each(|p| tile(b, p)));
-        } else {
-            (0..panels).for_each(|p| (0..blocks).for_each(|b| tile(b, p)));
-        }
-    }
-}
-
-/// At most [`ROWS`] rows of the input against one panel, and what to add: the bias of the
-/// panel's 16 channels, of which the first `width` are real.
-struct Tile<'a> {
-    x: &'a [f32],
-    k: usize,
-    panel: &'a [f32],
-    bias: &'a [f32],
-    width: usize,
-    avx2: bool,
-}
-
-impl Tile<'_> {
-    /// Writes row `r`'s `width` results at `out[r * stride..]` (`out` starts at the tile's
-    /// first element and ends after its last), with `then` applied (the residual laid out as
-    /// `out`).
-    fn run(&self, out: &mut [MaybeUninit<f32>], stride: usize, then: Epilogue) {
-        let rows = self.x.len() / self.k.max(1);
-        assert!((1..=ROWS).contains(&rows) && self.x.len() == rows * self.k && self.panel.len() == self.k * PANEL);
-        assert!(self.width <= PANEL && self.bias.len() == PANEL && out.len() == (rows - 1) * stride + self.width);
-        assert!(then.residual.is_none_or(|r| r.len() == out.len()));
+        assert!(x.len() == m * k && out.len() == m * n && then.residual.is_none_or(|r| r.len() == out.len()));
+        assert!(self.panels.len() == n.div_ceil(PANEL) * k * PANEL && self.bias.len() == n.div_ceil(PANEL) * PANEL);
         #[cfg(target_arch = "x86_64")]
         if self.avx2 {
             // SAFETY: the CPU has AVX2 and FMA (`has_avx2_fma`); the sizes were asserted.
-            unsafe {
-                match rows {
-                    6 => avx2::tile::<6>(self, out, stride, then),
-                    5 => avx2::tile::<5>(self, out, stride, then),
-                    4 => avx2::tile::<4>(self, out, stride, then),
-                    3 => avx2::tile::<3>(self, out, stride, then),
-                    2 => avx2::tile::<2>(self, out, stride, then),
-                    _ => avx2::tile::<1>(self, out, stride, then),
-                }
-            }
+            unsafe { avx2::product(self, x, out, then) };
             return;
         }
-        for r in 0..rows {
-            for j in 0..self.width {
-                let dot = (0..self.k).map(|kk| self.x[r * self.k + kk] * self.panel[kk * PANEL + j]).sum::<f32>();
-                let v = dot + self.bias[j] + then.residual.map_or(0.0, |res| res[r * stride + j]);
-                out[r * stride + j].write(if then.relu6 { v.clamp(0.0, 6.0) } else { v });
+        for (r, (x, out)) in x.chunks(k.max(1)).zip(out.chunks_mut(n.max(1))).enumerate() {
+            for (o, out) in out.iter_mut().enumerate() {
+                let (p, lane) = (o / PANEL, o % PANEL);
+                let panel = &self.panels[p * k * PANEL..(p + 1) * k * PANEL];
+                let dot = x.iter().enumerate().map(|(kk, v)| v * panel[kk * PANEL + lane]).sum::<f32>();
+                let v = dot + self.bias[o] + then.residual.map_or(0.0, |res| res[r * n + o]);
+                out.write(if then.relu6 { v.clamp(0.0, 6.0) } else { v });
             }
         }
     }
@@ -184,26 +133,88 @@ mod avx2 {
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
 
-    use super::{Epilogue, PANEL, Tile};
+    use super::{Epilogue, PANEL, Pointwise, ROWS};
 
-    /// [`Tile::run`] for `R` rows: the `R x 16` sums in registers through all of `k`, then
-    /// the bias, the residual and the clamp on them before they are stored.
+    /// [`Pointwise::rows`]: six rows against every panel, then the next six, when the rows
+    /// are the larger operand; otherwise one panel against every row, then the next panel,
+    /// so that the larger operand is read once.
     ///
     /// # Safety
-    /// The CPU has AVX2 and FMA, and the sizes are those [`Tile::run`] asserts, with `R` rows.
+    /// The CPU has AVX2 and FMA, and the sizes are those [`Pointwise::rows`] asserts.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn tile<const R: usize>(
-        tile: &Tile,
-        out: &mut [MaybeUninit<f32>],
+    pub(super) unsafe fn product(conv: &Pointwise, x: &[f32], out: &mut [MaybeUninit<f32>], then: Epilogue) {
+        let (k, n) = (conv.input, conv.output);
+        let m = x.len() / k.max(1);
+        let (blocks, panels) = (m.div_ceil(ROWS), n.div_ceil(PANEL));
+        let mut tile = |b: usize, p: usize| {
+            let (r0, rows) = (b * ROWS, ROWS.min(m - b * ROWS));
+            let at = r0 * n + p * PANEL;
+            let tile = Tile {
+                x: x[r0 * k..].as_ptr(),
+                k,
+                panel: conv.panels[p * k * PANEL..].as_ptr(),
+                bias: conv.bias[p * PANEL..].as_ptr(),
+                width: PANEL.min(n - p * PANEL),
+                out: out[at..].as_mut_ptr().cast::<f32>(),
+                stride: n,
+                residual: then.residual.map(|r| r[at..].as_ptr()),
+                relu6: then.relu6,
+            };
+            // SAFETY: rows `r0..r0 + rows` of `x` and `out` exist, the panel holds `k * 16`
+            // weights and the bias 16 (both zero-padded), and the tile writes `width` columns
+            // from `p * 16` (inside a row of `out`).
+            unsafe {
+                match rows {
+                    6 => run::<6>(tile),
+                    5 => run::<5>(tile),
+                    4 => run::<4>(tile),
+                    3 => run::<3>(tile),
+                    2 => run::<2>(tile),
+                    _ => run::<1>(tile),
+                }
+            }
+        };
+        if m >= panels * PANEL {
+            for b in 0..blocks {
+                (0..panels).for_each(|p| tile(b, p));
+            }
+        } else {
+            for p in 0..panels {
+                (0..blocks).for_each(|b| tile(b, p));
+            }
+        }
+    }
+
+    /// Up to six rows of the input against one panel.
+    #[derive(Clone, Copy)]
+    struct Tile {
+        /// The first row (`k` inputs each, one after another).
+        x: *const f32,
+        k: usize,
+        /// The panel's `k x 16` weights and its 16 biases.
+        panel: *const f32,
+        bias: *const f32,
+        /// The panel's real output channels (at most 16).
+        width: usize,
+        /// The first output of the first row; the rows are `stride` apart, here and in the
+        /// residual.
+        out: *mut f32,
         stride: usize,
-        then: Epilogue,
-    ) {
-        let (x, panel, k) = (tile.x.as_ptr(), tile.panel.as_ptr(), tile.k);
+        residual: Option<*const f32>,
+        relu6: bool,
+    }
+
+    /// `R` rows of a tile: the `R x 16` sums in registers through all of `k`, then the bias,
+    /// the residual and the clamp on them before `width` of them are stored per row.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; the tile's pointers hold `R` rows, as [`Tile`] describes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run<const R: usize>(tile: Tile) {
+        let Tile { x, k, panel, bias, width, out, stride, residual, relu6 } = tile;
         let mut acc = [[_mm256_setzero_ps(); 2]; R];
-        // SAFETY: `kk < k` and `r < R`: element `r * k + kk` is inside `x` and the 16 weights at
-        // `kk * 16` inside `panel`; the 16 biases exist; the stores and residual loads of full
-        // width stay inside row `r` of `out` (`r * stride + 16 <= out.len()` when `width` is 16),
-        // and narrower rows go through a buffer.
+        // SAFETY: as the caller promised; narrower rows than 16 go through a buffer.
         unsafe {
             for kk in 0..k {
                 let w0 = _mm256_loadu_ps(panel.add(kk * PANEL));
@@ -214,20 +225,20 @@ mod avx2 {
                     a[1] = _mm256_fmadd_ps(v, w1, a[1]);
                 }
             }
-            let bias = [_mm256_loadu_ps(tile.bias.as_ptr()), _mm256_loadu_ps(tile.bias.as_ptr().add(8))];
+            let bias = [_mm256_loadu_ps(bias), _mm256_loadu_ps(bias.add(8))];
             let (zero, six) = (_mm256_setzero_ps(), _mm256_set1_ps(6.0));
             for (r, a) in acc.iter().enumerate() {
-                let dst = out.as_mut_ptr().add(r * stride).cast::<f32>();
+                let dst = out.add(r * stride);
                 let mut v = [_mm256_add_ps(a[0], bias[0]), _mm256_add_ps(a[1], bias[1])];
-                if tile.width == PANEL {
-                    if let Some(res) = then.residual {
-                        let res = res.as_ptr().add(r * stride);
+                if width == PANEL {
+                    if let Some(res) = residual {
+                        let res = res.add(r * stride);
                         v = [
                             _mm256_add_ps(v[0], _mm256_loadu_ps(res)),
                             _mm256_add_ps(v[1], _mm256_loadu_ps(res.add(8))),
                         ];
                     }
-                    if then.relu6 {
+                    if relu6 {
                         v = v.map(|v| _mm256_min_ps(_mm256_max_ps(v, zero), six));
                     }
                     _mm256_storeu_ps(dst, v[0]);
@@ -236,9 +247,9 @@ mod avx2 {
                     let mut row = [0.0f32; PANEL];
                     _mm256_storeu_ps(row.as_mut_ptr(), v[0]);
                     _mm256_storeu_ps(row.as_mut_ptr().add(8), v[1]);
-                    for (j, value) in row[..tile.width].iter().enumerate() {
-                        let s = value + then.residual.map_or(0.0, |res| res[r * stride + j]);
-                        *dst.add(j) = if then.relu6 { s.clamp(0.0, 6.0) } else { s };
+                    for (j, value) in row[..width].iter().enumerate() {
+                        let s = value + residual.map_or(0.0, |res| *res.add(r * stride + j));
+                        *dst.add(j) = if relu6 { s.clamp(0.0, 6.0) } else { s };
                     }
                 }
             }
