@@ -145,9 +145,8 @@ mod avx2 {
     pub(super) unsafe fn product(conv: &Pointwise, x: &[f32], out: &mut [MaybeUninit<f32>], then: Epilogue) {
         let (k, n) = (conv.input, conv.output);
         let m = x.len() / k.max(1);
-        let (blocks, panels) = (m.div_ceil(ROWS), n.div_ceil(PANEL));
-        let mut tile = |b: usize, p: usize| {
-            let (r0, rows) = (b * ROWS, ROWS.min(m - b * ROWS));
+        let panels = n.div_ceil(PANEL);
+        let mut tile = |(r0, rows): (usize, usize), p: usize| {
             let at = r0 * n + p * PANEL;
             let tile = Tile {
                 x: x[r0 * k..].as_ptr(),
@@ -175,14 +174,31 @@ mod avx2 {
             }
         };
         if m >= panels * PANEL {
-            for b in 0..blocks {
-                (0..panels).for_each(|p| tile(b, p));
+            for rows in row_tiles(m) {
+                (0..panels).for_each(|p| tile(rows, p));
             }
         } else {
             for p in 0..panels {
-                (0..blocks).for_each(|b| tile(b, p));
+                row_tiles(m).for_each(|rows| tile(rows, p));
             }
         }
+    }
+
+    /// The tiles of `m` rows, as (first row, rows): six at a time, except that a remainder
+    /// of one to three rows is not left alone: the last seven to nine rows go as two tiles of
+    /// four or five, which keep enough sums in flight (a tile of `R` rows costs about as much
+    /// as one of `max(R, 4)`).
+    fn row_tiles(m: usize) -> impl Iterator<Item = (usize, usize)> {
+        let left = m % ROWS;
+        let (sixes, tail) = match m > ROWS && (1..=3).contains(&left) {
+            true => (m / ROWS - 1, [(ROWS + left).div_ceil(2), (ROWS + left) / 2]),
+            false => (m / ROWS, [left, 0]),
+        };
+        let tail = tail.into_iter().filter(|&rows| rows > 0).scan(sixes * ROWS, |at, rows| {
+            *at += rows;
+            Some((*at - rows, rows))
+        });
+        (0..sixes).map(|b| (b * ROWS, ROWS)).chain(tail)
     }
 
     /// Up to six rows of the input against one panel.
