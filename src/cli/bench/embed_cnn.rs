@@ -3,12 +3,13 @@
 //! weights) with the same thread count, and DINOv2 ViT-S/14's time per image in the same run.
 
 use std::path::Path;
-use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 
-use super::{Reference, ReferenceWork, peak_rss_mib, reset_peak_rss, run_onnxruntime_script};
+use super::{
+    EmbedWork, Reference, ReferenceWork, Rounds, peak_rss_mib, reset_peak_rss, run_onnxruntime_script, time_batches,
+};
 use crate::models::{Dinov2, EfficientNet, EfficientNetConfig, Kernels, efficientnet_safetensors_path};
 
 /// The reference script, carried inside the binary so that the bench runs from anywhere.
@@ -21,7 +22,7 @@ struct CnnBench {
     batch: usize,
     size: usize,
     threads: usize,
-    seconds: f64,
+    /// The median round's.
     ms_per_image: f64,
     images_per_second: f64,
     best_batch_ms_per_image: f64,
@@ -30,45 +31,25 @@ struct CnnBench {
     /// The same work through candle tensors (the differentiable path training and the GPU
     /// run).
     stock_candle_ms_per_image: f64,
-    reference: Option<Reference>,
-    /// onnxruntime ms/image ÷ whaleid ms/image: >= 1.0 means whaleid is at least as fast.
+    /// onnxruntime ms/image ÷ whaleid ms/image, the median of the rounds': >= 1.0 means
+    /// whaleid is at least as fast.
     ratio_vs_onnxruntime: Option<f64>,
     best_batch_ratio_vs_onnxruntime: Option<f64>,
-    no_reference: Option<String>,
+    /// Each round's figures, whaleid's and onnxruntime's.
+    rounds: Rounds,
     /// DINOv2 ViT-S/14 at 224 px, same batches, whaleid's fused kernels.
     dinov2_ms_per_image: Option<f64>,
     /// DINOv2 ms/image ÷ this model's ms/image.
     speedup_vs_dinov2: Option<f64>,
 }
 
-/// Runs `forward` over `images` inputs in batches: (seconds, best batch ms per image).
-fn time_batches(
-    images: usize,
-    batch: usize,
-    input: &Tensor,
-    forward: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
-) -> candle_core::Result<(f64, f64)> {
-    drop(forward(input)?);
-    let start = Instant::now();
-    let (mut done, mut best) = (0, f64::INFINITY);
-    while done < images {
-        let n = batch.min(images - done);
-        let batch_start = Instant::now();
-        drop(forward(&input.narrow(0, 0, n)?)?);
-        best = best.min(batch_start.elapsed().as_secs_f64() * 1e3 / n as f64);
-        done += n;
-    }
-    Ok((start.elapsed().as_secs_f64(), best))
-}
-
 pub(super) fn bench_embed_cnn(
     config: &EfficientNetConfig,
-    images: usize,
-    batch: usize,
-    size: usize,
+    work: &EmbedWork,
     models_dir: &Path,
     json: bool,
 ) -> anyhow::Result<()> {
+    let &EmbedWork { images, batch, size, rounds } = work;
     anyhow::ensure!(images > 0 && batch > 0 && size > 0, "--images, --batch and --size must be positive");
     let weights = efficientnet_safetensors_path(models_dir, config);
     let label = config.name.replace('_', "-");
@@ -83,7 +64,14 @@ pub(super) fn bench_embed_cnn(
     let input = Tensor::randn(0f32, 1.0, (batch, 3, size, size), &device)?;
 
     reset_peak_rss();
-    let (seconds, best) = time_batches(images, batch, &input, |x| model.forward(x))?;
+    let rounds = Rounds::run(
+        rounds,
+        || {
+            let (seconds, best) = time_batches(images, batch, &input, |x| model.forward(x))?;
+            Ok((seconds * 1e3 / images as f64, best))
+        },
+        || onnxruntime_reference(&weights, images, batch, (size, size), threads),
+    )?;
     let peak = peak_rss_mib();
     model.set_kernels(Kernels::Differentiable);
     let stock_images = images.min(2 * batch);
@@ -99,33 +87,27 @@ pub(super) fn bench_embed_cnn(
         }
         Err(_) => None,
     };
-    let (reference, no_reference) = match onnxruntime_reference(&weights, images, batch, (size, size), threads) {
-        Ok(r) => (Some(r), None),
-        Err(why) => (None, Some(why)),
-    };
-    let ms_per_image = seconds * 1e3 / images as f64;
+    let ms_per_image = rounds.ms_per_image();
     let out = CnnBench {
         model: label,
         images,
         batch,
         size,
         threads,
-        seconds,
         ms_per_image,
-        images_per_second: images as f64 / seconds,
-        best_batch_ms_per_image: best,
+        images_per_second: 1e3 / ms_per_image,
+        best_batch_ms_per_image: rounds.best_batch_ms_per_image,
         peak_rss_mib: peak,
         stock_candle_ms_per_image: stock_seconds * 1e3 / stock_images as f64,
-        ratio_vs_onnxruntime: reference.as_ref().map(|r| r.ms_per_image / ms_per_image),
-        best_batch_ratio_vs_onnxruntime: reference.as_ref().map(|r| r.best_batch_ms_per_image / best),
-        reference,
-        no_reference,
+        ratio_vs_onnxruntime: rounds.ratio(),
+        best_batch_ratio_vs_onnxruntime: rounds.best_batch_ratio(),
+        rounds,
         dinov2_ms_per_image: dinov2_ms,
         speedup_vs_dinov2: dinov2_ms.map(|d| d / ms_per_image),
     };
     crate::base::console::emit(json, &out, |o| {
         let mut text = format!(
-            "{} on {} random images of {}x{} px, batch {}, {} threads, CPU\n  \
+            "{} on {} random images of {}x{} px, batch {}, {} threads, CPU, {} rounds\n  \
              whaleid (candle, fused kernels) {:7.2} images/s  {:7.1} ms/image (best batch {:.1})  peak RSS {}\n  \
              candle ops (the training path) {:.1} ms/image: the fused path is {:.1}x faster",
             o.model,
@@ -134,6 +116,7 @@ pub(super) fn bench_embed_cnn(
             o.size,
             o.batch,
             o.threads,
+            o.rounds.ms_per_image.len(),
             o.images_per_second,
             o.ms_per_image,
             o.best_batch_ms_per_image,
@@ -141,22 +124,7 @@ pub(super) fn bench_embed_cnn(
             o.stock_candle_ms_per_image,
             o.stock_candle_ms_per_image / o.ms_per_image,
         );
-        match (&o.reference, o.ratio_vs_onnxruntime, o.best_batch_ratio_vs_onnxruntime) {
-            (Some(r), Some(ratio), Some(best)) => text.push_str(&format!(
-                "\n  onnxruntime {:<16} {:7.2} images/s  {:7.1} ms/image (best batch {:.1})  peak RSS {:.0} MiB\n  \
-                 ratio onnxruntime/whaleid time per image: {ratio:.2}x, best batches {best:.2}x ({})",
-                r.onnxruntime,
-                r.images_per_second,
-                r.ms_per_image,
-                r.best_batch_ms_per_image,
-                r.peak_rss_mib,
-                if ratio >= 1.0 { "whaleid is at least as fast" } else { "onnxruntime is faster" }
-            )),
-            _ => text.push_str(&format!(
-                "\n  no ratio against onnxruntime: {}",
-                o.no_reference.as_deref().unwrap_or("no reference measurement")
-            )),
-        }
+        text.push_str(&o.rounds.describe());
         if let (Some(d), Some(s)) = (o.dinov2_ms_per_image, o.speedup_vs_dinov2) {
             text.push_str(&format!(
                 "\n  DINOv2 ViT-S/14 at 224 px (whaleid): {d:.1} ms/image; this model is {s:.1}x faster"

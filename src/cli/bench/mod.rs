@@ -44,6 +44,10 @@ pub enum Bench {
         /// model's own).
         #[arg(long)]
         size: Option<usize>,
+        /// Rounds of whaleid then the reference, one after the other, so that a slow spell of
+        /// the machine falls on both sides: the ratio printed is the median of the rounds'.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         /// Where the weights are (`dinov2_vits14.safetensors`, ...); the reference ONNX is cached here too.
         #[arg(long, default_value = "models")]
         models_dir: std::path::PathBuf,
@@ -132,11 +136,12 @@ pub fn run(which: Bench) -> anyhow::Result<()> {
     match which {
         Bench::Import { photos, workdir, json } => import::bench_import(photos, workdir.as_deref(), json),
         Bench::Stats { annotations, json } => stats::bench_stats(annotations, json),
-        Bench::Embed { model, images, batch, size, models_dir, json } => {
+        Bench::Embed { model, images, batch, size, rounds, models_dir, json } => {
             let size = size.unwrap_or(model.default_size() as usize);
+            let work = EmbedWork { images, batch, size, rounds };
             match model.efficientnet() {
-                Some(config) => embed_cnn::bench_embed_cnn(&config, images, batch, size, &models_dir, json),
-                None => embed::bench_embed(images, batch, size, &models_dir, json),
+                Some(config) => embed_cnn::bench_embed_cnn(&config, &work, &models_dir, json),
+                None => embed::bench_embed(&work, &models_dir, json),
             }
         }
         Bench::Detect { backbone, data, photos, epochs, models_dir, json } => {
@@ -249,9 +254,6 @@ pub(super) struct Reference {
     pub peak_rss_mib: f64,
 }
 
-/// Runs the onnxruntime reference script `script` (its text, carried inside the binary, saved
-/// as `name` in a scratch folder) with `args`, and reads the one JSON line it prints. `Err`
-/// says why there is no reference figure.
 /// The work every reference script times: `images` random inputs of `height` x `width`
 /// pixels in batches of `batch`, on `threads` threads.
 pub(super) struct ReferenceWork {
@@ -262,6 +264,9 @@ pub(super) struct ReferenceWork {
     pub threads: usize,
 }
 
+/// Runs the onnxruntime reference script `script` (its text, carried inside the binary, saved
+/// as `name` in a scratch folder) with `args`, and reads the one JSON line it prints. `Err`
+/// says why there is no reference figure.
 fn run_onnxruntime_script(
     name: &str,
     script: &str,
@@ -296,4 +301,202 @@ fn run_onnxruntime_script(
         }
     };
     Err(format!("the onnxruntime reference failed: {reason}"))
+}
+
+/// What `bench embed` times: `rounds` times, `images` random inputs of `size` pixels square in
+/// batches of `batch`, by whaleid and then by the reference.
+pub(super) struct EmbedWork {
+    pub images: usize,
+    pub batch: usize,
+    pub size: usize,
+    pub rounds: usize,
+}
+
+/// whaleid's time and a reference's for the same work, measured in rounds (whaleid, then the
+/// reference, then whaleid again, ...), so that a slow spell of a shared machine falls on both
+/// sides rather than on one: the ratio is the median of the rounds' ratios.
+#[derive(serde::Serialize)]
+pub(super) struct Rounds {
+    /// whaleid's ms per image, round by round.
+    pub ms_per_image: Vec<f64>,
+    /// whaleid's fastest batch over all rounds, ms per image.
+    pub best_batch_ms_per_image: f64,
+    /// The reference, round by round (fewer, or none, when it failed).
+    pub references: Vec<Reference>,
+    /// Why the reference stopped, when it did.
+    pub no_reference: Option<String>,
+}
+
+impl Rounds {
+    /// `rounds` (at least one) of `ours` (ms per image, best batch ms per image) and then
+    /// `reference`; after the reference fails once it is not tried again.
+    pub fn run(
+        rounds: usize,
+        mut ours: impl FnMut() -> anyhow::Result<(f64, f64)>,
+        mut reference: impl FnMut() -> Result<Reference, String>,
+    ) -> anyhow::Result<Self> {
+        let mut out = Rounds {
+            ms_per_image: vec![],
+            best_batch_ms_per_image: f64::INFINITY,
+            references: vec![],
+            no_reference: None,
+        };
+        for _ in 0..rounds.max(1) {
+            let (ms, best) = ours()?;
+            out.ms_per_image.push(ms);
+            out.best_batch_ms_per_image = out.best_batch_ms_per_image.min(best);
+            if out.no_reference.is_none() {
+                match reference() {
+                    Ok(r) => out.references.push(r),
+                    Err(why) => out.no_reference = Some(why),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// whaleid's median ms per image over the rounds.
+    pub fn ms_per_image(&self) -> f64 {
+        median_of(self.ms_per_image.clone())
+    }
+
+    /// The median over the rounds with a reference of onnxruntime's ms per image ÷ whaleid's:
+    /// >= 1.0 means whaleid is at least as fast.
+    pub fn ratio(&self) -> Option<f64> {
+        let ratios: Vec<f64> =
+            self.references.iter().zip(&self.ms_per_image).map(|(r, ms)| r.ms_per_image / ms).collect();
+        (!ratios.is_empty()).then(|| median_of(ratios))
+    }
+
+    /// The same ratio between the fastest batches of all rounds.
+    pub fn best_batch_ratio(&self) -> Option<f64> {
+        let best = self.references.iter().map(|r| r.best_batch_ms_per_image).fold(f64::INFINITY, f64::min);
+        (!self.references.is_empty()).then(|| best / self.best_batch_ms_per_image)
+    }
+
+    /// The reference's lines of a bench's text: its median time and the ratios, round by round.
+    pub fn describe(&self) -> String {
+        match (self.references.first(), self.ratio(), self.best_batch_ratio()) {
+            (Some(first), Some(ratio), Some(best)) => {
+                let ms = median_of(self.references.iter().map(|r| r.ms_per_image).collect());
+                let best_ms = self.references.iter().map(|r| r.best_batch_ms_per_image).fold(f64::INFINITY, f64::min);
+                let peak = self.references.iter().map(|r| r.peak_rss_mib).fold(0.0, f64::max);
+                let each: Vec<String> = self
+                    .references
+                    .iter()
+                    .zip(&self.ms_per_image)
+                    .map(|(r, ms)| format!("{:.2}", r.ms_per_image / ms))
+                    .collect();
+                format!(
+                    "\n  onnxruntime {:<16} {:7.2} images/s  {:7.1} ms/image (best batch {best_ms:.1})  peak RSS {peak:.0} MiB\n  \
+                     ratio onnxruntime/whaleid time per image: {ratio:.2}x (median of {} rounds: {}), best batches {best:.2}x ({})",
+                    first.onnxruntime,
+                    1e3 / ms,
+                    ms,
+                    each.len(),
+                    each.join(", "),
+                    if ratio >= 1.0 { "whaleid is at least as fast" } else { "onnxruntime is faster" }
+                )
+            }
+            _ => format!(
+                "\n  no ratio against onnxruntime: {}",
+                self.no_reference.as_deref().unwrap_or("no reference measurement")
+            ),
+        }
+    }
+}
+
+/// Runs `forward` over `images` inputs in batches: (seconds, best batch ms per image).
+pub(super) fn time_batches(
+    images: usize,
+    batch: usize,
+    input: &candle_core::Tensor,
+    forward: impl Fn(&candle_core::Tensor) -> candle_core::Result<candle_core::Tensor>,
+) -> candle_core::Result<(f64, f64)> {
+    use std::time::Instant;
+    drop(forward(input)?);
+    let start = Instant::now();
+    let (mut done, mut best) = (0, f64::INFINITY);
+    while done < images {
+        let n = batch.min(images - done);
+        let batch_start = Instant::now();
+        drop(forward(&input.narrow(0, 0, n)?)?);
+        best = best.min(batch_start.elapsed().as_secs_f64() * 1e3 / n as f64);
+        done += n;
+    }
+    Ok((start.elapsed().as_secs_f64(), best))
+}
+
+/// The median of `v` (the mean of the middle two of an even count); `v` is not empty.
+fn median_of(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let half = v.len() / 2;
+    if v.len().is_multiple_of(2) { (v[half - 1] + v[half]) / 2.0 } else { v[half] }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(ms: f64, best: f64) -> Reference {
+        Reference {
+            onnxruntime: "test".into(),
+            threads: 2,
+            images: 4,
+            seconds: ms * 4e-3,
+            ms_per_image: ms,
+            images_per_second: 1e3 / ms,
+            best_batch_ms_per_image: best,
+            peak_rss_mib: 1.0,
+        }
+    }
+
+    /// Each round pairs whaleid's time with the reference's measured just after it; the ratio
+    /// is the median of the pairs' (the mean of the middle two for an even count), not the
+    /// ratio of separate medians, and a failed reference is not run again.
+    #[test]
+    fn rounds_pair_each_time_with_the_reference_after_it() -> anyhow::Result<()> {
+        let ours = [(10.0, 9.0), (20.0, 8.0), (10.0, 9.5)];
+        let theirs = [(12.0, 11.0), (20.0, 10.0), (8.0, 7.0)];
+        let (mut i, mut j) = (0, 0);
+        let rounds = Rounds::run(
+            3,
+            || {
+                i += 1;
+                Ok(ours[i - 1])
+            },
+            || {
+                j += 1;
+                Ok(reference(theirs[j - 1].0, theirs[j - 1].1))
+            },
+        )?;
+        assert_eq!(rounds.ms_per_image(), 10.0);
+        // Ratios 1.2, 1.0, 0.8: the median is 1.0.
+        assert!((rounds.ratio().unwrap() - 1.0).abs() < 1e-12);
+        assert!((rounds.best_batch_ratio().unwrap() - 7.0 / 8.0).abs() < 1e-12);
+        assert!(rounds.describe().contains("median of 3 rounds: 1.20, 1.00, 0.80"), "{}", rounds.describe());
+
+        let mut tries = 0;
+        let failing = Rounds::run(
+            4,
+            || Ok((5.0, 5.0)),
+            || {
+                tries += 1;
+                match tries {
+                    1 | 2 => Ok(reference(5.0 * tries as f64, 5.0)),
+                    _ => Err("onnxruntime crashed".to_string()),
+                }
+            },
+        )?;
+        assert_eq!(tries, 3, "the reference is not run again after it fails");
+        assert_eq!(failing.ms_per_image.len(), 4);
+        // Ratios 1.0 and 2.0 from the two rounds that had one: the mean of the middle two.
+        assert!((failing.ratio().unwrap() - 1.5).abs() < 1e-12);
+        assert_eq!(failing.no_reference.as_deref(), Some("onnxruntime crashed"));
+
+        let none = Rounds::run(2, || Ok((5.0, 5.0)), || Err("no python3".to_string()))?;
+        assert!(none.ratio().is_none() && none.best_batch_ratio().is_none());
+        assert!(none.describe().contains("no ratio against onnxruntime: no python3"));
+        Ok(())
+    }
 }
