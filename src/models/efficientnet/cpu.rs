@@ -155,11 +155,18 @@ impl Network {
                 let Some(first) = maps.first().map(|m| &m[t]) else {
                     candle_core::bail!("no images");
                 };
-                let c = first.values.len() / (first.height * first.width).max(1);
-                let all: Vec<f32> = maps.iter().flat_map(|m| m[t].values.iter().copied()).collect();
-                Tensor::from_vec(all, (batch, first.height, first.width, c), &candle_core::Device::Cpu)?
-                    .permute((0, 3, 1, 2))?
-                    .contiguous()
+                let pixels = first.height * first.width;
+                let c = first.values.len() / pixels.max(1);
+                // Channels last -> channels first, image by image.
+                let mut all = vec![0.0f32; batch * c * pixels];
+                for (map, out) in maps.iter().zip(all.chunks_exact_mut((c * pixels).max(1))) {
+                    for (p, pixel) in map[t].values.chunks_exact(c.max(1)).enumerate() {
+                        for (channel, &v) in pixel.iter().enumerate() {
+                            out[channel * pixels + p] = v;
+                        }
+                    }
+                }
+                Tensor::from_vec(all, (batch, c, first.height, first.width), &candle_core::Device::Cpu)
             })
             .collect()
     }
@@ -212,20 +219,23 @@ struct Map {
 fn stem_patches(image: &[f32], height: usize, width: usize) -> Vec<f32> {
     let (oh, ow) = (height.div_ceil(2), width.div_ceil(2));
     let mut out = vec![0.0f32; oh * ow * 27];
-    for (oy, out_row) in out.chunks_mut(ow * 27).enumerate() {
-        for ox in 0..ow {
-            let patch = &mut out_row[ox * 27..(ox + 1) * 27];
-            for c in 0..3 {
-                let plane = &image[c * height * width..(c + 1) * height * width];
-                for ky in 0..3 {
-                    let y = (2 * oy + ky) as isize - 1;
-                    if y < 0 || y >= height as isize {
-                        continue;
-                    }
-                    for kx in 0..3 {
-                        let x = (2 * ox + kx) as isize - 1;
-                        if x >= 0 && x < width as isize {
-                            patch[c * 9 + ky * 3 + kx] = plane[y as usize * width + x as usize];
+    for (oy, out_row) in out.chunks_mut((ow * 27).max(1)).enumerate() {
+        for (c, plane) in image.chunks_exact((height * width).max(1)).take(3).enumerate() {
+            for ky in 0..3 {
+                // Input row `y` feeds kernel row `ky` of output row `oy`; rows outside stay 0.
+                let Some(y) = (2 * oy + ky).checked_sub(1).filter(|&y| y < height) else { continue };
+                let row = &plane[y * width..(y + 1) * width];
+                let at = c * 9 + ky * 3;
+                for (ox, patch) in out_row.chunks_exact_mut(27).enumerate() {
+                    // Columns `2 ox - 1 ..= 2 ox + 1`, those outside the image left 0.
+                    match (2 * ox).checked_sub(1).filter(|&x| x + 3 <= width) {
+                        Some(x) => patch[at..at + 3].copy_from_slice(&row[x..x + 3]),
+                        None => {
+                            for kx in 0..3 {
+                                if let Some(x) = (2 * ox + kx).checked_sub(1).filter(|&x| x < width) {
+                                    patch[at + kx] = row[x];
+                                }
+                            }
                         }
                     }
                 }
