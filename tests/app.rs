@@ -8,8 +8,10 @@ mod common;
 use common::app::{app, demo_copy, identifying_app, label_of, noticed, run_until, settled, shows, unidentify};
 use eframe::egui;
 use eframe::egui::accesskit::Role;
+use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
-use whaleid::app::AppOptions;
+use whaleid::app::embedding::ModelStatus;
+use whaleid::app::{AppOptions, WhaleApp};
 use whaleid::base::vocabulary::{BoxPx, Part, Side, Source, Status};
 use whaleid::catalogue::{Catalogue, NewAnnotation};
 
@@ -419,6 +421,24 @@ fn training_run_to_its_end_activates_the_new_model_re_embeds_the_crops_and_undo_
     });
     assert_eq!(fresh(&untrained), (180, 180));
     h.check_accessibility();
+
+    // The head's file damaged on disk (a copy cut short): redoing its activation fails to load
+    // it, and nothing of the model before stays in use to propose candidates from.
+    std::fs::write(&head, b"the first bytes of a head, then nothing").unwrap();
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Y);
+    let failed = |h: &Harness<'_, WhaleApp>| matches!(h.state().state().model.status, ModelStatus::Failed(_));
+    run_until(&mut h, "the damaged head to fail to load", |h| settled(h) && failed(h));
+    let model = &h.state().state().model;
+    assert!(model.embedder.is_none() && model.gallery.is_none(), "the untrained head's gallery is gone");
+    let ModelStatus::Failed(why) = &model.status else { unreachable!() };
+    assert!(why.contains(&head.display().to_string()), "the error names the file: {why}");
+    assert!(shows(&h, "no identification"), "the status bar says so");
+    // Undo takes the activation back, and the untrained head loads again.
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Z);
+    run_until(&mut h, "the untrained head again", |h| {
+        settled(h) && h.state().state().model.gallery.as_ref().is_some_and(|g| g.key == untrained)
+    });
+    assert!(!failed(&h));
 }
 
 #[test]

@@ -661,8 +661,9 @@ impl WhaleApp {
             }
             Event::Stepped { undo, label } => {
                 self.state.save.pending = self.state.save.pending.saturating_sub(1);
-                if self.state.model.embedder.is_some() {
-                    // The step may have changed the active model: read it again.
+                if self.state.model.embedder.is_some() || matches!(self.state.model.status, ModelStatus::Failed(_)) {
+                    // The step may have changed the active model (or undone the change that
+                    // made it fail): read it again.
                     self.out.push(Intent::LoadEmbedder);
                 }
                 self.out.push(Intent::ReadDetectorStatus);
@@ -703,6 +704,12 @@ impl WhaleApp {
                 self.state.model.backbone = backbone;
                 self.state.model.choices = choices;
                 self.state.device_label = Some("no identification".into());
+                // Nothing identifies with the model that was there before: its embedder and
+                // gallery go, so that no panel goes on proposing from them.
+                self.state.model.embedder = None;
+                if self.state.model.gallery.take().is_some() {
+                    self.state.model.generation += 1;
+                }
             }
             Event::GalleryRead(data) => self.gallery_arrived(data),
             Event::RecentChecked(checked) => self.chrome.recent_checked(checked),
