@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use candle_core::Device;
 use serde::Serialize;
 
-use super::{Reference, embed, embed_cnn, median, tempdir};
+use super::{Rounds, embed, embed_cnn, median, tempdir};
 use crate::base::console::Console;
 use crate::base::progress::Progress;
 use crate::base::vocabulary::Part;
@@ -32,6 +32,8 @@ pub(super) struct DetectBenchOptions {
     pub data: PathBuf,
     pub photos: Option<usize>,
     pub epochs: usize,
+    /// Rounds of the backbone alone, then onnxruntime (see [`Rounds`]).
+    pub rounds: usize,
     pub models_dir: PathBuf,
     pub json: bool,
 }
@@ -60,13 +62,14 @@ struct DetectBench {
     /// Whether the head was trained here (else an untrained head: the same work per photo).
     head_trained: bool,
     training: Option<Training>,
-    /// The backbone alone at the detector's input size, one photo per pass.
+    /// The backbone alone at the detector's input size, one photo per pass (the median
+    /// round's mean).
     backbone_ms_per_input: f64,
-    reference: Option<Reference>,
-    /// onnxruntime ms ÷ whaleid ms for the backbone at the same input: >= 1.0 means whaleid is
-    /// at least as fast.
+    /// onnxruntime ms ÷ whaleid ms for the backbone at the same input, the median of the
+    /// rounds': >= 1.0 means whaleid is at least as fast.
     ratio_vs_onnxruntime: Option<f64>,
-    no_reference: Option<String>,
+    /// Each round's figures, whaleid's and onnxruntime's.
+    rounds: Rounds,
 }
 
 #[derive(Serialize)]
@@ -154,21 +157,25 @@ pub(super) fn bench_detect(opts: &DetectBenchOptions) -> anyhow::Result<()> {
     let input = detector::prepare_photo(&first, long_side, backbone.input_multiple(), backbone.device())?;
     let (_, _, height, width) = input.image.dims4()?;
     let final_map = [Tap::Output(backbone.depth())];
-    let mut passes = Vec::new();
-    for _ in 0..BACKBONE_RUNS {
-        let start = Instant::now();
-        drop(backbone.features(&input.image, &final_map)?);
-        passes.push(start.elapsed());
-    }
-    let backbone_ms = passes.iter().map(Duration::as_secs_f64).sum::<f64>() * 1e3 / BACKBONE_RUNS as f64;
-    let reference = match opts.backbone.efficientnet() {
-        Some(_) => embed_cnn::onnxruntime_reference(&weights, BACKBONE_RUNS, 1, (height, width), threads),
-        None => embed::onnxruntime_reference(&opts.models_dir, BACKBONE_RUNS, 1, (height, width), threads),
-    };
-    let (reference, no_reference) = match reference {
-        Ok(r) => (Some(r), None),
-        Err(why) => (None, Some(why)),
-    };
+    let rounds = Rounds::run(
+        opts.rounds,
+        || {
+            let mut passes = Vec::new();
+            for _ in 0..BACKBONE_RUNS {
+                let start = Instant::now();
+                drop(backbone.features(&input.image, &final_map)?);
+                passes.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+            Ok((
+                passes.iter().sum::<f64>() / BACKBONE_RUNS as f64,
+                passes.iter().copied().fold(f64::INFINITY, f64::min),
+            ))
+        },
+        || match opts.backbone.efficientnet() {
+            Some(_) => embed_cnn::onnxruntime_reference(&weights, BACKBONE_RUNS, 1, (height, width), threads),
+            None => embed::onnxruntime_reference(&opts.models_dir, BACKBONE_RUNS, 1, (height, width), threads),
+        },
+    )?;
 
     let out = DetectBench {
         backbone: opts.backbone.label().to_string(),
@@ -187,10 +194,9 @@ pub(super) fn bench_detect(opts: &DetectBenchOptions) -> anyhow::Result<()> {
         meets_target: seconds_per_photo < TARGET_SECONDS_PER_PHOTO,
         head_trained: training.is_some(),
         training,
-        backbone_ms_per_input: backbone_ms,
-        ratio_vs_onnxruntime: reference.as_ref().map(|r| r.ms_per_image / backbone_ms),
-        reference,
-        no_reference,
+        backbone_ms_per_input: rounds.ms_per_image(),
+        ratio_vs_onnxruntime: rounds.ratio(),
+        rounds,
     };
     crate::base::console::emit(opts.json, &out, render)
 }
@@ -228,24 +234,14 @@ fn render(o: &DetectBench) -> String {
         ));
     }
     text.push_str(&format!(
-        "\n  {} alone at {}x{}: whaleid {:.1} ms",
-        o.backbone, o.input_width, o.input_height, o.backbone_ms_per_input
+        "\n  {} alone at {}x{} (an image is one input), {} rounds: whaleid {:.1} ms",
+        o.backbone,
+        o.input_width,
+        o.input_height,
+        o.rounds.ms_per_image.len(),
+        o.backbone_ms_per_input
     ));
-    match (&o.reference, o.ratio_vs_onnxruntime) {
-        (Some(r), Some(ratio)) => text.push_str(&format!(
-            ", onnxruntime {} {:.1} ms\n  ratio onnxruntime/whaleid time per input ({} at {}x{}): {ratio:.2}x ({})",
-            r.onnxruntime,
-            r.ms_per_image,
-            o.backbone,
-            o.input_width,
-            o.input_height,
-            if ratio >= 1.0 { "whaleid is at least as fast" } else { "onnxruntime is faster" }
-        )),
-        _ => text.push_str(&format!(
-            "\n  no ratio against onnxruntime: {}",
-            o.no_reference.as_deref().unwrap_or("no reference measurement")
-        )),
-    }
+    text.push_str(&o.rounds.describe());
     text
 }
 

@@ -72,6 +72,11 @@ pub enum Bench {
         /// Epochs of train-detector on the photos (0: no training; an untrained head is timed).
         #[arg(long, default_value_t = 2)]
         epochs: usize,
+        /// Rounds of the backbone alone then onnxruntime, one after the other, so that a slow
+        /// spell of the machine falls on both sides: the ratio printed is the median of the
+        /// rounds'.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         /// Where the backbone's weights are (`dinov2_vits14.safetensors`, ...); the reference
         /// ONNX is cached here too.
         #[arg(long, default_value = "models")]
@@ -144,9 +149,10 @@ pub fn run(which: Bench) -> anyhow::Result<()> {
                 None => embed::bench_embed(&work, &models_dir, json),
             }
         }
-        Bench::Detect { backbone, data, photos, epochs, models_dir, json } => {
+        Bench::Detect { backbone, data, photos, epochs, rounds, models_dir, json } => {
             let backbone = backbone.unwrap_or(crate::jobs::detect::DEFAULT_BACKBONE);
-            detect::bench_detect(&detect::DetectBenchOptions { backbone, data, photos, epochs, models_dir, json })
+            let options = detect::DetectBenchOptions { backbone, data, photos, epochs, rounds, models_dir, json };
+            detect::bench_detect(&options)
         }
         Bench::Train { crops, per_individual, json } => train::bench_train(crops, per_individual, json),
         Bench::Search { gallery, dim, queries, top, no_catalogue, json } => {
