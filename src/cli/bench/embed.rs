@@ -66,10 +66,7 @@ pub(super) fn bench_embed(work: &EmbedWork, models_dir: &Path, json: bool) -> an
     let tokens = model.forward(&input.narrow(0, 0, 1)?)?.dim(1)?;
     let rounds = Rounds::run(
         rounds,
-        || {
-            let (seconds, best) = time_batches(images, batch, &input, |x| model.forward(x))?;
-            Ok((seconds * 1e3 / images as f64, best))
-        },
+        || Ok(time_batches(images, batch, &input, |x| model.forward(x))?),
         || onnxruntime_reference(models_dir, images, batch, (size, size), threads),
     )?;
     let peak = peak_rss_mib();

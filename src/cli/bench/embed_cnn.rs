@@ -66,24 +66,20 @@ pub(super) fn bench_embed_cnn(
     reset_peak_rss();
     let rounds = Rounds::run(
         rounds,
-        || {
-            let (seconds, best) = time_batches(images, batch, &input, |x| model.forward(x))?;
-            Ok((seconds * 1e3 / images as f64, best))
-        },
+        || Ok(time_batches(images, batch, &input, |x| model.forward(x))?),
         || onnxruntime_reference(&weights, images, batch, (size, size), threads),
     )?;
     let peak = peak_rss_mib();
     model.set_kernels(Kernels::Differentiable);
     let stock_images = images.min(2 * batch);
-    let (stock_seconds, _) = time_batches(stock_images, batch, &input, |x| model.forward(x))?;
+    let (stock_ms, _) = time_batches(stock_images, batch, &input, |x| model.forward(x))?;
     drop(model);
 
     let dinov2_ms = match Dinov2::load(&crate::models::dinov2_safetensors_path(models_dir), &device) {
         Ok(dinov2) => {
             let input = Tensor::randn(0f32, 1.0, (batch, 3, 224, 224), &device)?;
             let n = images.min(2 * batch);
-            let (s, _) = time_batches(n, batch, &input, |x| dinov2.forward(x))?;
-            Some(s * 1e3 / n as f64)
+            Some(time_batches(n, batch, &input, |x| dinov2.forward(x))?.0)
         }
         Err(_) => None,
     };
@@ -98,7 +94,7 @@ pub(super) fn bench_embed_cnn(
         images_per_second: 1e3 / ms_per_image,
         best_batch_ms_per_image: rounds.best_batch_ms_per_image,
         peak_rss_mib: peak,
-        stock_candle_ms_per_image: stock_seconds * 1e3 / stock_images as f64,
+        stock_candle_ms_per_image: stock_ms,
         ratio_vs_onnxruntime: rounds.ratio(),
         best_batch_ratio_vs_onnxruntime: rounds.best_batch_ratio(),
         rounds,

@@ -369,15 +369,23 @@ impl Rounds {
     /// The median over the rounds with a reference of onnxruntime's ms per image ÷ whaleid's:
     /// >= 1.0 means whaleid is at least as fast.
     pub fn ratio(&self) -> Option<f64> {
-        let ratios: Vec<f64> =
-            self.references.iter().zip(&self.ms_per_image).map(|(r, ms)| r.ms_per_image / ms).collect();
+        let ratios = self.round_ratios();
         (!ratios.is_empty()).then(|| median_of(ratios))
     }
 
     /// The same ratio between the fastest batches of all rounds.
     pub fn best_batch_ratio(&self) -> Option<f64> {
-        let best = self.references.iter().map(|r| r.best_batch_ms_per_image).fold(f64::INFINITY, f64::min);
-        (!self.references.is_empty()).then(|| best / self.best_batch_ms_per_image)
+        (!self.references.is_empty()).then(|| self.reference_best_ms() / self.best_batch_ms_per_image)
+    }
+
+    /// Each round's ratio, for the rounds with a reference.
+    fn round_ratios(&self) -> Vec<f64> {
+        self.references.iter().zip(&self.ms_per_image).map(|(r, ms)| r.ms_per_image / ms).collect()
+    }
+
+    /// The reference's fastest batch over all rounds, ms per image.
+    fn reference_best_ms(&self) -> f64 {
+        self.references.iter().map(|r| r.best_batch_ms_per_image).fold(f64::INFINITY, f64::min)
     }
 
     /// The reference's lines of a bench's text: its median time and the ratios, round by round.
@@ -385,14 +393,9 @@ impl Rounds {
         match (self.references.first(), self.ratio(), self.best_batch_ratio()) {
             (Some(first), Some(ratio), Some(best)) => {
                 let ms = median_of(self.references.iter().map(|r| r.ms_per_image).collect());
-                let best_ms = self.references.iter().map(|r| r.best_batch_ms_per_image).fold(f64::INFINITY, f64::min);
+                let best_ms = self.reference_best_ms();
                 let peak = self.references.iter().map(|r| r.peak_rss_mib).fold(0.0, f64::max);
-                let each: Vec<String> = self
-                    .references
-                    .iter()
-                    .zip(&self.ms_per_image)
-                    .map(|(r, ms)| format!("{:.2}", r.ms_per_image / ms))
-                    .collect();
+                let each: Vec<String> = self.round_ratios().iter().map(|r| format!("{r:.2}")).collect();
                 format!(
                     "\n  onnxruntime {:<16} {:7.2} images/s  {:7.1} ms/image (best batch {best_ms:.1})  peak RSS {peak:.0} MiB\n  \
                      ratio onnxruntime/whaleid time per image: {ratio:.2}x (median of {} rounds: {}), best batches {best:.2}x ({})",
@@ -412,7 +415,8 @@ impl Rounds {
     }
 }
 
-/// Runs `forward` over `images` inputs in batches: (seconds, best batch ms per image).
+/// Runs `forward` over `images` inputs in batches, after one batch to warm up: (ms per image,
+/// best batch ms per image).
 pub(super) fn time_batches(
     images: usize,
     batch: usize,
@@ -430,7 +434,7 @@ pub(super) fn time_batches(
         best = best.min(batch_start.elapsed().as_secs_f64() * 1e3 / n as f64);
         done += n;
     }
-    Ok((start.elapsed().as_secs_f64(), best))
+    Ok((start.elapsed().as_secs_f64() * 1e3 / images.max(1) as f64, best))
 }
 
 /// The median of `v` (the mean of the middle two of an even count); `v` is not empty.
