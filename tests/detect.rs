@@ -127,6 +127,16 @@ fn train_detector_writes_the_detector_and_its_card_and_makes_it_active_undoably(
     assert!(validation.unwrap() >= 1, "{card}");
     assert_eq!(card["card"]["refit_on_all"], true, "the head written learned from the validation photos too: {card}");
     assert_eq!(card["card"], t.report["card"]);
+    // The second look is part of the detector, and validation measured the boxes with and
+    // without it.
+    assert_eq!(card["refine"]["boxes"], 4, "{card}");
+    assert_eq!(card["refine"]["input"], 192, "12 cells of Lite0's 16-px grid: {card}");
+    for key in ["validation_ap50", "validation_ap50_first_look", "validation_ap50_95_first_look"] {
+        let v = card["card"][key].as_f64().unwrap_or_else(|| panic!("{key} in {card}"));
+        assert!((0.0..=1.0).contains(&v), "{key} {v}");
+    }
+    let det = whaleid::models::detector::Detector::load(&t.detector, "efficientnet_lite0", &Device::Cpu).unwrap();
+    assert!(det.refiner.is_some(), "the second look is read back from the file");
 
     let detector = std::fs::canonicalize(&t.detector).unwrap();
     assert_eq!(active(&t.catalogue), Some(detector.clone()));
@@ -134,6 +144,28 @@ fn train_detector_writes_the_detector_and_its_card_and_makes_it_active_undoably(
     assert_eq!(active(&t.catalogue), None, "undo takes the activation back");
     json(&["redo", "--catalog", s(&t.catalogue), "--json"]);
     assert_eq!(active(&t.catalogue), Some(detector));
+}
+
+#[test]
+fn eval_detect_measures_the_detector_with_and_without_its_second_look_beside_the_zero_shot_proposals() {
+    let t = trained();
+    let boxed = t.dir.path().join("boxed");
+    let report =
+        json(&["eval-detect", s(&boxed), "--backbone", s(&t.backbone), "--detector", s(&t.detector), "--json"]);
+    assert_eq!((report["photos"].as_u64(), report["true_boxes"].as_u64()), (Some(6), Some(6)), "{report}");
+    for kind in ["detector", "first_look", "zero_shot"] {
+        for key in ["ap50", "ap50_95", "mean_best_iou"] {
+            let v = report[kind][key].as_f64().unwrap_or_else(|| panic!("{kind}.{key} in {report}"));
+            assert!((0.0..=1.0).contains(&v), "{kind}.{key} {v}");
+        }
+    }
+    let text = run(&["eval-detect", s(&boxed), "--backbone", s(&t.backbone), "--detector", s(&t.detector)]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("learned detector") && text.contains("its first look only"), "{text}");
+
+    // Zero-shot alone: no detector rows.
+    let report = json(&["eval-detect", s(&boxed), "--backbone", s(&t.backbone), "--json"]);
+    assert!(report["detector"].is_null() && report["first_look"].is_null(), "{report}");
 }
 
 #[test]
@@ -276,12 +308,13 @@ fn a_detector_trained_for_another_backbone_is_refused_naming_both() {
         hidden: 8,
         parts: vec![Part::Fluke],
         calibration: Default::default(),
+        refine: None,
         card: DetectorCard::default(),
     };
     let vars = VarMap::new();
     Detector::new(config.clone(), &vars, &Device::Cpu).unwrap();
     let file = dir.path().join("dinov2-detector.safetensors");
-    Detector::save(&vars, &config, &file).unwrap();
+    Detector::save(&[&vars], &config, &file).unwrap();
 
     let stderr = fails(&["detect", s(&photos), "--backbone", s(&backbone), "--detector", s(&file)]);
     assert!(stderr.contains(s(&file)), "names the file: {stderr}");

@@ -132,6 +132,7 @@ pub(super) fn bench_detect(opts: &DetectBenchOptions) -> anyhow::Result<()> {
     } else {
         let parts = vec![part.unwrap_or(Part::Fluke)];
         let (_, det) = crate::jobs::detect::untrained_detector(backbone.as_ref(), &Default::default(), parts)?;
+        let det = crate::jobs::detect::with_untrained_second_look(backbone.as_ref(), det)?;
         (Finder::with_detector(backbone.clone(), det), None)
     };
 

@@ -8,6 +8,7 @@ use super::ap::{self, Scored};
 use super::{Finder, PhotoProblem, is_true_box, with_photo};
 use crate::base::progress::{Progress, Silent};
 use crate::catalogue::Catalogue;
+use crate::models::detector::Detection;
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct DetectionScores {
@@ -23,6 +24,8 @@ pub struct EvalDetectReport {
     pub true_boxes: usize,
     /// The learned detector's scores; none without a detector.
     pub detector: Option<DetectionScores>,
+    /// The same before its second look (none without one).
+    pub first_look: Option<DetectionScores>,
     pub zero_shot: DetectionScores,
     pub problems: Vec<PhotoProblem>,
 }
@@ -47,7 +50,7 @@ pub fn eval_detect(dataset: &Path, finder: &Finder, progress: &dyn Progress) -> 
         anyhow::bail!("{}: no photos found ({} files looked at)", dataset.display(), imported.files.len());
     }
     let mut truths = Vec::new();
-    let (mut learned, mut zero) = (Vec::new(), Vec::new());
+    let (mut learned, mut first_look, mut zero) = (Vec::new(), Vec::new(), Vec::new());
     let mut problems = Vec::new();
     progress.stage("detecting", photos.len() as u64);
     for photo in photos {
@@ -57,11 +60,13 @@ pub fn eval_detect(dataset: &Path, finder: &Finder, progress: &dyn Progress) -> 
         let boxes: Vec<_> =
             cat.annotations_of_photo(photo.id)?.iter().filter(|a| is_true_box(a)).filter_map(|a| a.bbox).collect();
         let file = cat.photo_file(&photo.stored_path);
-        match with_photo(&file, |img| finder.find_both(&img)) {
-            Ok((l, z)) => {
+        match with_photo(&file, |img| finder.find_all(&img)) {
+            Ok(found) => {
                 let image = truths.len();
-                learned.extend(l.into_iter().map(|d| Scored { image, bbox: d.bbox, score: d.score }));
-                zero.extend(z.into_iter().map(|d| Scored { image, bbox: d.bbox, score: d.score }));
+                let scored = |d: Detection| Scored { image, bbox: d.bbox, score: d.score };
+                learned.extend(found.learned.into_iter().map(scored));
+                first_look.extend(found.first_look.into_iter().map(scored));
+                zero.extend(found.zero_shot.into_iter().map(scored));
                 truths.push(boxes);
             }
             Err(problem) => problems.push(problem),
@@ -72,6 +77,7 @@ pub fn eval_detect(dataset: &Path, finder: &Finder, progress: &dyn Progress) -> 
         photos: truths.len(),
         true_boxes: truths.iter().map(Vec::len).sum(),
         detector: finder.is_learned().then(|| scores(&learned, &truths)),
+        first_look: finder.looks_twice().then(|| scores(&first_look, &truths)),
         zero_shot: scores(&zero, &truths),
         problems,
     })

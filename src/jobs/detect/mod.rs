@@ -11,6 +11,7 @@
 
 pub mod ap;
 pub mod eval;
+mod refine;
 mod report_text;
 pub mod train;
 
@@ -26,6 +27,7 @@ use crate::catalogue::{Catalogue, CatalogueError, NewAnnotation};
 use crate::models::detector::{self, Detection, Detector, DetectorInput, FeatureMaps};
 use crate::models::{Backbone, KnownModel};
 
+pub use refine::with_untrained_second_look;
 pub use train::{TrainDetectorOptions, TrainDetectorReport, train_detector, untrained_detector};
 
 /// The backbone detection reads features from unless told otherwise.
@@ -170,7 +172,9 @@ impl Finder {
     pub fn find(&self, img: &DynamicImage, min_score: f32) -> anyhow::Result<Vec<Detection>> {
         let (input, features) = self.features(img)?;
         Ok(match &self.detector {
-            Some(det) => det.detect(&features, &input, min_score)?,
+            Some(det) => {
+                det.refine(self.backbone.as_ref(), &img.to_rgb8(), det.detect(&features, &input, min_score)?)?
+            }
             None => {
                 let grid = features.concatenated()?;
                 let mut found = detector::zero_shot::propose(&grid, features.stride, &input, self.part)?;
@@ -180,17 +184,34 @@ impl Finder {
         })
     }
 
-    /// Both kinds of boxes from one feature pass: the learned detector's (empty without one)
-    /// and the zero-shot proposals.
-    pub fn find_both(&self, img: &DynamicImage) -> anyhow::Result<(Vec<Detection>, Vec<Detection>)> {
+    /// Every kind of box from one feature pass (what `eval-detect` compares).
+    pub fn find_all(&self, img: &DynamicImage) -> anyhow::Result<AllFound> {
         let (input, features) = self.features(img)?;
-        let learned = match &self.detector {
-            Some(det) => det.detect(&features, &input, 0.01)?,
-            None => Vec::new(),
+        let (first_look, learned) = match &self.detector {
+            Some(det) => {
+                let first = det.detect(&features, &input, 0.01)?;
+                let refined = det.refine(self.backbone.as_ref(), &img.to_rgb8(), first.clone())?;
+                (first, refined)
+            }
+            None => (Vec::new(), Vec::new()),
         };
-        let zero = detector::zero_shot::propose(&features.concatenated()?, features.stride, &input, self.part)?;
-        Ok((learned, zero))
+        let zero_shot = detector::zero_shot::propose(&features.concatenated()?, features.stride, &input, self.part)?;
+        Ok(AllFound { learned, first_look, zero_shot })
     }
+
+    /// Whether the learned detector takes a second look at its best boxes.
+    pub fn looks_twice(&self) -> bool {
+        self.detector.as_ref().is_some_and(|d| d.refiner.is_some())
+    }
+}
+
+/// One photo's boxes of every kind.
+pub struct AllFound {
+    /// The learned detector's (empty without one).
+    pub learned: Vec<Detection>,
+    /// The same before the second look placed the best of them again.
+    pub first_look: Vec<Detection>,
+    pub zero_shot: Vec<Detection>,
 }
 
 /// A photo that could not be searched for boxes, and why.

@@ -49,6 +49,9 @@ impl fmt::Display for TrainDetectorReport {
             )?,
             _ => writeln!(f, "validation: too few photos with boxes to hold some out")?,
         }
+        if let (Some(ap50), Some(ap)) = (c.validation_ap50_first_look, c.validation_ap50_95_first_look) {
+            writeln!(f, "  before the second look at the best boxes: AP50 {ap50:.3}, AP50:95 {ap:.3}")?;
+        }
         if c.refit_on_all {
             writeln!(
                 f,
@@ -75,6 +78,9 @@ impl fmt::Display for EvalDetectReport {
         writeln!(f, "{:<22} {:>6} {:>9} {:>14} {:>8}", "", "AP50", "AP50:95", "mean best IoU", "boxes")?;
         if let Some(d) = &self.detector {
             row(f, "learned detector", d)?;
+        }
+        if let Some(d) = &self.first_look {
+            row(f, "  its first look only", d)?;
         }
         row(f, "zero-shot proposals", &self.zero_shot)?;
         problems(f, &self.problems)

@@ -3,10 +3,11 @@
 //! rejected: known sea). Photos are split for validation (20 %, a run of consecutive photos
 //! in file order, so that a sequence's near duplicates stay on one side); each photo's
 //! grid is computed once per view (the photo, its mirror image, and the photo smaller),
-//! and the head trains on the cached grids in minutes on a CPU. The validation photos give
-//! AP50, AP50:95 and the data to calibrate the scores; then the head is trained again, the
-//! same way, on every photo, and that one is written (with few photos, the validation
-//! photos' boxes are worth having).
+//! and the head trains on the cached grids in minutes on a CPU. The second look
+//! (`refine`) trains on windows around the same photos' boxes. The validation photos give
+//! AP50, AP50:95 (with the second look and without) and the data to calibrate the scores;
+//! then both heads are trained again, the same way, on every photo, and those are written
+//! (with few photos, the validation photos' boxes are worth having).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,12 +19,13 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use super::ap::{self, Scored};
+use super::refine;
 use super::{Finder, PhotoProblem, is_true_box, is_unknown_box, with_photo};
 use crate::base::progress::Progress;
 use crate::base::vocabulary::{BoxPx, Part};
 use crate::catalogue::Catalogue;
 use crate::models::Backbone;
-use crate::models::detector::{self, Calibration, Detector, DetectorCard, DetectorConfig, FeatureMaps};
+use crate::models::detector::{self, Calibration, Detection, Detector, DetectorCard, DetectorConfig, FeatureMaps};
 
 #[derive(Debug, Clone)]
 pub struct TrainDetectorOptions {
@@ -65,10 +67,10 @@ pub struct TrainDetectorReport {
 }
 
 /// A photo the detector learns from.
-struct Sample {
-    file: PathBuf,
+pub(super) struct Sample {
+    pub(super) file: PathBuf,
     hash: String,
-    truths: Vec<(BoxPx, Part)>,
+    pub(super) truths: Vec<(BoxPx, Part)>,
     unknown: Vec<BoxPx>,
 }
 
@@ -192,49 +194,74 @@ pub fn train_detector(
         anyhow::bail!("{}: none of the photos with boxes could be read", cat.path().display());
     }
     let (vars, det) = fit(&cache, backbone.as_ref(), opts, &parts, progress)?;
+    let refine_config = refine::config_for(det.config.stride, det.config.channels.iter().sum());
+    let stride = det.config.stride as f64;
+    let device = backbone.device().clone();
+    progress.stage("reading windows around the boxes", training.len() as u64);
+    // A photo that failed to decode is already among the problems.
+    let mut windows =
+        refine::read_windows(&training, &finder, &refine_config, stride, opts.seed, progress, &mut Vec::new())?;
+    let (refine_vars, refiner) =
+        refine::fit_refiner(&windows, &refine_config, opts.epochs, &device, opts.seed, progress)?;
+    let det = det.with_refiner(refine_config, refiner);
 
-    // Validation: AP on photos never trained on, and the calibration of the scores.
+    // Validation: AP on photos never trained on (with the second look and without), and the
+    // calibration of the scores.
+    let mut first_look = Vec::new();
     let mut detections = Vec::new();
     let mut truths = Vec::new();
     progress.stage("validating", validation.len() as u64);
     for s in &validation {
         let found = with_photo(&s.file, |img| {
             let (input, features) = finder.features(&img)?;
-            Ok(det.detect(&features, &input, 0.01)?)
+            let first = det.detect(&features, &input, 0.01)?;
+            let refined = det.refine(backbone.as_ref(), &img.to_rgb8(), first.clone())?;
+            Ok((first, refined))
         });
         match found {
-            Ok(found) => {
+            Ok((first, refined)) => {
                 let image = truths.len();
-                detections.extend(found.into_iter().map(|d| Scored { image, bbox: d.bbox, score: d.score }));
+                let scored = |d: Detection| Scored { image, bbox: d.bbox, score: d.score };
+                first_look.extend(first.into_iter().map(scored));
+                detections.extend(refined.into_iter().map(scored));
                 truths.push(s.truths.iter().map(|t| t.0).collect::<Vec<_>>());
             }
             Err(problem) => problems.push(problem),
         }
         progress.advance(1);
     }
-    let (ap50, ap50_95, calibration) = if truths.iter().any(|t| !t.is_empty()) {
-        let calibration = Calibration::fit(&ap::outcomes(&detections, &truths, 0.5));
-        (
-            Some(ap::average_precision(&detections, &truths, 0.5)),
-            Some(ap::average_precision_50_95(&detections, &truths)),
-            calibration,
-        )
-    } else {
-        (None, None, Calibration::default())
-    };
+    let measured = truths.iter().any(|t| !t.is_empty());
+    let ap50 = |found: &[Scored]| measured.then(|| ap::average_precision(found, &truths, 0.5));
+    let ap50_95 = |found: &[Scored]| measured.then(|| ap::average_precision_50_95(found, &truths));
+    let calibration =
+        if measured { Calibration::fit(&ap::outcomes(&detections, &truths, 0.5)) } else { Calibration::default() };
 
     // The head kept is trained again on every photo, the validation photos too (with few
-    // photos, each one teaches); the validated run measured the recipe and calibrated it.
-    let (vars, config) = if validation.is_empty() || !opts.refit {
-        (vars, det.config)
+    // photos, each one teaches), and so is the second look; the validated run measured the
+    // recipe and calibrated it.
+    let (vars, refine_vars, config) = if validation.is_empty() || !opts.refit {
+        (vars, refine_vars, det.config)
     } else {
         progress.stage("reading the validation photos to train on them too", validation.len() as u64);
         // A photo that failed to decode is already among the problems.
         cache.extend(read_views(&validation, &finder, &parts, progress, &mut Vec::new())?);
         let (vars, det) = fit(&cache, backbone.as_ref(), opts, &parts, progress)?;
-        (vars, det.config)
+        progress.stage("reading windows around the validation photos' boxes", validation.len() as u64);
+        windows.extend(refine::read_windows(
+            &validation,
+            &finder,
+            &refine_config,
+            stride,
+            opts.seed,
+            progress,
+            &mut Vec::new(),
+        )?);
+        let (refine_vars, _) =
+            refine::fit_refiner(&windows, &refine_config, opts.epochs, &device, opts.seed, progress)?;
+        (vars, refine_vars, DetectorConfig { refine: Some(refine_config), ..det.config })
     };
     drop(cache);
+    drop(windows);
 
     let card = DetectorCard {
         catalogue: cat.path().display().to_string(),
@@ -246,13 +273,15 @@ pub fn train_detector(
         validation_boxes: validation.iter().map(|s| s.truths.len()).sum(),
         epochs: opts.epochs,
         seconds: started.elapsed().as_secs_f64(),
-        validation_ap50: ap50,
-        validation_ap50_95: ap50_95,
+        validation_ap50: ap50(&detections),
+        validation_ap50_95: ap50_95(&detections),
+        validation_ap50_first_look: ap50(&first_look),
+        validation_ap50_95_first_look: ap50_95(&first_look),
         created: crate::catalogue::now(),
     };
     let config = DetectorConfig { calibration, card: card.clone(), ..config };
     let out = opts.out.clone().unwrap_or_else(|| default_out(cat.path()));
-    Detector::save(&vars, &config, &out)?;
+    Detector::save(&[&vars, &refine_vars], &config, &out)?;
     std::fs::write(out.with_extension("json"), serde_json::to_string_pretty(&config)?)
         .map_err(|e| anyhow::anyhow!("{}: {e}", out.with_extension("json").display()))?;
     super::set_active_detector(cat, Some(&out))?;
@@ -346,6 +375,7 @@ pub fn untrained_detector(
         hidden: opts.hidden,
         parts,
         calibration: Calibration::default(),
+        refine: None,
         card: DetectorCard::default(),
     };
     let vars = VarMap::new();

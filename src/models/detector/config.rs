@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::boxes::Calibration;
+use super::refine::RefineConfig;
 use crate::base::vocabulary::Part;
 
 /// The safetensors metadata key that holds the [`DetectorConfig`] as JSON.
@@ -25,6 +26,9 @@ pub struct DetectorConfig {
     pub hidden: usize,
     pub parts: Vec<Part>,
     pub calibration: Calibration,
+    /// The second look at each photo's best boxes (none in detectors trained before it).
+    #[serde(default)]
+    pub refine: Option<RefineConfig>,
     /// What the training run measured and on what (the card).
     pub card: DetectorCard,
 }
@@ -46,5 +50,10 @@ pub struct DetectorCard {
     /// AP at IoU 0.5 on the validation photos (none without validation photos).
     pub validation_ap50: Option<f64>,
     pub validation_ap50_95: Option<f64>,
+    /// The same two without the second look (the first look's boxes as they are).
+    #[serde(default)]
+    pub validation_ap50_first_look: Option<f64>,
+    #[serde(default)]
+    pub validation_ap50_95_first_look: Option<f64>,
     pub created: String,
 }

@@ -11,6 +11,7 @@
 mod boxes;
 mod config;
 mod network;
+mod refine;
 pub mod zero_shot;
 
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ use image::DynamicImage;
 pub use boxes::{Calibration, Detection, nms, nms_voting};
 pub use config::{CONFIG_KEY, DetectorCard, DetectorConfig};
 pub use network::{DetectorNet, HeadOutput, Targets, decode, loss, targets};
+pub use refine::{RefineConfig, RefineNet, Window, loss as refine_loss};
 
 use super::backbone::{Backbone, Tap};
 use super::file_kind::FileKind;
@@ -82,17 +84,23 @@ pub fn prepare_photo(
     } else {
         image::imageops::resize(&rgb, nw, nh, image::imageops::FilterType::Triangle)
     };
-    let plane = (nw * nh) as usize;
+    let image = normalised(&resized, device)?;
+    // The scale actually applied along the longer side (after rounding).
+    let applied = if w >= h { nw as f64 / w as f64 } else { nh as f64 / h as f64 };
+    Ok(DetectorInput { image, scale: applied, photo: (w, h) })
+}
+
+/// `rgb` as the backbones take it: `[1, 3, H, W]`, normalised with the ImageNet statistics.
+pub fn normalised(rgb: &image::RgbImage, device: &Device) -> candle_core::Result<Tensor> {
+    let (w, h) = rgb.dimensions();
+    let plane = (w * h) as usize;
     let mut data = vec![0f32; 3 * plane];
-    for (i, p) in resized.pixels().enumerate() {
+    for (i, p) in rgb.pixels().enumerate() {
         for c in 0..3 {
             data[c * plane + i] = (p[c] as f32 / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
         }
     }
-    let image = Tensor::from_vec(data, (1, 3, nh as usize, nw as usize), device)?;
-    // The scale actually applied along the longer side (after rounding).
-    let applied = if w >= h { nw as f64 / w as f64 } else { nh as f64 / h as f64 };
-    Ok(DetectorInput { image, scale: applied, photo: (w, h) })
+    Tensor::from_vec(data, (1, 3, h as usize, w as usize), device)
 }
 
 /// The features the detector reads: the backbone's maps at its taps, each `[1, C, rows,
@@ -163,18 +171,30 @@ pub fn default_taps(backbone: &dyn Backbone) -> Vec<usize> {
     if backbone.input_multiple() == 1 && depth >= 7 { vec![depth - 2, depth] } else { vec![depth] }
 }
 
-/// A learned detector: the head and what it was made from.
+/// Where the second look's variables are kept in a detector file.
+pub const REFINE_PREFIX: &str = "refine";
+
+/// A learned detector: the head, the second look where it has one, and what they were made
+/// from.
 pub struct Detector {
     pub config: DetectorConfig,
     pub net: DetectorNet,
+    pub refiner: Option<RefineNet>,
 }
 
 impl Detector {
-    /// A fresh head (for training), its variables in `vars`.
+    /// A fresh head (for training), its variables in `vars`; no second look yet.
     pub fn new(config: DetectorConfig, vars: &VarMap, device: &Device) -> candle_core::Result<Self> {
         let vb = VarBuilder::from_varmap(vars, DType::F32, device);
         let net = DetectorNet::new(vb, &config.channels, config.hidden, config.parts.len().max(1))?;
-        Ok(Self { config, net })
+        Ok(Self { config: DetectorConfig { refine: None, ..config }, net, refiner: None })
+    }
+
+    /// This detector with the second look `refiner` (configured by `config`).
+    pub fn with_refiner(mut self, config: RefineConfig, refiner: RefineNet) -> Self {
+        self.config.refine = Some(config);
+        self.refiner = Some(refiner);
+        self
     }
 
     /// Reads a detector file, refusing anything else and any other backbone than `backbone`.
@@ -190,14 +210,23 @@ impl Detector {
         }
         let tensors = |source| DetectorError::Tensors { path: path.to_path_buf(), source };
         let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, device).map_err(tensors)?;
-        let net = DetectorNet::new(vb, &config.channels, config.hidden, config.parts.len().max(1)).map_err(tensors)?;
-        Ok(Self { config, net })
+        let net = DetectorNet::new(vb.clone(), &config.channels, config.hidden, config.parts.len().max(1))
+            .map_err(tensors)?;
+        let refiner = match &config.refine {
+            Some(r) => Some(RefineNet::new(vb.pp(REFINE_PREFIX), r).map_err(tensors)?),
+            None => None,
+        };
+        Ok(Self { config, net, refiner })
     }
 
-    /// Writes the head in `vars` with `config` as a detector file.
-    pub fn save(vars: &VarMap, config: &DetectorConfig, path: &Path) -> anyhow::Result<()> {
-        let data = vars.data().lock().map_err(|_| anyhow::anyhow!("the detector's variables are poisoned"))?;
-        let tensors: Vec<(String, Tensor)> = data.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+    /// Writes the variables of `vars` (the head's, and the second look's under
+    /// [`REFINE_PREFIX`]) with `config` as a detector file.
+    pub fn save(vars: &[&VarMap], config: &DetectorConfig, path: &Path) -> anyhow::Result<()> {
+        let mut tensors: Vec<(String, Tensor)> = Vec::new();
+        for map in vars {
+            let data = map.data().lock().map_err(|_| anyhow::anyhow!("the detector's variables are poisoned"))?;
+            tensors.extend(data.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())));
+        }
         let mut metadata = FileKind::Detector.metadata();
         metadata.insert(CONFIG_KEY.to_string(), serde_json::to_string(config)?);
         let bytes = safetensors::serialize(tensors, Some(metadata))?;
@@ -233,6 +262,63 @@ impl Detector {
         kept.retain(|d| d.score >= min_score);
         Ok(kept)
     }
+
+    /// `found` (best first, as [`Detector::detect`] gives them) with the best boxes placed
+    /// again by the second look at `photo` (unchanged without one), then suppressed again:
+    /// two boxes on one animal may now agree.
+    pub fn refine(
+        &self,
+        backbone: &dyn Backbone,
+        photo: &image::RgbImage,
+        mut found: Vec<Detection>,
+    ) -> candle_core::Result<Vec<Detection>> {
+        let (Some(config), Some(net)) = (&self.config.refine, &self.refiner) else { return Ok(found) };
+        let n = found.len().min(config.boxes);
+        if n == 0 {
+            return Ok(found);
+        }
+        let windows: Vec<Window> = found[..n].iter().map(|d| Window::around(&d.bbox, config.context)).collect();
+        let edges = refined_edges(backbone, &self.config.taps, net, config, photo, &windows)?;
+        let size = photo.dimensions();
+        for ((d, w), e) in found.iter_mut().zip(&windows).zip(edges) {
+            let b = w.box_at(e, config.input, self.config.stride as f64, size);
+            if b.w >= 1.0 && b.h >= 1.0 {
+                d.bbox = b;
+            }
+        }
+        Ok(nms(found, NMS_IOU, MAX_BOXES))
+    }
+}
+
+/// The edges `net` places in each of `windows` of `photo` (as [`Window::edges_of`] gives
+/// them), from one pass of `backbone` over all the windows.
+pub fn refined_edges(
+    backbone: &dyn Backbone,
+    taps: &[usize],
+    net: &RefineNet,
+    config: &RefineConfig,
+    photo: &image::RgbImage,
+    windows: &[Window],
+) -> candle_core::Result<Vec<[f32; 4]>> {
+    let maps = window_features(backbone, taps, photo, windows, config.input)?;
+    let edges = net.forward(&maps)?.to_vec2::<f32>()?;
+    Ok(edges.into_iter().map(|e| [e[0], e[1], e[2], e[3]]).collect())
+}
+
+/// `[windows, C, rows, cols]`: the features of each of `windows` of `photo` read at `input`
+/// pixels a side, the taps' maps side by side on the finest grid.
+pub fn window_features(
+    backbone: &dyn Backbone,
+    taps: &[usize],
+    photo: &image::RgbImage,
+    windows: &[Window],
+    input: u32,
+) -> candle_core::Result<Tensor> {
+    let images = windows
+        .iter()
+        .map(|w| normalised(&w.pixels(photo, input), backbone.device()))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    FeatureMaps::new(backbone, &Tensor::cat(&images, 0)?, taps)?.concatenated()
 }
 
 /// The config recorded in a detector file, after checking that it is one.

@@ -124,10 +124,10 @@ fn upsample_nearest(map: &Tensor, rows: usize, cols: usize) -> Result<Tensor> {
     map.index_select(&row_index, 2)?.index_select(&col_index, 3)
 }
 
-/// `[1, C, rows, cols]` -> `[rows * cols, 9 C]`: each cell's 3 x 3 neighbourhood (zeros
-/// beyond the border), neighbour by neighbour.
-fn neighbourhoods(map: &Tensor) -> Result<Tensor> {
-    let (_, c, rows, cols) = map.dims4()?;
+/// `[B, C, rows, cols]` -> `[B * rows * cols, 9 C]`: each cell's 3 x 3 neighbourhood (zeros
+/// beyond the border), neighbour by neighbour; maps one after the other.
+pub(super) fn neighbourhoods(map: &Tensor) -> Result<Tensor> {
+    let (b, c, rows, cols) = map.dims4()?;
     let padded = map.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?;
     let mut shifted = Vec::with_capacity(9);
     for dy in 0..3 {
@@ -135,7 +135,7 @@ fn neighbourhoods(map: &Tensor) -> Result<Tensor> {
             shifted.push(padded.narrow(2, dy, rows)?.narrow(3, dx, cols)?);
         }
     }
-    Tensor::cat(&shifted, 1)?.reshape((9 * c, rows * cols))?.t()
+    Tensor::cat(&shifted, 1)?.reshape((b, 9 * c, rows * cols))?.transpose(1, 2)?.reshape((b * rows * cols, 9 * c))
 }
 
 /// Turns one photo's head outputs into boxes in photo pixels: every cell whose objectness is

@@ -1,0 +1,219 @@
+//! Training the detector's second look (`models::detector::refine`): windows around each
+//! true box, as the first look would place them (shifted and resized at random, mirrored
+//! too), each read once by the backbone and cached; the head then learns to put the true
+//! box's edges back from the cached windows.
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+use super::train::Sample;
+use super::{Finder, PhotoProblem, with_photo};
+use crate::base::progress::Progress;
+use crate::base::vocabulary::BoxPx;
+use crate::models::Backbone;
+use crate::models::detector::{self, Detector, RefineConfig, RefineNet, Window};
+
+/// Windows drawn around each true box, per side of the mirror.
+const DRAWS: usize = 6;
+/// How far a drawn box strays from the true one: its centre by up to this share of the
+/// box's sides, each side scaled by up to e^± this (what the first look's boxes do).
+const SHIFT: f64 = 0.2;
+const LOG_SCALE: f64 = 0.35;
+const BATCH: usize = 16;
+const LEARNING_RATE: f64 = 2e-3;
+
+/// One cached window: its features (f16, `[C, rows, cols]`) and where the true box's edges
+/// lie on its grid.
+pub(super) struct WindowSample {
+    features: Tensor,
+    edges: [f32; 4],
+}
+
+/// Cells a window's grid has on each side.
+const WINDOW_CELLS: u32 = 12;
+
+/// How the second look reads boxes for a detector whose finest grid has `stride`-pixel cells
+/// and `channels` features: windows of 12 cells a side (168 px for a ViT's 14-px patches).
+pub(super) fn config_for(stride: usize, channels: usize) -> RefineConfig {
+    RefineConfig { input: WINDOW_CELLS * stride.max(1) as u32, context: 2.0, channels, hidden: 32, boxes: 4 }
+}
+
+/// `det` with a second look of random weights (what `bench detect` times when it trains
+/// nothing: the same work per photo as a trained one).
+pub fn with_untrained_second_look(backbone: &dyn Backbone, det: Detector) -> anyhow::Result<Detector> {
+    let config = config_for(det.config.stride, det.config.channels.iter().sum());
+    let vars = VarMap::new();
+    let net = RefineNet::new(VarBuilder::from_varmap(&vars, DType::F32, backbone.device()), &config)?;
+    Ok(det.with_refiner(config, net))
+}
+
+/// A box that strays from `b` as the first look's boxes do.
+fn drawn_near(b: &BoxPx, rng: &mut impl Rng) -> BoxPx {
+    let mut u = |r: f64| rng.random_range(-r..=r);
+    let (cx, cy) = (b.x + b.w / 2.0 + u(SHIFT) * b.w, b.y + b.h / 2.0 + u(SHIFT) * b.h);
+    let (w, h) = (b.w * u(LOG_SCALE).exp(), b.h * u(LOG_SCALE).exp());
+    BoxPx::new(cx - w / 2.0, cy - h / 2.0, w, h)
+}
+
+/// The windows of every photo of `samples`, read and cached (`stride`: input pixels per cell
+/// of the finest grid); a photo that cannot be read goes to `problems`.
+pub(super) fn read_windows(
+    samples: &[Sample],
+    finder: &Finder,
+    config: &RefineConfig,
+    stride: f64,
+    seed: u64,
+    progress: &dyn Progress,
+    problems: &mut Vec<PhotoProblem>,
+) -> anyhow::Result<Vec<WindowSample>> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
+    let mut out = Vec::new();
+    for s in samples {
+        if progress.cancelled() {
+            anyhow::bail!("cancelled");
+        }
+        let read = with_photo(&s.file, |img| {
+            let mut read = Vec::new();
+            for mirrored in [false, true] {
+                let photo = if mirrored { img.fliph().to_rgb8() } else { img.to_rgb8() };
+                let width = photo.width() as f64;
+                let mut windows = Vec::new();
+                let mut edges = Vec::new();
+                for (b, _) in &s.truths {
+                    let b = if mirrored { BoxPx::new(width - b.x - b.w, b.y, b.w, b.h) } else { *b };
+                    for draw in 0..DRAWS {
+                        let near = if draw == 0 { b } else { drawn_near(&b, &mut rng) };
+                        let w = Window::around(&near, config.context);
+                        edges.push(w.edges_of(&b, config.input, stride));
+                        windows.push(w);
+                    }
+                }
+                if windows.is_empty() {
+                    continue;
+                }
+                let maps =
+                    detector::window_features(finder.backbone.as_ref(), &finder.taps, &photo, &windows, config.input)?
+                        .to_dtype(DType::F16)?;
+                for (i, e) in edges.into_iter().enumerate() {
+                    read.push(WindowSample { features: maps.get(i)?, edges: e });
+                }
+            }
+            Ok(read)
+        });
+        match read {
+            Ok(read) => out.extend(read),
+            Err(problem) => problems.push(problem),
+        }
+        progress.advance(1);
+    }
+    Ok(out)
+}
+
+/// The second look trained on `windows` for `epochs` (seeded: the same windows give the
+/// same start and order), its variables under [`detector::REFINE_PREFIX`] in the map
+/// returned.
+pub(super) fn fit_refiner(
+    windows: &[WindowSample],
+    config: &RefineConfig,
+    epochs: usize,
+    device: &Device,
+    seed: u64,
+    progress: &dyn Progress,
+) -> anyhow::Result<(VarMap, RefineNet)> {
+    let vars = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vars, DType::F32, device);
+    let net = RefineNet::new(vb.pp(detector::REFINE_PREFIX), config)?;
+    crate::models::reseed(&vars, seed)?;
+    standardise(&vars, windows, device)?;
+    // The standardised cells of each window, `[cells, C]`: computed once, not every epoch.
+    let (_, rows, cols) = windows[0].features.dims3()?;
+    let cells = windows
+        .iter()
+        .map(|w| Ok(net.standardised(&w.features.unsqueeze(0)?.to_dtype(DType::F32)?)?.to_dtype(DType::F16)?))
+        .collect::<anyhow::Result<Vec<Tensor>>>()?;
+    let trainable: Vec<candle_core::Var> = {
+        let data = vars.data().lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        data.iter().filter(|(k, _)| !k.contains("feature_")).map(|(_, v)| v.clone()).collect()
+    };
+    let mut opt = AdamW::new(trainable, ParamsAdamW { lr: LEARNING_RATE, weight_decay: 1e-4, ..Default::default() })?;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut order: Vec<usize> = (0..windows.len()).collect();
+    let steps = (epochs * windows.len().div_ceil(BATCH)).max(1);
+    let mut step = 0usize;
+    progress.stage("training the second look", epochs as u64);
+    for _ in 0..epochs {
+        if progress.cancelled() {
+            anyhow::bail!("cancelled");
+        }
+        order.shuffle(&mut rng);
+        for batch in order.chunks(BATCH) {
+            let cosine = 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / steps as f64).cos());
+            opt.set_learning_rate(LEARNING_RATE * (0.02 + 0.98 * cosine));
+            let x: Vec<&Tensor> = batch.iter().map(|&i| &cells[i]).collect();
+            let x = Tensor::cat(&x, 0)?.to_dtype(DType::F32)?;
+            let wanted: Vec<f32> = batch.iter().flat_map(|&i| windows[i].edges).collect();
+            let wanted = Tensor::from_vec(wanted, (batch.len(), 4), device)?;
+            let edges = net.forward_cells(&x, batch.len(), rows, cols)?;
+            opt.backward_step(&detector::refine_loss(&edges, &wanted)?)?;
+            step += 1;
+        }
+        progress.advance(1);
+    }
+    Ok((vars, net))
+}
+
+/// Sets the second look's feature standardisation to the windows' per-channel mean and
+/// standard deviation.
+fn standardise(vars: &VarMap, windows: &[WindowSample], device: &Device) -> anyhow::Result<()> {
+    let Some(first) = windows.first() else { anyhow::bail!("no windows to train the second look on") };
+    let c = first.features.dim(0)?;
+    let (mut sum, mut sq, mut n) = (vec![0f64; c], vec![0f64; c], 0usize);
+    for w in windows.iter().step_by(3) {
+        let flat = w.features.to_dtype(DType::F32)?.flatten_from(1)?.to_vec2::<f32>()?;
+        for (ch, row) in flat.iter().enumerate() {
+            for &v in row {
+                sum[ch] += v as f64;
+                sq[ch] += (v as f64) * (v as f64);
+            }
+        }
+        n += flat.first().map_or(0, |r| r.len());
+    }
+    let n = n.max(1) as f64;
+    let mean: Vec<f32> = sum.iter().map(|s| (s / n) as f32).collect();
+    let std: Vec<f32> =
+        sq.iter().zip(&sum).map(|(q, s)| ((q / n - (s / n).powi(2)).max(0.0).sqrt() as f32).max(1e-3)).collect();
+    let data = vars.data().lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    for (name, values) in [("feature_mean", mean), ("feature_std", std)] {
+        let name = format!("{}.{name}", detector::REFINE_PREFIX);
+        let var = data.get(&name).ok_or_else(|| anyhow::anyhow!("the second look has no {name}"))?;
+        var.set(&Tensor::from_vec(values, c, device)?)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drawn_boxes_stray_from_the_true_one_by_at_most_the_set_shift_and_scale() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let b = BoxPx::new(100.0, 200.0, 50.0, 30.0);
+        let (mut smaller, mut larger) = (false, false);
+        for _ in 0..200 {
+            let d = drawn_near(&b, &mut rng);
+            let (dx, dy) = ((d.x + d.w / 2.0) - 125.0, (d.y + d.h / 2.0) - 215.0);
+            assert!(dx.abs() <= SHIFT * 50.0 + 1e-9 && dy.abs() <= SHIFT * 30.0 + 1e-9, "{d:?}");
+            let (sw, sh) = ((d.w / 50.0).ln(), (d.h / 30.0).ln());
+            assert!(sw.abs() <= LOG_SCALE + 1e-9 && sh.abs() <= LOG_SCALE + 1e-9, "{d:?}");
+            smaller |= d.w < 45.0;
+            larger |= d.w > 55.0;
+            // Every true edge stays inside the window drawn around the stray box.
+            let e = Window::around(&d, 2.0).edges_of(&b, 168, 14.0);
+            assert!(e.iter().all(|&v| (0.0..=12.0).contains(&v)), "{e:?}");
+        }
+        assert!(smaller && larger);
+    }
+}
