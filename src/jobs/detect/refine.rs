@@ -167,30 +167,11 @@ pub(super) fn fit_refiner(
 /// Sets the second look's feature standardisation to the windows' per-channel mean and
 /// standard deviation.
 fn standardise(vars: &VarMap, windows: &[WindowSample], device: &Device) -> anyhow::Result<()> {
-    let Some(first) = windows.first() else { anyhow::bail!("no windows to train the second look on") };
-    let c = first.features.dim(0)?;
-    let (mut sum, mut sq, mut n) = (vec![0f64; c], vec![0f64; c], 0usize);
-    for w in windows.iter().step_by(3) {
-        let flat = w.features.to_dtype(DType::F32)?.flatten_from(1)?.to_vec2::<f32>()?;
-        for (ch, row) in flat.iter().enumerate() {
-            for &v in row {
-                sum[ch] += v as f64;
-                sq[ch] += (v as f64) * (v as f64);
-            }
-        }
-        n += flat.first().map_or(0, |r| r.len());
+    if windows.is_empty() {
+        anyhow::bail!("no windows to train the second look on");
     }
-    let n = n.max(1) as f64;
-    let mean: Vec<f32> = sum.iter().map(|s| (s / n) as f32).collect();
-    let std: Vec<f32> =
-        sq.iter().zip(&sum).map(|(q, s)| ((q / n - (s / n).powi(2)).max(0.0).sqrt() as f32).max(1e-3)).collect();
-    let data = vars.data().lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-    for (name, values) in [("feature_mean", mean), ("feature_std", std)] {
-        let name = format!("{}.{name}", detector::REFINE_PREFIX);
-        let var = data.get(&name).ok_or_else(|| anyhow::anyhow!("the second look has no {name}"))?;
-        var.set(&Tensor::from_vec(values, c, device)?)?;
-    }
-    Ok(())
+    let maps = windows.iter().step_by(3).map(|w| w.features.to_dtype(DType::F32)?.flatten_from(1));
+    super::train::set_standardisation(vars, detector::REFINE_PREFIX, maps, device)
 }
 
 #[cfg(test)]

@@ -396,35 +396,48 @@ fn default_out(catalogue: &Path) -> PathBuf {
 /// deviation, tap by tap.
 fn standardise(vars: &VarMap, cache: &[View], device: &Device) -> anyhow::Result<()> {
     let taps = cache.first().map(|v| v.features.maps.len()).unwrap_or(0);
-    let data = vars.data().lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
     for tap in 0..taps {
-        let mut sum: Vec<f64> = Vec::new();
-        let mut sq: Vec<f64> = Vec::new();
-        let mut n = 0usize;
-        for view in cache.iter().step_by(2) {
+        let maps = cache.iter().step_by(2).map(|view| {
             let g = view.features.maps[tap].to_dtype(DType::F32)?;
             let (_, c, r, k) = g.dims4()?;
-            sum.resize(c, 0.0);
-            sq.resize(c, 0.0);
-            let flat = g.reshape((c, r * k))?.to_vec2::<f32>()?;
-            for (ch, row) in flat.iter().enumerate() {
-                for &v in row {
-                    sum[ch] += v as f64;
-                    sq[ch] += (v as f64) * (v as f64);
-                }
+            g.reshape((c, r * k))
+        });
+        set_standardisation(vars, &format!("tap{tap}"), maps, device)?;
+    }
+    Ok(())
+}
+
+/// Sets the variables `{prefix}.feature_mean` and `{prefix}.feature_std` in `vars` to the
+/// per-channel mean and standard deviation (at least 1e-3) of `maps`, each `[C, cells]`.
+pub(super) fn set_standardisation(
+    vars: &VarMap,
+    prefix: &str,
+    maps: impl Iterator<Item = candle_core::Result<Tensor>>,
+    device: &Device,
+) -> anyhow::Result<()> {
+    let (mut sum, mut sq, mut n) = (Vec::<f64>::new(), Vec::<f64>::new(), 0usize);
+    for map in maps {
+        let flat = map?.to_vec2::<f32>()?;
+        sum.resize(flat.len(), 0.0);
+        sq.resize(flat.len(), 0.0);
+        for (ch, row) in flat.iter().enumerate() {
+            for &v in row {
+                sum[ch] += v as f64;
+                sq[ch] += (v as f64) * (v as f64);
             }
-            n += r * k;
         }
-        let n = n.max(1) as f64;
-        let mean: Vec<f32> = sum.iter().map(|s| (s / n) as f32).collect();
-        let std: Vec<f32> =
-            sq.iter().zip(&sum).map(|(q, s)| ((q / n - (s / n).powi(2)).max(0.0).sqrt() as f32).max(1e-3)).collect();
-        for (name, values) in [("feature_mean", mean), ("feature_std", std)] {
-            let name = format!("tap{tap}.{name}");
-            let var = data.get(&name).ok_or_else(|| anyhow::anyhow!("the detector has no {name}"))?;
-            let len = values.len();
-            var.set(&Tensor::from_vec(values, len, device)?)?;
-        }
+        n += flat.first().map_or(0, Vec::len);
+    }
+    let n = n.max(1) as f64;
+    let mean: Vec<f32> = sum.iter().map(|s| (s / n) as f32).collect();
+    let std: Vec<f32> =
+        sq.iter().zip(&sum).map(|(q, s)| ((q / n - (s / n).powi(2)).max(0.0).sqrt() as f32).max(1e-3)).collect();
+    let data = vars.data().lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    for (name, values) in [("feature_mean", mean), ("feature_std", std)] {
+        let name = format!("{prefix}.{name}");
+        let var = data.get(&name).ok_or_else(|| anyhow::anyhow!("the detector has no {name}"))?;
+        let len = values.len();
+        var.set(&Tensor::from_vec(values, len, device)?)?;
     }
     Ok(())
 }
