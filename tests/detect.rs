@@ -83,29 +83,68 @@ struct Trained {
     report: serde_json::Value,
 }
 
+/// The catalogue, backbone and detector that [`trained`] copies: trained once per run of
+/// this file (training is the slow part), in cargo's scratch folder for tests.
+struct Template {
+    dir: PathBuf,
+    backbone: PathBuf,
+    detector: PathBuf,
+    report: serde_json::Value,
+}
+
+fn template() -> &'static Template {
+    static TEMPLATE: std::sync::OnceLock<Template> = std::sync::OnceLock::new();
+    TEMPLATE.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("detect-template-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let backbone = random_backbone(&dir);
+        let boxed = dir.join("boxed");
+        synth(&boxed, 2, 1);
+        let catalogue = dir.join("c.whaleid");
+        json(&["import", "--catalog", s(&catalogue), s(&boxed), "--json"]);
+        let detector = dir.join("detectors/d.safetensors");
+        let report = json(&[
+            "train-detector",
+            "--catalog",
+            s(&catalogue),
+            "--backbone",
+            s(&backbone),
+            "--epochs",
+            "4",
+            "--long-side",
+            "128",
+            "--out",
+            s(&detector),
+            "--json",
+        ]);
+        Template { dir, backbone, detector, report }
+    })
+}
+
+/// A copy of the template's catalogue and photos of its own (its active detector the
+/// template's, which no test changes).
 fn trained() -> Trained {
+    let t = template();
     let dir = tempfile::tempdir().unwrap();
-    let backbone = random_backbone(dir.path());
     let boxed = dir.path().join("boxed");
-    synth(&boxed, 2, 1);
+    std::fs::create_dir_all(&boxed).unwrap();
+    for entry in std::fs::read_dir(t.dir.join("boxed")).unwrap() {
+        let from = entry.unwrap().path();
+        if from.is_dir() {
+            let to = boxed.join(from.file_name().unwrap());
+            std::fs::create_dir_all(&to).unwrap();
+            for file in std::fs::read_dir(&from).unwrap() {
+                let file = file.unwrap().path();
+                std::fs::copy(&file, to.join(file.file_name().unwrap())).unwrap();
+            }
+        } else {
+            std::fs::copy(&from, boxed.join(from.file_name().unwrap())).unwrap();
+        }
+    }
     let catalogue = dir.path().join("c.whaleid");
-    json(&["import", "--catalog", s(&catalogue), s(&boxed), "--json"]);
-    let detector = dir.path().join("detectors/d.safetensors");
-    let report = json(&[
-        "train-detector",
-        "--catalog",
-        s(&catalogue),
-        "--backbone",
-        s(&backbone),
-        "--epochs",
-        "4",
-        "--long-side",
-        "128",
-        "--out",
-        s(&detector),
-        "--json",
-    ]);
-    Trained { dir, backbone, catalogue, detector, report }
+    std::fs::copy(t.dir.join("c.whaleid"), &catalogue).unwrap();
+    Trained { dir, backbone: t.backbone.clone(), catalogue, detector: t.detector.clone(), report: t.report.clone() }
 }
 
 fn active(catalogue: &Path) -> Option<PathBuf> {
