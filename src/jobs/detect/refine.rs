@@ -3,12 +3,13 @@
 //! too), each read once by the backbone and cached; the head then learns to put the true
 //! box's edges back from the cached windows.
 
+use std::path::Path;
+
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use super::train::Sample;
 use super::{Finder, PhotoProblem, with_photo};
 use crate::base::progress::Progress;
 use crate::base::vocabulary::BoxPx;
@@ -57,10 +58,10 @@ fn drawn_near(b: &BoxPx, rng: &mut impl Rng) -> BoxPx {
     BoxPx::new(cx - w / 2.0, cy - h / 2.0, w, h)
 }
 
-/// The windows of every photo of `samples`, read and cached (`stride`: input pixels per cell
+/// The windows around the true boxes of every photo of `photos`, read and cached (`stride`: input pixels per cell
 /// of the finest grid); a photo that cannot be read goes to `problems`.
 pub(super) fn read_windows(
-    samples: &[Sample],
+    photos: &[(&Path, Vec<BoxPx>)],
     finder: &Finder,
     config: &RefineConfig,
     stride: f64,
@@ -70,18 +71,18 @@ pub(super) fn read_windows(
 ) -> anyhow::Result<Vec<WindowSample>> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
     let mut out = Vec::new();
-    for s in samples {
+    for (file, truths) in photos {
         if progress.cancelled() {
             anyhow::bail!("cancelled");
         }
-        let read = with_photo(&s.file, |img| {
+        let read = with_photo(file, |img| {
             let mut read = Vec::new();
             for mirrored in [false, true] {
                 let photo = if mirrored { img.fliph().to_rgb8() } else { img.to_rgb8() };
                 let width = photo.width() as f64;
                 let mut windows = Vec::new();
                 let mut edges = Vec::new();
-                for (b, _) in &s.truths {
+                for b in truths {
                     let b = if mirrored { BoxPx::new(width - b.x - b.w, b.y, b.w, b.h) } else { *b };
                     for draw in 0..DRAWS {
                         let near = if draw == 0 { b } else { drawn_near(&b, &mut rng) };
@@ -171,7 +172,7 @@ fn standardise(vars: &VarMap, windows: &[WindowSample], device: &Device) -> anyh
         anyhow::bail!("no windows to train the second look on");
     }
     let maps = windows.iter().step_by(3).map(|w| w.features.to_dtype(DType::F32)?.flatten_from(1));
-    super::train::set_standardisation(vars, detector::REFINE_PREFIX, maps, device)
+    Ok(detector::set_standardisation(vars, detector::REFINE_PREFIX, maps, device)?)
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -67,11 +67,16 @@ pub struct TrainDetectorReport {
 }
 
 /// A photo the detector learns from.
-pub(super) struct Sample {
-    pub(super) file: PathBuf,
+struct Sample {
+    file: PathBuf,
     hash: String,
-    pub(super) truths: Vec<(BoxPx, Part)>,
+    truths: Vec<(BoxPx, Part)>,
     unknown: Vec<BoxPx>,
+}
+
+/// Each photo of `samples` with its true boxes (what the second look learns from).
+fn boxes_of(samples: &[Sample]) -> Vec<(&Path, Vec<BoxPx>)> {
+    samples.iter().map(|s| (s.file.as_path(), s.truths.iter().map(|t| t.0).collect())).collect()
 }
 
 /// One cached view: a photo's features (f16 to halve the memory) and its targets.
@@ -199,8 +204,15 @@ pub fn train_detector(
     let device = backbone.device().clone();
     progress.stage("reading windows around the boxes", training.len() as u64);
     // A photo that failed to decode is already among the problems.
-    let mut windows =
-        refine::read_windows(&training, &finder, &refine_config, stride, opts.seed, progress, &mut Vec::new())?;
+    let mut windows = refine::read_windows(
+        &boxes_of(&training),
+        &finder,
+        &refine_config,
+        stride,
+        opts.seed,
+        progress,
+        &mut Vec::new(),
+    )?;
     let (refine_vars, refiner) =
         refine::fit_refiner(&windows, &refine_config, opts.epochs, &device, opts.seed, progress)?;
     let det = det.with_refiner(refine_config, refiner);
@@ -248,7 +260,7 @@ pub fn train_detector(
         let (vars, det) = fit(&cache, backbone.as_ref(), opts, &parts, progress)?;
         progress.stage("reading windows around the validation photos' boxes", validation.len() as u64);
         windows.extend(refine::read_windows(
-            &validation,
+            &boxes_of(&validation),
             &finder,
             &refine_config,
             stride,
@@ -402,42 +414,7 @@ fn standardise(vars: &VarMap, cache: &[View], device: &Device) -> anyhow::Result
             let (_, c, r, k) = g.dims4()?;
             g.reshape((c, r * k))
         });
-        set_standardisation(vars, &format!("tap{tap}"), maps, device)?;
-    }
-    Ok(())
-}
-
-/// Sets the variables `{prefix}.feature_mean` and `{prefix}.feature_std` in `vars` to the
-/// per-channel mean and standard deviation (at least 1e-3) of `maps`, each `[C, cells]`.
-pub(super) fn set_standardisation(
-    vars: &VarMap,
-    prefix: &str,
-    maps: impl Iterator<Item = candle_core::Result<Tensor>>,
-    device: &Device,
-) -> anyhow::Result<()> {
-    let (mut sum, mut sq, mut n) = (Vec::<f64>::new(), Vec::<f64>::new(), 0usize);
-    for map in maps {
-        let flat = map?.to_vec2::<f32>()?;
-        sum.resize(flat.len(), 0.0);
-        sq.resize(flat.len(), 0.0);
-        for (ch, row) in flat.iter().enumerate() {
-            for &v in row {
-                sum[ch] += v as f64;
-                sq[ch] += (v as f64) * (v as f64);
-            }
-        }
-        n += flat.first().map_or(0, Vec::len);
-    }
-    let n = n.max(1) as f64;
-    let mean: Vec<f32> = sum.iter().map(|s| (s / n) as f32).collect();
-    let std: Vec<f32> =
-        sq.iter().zip(&sum).map(|(q, s)| ((q / n - (s / n).powi(2)).max(0.0).sqrt() as f32).max(1e-3)).collect();
-    let data = vars.data().lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-    for (name, values) in [("feature_mean", mean), ("feature_std", std)] {
-        let name = format!("{prefix}.{name}");
-        let var = data.get(&name).ok_or_else(|| anyhow::anyhow!("the detector has no {name}"))?;
-        let len = values.len();
-        var.set(&Tensor::from_vec(values, len, device)?)?;
+        detector::set_standardisation(vars, &format!("tap{tap}"), maps, device)?;
     }
     Ok(())
 }

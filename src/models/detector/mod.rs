@@ -163,6 +163,41 @@ impl FeatureMaps {
     }
 }
 
+/// Sets the variables `{prefix}.feature_mean` and `{prefix}.feature_std` in `vars` to the
+/// per-channel mean and standard deviation (at least 1e-3) of `maps`, each `[C, cells]`.
+pub fn set_standardisation(
+    vars: &VarMap,
+    prefix: &str,
+    maps: impl Iterator<Item = candle_core::Result<Tensor>>,
+    device: &Device,
+) -> candle_core::Result<()> {
+    let (mut sum, mut sq, mut n) = (Vec::<f64>::new(), Vec::<f64>::new(), 0usize);
+    for map in maps {
+        let flat = map?.to_vec2::<f32>()?;
+        sum.resize(flat.len(), 0.0);
+        sq.resize(flat.len(), 0.0);
+        for (ch, row) in flat.iter().enumerate() {
+            for &v in row {
+                sum[ch] += v as f64;
+                sq[ch] += (v as f64) * (v as f64);
+            }
+        }
+        n += flat.first().map_or(0, Vec::len);
+    }
+    let n = n.max(1) as f64;
+    let mean: Vec<f32> = sum.iter().map(|s| (s / n) as f32).collect();
+    let std: Vec<f32> =
+        sq.iter().zip(&sum).map(|(q, s)| ((q / n - (s / n).powi(2)).max(0.0).sqrt() as f32).max(1e-3)).collect();
+    let data = vars.data().lock().map_err(|_| candle_core::Error::Msg("the variables are poisoned".into()))?;
+    for (name, values) in [("feature_mean", mean), ("feature_std", std)] {
+        let name = format!("{prefix}.{name}");
+        let var = data.get(&name).ok_or_else(|| candle_core::Error::Msg(format!("the detector has no {name}")))?;
+        let len = values.len();
+        var.set(&Tensor::from_vec(values, len, device)?)?;
+    }
+    Ok(())
+}
+
 /// The default feature depths for a backbone: for a CNN the last stage at stride 16 (fine
 /// enough for a fin a few dozen pixels wide) beside the final map (what the animal is); for
 /// a ViT the last block.
