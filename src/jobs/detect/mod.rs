@@ -172,9 +172,7 @@ impl Finder {
     pub fn find(&self, img: &DynamicImage, min_score: f32) -> anyhow::Result<Vec<Detection>> {
         let (input, features) = self.features(img)?;
         Ok(match &self.detector {
-            Some(det) => {
-                det.refine(self.backbone.as_ref(), &img.to_rgb8(), det.detect(&features, &input, min_score)?)?
-            }
+            Some(det) => det.refine(self.backbone.as_ref(), img, det.detect(&features, &input, min_score)?)?,
             None => {
                 let grid = features.concatenated()?;
                 let mut found = detector::zero_shot::propose(&grid, features.stride, &input, self.part)?;
@@ -190,7 +188,7 @@ impl Finder {
         let (first_look, learned) = match &self.detector {
             Some(det) => {
                 let first = det.detect(&features, &input, 0.01)?;
-                let refined = det.refine(self.backbone.as_ref(), &img.to_rgb8(), first.clone())?;
+                let refined = det.refine(self.backbone.as_ref(), img, first.clone())?;
                 (first, refined)
             }
             None => (Vec::new(), Vec::new()),

@@ -74,11 +74,6 @@ struct Sample {
     unknown: Vec<BoxPx>,
 }
 
-/// Each photo of `samples` with its true boxes (what the second look learns from).
-fn boxes_of(samples: &[Sample]) -> Vec<(&Path, Vec<BoxPx>)> {
-    samples.iter().map(|s| (s.file.as_path(), s.truths.iter().map(|t| t.0).collect())).collect()
-}
-
 /// One cached view: a photo's features (f16 to halve the memory) and its targets.
 struct View {
     features: FeatureMaps,
@@ -202,17 +197,15 @@ pub fn train_detector(
     let refine_config = refine::config_for(det.config.stride, det.config.channels.iter().sum());
     let stride = det.config.stride as f64;
     let device = backbone.device().clone();
+    // The windows around the true boxes of `samples` (a photo that failed to decode is already
+    // among the problems).
+    let windows_of = |samples: &[Sample]| {
+        let photos: Vec<(&Path, Vec<BoxPx>)> =
+            samples.iter().map(|s| (s.file.as_path(), s.truths.iter().map(|t| t.0).collect())).collect();
+        refine::read_windows(&photos, &finder, &refine_config, stride, opts.seed, progress, &mut Vec::new())
+    };
     progress.stage("reading windows around the boxes", training.len() as u64);
-    // A photo that failed to decode is already among the problems.
-    let mut windows = refine::read_windows(
-        &boxes_of(&training),
-        &finder,
-        &refine_config,
-        stride,
-        opts.seed,
-        progress,
-        &mut Vec::new(),
-    )?;
+    let mut windows = windows_of(&training)?;
     let (refine_vars, refiner) =
         refine::fit_refiner(&windows, &refine_config, opts.epochs, &device, opts.seed, progress)?;
     let det = det.with_refiner(refine_config, refiner);
@@ -227,7 +220,7 @@ pub fn train_detector(
         let found = with_photo(&s.file, |img| {
             let (input, features) = finder.features(&img)?;
             let first = det.detect(&features, &input, 0.01)?;
-            let refined = det.refine(backbone.as_ref(), &img.to_rgb8(), first.clone())?;
+            let refined = det.refine(backbone.as_ref(), &img, first.clone())?;
             Ok((first, refined))
         });
         match found {
@@ -259,15 +252,7 @@ pub fn train_detector(
         cache.extend(read_views(&validation, &finder, &parts, progress, &mut Vec::new())?);
         let (vars, det) = fit(&cache, backbone.as_ref(), opts, &parts, progress)?;
         progress.stage("reading windows around the validation photos' boxes", validation.len() as u64);
-        windows.extend(refine::read_windows(
-            &boxes_of(&validation),
-            &finder,
-            &refine_config,
-            stride,
-            opts.seed,
-            progress,
-            &mut Vec::new(),
-        )?);
+        windows.extend(windows_of(&validation)?);
         let (refine_vars, _) =
             refine::fit_refiner(&windows, &refine_config, opts.epochs, &device, opts.seed, progress)?;
         (vars, refine_vars, DetectorConfig { refine: Some(refine_config), ..det.config })

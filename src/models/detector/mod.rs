@@ -304,7 +304,7 @@ impl Detector {
     pub fn refine(
         &self,
         backbone: &dyn Backbone,
-        photo: &image::RgbImage,
+        photo: &DynamicImage,
         mut found: Vec<Detection>,
     ) -> candle_core::Result<Vec<Detection>> {
         let (Some(config), Some(net)) = (&self.config.refine, &self.refiner) else { return Ok(found) };
@@ -312,8 +312,11 @@ impl Detector {
         if n == 0 {
             return Ok(found);
         }
+        // Converted only here: a detector without a second look, or a photo without boxes,
+        // costs no copy of the photo.
+        let photo = photo.to_rgb8();
         let windows: Vec<Window> = found[..n].iter().map(|d| Window::around(&d.bbox, config.context)).collect();
-        let edges = refined_edges(backbone, &self.config.taps, net, config, photo, &windows)?;
+        let edges = refined_edges(backbone, &self.config.taps, net, config, &photo, &windows)?;
         let size = photo.dimensions();
         for ((d, w), e) in found.iter_mut().zip(&windows).zip(edges) {
             let b = w.box_at(e, config.input, self.config.stride as f64, size);
