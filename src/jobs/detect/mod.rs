@@ -172,7 +172,7 @@ impl Finder {
     pub fn find(&self, img: &DynamicImage, min_score: f32) -> anyhow::Result<Vec<Detection>> {
         let (input, features) = self.features(img)?;
         Ok(match &self.detector {
-            Some(det) => det.refine(self.backbone.as_ref(), img, det.detect(&features, &input, min_score)?)?,
+            Some(det) => det.detect(self.backbone.as_ref(), img, &features, &input, min_score)?,
             None => {
                 let grid = features.concatenated()?;
                 let mut found = detector::zero_shot::propose(&grid, features.stride, &input, self.part)?;
@@ -187,9 +187,9 @@ impl Finder {
         let (input, features) = self.features(img)?;
         let (first_look, learned) = match &self.detector {
             Some(det) => {
-                let first = det.detect(&features, &input, 0.01)?;
-                let refined = det.refine(self.backbone.as_ref(), img, first.clone())?;
-                (first, refined)
+                let first = det.first_look(&features, &input)?;
+                let refined = det.second_look(self.backbone.as_ref(), img, first.clone())?;
+                (det.calibrated(first, 0.01), det.calibrated(refined, 0.01))
             }
             None => (Vec::new(), Vec::new()),
         };

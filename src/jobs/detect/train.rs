@@ -219,8 +219,9 @@ pub fn train_detector(
     for s in &validation {
         let found = with_photo(&s.file, |img| {
             let (input, features) = finder.features(&img)?;
-            let first = det.detect(&features, &input, 0.01)?;
-            let refined = det.refine(backbone.as_ref(), &img, first.clone())?;
+            // Not calibrated: the calibration is fitted on these scores.
+            let first = det.first_look(&features, &input)?;
+            let refined = det.second_look(backbone.as_ref(), &img, first.clone())?;
             Ok((first, refined))
         });
         match found {

@@ -274,34 +274,36 @@ impl Detector {
         Ok(())
     }
 
-    /// Boxes in one photo from its features, calibrated, suppressed, best first.
+    /// The boxes of one photo, best first: the first look over its features, the second look
+    /// at the best of them, then the scores calibrated; those under `min_score` dropped.
     pub fn detect(
         &self,
+        backbone: &dyn Backbone,
+        photo: &DynamicImage,
         features: &FeatureMaps,
         input: &DetectorInput,
         min_score: f32,
     ) -> candle_core::Result<Vec<Detection>> {
+        let found = self.second_look(backbone, photo, self.first_look(features, input)?)?;
+        Ok(self.calibrated(found, min_score))
+    }
+
+    /// The first look: the head over the photo's grid, its boxes suppressed with voting, best
+    /// first, scored as the head scores them (not calibrated: the calibration was fitted on
+    /// boxes voted with these scores).
+    pub fn first_look(&self, features: &FeatureMaps, input: &DetectorInput) -> candle_core::Result<Vec<Detection>> {
         let (rows, cols) = features.grid();
         let out = self.net.forward(&features.maps)?;
         let raw =
             decode(&out, rows, cols, self.config.stride as f64, input.scale, input.photo, &self.config.parts, 0.01)?;
-        let calibrated = raw
-            .into_iter()
-            .map(|mut d| {
-                d.score = self.config.calibration.apply(d.score);
-                d
-            })
-            .collect();
         // Every candidate votes, even those too weak to be kept themselves.
-        let mut kept = nms_voting(calibrated, NMS_IOU, VOTE_IOU, MAX_BOXES);
-        kept.retain(|d| d.score >= min_score);
-        Ok(kept)
+        Ok(nms_voting(raw, NMS_IOU, VOTE_IOU, MAX_BOXES))
     }
 
-    /// `found` (best first, as [`Detector::detect`] gives them) with the best boxes placed
+    /// `found` (best first, as [`Detector::first_look`] gives them) with the best boxes placed
     /// again by the second look at `photo` (unchanged without one), then suppressed again:
     /// two boxes on one animal may now agree.
-    pub fn refine(
+    pub fn second_look(
         &self,
         backbone: &dyn Backbone,
         photo: &DynamicImage,
@@ -325,6 +327,16 @@ impl Detector {
             }
         }
         Ok(nms(found, NMS_IOU, MAX_BOXES))
+    }
+
+    /// `found` with its scores calibrated (read as the probability that a box is right),
+    /// those under `min_score` dropped.
+    pub fn calibrated(&self, found: Vec<Detection>, min_score: f32) -> Vec<Detection> {
+        found
+            .into_iter()
+            .map(|d| Detection { score: self.config.calibration.apply(d.score), ..d })
+            .filter(|d| d.score >= min_score)
+            .collect()
     }
 }
 
@@ -371,4 +383,53 @@ fn config_in(bytes: &[u8], path: &Path) -> Result<DetectorConfig, DetectorError>
     let not = |reason: String| DetectorError::NotADetector { path: path.to_path_buf(), reason };
     let config = metadata.get(CONFIG_KEY).ok_or_else(|| not("its configuration is missing".into()))?;
     serde_json::from_str(config).map_err(|e| not(format!("its configuration cannot be read: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::base::vocabulary::Part;
+
+    /// The calibration was fitted on boxes voted with the head's own scores: it changes how
+    /// a box's score reads, never where a box is or which boxes are kept.
+    #[test]
+    fn calibration_rescores_the_boxes_without_moving_them() -> anyhow::Result<()> {
+        let device = Device::Cpu;
+        let config = DetectorConfig {
+            backbone: "test".into(),
+            taps: vec![1],
+            long_side: 168,
+            stride: 14,
+            channels: vec![8],
+            hidden: 8,
+            parts: vec![Part::Fluke],
+            calibration: Calibration::default(),
+            refine: None,
+            card: DetectorCard::default(),
+        };
+        let vars = VarMap::new();
+        let plain = Detector::new(config.clone(), &vars, &device)?;
+        crate::models::reseed(&vars, 5)?;
+        let sharp = Detector::new(config.clone(), &vars, &device)?;
+        let sharp =
+            Detector { config: DetectorConfig { calibration: Calibration { a: 3.0, b: -1.0 }, ..config }, ..sharp };
+        let maps = Tensor::randn(0f32, 1.0, (1, 8, 9, 12), &device)?;
+        let features = FeatureMaps { maps: vec![maps], stride: 14 };
+        let input = DetectorInput {
+            image: Tensor::zeros((1, 3, 126, 168), DType::F32, &device)?,
+            scale: 0.5,
+            photo: (336, 252),
+        };
+        let first = plain.first_look(&features, &input)?;
+        assert!(first.len() > 1, "a random head proposes boxes: {first:?}");
+        let calibrated = sharp.calibrated(sharp.first_look(&features, &input)?, 0.0);
+        assert_eq!(first.len(), calibrated.len());
+        for (a, b) in first.iter().zip(&calibrated) {
+            assert_eq!(a.bbox, b.bbox);
+            assert!((b.score - sharp.config.calibration.apply(a.score)).abs() < 1e-6);
+        }
+        let kept = sharp.calibrated(first.clone(), 0.5);
+        assert!(kept.iter().all(|d| d.score >= 0.5) && kept.len() < first.len(), "{kept:?}");
+        Ok(())
+    }
 }
