@@ -170,6 +170,7 @@ fn train_detector_writes_the_detector_and_its_card_and_makes_it_active_undoably(
     // without it.
     assert_eq!(card["refine"]["boxes"], 4, "{card}");
     assert_eq!(card["refine"]["input"], 192, "12 cells of Lite0's 16-px grid: {card}");
+    assert_eq!(card["refine"]["judges"], true, "the second look judges its windows too: {card}");
     for key in ["validation_ap50", "validation_ap50_first_look", "validation_ap50_95_first_look"] {
         let v = card["card"][key].as_f64().unwrap_or_else(|| panic!("{key} in {card}"));
         assert!((0.0..=1.0).contains(&v), "{key} {v}");

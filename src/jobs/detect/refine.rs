@@ -1,7 +1,9 @@
 //! Training the detector's second look (`models::detector::refine`): windows around each
 //! true box, as the first look would place them (shifted and resized at random, mirrored
-//! too), each read once by the backbone and cached; the head then learns to put the true
-//! box's edges back from the cached windows.
+//! too), and around the boxes the trained first look itself puts among each photo's best,
+//! each read once by the backbone and cached. The head then learns, from the cached windows,
+//! to put the true box's edges back and to judge whether a window is centred on an animal's
+//! box (the first look's wrong boxes are the windows that teach what is not).
 
 use std::path::Path;
 
@@ -14,7 +16,7 @@ use super::{Finder, PhotoProblem, with_photo};
 use crate::base::progress::Progress;
 use crate::base::vocabulary::BoxPx;
 use crate::models::Backbone;
-use crate::models::detector::{self, Detector, RefineConfig, RefineNet, Window};
+use crate::models::detector::{self, Detector, RefineConfig, RefineNet, Wanted, Window};
 
 /// Windows drawn around each true box, per side of the mirror.
 const DRAWS: usize = 6;
@@ -25,11 +27,31 @@ const LOG_SCALE: f64 = 0.35;
 const BATCH: usize = 16;
 const LEARNING_RATE: f64 = 2e-3;
 
-/// One cached window: its features (f16, `[C, rows, cols]`) and where the true box's edges
-/// lie on its grid.
+/// One cached window: its features (f16, `[C, rows, cols]`) and what it should teach.
 pub(super) struct WindowSample {
     features: Tensor,
-    edges: [f32; 4],
+    wanted: Wanted,
+}
+
+/// A window drawn around `drawn` teaches the edges of the true box it overlaps most, if that
+/// overlap is at least this (IoU)...
+const PLACE_IOU: f32 = 0.3;
+/// ...and that it is centred on an animal's box if the overlap is at least this, and that it
+/// is not if the overlap is under [`PLACE_IOU`].
+const JUDGE_IOU: f32 = 0.5;
+
+/// What a window of side `input` around `drawn` should teach, given the photo's `truths`.
+fn wanted(window: &Window, drawn: &BoxPx, truths: &[BoxPx], input: u32, stride: f64) -> Wanted {
+    let best = truths.iter().map(|t| (t, t.iou(drawn) as f32)).max_by(|a, b| a.1.total_cmp(&b.1));
+    match best {
+        Some((t, iou)) if iou >= PLACE_IOU => Wanted {
+            edges: window.edges_of(t, input, stride),
+            weight: 1.0,
+            label: 1.0,
+            label_weight: if iou >= JUDGE_IOU { 1.0 } else { 0.0 },
+        },
+        _ => Wanted { edges: [0.0; 4], weight: 0.0, label: 0.0, label_weight: 1.0 },
+    }
 }
 
 /// Cells a window's grid has on each side.
@@ -38,7 +60,14 @@ const WINDOW_CELLS: u32 = 12;
 /// How the second look reads boxes for a detector whose finest grid has `stride`-pixel cells
 /// and `channels` features: windows of 12 cells a side (168 px for a ViT's 14-px patches).
 pub(super) fn config_for(stride: usize, channels: usize) -> RefineConfig {
-    RefineConfig { input: WINDOW_CELLS * stride.max(1) as u32, context: 2.0, channels, hidden: 32, boxes: 4 }
+    RefineConfig {
+        input: WINDOW_CELLS * stride.max(1) as u32,
+        context: 2.0,
+        channels,
+        hidden: 32,
+        boxes: 4,
+        judges: true,
+    }
 }
 
 /// `det` with a second look of random weights (what `bench detect` times when it trains
@@ -58,10 +87,15 @@ fn drawn_near(b: &BoxPx, rng: &mut impl Rng) -> BoxPx {
     BoxPx::new(cx - w / 2.0, cy - h / 2.0, w, h)
 }
 
-/// The windows around the true boxes of every photo of `photos`, read and cached (`stride`: input pixels per cell
-/// of the finest grid); a photo that cannot be read goes to `problems`.
+/// The windows of every photo of `photos` (its file and true boxes), read and cached: around
+/// each true box, drawn as the first look would place it, and around each of the boxes the
+/// detector `first_look` puts among the photo's best (those the second look will be shown);
+/// `stride`: input pixels per cell of the finest grid. A photo that cannot be read goes to
+/// `problems`.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn read_windows(
     photos: &[(&Path, Vec<BoxPx>)],
+    first_look: &Detector,
     finder: &Finder,
     config: &RefineConfig,
     stride: f64,
@@ -76,29 +110,31 @@ pub(super) fn read_windows(
             anyhow::bail!("cancelled");
         }
         let read = with_photo(file, |img| {
+            let (input, features) = finder.features(&img)?;
+            let candidates: Vec<BoxPx> =
+                first_look.first_look(&features, &input)?.iter().take(config.boxes).map(|d| d.bbox).collect();
             let mut read = Vec::new();
             for mirrored in [false, true] {
-                let photo = if mirrored { img.fliph().to_rgb8() } else { img.to_rgb8() };
-                let width = photo.width() as f64;
-                let mut windows = Vec::new();
-                let mut edges = Vec::new();
-                for b in truths {
-                    let b = if mirrored { BoxPx::new(width - b.x - b.w, b.y, b.w, b.h) } else { *b };
-                    for draw in 0..DRAWS {
-                        let near = if draw == 0 { b } else { drawn_near(&b, &mut rng) };
-                        let w = Window::around(&near, config.context);
-                        edges.push(w.edges_of(&b, config.input, stride));
-                        windows.push(w);
-                    }
+                let shown = if mirrored { img.fliph().to_rgb8() } else { img.to_rgb8() };
+                let width = shown.width() as f64;
+                let place = |b: &BoxPx| if mirrored { BoxPx::new(width - b.x - b.w, b.y, b.w, b.h) } else { *b };
+                let truths: Vec<BoxPx> = truths.iter().map(place).collect();
+                let mut drawn: Vec<BoxPx> = Vec::new();
+                for b in &truths {
+                    drawn.push(*b);
+                    drawn.extend((1..DRAWS).map(|_| drawn_near(b, &mut rng)));
                 }
-                if windows.is_empty() {
+                drawn.extend(candidates.iter().map(place));
+                if drawn.is_empty() {
                     continue;
                 }
+                let windows: Vec<Window> = drawn.iter().map(|d| Window::around(d, config.context)).collect();
                 let maps =
-                    detector::window_features(finder.backbone.as_ref(), &finder.taps, &photo, &windows, config.input)?
+                    detector::window_features(finder.backbone.as_ref(), &finder.taps, &shown, &windows, config.input)?
                         .to_dtype(DType::F16)?;
-                for (i, e) in edges.into_iter().enumerate() {
-                    read.push(WindowSample { features: maps.get(i)?, edges: e });
+                for (i, (w, d)) in windows.iter().zip(&drawn).enumerate() {
+                    let wanted = wanted(w, d, &truths, config.input, stride);
+                    read.push(WindowSample { features: maps.get(i)?, wanted });
                 }
             }
             Ok(read)
@@ -154,10 +190,9 @@ pub(super) fn fit_refiner(
             opt.set_learning_rate(LEARNING_RATE * (0.02 + 0.98 * cosine));
             let x: Vec<&Tensor> = batch.iter().map(|&i| &cells[i]).collect();
             let x = Tensor::cat(&x, 0)?.to_dtype(DType::F32)?;
-            let wanted: Vec<f32> = batch.iter().flat_map(|&i| windows[i].edges).collect();
-            let wanted = Tensor::from_vec(wanted, (batch.len(), 4), device)?;
-            let edges = net.forward_cells(&x, batch.len(), rows, cols)?;
-            opt.backward_step(&detector::refine_loss(&edges, &wanted)?)?;
+            let wanted: Vec<Wanted> = batch.iter().map(|&i| windows[i].wanted).collect();
+            let looked = net.forward_cells(&x, batch.len(), rows, cols)?;
+            opt.backward_step(&detector::refine_loss(&looked, &wanted)?)?;
             step += 1;
         }
         progress.advance(1);
@@ -197,5 +232,26 @@ mod tests {
             assert!(e.iter().all(|&v| (0.0..=12.0).contains(&v)), "{e:?}");
         }
         assert!(smaller && larger);
+    }
+
+    /// A window around a true box teaches its edges and that it is one; around a box half
+    /// on it, only its edges; around sea, only that it is not one.
+    #[test]
+    fn windows_teach_the_edges_of_the_true_box_they_overlap_and_whether_they_are_centred_on_one() {
+        let truths = [BoxPx::new(100.0, 100.0, 40.0, 40.0), BoxPx::new(400.0, 100.0, 60.0, 30.0)];
+        let teach = |drawn: BoxPx| wanted(&Window::around(&drawn, 2.0), &drawn, &truths, 168, 14.0);
+        let on = teach(truths[1]);
+        assert_eq!((on.weight, on.label, on.label_weight), (1.0, 1.0, 1.0));
+        assert_eq!(on.edges, Window::around(&truths[1], 2.0).edges_of(&truths[1], 168, 14.0));
+        // IoU 0.4 with the first box: placed from there, not judged.
+        let half = BoxPx::new(100.0, 100.0, 40.0, 16.0);
+        let near = teach(half);
+        assert_eq!((near.weight, near.label_weight), (1.0, 0.0));
+        assert_eq!(near.edges, Window::around(&half, 2.0).edges_of(&truths[0], 168, 14.0));
+        let sea = teach(BoxPx::new(250.0, 300.0, 40.0, 40.0));
+        assert_eq!((sea.weight, sea.label, sea.label_weight), (0.0, 0.0, 1.0));
+        // A photo with no true box (only rejected ones): every window is sea.
+        let drawn = BoxPx::new(10.0, 10.0, 20.0, 20.0);
+        assert_eq!(wanted(&Window::around(&drawn, 2.0), &drawn, &[], 168, 14.0).label_weight, 1.0);
     }
 }

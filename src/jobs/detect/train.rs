@@ -197,15 +197,16 @@ pub fn train_detector(
     let refine_config = refine::config_for(det.config.stride, det.config.channels.iter().sum());
     let stride = det.config.stride as f64;
     let device = backbone.device().clone();
-    // The windows around the true boxes of `samples` (a photo that failed to decode is already
-    // among the problems).
-    let windows_of = |samples: &[Sample]| {
+    // The second look's windows in `samples`: around their true boxes and around the boxes
+    // `first_look` puts among their best (a photo that failed to decode is already among the
+    // problems).
+    let windows_of = |samples: &[Sample], first_look: &Detector| {
         let photos: Vec<(&Path, Vec<BoxPx>)> =
             samples.iter().map(|s| (s.file.as_path(), s.truths.iter().map(|t| t.0).collect())).collect();
-        refine::read_windows(&photos, &finder, &refine_config, stride, opts.seed, progress, &mut Vec::new())
+        refine::read_windows(&photos, first_look, &finder, &refine_config, stride, opts.seed, progress, &mut Vec::new())
     };
     progress.stage("reading windows around the boxes", training.len() as u64);
-    let mut windows = windows_of(&training)?;
+    let mut windows = windows_of(&training, &det)?;
     let (refine_vars, refiner) =
         refine::fit_refiner(&windows, &refine_config, opts.epochs, &device, opts.seed, progress)?;
     let det = det.with_refiner(refine_config, refiner);
@@ -251,9 +252,10 @@ pub fn train_detector(
         progress.stage("reading the validation photos to train on them too", validation.len() as u64);
         // A photo that failed to decode is already among the problems.
         cache.extend(read_views(&validation, &finder, &parts, progress, &mut Vec::new())?);
-        let (vars, det) = fit(&cache, backbone.as_ref(), opts, &parts, progress)?;
+        // The validation photos' windows as the head that never saw them places its boxes.
         progress.stage("reading windows around the validation photos' boxes", validation.len() as u64);
-        windows.extend(windows_of(&validation)?);
+        windows.extend(windows_of(&validation, &det)?);
+        let (vars, det) = fit(&cache, backbone.as_ref(), opts, &parts, progress)?;
         let (refine_vars, _) =
             refine::fit_refiner(&windows, &refine_config, opts.epochs, &device, opts.seed, progress)?;
         (vars, refine_vars, DetectorConfig { refine: Some(refine_config), ..det.config })

@@ -23,7 +23,7 @@ use image::DynamicImage;
 pub use boxes::{Calibration, Detection, nms, nms_voting};
 pub use config::{CONFIG_KEY, DetectorCard, DetectorConfig};
 pub use network::{DetectorNet, HeadOutput, Targets, decode, loss, targets};
-pub use refine::{RefineConfig, RefineNet, Window, loss as refine_loss};
+pub use refine::{Looked, RefineConfig, RefineNet, Wanted, Window, loss as refine_loss};
 
 use super::backbone::{Backbone, Tap};
 use super::file_kind::FileKind;
@@ -300,9 +300,10 @@ impl Detector {
         Ok(nms_voting(raw, NMS_IOU, VOTE_IOU, MAX_BOXES))
     }
 
-    /// `found` (best first, as [`Detector::first_look`] gives them) with the best boxes placed
-    /// again by the second look at `photo` (unchanged without one), then suppressed again:
-    /// two boxes on one animal may now agree.
+    /// `found` (best first, as [`Detector::first_look`] gives them) with the best boxes looked
+    /// at again at `photo` (unchanged without a second look): each placed anew and, where the
+    /// second look judges, scored by the geometric mean of the two looks' scores. Then
+    /// suppressed again: two boxes on one animal may now agree. Not calibrated.
     pub fn second_look(
         &self,
         backbone: &dyn Backbone,
@@ -318,12 +319,15 @@ impl Detector {
         // costs no copy of the photo.
         let photo = photo.to_rgb8();
         let windows: Vec<Window> = found[..n].iter().map(|d| Window::around(&d.bbox, config.context)).collect();
-        let edges = refined_edges(backbone, &self.config.taps, net, config, &photo, &windows)?;
+        let looked = look_again(backbone, &self.config.taps, net, config, &photo, &windows)?;
         let size = photo.dimensions();
-        for ((d, w), e) in found.iter_mut().zip(&windows).zip(edges) {
-            let b = w.box_at(e, config.input, self.config.stride as f64, size);
+        for ((d, w), (edges, judged)) in found.iter_mut().zip(&windows).zip(looked) {
+            let b = w.box_at(edges, config.input, self.config.stride as f64, size);
             if b.w >= 1.0 && b.h >= 1.0 {
                 d.bbox = b;
+            }
+            if let Some(j) = judged {
+                d.score = (d.score * j).sqrt();
             }
         }
         Ok(nms(found, NMS_IOU, MAX_BOXES))
@@ -341,18 +345,24 @@ impl Detector {
 }
 
 /// The edges `net` places in each of `windows` of `photo` (as [`Window::edges_of`] gives
-/// them), from one pass of `backbone` over all the windows.
-pub fn refined_edges(
+/// them) and, with a judge, the probability that the window is centred on an animal's box,
+/// from one pass of `backbone` over all the windows.
+pub fn look_again(
     backbone: &dyn Backbone,
     taps: &[usize],
     net: &RefineNet,
     config: &RefineConfig,
     photo: &image::RgbImage,
     windows: &[Window],
-) -> candle_core::Result<Vec<[f32; 4]>> {
+) -> candle_core::Result<Vec<([f32; 4], Option<f32>)>> {
     let maps = window_features(backbone, taps, photo, windows, config.input)?;
-    let edges = net.forward(&maps)?.to_vec2::<f32>()?;
-    Ok(edges.into_iter().map(|e| [e[0], e[1], e[2], e[3]]).collect())
+    let looked = net.forward(&maps)?;
+    let edges = looked.edges.to_vec2::<f32>()?;
+    let judged = match looked.judged {
+        Some(j) => candle_nn::ops::sigmoid(&j)?.to_vec1::<f32>()?.into_iter().map(Some).collect(),
+        None => vec![None; edges.len()],
+    };
+    Ok(edges.into_iter().zip(judged).map(|(e, j)| ([e[0], e[1], e[2], e[3]], j)).collect())
 }
 
 /// `[windows, C, rows, cols]`: the features of each of `windows` of `photo` read at `input`

@@ -10,6 +10,11 @@
 //! each edge is read as a distribution over the grid's columns (left, right) or rows (top,
 //! bottom), whose mean is the edge's position: the same cells answer wherever the box sits
 //! in its window, so a few dozen boxes, each seen through shifted windows, teach it.
+//!
+//! The same cells also judge the window: their votes over its middle half give the
+//! probability that it is centred on an animal's box. Seen this close, a splash, a wave or a
+//! breaching body that the first look scored high is told from a fin; a box's final score is
+//! the geometric mean of the two looks' scores.
 
 use candle_core::{Result, Tensor};
 use candle_nn::{Init, Linear, Module, VarBuilder};
@@ -30,6 +35,10 @@ pub struct RefineConfig {
     pub hidden: usize,
     /// At most this many boxes of a photo get a second look, the best-scoring first.
     pub boxes: usize,
+    /// Whether the second look also judges each window: how likely it is that an animal's
+    /// box is centred there (a detector written before it was learned does not).
+    #[serde(default)]
+    pub judges: bool,
 }
 
 /// The window's side is at least this many photo pixels (a box of a few pixels is not
@@ -103,6 +112,16 @@ pub struct RefineNet {
     project: Linear,
     context: Linear,
     edges: Linear,
+    judge: Option<Linear>,
+}
+
+/// What the second look makes of a batch of windows.
+pub struct Looked {
+    /// `[B, 4]`: the box's left, top, right and bottom edges in grid cells from the window's
+    /// top-left corner.
+    pub edges: Tensor,
+    /// `[B]`: the logit that the window is centred on an animal's box (with a judge).
+    pub judged: Option<Tensor>,
 }
 
 impl RefineNet {
@@ -114,12 +133,13 @@ impl RefineNet {
             project: candle_nn::linear(c, h, vb.pp("project"))?,
             context: candle_nn::linear(9 * h, h, vb.pp("context"))?,
             edges: candle_nn::linear(h, 4, vb.pp("edges"))?,
+            judge: if config.judges { Some(candle_nn::linear(h, 1, vb.pp("judge"))?) } else { None },
         })
     }
 
-    /// `maps` `[B, C, rows, cols]`, one window each -> `[B, 4]`: the box's left, top, right
-    /// and bottom edges in grid cells from the window's top-left corner.
-    pub fn forward(&self, maps: &Tensor) -> Result<Tensor> {
+    /// `maps` `[B, C, rows, cols]`, one window each -> the edges placed in each (and its
+    /// judgement).
+    pub fn forward(&self, maps: &Tensor) -> Result<Looked> {
         let (b, _, rows, cols) = maps.dims4()?;
         self.forward_cells(&self.standardised(maps)?, b, rows, cols)
     }
@@ -134,7 +154,7 @@ impl RefineNet {
     }
 
     /// The rest of [`RefineNet::forward`], from `b` windows' standardised cells.
-    pub fn forward_cells(&self, x: &Tensor, b: usize, rows: usize, cols: usize) -> Result<Tensor> {
+    pub fn forward_cells(&self, x: &Tensor, b: usize, rows: usize, cols: usize) -> Result<Looked> {
         let x = self.project.forward(x)?.relu()?;
         let h = x.dim(1)?;
         let grid = x.reshape((b, rows * cols, h))?.transpose(1, 2)?.reshape((b, h, rows, cols))?;
@@ -145,11 +165,23 @@ impl RefineNet {
         let (by_column, by_row) = (logits.mean(1)?, logits.mean(2)?);
         let across = positions(&by_column.narrow(2, 0, 1)?, &by_column.narrow(2, 2, 1)?)?;
         let down = positions(&by_row.narrow(2, 1, 1)?, &by_row.narrow(2, 3, 1)?)?;
-        Tensor::stack(
+        let edges = Tensor::stack(
             &[across.narrow(1, 0, 1)?, down.narrow(1, 0, 1)?, across.narrow(1, 1, 1)?, down.narrow(1, 1, 1)?],
             1,
         )?
-        .squeeze(2)
+        .squeeze(2)?;
+        // The judgement: the cells' votes over the window's middle half, where a box the
+        // first look placed well lies.
+        let judged = match &self.judge {
+            Some(judge) => {
+                let votes = judge.forward(&x)?.reshape((b, rows, cols))?;
+                let middle =
+                    votes.narrow(1, rows / 4, rows - 2 * (rows / 4))?.narrow(2, cols / 4, cols - 2 * (cols / 4))?;
+                Some(middle.flatten_from(1)?.mean(1)?)
+            }
+            None => None,
+        };
+        Ok(Looked { edges, judged })
     }
 }
 
@@ -167,10 +199,39 @@ fn positions(first: &Tensor, second: &Tensor) -> Result<Tensor> {
     p.matmul(&centres)?.reshape((b, 2))
 }
 
-/// The training loss: the mean distance, in grid cells, between the edges given and the
-/// true ones (`[B, 4]` each).
-pub fn loss(edges: &Tensor, wanted: &Tensor) -> Result<Tensor> {
-    (edges - wanted)?.abs()?.mean_all()
+/// What a training window should teach: where the true box's edges lie (`weight` 0 where
+/// no true box is near enough to place) and whether the window is centred on one
+/// (`label_weight` 0 where it is neither clearly so nor clearly not).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Wanted {
+    pub edges: [f32; 4],
+    pub weight: f32,
+    pub label: f32,
+    pub label_weight: f32,
+}
+
+/// The training loss over a batch: the mean distance, in grid cells, between the edges given
+/// and the true ones, over the windows with a true box to place; plus, with a judge, the
+/// binary cross-entropy of its judgement.
+pub fn loss(looked: &Looked, wanted: &[Wanted]) -> Result<Tensor> {
+    let device = looked.edges.device();
+    let n = wanted.len();
+    let column = |f: &dyn Fn(&Wanted) -> f32| Tensor::from_vec(wanted.iter().map(f).collect::<Vec<f32>>(), n, device);
+    let edges = Tensor::from_vec(wanted.iter().flat_map(|w| w.edges).collect::<Vec<f32>>(), (n, 4), device)?;
+    let weight = column(&|w| w.weight)?;
+    let placed = (weight.sum_all()?.to_scalar::<f32>()?).max(1.0) as f64;
+    let distance = (&looked.edges - edges)?.abs()?.mean(1)?;
+    let mut total = ((distance * weight)?.sum_all()? / placed)?;
+    if let Some(judged) = &looked.judged {
+        let labels = column(&|w| w.label)?;
+        let label_weight = column(&|w| w.label_weight)?;
+        let judged_n = (label_weight.sum_all()?.to_scalar::<f32>()?).max(1.0) as f64;
+        // log(1 + e^x) - y x, written to stay finite for large |x|.
+        let softplus = (judged.relu()? + (judged.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
+        let bce = (softplus - (judged * labels)?)?;
+        total = (total + ((bce * label_weight)?.sum_all()? / judged_n)?)?;
+    }
+    Ok(total)
 }
 
 #[cfg(test)]
@@ -236,34 +297,73 @@ mod tests {
     }
 
     #[test]
-    fn the_head_learns_to_place_the_edges_of_a_block_wherever_it_sits_in_the_window() -> Result<()> {
+    fn the_head_learns_to_place_the_edges_of_a_block_wherever_it_sits_in_the_window_and_to_judge_it() -> Result<()> {
         let dev = Device::Cpu;
-        let config = RefineConfig { input: 168, context: 2.0, channels: 4, hidden: 16, boxes: 4 };
+        let config = RefineConfig { input: 168, context: 2.0, channels: 4, hidden: 16, boxes: 4, judges: true };
         let vars = VarMap::new();
         let net = RefineNet::new(VarBuilder::from_varmap(&vars, DType::F32, &dev), &config)?;
         crate::models::reseed(&vars, 3)?;
         let (rows, cols) = (12, 12);
-        let blocks: Vec<[usize; 4]> = vec![[3, 3, 9, 9], [2, 4, 8, 8], [4, 2, 10, 7], [3, 5, 7, 10], [5, 3, 11, 9]];
-        let batch = |blocks: &[[usize; 4]], seed: u32| -> Result<(Tensor, Tensor)> {
-            let data: Vec<f32> =
-                blocks.iter().enumerate().flat_map(|(i, &b)| window(rows, cols, b, seed + i as u32)).collect();
-            let wanted: Vec<f32> = blocks.iter().flat_map(|b| b.map(|v| v as f32)).collect();
-            Ok((
-                Tensor::from_vec(data, (blocks.len(), 4, rows, cols), &dev)?,
-                Tensor::from_vec(wanted, (blocks.len(), 4), &dev)?,
-            ))
+        // Blocks about the window's middle are boxes to place; a small block in a corner, or
+        // none, is a window the first look put in the wrong place.
+        let centred = |b: [usize; 4]| Wanted { edges: b.map(|v| v as f32), weight: 1.0, label: 1.0, label_weight: 1.0 };
+        let astray = Wanted { edges: [0.0; 4], weight: 0.0, label: 0.0, label_weight: 1.0 };
+        // `(block, whether it is a box to place)`; no block is sea.
+        let batch = |blocks: &[(Option<[usize; 4]>, bool)], seed: u32| -> Result<(Tensor, Vec<Wanted>)> {
+            let data: Vec<f32> = blocks
+                .iter()
+                .enumerate()
+                .flat_map(|(i, (b, _))| window(rows, cols, b.unwrap_or([0, 0, 0, 0]), seed + i as u32))
+                .collect();
+            let wanted = blocks.iter().map(|&(b, placed)| if placed { b.map(centred) } else { None }.unwrap_or(astray));
+            Ok((Tensor::from_vec(data, (blocks.len(), 4, rows, cols), &dev)?, wanted.collect()))
         };
+        let blocks = [
+            (Some([3, 3, 9, 9]), true),
+            (Some([2, 4, 8, 8]), true),
+            (Some([4, 2, 10, 7]), true),
+            (Some([3, 5, 7, 10]), true),
+            (Some([5, 3, 11, 9]), true),
+            (Some([0, 0, 3, 2]), false),
+            (Some([1, 9, 3, 12]), false),
+            (None, false),
+        ];
         let (x, wanted) = batch(&blocks, 1)?;
-        let before = loss(&net.forward(&x)?, &wanted)?.to_scalar::<f32>()?;
+        // The edges' part of the loss alone: the mean edge error in cells.
+        let edge_error = |looked: &Looked, wanted: &[Wanted]| -> Result<f32> {
+            loss(&Looked { edges: looked.edges.clone(), judged: None }, wanted)?.to_scalar::<f32>()
+        };
+        let before = edge_error(&net.forward(&x)?, &wanted)?;
         let mut opt = AdamW::new(vars.all_vars(), ParamsAdamW { lr: 1e-2, ..Default::default() })?;
         for _ in 0..300 {
             opt.backward_step(&loss(&net.forward(&x)?, &wanted)?)?;
         }
-        // A block never trained on, placed elsewhere: its edges to within half a cell.
-        let (x, wanted) = batch(&[[1, 6, 6, 11]], 77)?;
-        let after = loss(&net.forward(&x)?, &wanted)?.to_scalar::<f32>()?;
+        // A block never trained on, placed elsewhere: its edges to within half a cell, and
+        // judged a box; sea and a stray corner block judged not.
+        let (x, wanted) = batch(&[(Some([1, 6, 6, 11]), true), (None, false), (Some([10, 0, 12, 3]), false)], 77)?;
+        let looked = net.forward(&x)?;
+        let after = edge_error(&looked, &wanted)?;
         assert!(after < 0.5, "mean edge error {after} cells (untrained: {before})");
         assert!(before > 1.0, "the untrained head should not already know: {before}");
+        let judged = candle_nn::ops::sigmoid(looked.judged.as_ref().expect("a judge"))?.to_vec1::<f32>()?;
+        assert!(judged[0] > 0.8 && judged[1] < 0.2 && judged[2] < 0.2, "{judged:?}");
+        Ok(())
+    }
+
+    /// A detector file written before the second look judged has no `judges` in its
+    /// config and no judge's weights: it reads as a second look that places boxes only.
+    #[test]
+    fn a_second_look_written_before_judging_places_boxes_without_judging_them() -> Result<()> {
+        let config: RefineConfig =
+            serde_json::from_str(r#"{"input": 168, "context": 2.0, "channels": 4, "hidden": 8, "boxes": 4}"#)
+                .expect("an older config");
+        assert!(!config.judges);
+        let vars = VarMap::new();
+        let net = RefineNet::new(VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu), &config)?;
+        assert!(vars.data().lock().unwrap().keys().all(|k| !k.starts_with("judge")));
+        let looked = net.forward(&Tensor::zeros((2, 4, 12, 12), DType::F32, &Device::Cpu)?)?;
+        assert_eq!(looked.edges.dims(), &[2, 4]);
+        assert!(looked.judged.is_none());
         Ok(())
     }
 }
