@@ -252,6 +252,12 @@ fn claim(slot: &mut Option<(f64, [f32; 4], u32)>, b: BoxPx, (x, y): (f64, f64), 
     *slot = Some((area, d, part));
 }
 
+/// Binary cross-entropy of logits `x` against targets `t` (same shape), element by element,
+/// written to stay finite for large |x|: max(x, 0) - x t + log(1 + exp(-|x|)).
+pub fn bce_with_logits(x: &Tensor, t: &Tensor) -> Result<Tensor> {
+    (x.relu()? - (x * t)?)? + x.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?
+}
+
 /// The training loss of one photo: focal loss on objectness over the cells that count,
 /// normalised by the number of positives; L1 on the log distances and cross-entropy on the
 /// part at the positives.
@@ -260,8 +266,7 @@ pub fn loss(out: &HeadOutput, t: &Targets, device: &Device) -> Result<Tensor> {
     let target = Tensor::from_slice(&t.objectness, cells, device)?;
     let weight = Tensor::from_slice(&t.weight, cells, device)?;
     let x = &out.objectness;
-    // Binary cross-entropy with logits, stably: max(x, 0) - x t + log(1 + exp(-|x|)).
-    let bce = ((x.relu()? - (x * &target)?)? + x.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?)?;
+    let bce = bce_with_logits(x, &target)?;
     let p = candle_nn::ops::sigmoid(x)?;
     // p_t = p t + (1 - p)(1 - t); focal factor (1 - p_t)^2; alpha 0.25 on positives.
     let one_minus_t = target.affine(-1.0, 1.0)?;

@@ -226,9 +226,7 @@ pub fn loss(looked: &Looked, wanted: &[Wanted]) -> Result<Tensor> {
         let labels = column(&|w| w.label)?;
         let label_weight = column(&|w| w.label_weight)?;
         let judged_n = (label_weight.sum_all()?.to_scalar::<f32>()?).max(1.0) as f64;
-        // log(1 + e^x) - y x, written to stay finite for large |x|.
-        let softplus = (judged.relu()? + (judged.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
-        let bce = (softplus - (judged * labels)?)?;
+        let bce = super::network::bce_with_logits(judged, &labels)?;
         total = (total + ((bce * label_weight)?.sum_all()? / judged_n)?)?;
     }
     Ok(total)
