@@ -8,8 +8,10 @@ use rand::{Rng, SeedableRng};
 use super::{DESCRIPTOR_LEN, LocalFeatures, WORK_SIDE};
 
 /// Lowe's ratio test: a match is kept when its nearest descriptor is clearly nearer than
-/// the second (squared distances, so 0.8²).
-const RATIO2: f32 = 0.64;
+/// the second (squared distances, so 0.85²). Looser than Lowe's 0.8, since RANSAC sorts
+/// out the chance matches: on right-whale heads never trained on, local-only MAP@5 went
+/// 0.629 / 0.646 / 0.654 at 0.8 / 0.85 / 0.9 (0.9 costs 40 % more verification time).
+const RATIO2: f32 = 0.7225;
 /// An inlier lands within this share of the working side of where the transform puts it.
 const TOLERANCE: f32 = 0.04;
 /// Keypoint orientations of an inlier differ by the transform's rotation within this.
